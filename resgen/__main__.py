@@ -1,0 +1,5 @@
+import sys
+
+from resgen.cli import main
+
+sys.exit(main())

@@ -1,0 +1,146 @@
+"""The `resgen` command line. Each sub-command is a thin function over the library.
+
+Exit codes: 0 ok, 1 a spec has errors (or verification found a difference), 2 usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+from resgen.diagnostics import Diagnostic, SpecError, print_diagnostics
+from resgen.resolve import Loader, UsageError
+
+EXIT_OK, EXIT_SPEC_ERROR, EXIT_USAGE = 0, 1, 2
+
+
+def parse_input(text: str) -> tuple[int | None, int, int]:
+    """`3x512x512` or `512x384` (H x W, channels from the spec)."""
+    parts = text.lower().replace("×", "x").split("x")
+    if len(parts) not in (2, 3) or not all(p.strip().isdigit() for p in parts):
+        raise argparse.ArgumentTypeError(f"expected CxHxW or HxW, e.g. 3x224x224, not {text!r}")
+    values = [int(p) for p in parts]
+    if any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"sizes must be at least 1: {text!r}")
+    return (values[0], values[1], values[2]) if len(values) == 3 else (None, *values)
+
+
+def _add_input(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--input", type=parse_input, metavar="[C]xHxW",
+                   help="override the spec's input shape, e.g. 3x512x512 or 512x384")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="resgen", description="Check, summarise, draw and generate ResNet-family networks "
+        "from .arch specs.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("check", help="parse and validate specs (syntax, names, shapes)")
+    p.add_argument("specs", nargs="+", metavar="SPEC")
+    p.add_argument("--json", action="store_true", help="print diagnostics as JSON")
+    _add_input(p)
+
+    p = sub.add_parser("summary", help="a per-layer table of shapes, parameters and MACs")
+    p.add_argument("spec", metavar="SPEC")
+    p.add_argument("--depth", type=int, default=None, help="expand to this depth")
+    p.add_argument("--json", action="store_true")
+    _add_input(p)
+
+    p = sub.add_parser("build", help="generate PyTorch source (and diagrams) for specs")
+    p.add_argument("specs", nargs="+", metavar="SPEC")
+    p.add_argument("-o", "--output", default="generated", metavar="DIR")
+    p.add_argument("--templates", default=None, metavar="DIR", help="use your own templates")
+    p.add_argument("--force", action="store_true",
+                   help="overwrite files that resgen did not generate")
+    p.add_argument("--no-diagram", action="store_true", help="write only the Python module")
+    _add_input(p)
+
+    p = sub.add_parser("verify", help="build the model in torch and compare with the static "
+                       "prediction")
+    p.add_argument("specs", nargs="+", metavar="SPEC")
+    _add_input(p)
+
+    p = sub.add_parser("diagram", help="draw the architecture with Graphviz")
+    p.add_argument("spec", metavar="SPEC")
+    p.add_argument("--format", choices=["svg", "png", "pdf", "dot"], default="svg")
+    p.add_argument("--detail", choices=["stages", "blocks", "layers"], default="stages")
+    p.add_argument("--rankdir", choices=["LR", "TB"], default="TB")
+    p.add_argument("-o", "--output", default=None, metavar="FILE")
+    _add_input(p)
+    return parser
+
+
+def report(diagnostics: Sequence[Diagnostic], loader: Loader) -> None:
+    print_diagnostics(diagnostics, loader.sources)
+
+
+def cmd_check(args) -> int:
+    status = EXIT_OK
+    records = []
+    for path in args.specs:
+        loader = Loader()
+        try:
+            diagnostics = list(_check_one(loader, path, args.input))
+        except SpecError as err:
+            diagnostics = err.diagnostics
+        if any(d.severity == "error" for d in diagnostics):
+            status = EXIT_SPEC_ERROR
+        if args.json:
+            records.extend(d.as_dict() for d in diagnostics)
+        else:
+            report(diagnostics, loader)
+            if not any(d.severity == "error" for d in diagnostics):
+                warnings = sum(d.severity == "warning" for d in diagnostics)
+                print(f"{path}: ok" + (f" ({warnings} warning{'s' * (warnings != 1)})"
+                                       if warnings else ""))
+    if args.json:
+        print(json.dumps(records, indent=2))
+    return status
+
+
+def _check_one(loader: Loader, path: str, input_shape):
+    spec = loader.load(path)
+    try:
+        from resgen.shapes import analyse
+    except ImportError:  # the shape engine is optional while it is being built
+        return []
+    return analyse(spec, input_shape).diagnostics
+
+
+def _dispatch(args) -> int:
+    if args.command == "check":
+        return cmd_check(args)
+    if args.command == "summary":
+        from resgen.summary import cmd_summary
+
+        return cmd_summary(args)
+    if args.command in ("build", "verify"):
+        from resgen import build
+
+        return build.cmd_build(args) if args.command == "build" else build.cmd_verify(args)
+    if args.command == "diagram":
+        from resgen.diagram import cmd_diagram
+
+        return cmd_diagram(args)
+    raise AssertionError(args.command)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return _dispatch(args)
+    except UsageError as err:
+        print(f"resgen: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except SpecError as err:  # a command that stopped at the first failing spec
+        print_diagnostics(err.diagnostics, getattr(err, "sources", {}))
+        return EXIT_SPEC_ERROR
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,150 @@
+"""Located diagnostics: the one place where errors and warnings are defined and printed.
+
+Every stage reports problems as `Diagnostic`s that carry a `Span` into the .arch source. A stage
+collects them in a `Diagnostics` list and raises `SpecError` when any is an error, so the command
+line can print all of them, sorted by position, as `FILE:LINE:COL: error: MESSAGE` with the source
+line and a caret underline (the miniwdl / clang format).
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import sys
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Literal
+
+Severity = Literal["error", "warning"]
+
+
+@dataclass(frozen=True, order=True)
+class Span:
+    """A source range. Lines and columns are 1-based; `end_column` is one past the last character."""
+
+    file: str
+    line: int
+    column: int
+    end_line: int
+    end_column: int
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}:{self.column}"
+
+
+@dataclass(frozen=True)
+class Diagnostic:
+    span: Span
+    code: str  # a stable kebab-case kind, e.g. "unknown-name", "shape-mismatch"
+    message: str
+    severity: Severity = "error"
+    layer: str | None = None  # dotted module path, when the problem belongs to a layer
+    hint: str | None = None
+
+    def sort_key(self) -> tuple:
+        return (self.span.file, self.span.line, self.span.column, self.code, self.message)
+
+    def as_dict(self) -> dict:
+        return {
+            "file": self.span.file,
+            "line": self.span.line,
+            "column": self.span.column,
+            "end_line": self.span.end_line,
+            "end_column": self.span.end_column,
+            "severity": self.severity,
+            "code": self.code,
+            "message": self.message,
+            "layer": self.layer,
+            "hint": self.hint,
+        }
+
+
+class SpecError(Exception):
+    """Raised by a stage when it found at least one error; carries every diagnostic it found."""
+
+    def __init__(self, diagnostics: Iterable[Diagnostic]):
+        self.diagnostics = sorted(diagnostics, key=Diagnostic.sort_key)
+        first = self.diagnostics[0] if self.diagnostics else None
+        super().__init__(f"{first.span}: {first.message}" if first else "spec error")
+
+    @property
+    def errors(self) -> list[Diagnostic]:
+        return [d for d in self.diagnostics if d.severity == "error"]
+
+
+@dataclass
+class Diagnostics:
+    """A collector: stages append to it and call `raise_if_errors()` at a point of no return."""
+
+    items: list[Diagnostic] = field(default_factory=list)
+
+    def error(self, span: Span, code: str, message: str, **kw) -> None:
+        self.items.append(Diagnostic(span, code, message, "error", **kw))
+
+    def warning(self, span: Span, code: str, message: str, **kw) -> None:
+        self.items.append(Diagnostic(span, code, message, "warning", **kw))
+
+    def extend(self, other: Iterable[Diagnostic]) -> None:
+        self.items.extend(other)
+
+    @property
+    def has_errors(self) -> bool:
+        return any(d.severity == "error" for d in self.items)
+
+    def raise_if_errors(self) -> None:
+        if self.has_errors:
+            raise SpecError(self.items)
+
+    def sorted(self) -> list[Diagnostic]:
+        return sorted(self.items, key=Diagnostic.sort_key)
+
+
+def did_you_mean(name: str, candidates: Iterable[str]) -> str:
+    """' (did you mean `x`?)' for the closest candidate, or '' when nothing is close."""
+    close = difflib.get_close_matches(name, sorted(set(candidates)), n=1, cutoff=0.6)
+    if not close:
+        lowered = {c.lower(): c for c in candidates}
+        if name.lower() in lowered:
+            close = [lowered[name.lower()]]
+    return f" (did you mean `{close[0]}`?)" if close else ""
+
+
+def _use_colour(stream) -> bool:
+    return hasattr(stream, "isatty") and stream.isatty() and not os.environ.get("NO_COLOR")
+
+
+def format_diagnostic(diag: Diagnostic, source: str | None, colour: bool = False) -> str:
+    """`FILE:LINE:COL: error: MESSAGE`, then the source line with `^~~~` under the span."""
+    red, yellow, bold, cyan, reset = (
+        ("\033[31m", "\033[33m", "\033[1m", "\033[36m", "\033[0m") if colour else ("",) * 5
+    )
+    sev_colour = red if diag.severity == "error" else yellow
+    where = f"[{diag.layer}] " if diag.layer else ""
+    lines = [
+        f"{bold}{diag.span}:{reset} {sev_colour}{bold}{diag.severity}:{reset} "
+        f"{where}{diag.message} [{diag.code}]"
+    ]
+    if source is not None:
+        src_lines = source.splitlines()
+        if 1 <= diag.span.line <= len(src_lines):
+            text = src_lines[diag.span.line - 1].replace("\t", " ")
+            if len(text) > 200:  # huge single-line inputs: show the neighbourhood only
+                start = max(0, diag.span.column - 80)
+                text = text[start : start + 160]
+                col = diag.span.column - start
+            else:
+                col = diag.span.column
+            end = diag.span.end_column if diag.span.end_line == diag.span.line else len(text) + 1
+            width = max(1, min(end, len(text) + 1) - col)
+            lines.append(f"{diag.span.line:5d} | {text}")
+            lines.append(f"      | {' ' * (col - 1)}{sev_colour}^{'~' * (width - 1)}{reset}")
+    if diag.hint:
+        lines.append(f"      = {cyan}hint:{reset} {diag.hint}")
+    return "\n".join(lines)
+
+
+def print_diagnostics(diags: Iterable[Diagnostic], sources: dict[str, str], stream=None) -> None:
+    stream = stream or sys.stderr
+    colour = _use_colour(stream)
+    for d in sorted(diags, key=Diagnostic.sort_key):
+        print(format_diagnostic(d, sources.get(d.span.file), colour), file=stream)

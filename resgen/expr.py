@@ -1,0 +1,241 @@
+"""Integer expressions: evaluation with located errors, free names, substitution, Python text.
+
+Values are int, float, bool or an (h, w) pair of ints. `/` is exact division: a remainder is an
+error, because a silently floored channel count is a wrong network. `//` rounds down on purpose.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+
+from resgen import spec as S
+from resgen.diagnostics import Span
+from resgen.limits import LIMITS
+
+Value = int | float | bool | tuple
+
+
+class EvalError(Exception):
+    def __init__(self, span: Span, message: str, code: str = "expression", hint: str | None = None):
+        super().__init__(message)
+        self.span, self.message, self.code, self.hint = span, message, code, hint
+
+
+def type_name(value: Value) -> str:
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float):
+        return "a number"
+    return "a pair"
+
+
+def show(value: Value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, tuple):
+        return f"({value[0]}, {value[1]})"
+    return repr(value)
+
+
+def source_text(expr: S.Expr) -> str:
+    """The expression as .arch text, for messages."""
+    if isinstance(expr, S.Int | S.Float):
+        return repr(expr.value)
+    if isinstance(expr, S.Bool):
+        return "true" if expr.value else "false"
+    if isinstance(expr, S.Ref):
+        return expr.name
+    if isinstance(expr, S.Pair):
+        return f"({source_text(expr.h)}, {source_text(expr.w)})"
+    if isinstance(expr, S.UnaryOp):
+        sep = " " if expr.op == "not" else ""
+        return f"{expr.op}{sep}{_wrap(expr.operand)}"
+    return f"{_wrap(expr.left)} {expr.op} {_wrap(expr.right)}"
+
+
+def _wrap(expr: S.Expr) -> str:
+    text = source_text(expr)
+    return f"({text})" if isinstance(expr, S.BinOp) else text
+
+
+def walk(expr: S.Expr) -> Iterator[S.Expr]:
+    yield expr
+    if isinstance(expr, S.Pair):
+        yield from walk(expr.h)
+        yield from walk(expr.w)
+    elif isinstance(expr, S.BinOp):
+        yield from walk(expr.left)
+        yield from walk(expr.right)
+    elif isinstance(expr, S.UnaryOp):
+        yield from walk(expr.operand)
+
+
+def free_refs(expr: S.Expr) -> list[S.Ref]:
+    return [e for e in walk(expr) if isinstance(e, S.Ref)]
+
+
+def _is_int(v: Value) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Value) -> bool:
+    return (isinstance(v, int | float)) and not isinstance(v, bool)
+
+
+def evaluate(expr: S.Expr, env: Mapping[str, Value]) -> Value:
+    """Evaluate with names from `env`. Raises EvalError at the offending sub-expression."""
+    if isinstance(expr, S.Int | S.Float | S.Bool):
+        return expr.value
+    if isinstance(expr, S.Ref):
+        if expr.name not in env:
+            raise EvalError(expr.span, f"unknown name `{expr.name}`", "unknown-name")
+        return env[expr.name]
+    if isinstance(expr, S.Pair):
+        h, w = evaluate(expr.h, env), evaluate(expr.w, env)
+        for part, v in ((expr.h, h), (expr.w, w)):
+            if not _is_int(v):
+                raise EvalError(part.span, f"a pair holds integers, not {type_name(v)}", "type")
+        return (h, w)
+    if isinstance(expr, S.UnaryOp):
+        v = evaluate(expr.operand, env)
+        if expr.op == "not":
+            if not isinstance(v, bool):
+                raise EvalError(expr.span, f"`not` needs a boolean, got {type_name(v)}", "type")
+            return not v
+        if not _is_number(v):
+            raise EvalError(expr.span, f"`-` needs a number, got {type_name(v)}", "type")
+        return -v
+    return _binop(expr, env)
+
+
+def _binop(expr: S.BinOp, env: Mapping[str, Value]) -> Value:
+    op = expr.op
+    left = evaluate(expr.left, env)
+    if op in ("and", "or"):  # short-circuit like Python
+        if not isinstance(left, bool):
+            raise EvalError(expr.left.span, f"`{op}` needs booleans, got {type_name(left)}",
+                            "type")
+        if (op == "and" and not left) or (op == "or" and left):
+            return left
+        right = evaluate(expr.right, env)
+        if not isinstance(right, bool):
+            raise EvalError(expr.right.span, f"`{op}` needs booleans, got {type_name(right)}",
+                            "type")
+        return right
+    right = evaluate(expr.right, env)
+    if op in ("==", "!="):
+        if type_name(left) != type_name(right) and not (_is_number(left) and _is_number(right)):
+            raise EvalError(expr.span, f"cannot compare {type_name(left)} with "
+                            f"{type_name(right)}", "type")
+        return (left == right) if op == "==" else (left != right)
+    for side, v in ((expr.left, left), (expr.right, right)):
+        if not _is_number(v):
+            raise EvalError(side.span, f"`{op}` needs numbers, got {type_name(v)} "
+                            f"(`{source_text(side)}` = {show(v)})", "type")
+    if op == "<":
+        return left < right
+    if op == "<=":
+        return left <= right
+    if op == ">":
+        return left > right
+    if op == ">=":
+        return left >= right
+    if op in ("/", "//") and right == 0:
+        raise EvalError(expr.right.span, f"division by zero: `{source_text(expr.right)}` is 0",
+                        "division-by-zero")
+    if op == "+":
+        result = left + right
+    elif op == "-":
+        result = left - right
+    elif op == "*":
+        result = left * right
+    elif op == "//":
+        result = left // right
+    elif _is_int(left) and _is_int(right):
+        if left % right:
+            raise EvalError(
+                expr.span,
+                f"`{source_text(expr)}` is {left} / {right}, which leaves a remainder of "
+                f"{left % right}; an integer is needed here",
+                "inexact-division",
+                hint="write `//` to round down on purpose, or pick values that divide evenly",
+            )
+        result = left // right
+    else:
+        result = left / right
+    if _is_int(result) and abs(result) > LIMITS.max_int:
+        raise EvalError(expr.span, f"`{source_text(expr)}` = {result} is beyond the integer "
+                        f"limit {LIMITS.max_int}", "limit")
+    return result
+
+
+def substitute(expr: S.Expr, lookup: Callable[[str], S.Expr | None]) -> S.Expr:
+    """Replace names for which `lookup` returns an expression; fold constant sub-expressions."""
+    if isinstance(expr, S.Ref):
+        found = lookup(expr.name)
+        return found if found is not None else expr
+    if isinstance(expr, S.Pair):
+        return expr.model_copy(update={"h": substitute(expr.h, lookup),
+                                       "w": substitute(expr.w, lookup)})
+    if isinstance(expr, S.UnaryOp):
+        new = expr.model_copy(update={"operand": substitute(expr.operand, lookup)})
+    elif isinstance(expr, S.BinOp):
+        new = expr.model_copy(update={"left": substitute(expr.left, lookup),
+                                      "right": substitute(expr.right, lookup)})
+    else:
+        return expr
+    return fold(new)
+
+
+def fold(expr: S.Expr) -> S.Expr:
+    """Evaluate `expr` when it has no free names and the result is a plain literal."""
+    if free_refs(expr):
+        return expr
+    try:
+        value = evaluate(expr, {})
+    except EvalError:
+        return expr
+    return literal(value, expr.span)
+
+
+def literal(value: Value, span: Span) -> S.Expr:
+    if isinstance(value, bool):
+        return S.Bool(span=span, value=value)
+    if isinstance(value, int):
+        return S.Int(span=span, value=value)
+    if isinstance(value, float):
+        return S.Float(span=span, value=value)
+    return S.Pair(span=span, h=S.Int(span=span, value=value[0]),
+                  w=S.Int(span=span, value=value[1]))
+
+
+_PY_PRECEDENCE = {"or": 1, "and": 2, "not": 3, "==": 4, "!=": 4, "<": 4, "<=": 4, ">": 4,
+                  ">=": 4, "+": 5, "-": 5, "*": 6, "/": 6, "//": 6, "neg": 7}
+
+
+def to_python(expr: S.Expr, name: Callable[[str], str] = str) -> str:
+    """Python source for the expression. Exact `/` becomes `//`: resgen checked it divides."""
+    return _py(expr, name)[0]
+
+
+def _py(expr: S.Expr, name) -> tuple[str, int]:
+    if isinstance(expr, S.Int | S.Float | S.Bool):
+        return repr(expr.value), 9
+    if isinstance(expr, S.Ref):
+        return name(expr.name), 9
+    if isinstance(expr, S.Pair):
+        return f"({to_python(expr.h, name)}, {to_python(expr.w, name)})", 9
+    if isinstance(expr, S.UnaryOp):
+        prec = _PY_PRECEDENCE["not" if expr.op == "not" else "neg"]
+        text, p = _py(expr.operand, name)
+        text = f"({text})" if p < prec else text
+        return (f"not {text}" if expr.op == "not" else f"-{text}"), prec
+    prec = _PY_PRECEDENCE[expr.op]
+    left, lp = _py(expr.left, name)
+    right, rp = _py(expr.right, name)
+    left = f"({left})" if lp < prec else left
+    right = f"({right})" if rp <= prec else right  # left-associative operators
+    op = "//" if expr.op == "/" else expr.op
+    return f"{left} {op} {right}", prec

@@ -1,0 +1,49 @@
+"""Which names a spec may use. A name in a spec becomes a Python identifier in generated code
+(a module attribute, an __init__ argument, a class or a function), so it must be one that cannot
+break or hijack that code."""
+
+from __future__ import annotations
+
+import builtins
+import keyword
+
+# Public attributes of torch.nn.Module (torch 2.x): a layer named `forward` or `training` would
+# replace them. Listed here so the torch-free path needs no torch import.
+MODULE_ATTRIBUTES = frozenset("""
+T_destination add_module apply bfloat16 buffers call_super_init children compile cpu cuda
+double dump_patches eval extra_repr float forward get_buffer get_extra_state get_parameter
+get_submodule half ipu load_state_dict modules mtia named_buffers named_children named_modules
+named_parameters parameters register_backward_hook register_buffer register_forward_hook
+register_forward_pre_hook register_full_backward_hook register_full_backward_pre_hook
+register_load_state_dict_post_hook register_load_state_dict_pre_hook register_module
+register_parameter register_state_dict_post_hook register_state_dict_pre_hook requires_grad_
+set_extra_state set_submodule share_memory state_dict to to_empty train training type xpu
+zero_grad
+""".split())
+
+# Names the generated module itself relies on at module or function scope.
+GENERATED_CODE_NAMES = frozenset(
+    "torch nn Tensor Optional Any self x out identity annotations math F typing".split()
+)
+
+# Implicit block parameter: the channel count of the tensor entering a block.
+IN_CHANNELS = "in_channels"
+# Set by a stage, never written by a user in a stage call.
+STAGE_SET = frozenset({"in_channels", "dilation"})
+
+
+def problem_with(name: str, role: str) -> str | None:
+    """Why `name` cannot be used as a `role` ('layer', 'parameter', 'block', ...), or None."""
+    if not name.isidentifier() or not name.isascii():
+        return f"`{name}` is not an ASCII Python identifier"
+    if keyword.iskeyword(name) or keyword.issoftkeyword(name):
+        return f"`{name}` is a Python keyword"
+    if name.startswith("__") or (name.startswith("_") and role in ("layer", "block")):
+        return f"{role} names may not start with an underscore (`{name}`)"
+    if role == "layer" and name in MODULE_ATTRIBUTES:
+        return f"`{name}` would replace nn.Module.{name}"
+    if role in ("parameter", "let", "block", "network", "class") and (
+        name in GENERATED_CODE_NAMES or name in dir(builtins)
+    ):
+        return f"`{name}` would shadow `{name}` in the generated code"
+    return None

@@ -1,0 +1,359 @@
+"""Text to `SpecFile`. The only module that imports lark: the parse tree never leaves it.
+
+Syntax errors become located `Diagnostic`s with messages written for people (what was found,
+what could come there). The LALR parser is built once per process and cached.
+"""
+
+from __future__ import annotations
+
+import functools
+from importlib import resources
+
+from lark import Lark, Token, Transformer, Tree, v_args
+from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
+
+from resgen import spec as S
+from resgen.diagnostics import Diagnostics, Span, SpecError
+from resgen.limits import LIMITS
+
+
+@functools.lru_cache(maxsize=1)
+def _lark() -> Lark:
+    grammar = resources.files("resgen").joinpath("grammar.lark").read_text(encoding="utf-8")
+    return Lark(grammar, parser="lalr", lexer="contextual", propagate_positions=True,
+                maybe_placeholders=True, cache=False)
+
+
+# What people call the grammar's terminals, for "expected ..." messages.
+_TERMINAL_WORDS = {
+    "NAME": "a name", "INT": "an integer", "FLOAT": "a number", "STRING": 'a "path"',
+    "COMPARE": "a comparison", "LBRACE": "`{`", "RBRACE": "`}`", "LPAR": "`(`", "RPAR": "`)`",
+    "COMMA": "`,`", "EQUAL": "`=`", "DOT": "`.`", "PLUS": "`+`", "MINUS": "`-`", "STAR": "`*`",
+    "SLASH": "`/`", "__ANON_0": "`//`", "$END": "end of file",
+}
+
+
+def _describe_terminal(name: str) -> str:
+    if name in _TERMINAL_WORDS:
+        return _TERMINAL_WORDS[name]
+    try:
+        pattern = _lark().get_terminal(name).pattern
+        if pattern.type == "str":
+            return f"`{pattern.value}`"
+    except KeyError:
+        pass
+    return name.lower()
+
+
+def _expected(names) -> str:
+    words = sorted({_describe_terminal(n) for n in names})
+    if len(words) > 8:
+        words = words[:8] + ["..."]
+    return ", ".join(words)
+
+
+def _token_text(token: Token) -> str:
+    if token.type == "$END":
+        return "end of file"
+    return f"`{token}`"
+
+
+def _last_position(text: str) -> tuple[int, int]:
+    """Line and column of the last character: where 'unexpected end of file' is reported."""
+    lines = text.split("\n")
+    while len(lines) > 1 and not lines[-1].strip():
+        lines.pop()
+    return len(lines), max(1, len(lines[-1]))
+
+
+def _syntax_error(err: UnexpectedInput, text: str, path: str) -> S.Diagnostic:
+    from resgen.diagnostics import Diagnostic
+
+    if isinstance(err, UnexpectedToken) and err.token.type != "$END":
+        tok = err.token
+        line, col = tok.line, tok.column
+        end_line = tok.end_line or line
+        end_col = tok.end_column or col + max(1, len(tok))
+        message = f"unexpected {_token_text(tok)}; expected {_expected(err.expected)}"
+        code = "syntax"
+        if tok.type == "NAME" and "NAME" not in err.expected and tok in _KEYWORDISH:
+            message += f" (`{tok}` is a keyword here)"
+    elif isinstance(err, UnexpectedCharacters):
+        line, col = err.line, err.column
+        end_line, end_col = line, col + 1
+        char = text[err.pos_in_stream] if 0 <= err.pos_in_stream < len(text) else "?"
+        code = "syntax"
+        if char == '"':
+            message = "unterminated string: a path must close with `\"` on the same line"
+        else:
+            message = f"unexpected character {char!r}"
+            if err.allowed:
+                message += f"; expected {_expected(err.allowed)}"
+    else:  # UnexpectedEOF, or UnexpectedToken at $END: report at the last line, never at -1
+        line, col = _last_position(text)
+        end_line, end_col = line, col + 1
+        expected = getattr(err, "expected", None) or []
+        message = "unexpected end of file"
+        if expected:
+            message += f"; expected {_expected(expected)}"
+        code = "unexpected-eof"
+    return Diagnostic(Span(path, line, col, end_line, end_col), code, message)
+
+
+_KEYWORDISH = {"block", "network", "stage", "stem", "head", "main", "shortcut", "merge", "post",
+               "let", "param", "input", "class", "import", "expansion", "when", "seq", "and",
+               "or", "not", "true", "false", "x"}
+
+
+def _check_nesting(text: str, path: str, diags: Diagnostics) -> None:
+    """Bound bracket nesting before parsing, so a hostile input cannot exhaust the stack."""
+    depth = 0
+    line, col = 1, 0
+    in_comment = in_string = False
+    for ch in text:
+        col += 1
+        if ch == "\n":
+            line, col, in_comment, in_string = line + 1, 0, False, False
+            continue
+        if in_comment:
+            continue
+        if ch == '"':
+            in_string = not in_string
+        elif in_string:
+            continue
+        elif ch == "#":
+            in_comment = True
+        elif ch in "({":
+            depth += 1
+            if depth > LIMITS.max_nesting:
+                diags.error(Span(path, line, col, line, col + 1), "limit",
+                            f"nesting deeper than {LIMITS.max_nesting} brackets",
+                            hint="set RESGEN_MAX_NESTING to raise the limit")
+                return
+        elif ch in ")}":
+            depth = max(0, depth - 1)
+
+
+def parse_text(text: str, path: str = "<string>") -> S.SpecFile:
+    """Parse one file. Raises SpecError with located diagnostics; never anything else."""
+    diags = Diagnostics()
+    _check_nesting(text, path, diags)
+    diags.raise_if_errors()
+    try:
+        tree = _lark().parse(text)
+    except UnexpectedInput as err:
+        raise SpecError([_syntax_error(err, text, path)]) from None
+    builder = _Builder(path, diags)
+    result = builder.transform(tree)
+    diags.raise_if_errors()
+    return result
+
+
+def _span(path: str, meta) -> Span:
+    if getattr(meta, "empty", False):
+        return Span(path, 1, 1, 1, 1)
+    return Span(path, meta.line, meta.column, meta.end_line, meta.end_column)
+
+
+def _tok_span(path: str, tok: Token) -> Span:
+    return Span(path, tok.line, tok.column, tok.end_line or tok.line,
+                tok.end_column or tok.column + len(tok))
+
+
+@v_args(meta=True)
+class _Builder(Transformer):
+    """Parse tree to spec nodes. Duplicate sections are reported here, where spans are at hand."""
+
+    def __init__(self, path: str, diags: Diagnostics):
+        super().__init__()
+        self.path = path
+        self.diags = diags
+
+    def _sp(self, meta) -> Span:
+        return _span(self.path, meta)
+
+    def _tsp(self, tok: Token) -> Span:
+        return _tok_span(self.path, tok)
+
+    # -- expressions
+    def int(self, meta, c):
+        return S.Int(span=self._sp(meta), value=int(c[0]))
+
+    def float(self, meta, c):
+        return S.Float(span=self._sp(meta), value=float(c[0]))
+
+    def true(self, meta, c):
+        return S.Bool(span=self._sp(meta), value=True)
+
+    def false(self, meta, c):
+        return S.Bool(span=self._sp(meta), value=False)
+
+    def ref(self, meta, c):
+        return S.Ref(span=self._sp(meta), name=str(c[0]))
+
+    def pair(self, meta, c):
+        return S.Pair(span=self._sp(meta), h=c[0], w=c[1])
+
+    def neg(self, meta, c):
+        return S.UnaryOp(span=self._sp(meta), op="-", operand=c[0])
+
+    def not_op(self, meta, c):
+        return S.UnaryOp(span=self._sp(meta), op="not", operand=c[0])
+
+    def _bin(op):  # noqa: N805 - a method factory
+        def method(self, meta, c):
+            return S.BinOp(span=self._sp(meta), op=op, left=c[0], right=c[-1])
+        return method
+
+    add, sub, mul, div, floordiv = _bin("+"), _bin("-"), _bin("*"), _bin("/"), _bin("//")
+    and_op, or_op = _bin("and"), _bin("or")
+
+    def compare(self, meta, c):
+        return S.BinOp(span=self._sp(meta), op=str(c[1]), left=c[0], right=c[2])
+
+    # -- calls and layers
+    def kwarg(self, meta, c):
+        return S.Arg(span=self._sp(meta), name=str(c[0]), value=c[1])
+
+    def args(self, meta, c):
+        return [a if isinstance(a, S.Arg) else S.Arg(span=a.span, name=None, value=a)
+                for a in c if a is not None]
+
+    def call(self, meta, c):
+        name, args = c
+        return S.Layer(span=self._sp(meta), kind="call", name=None, callee=str(name),
+                       callee_span=self._tsp(name), args=tuple(args or ()))
+
+    def layer(self, meta, c):
+        name, call = c
+        return call.model_copy(update={"name": str(name), "span": self._sp(meta)})
+
+    def seq_layer(self, meta, c):
+        return S.Layer(span=self._sp(meta), kind="seq", name=str(c[0]), callee="seq",
+                       callee_span=self._tsp(c[0]), items=tuple(c[1:]))
+
+    def reuse(self, meta, c):
+        return S.Layer(span=self._sp(meta), kind="reuse", name=str(c[0]), callee=str(c[0]),
+                       callee_span=self._sp(meta))
+
+    # -- blocks
+    def param(self, meta, c):
+        return S.Param(span=self._sp(meta), name=str(c[0]), default=c[1])
+
+    def params(self, meta, c):
+        return [p for p in c if p is not None]
+
+    def let(self, meta, c):
+        return S.Let(span=self._sp(meta), name=str(c[0]), value=c[1])
+
+    def expansion(self, meta, c):
+        return ("expansion", c[0], self._sp(meta))
+
+    def main(self, meta, c):
+        return ("main", tuple(c), self._sp(meta))
+
+    def post(self, meta, c):
+        return ("post", tuple(c), self._sp(meta))
+
+    def when(self, meta, c):
+        return c[0]
+
+    def shortcut(self, meta, c):
+        name, cond, *layers = c
+        node = S.Shortcut(span=self._sp(meta), name=str(name), condition=cond,
+                          layers=tuple(layers))
+        return ("shortcut", node, self._sp(meta))
+
+    def merge(self, meta, c):
+        return ("merge", c[0], self._sp(meta))
+
+    def _sections(self, items, owner: str, repeatable=("let",)):
+        seen: dict[str, Span] = {}
+        for key, _, span in items:
+            if key in seen and key not in repeatable:
+                self.diags.error(span, "duplicate-section",
+                                 f"`{key}` appears twice in {owner} (first at line "
+                                 f"{seen[key].line})")
+            seen.setdefault(key, span)
+
+    def block(self, meta, c):
+        name, params, *items = c
+        tagged = [("let", i, i.span) if isinstance(i, S.Let) else i for i in items]
+        self._sections(tagged, f"block `{name}`")
+        fields: dict = {"lets": tuple(i for k, i, _ in tagged if k == "let")}
+        for key, value, span in tagged:
+            if key == "expansion":
+                fields.setdefault("expansion", value)
+            elif key in ("main", "post"):
+                fields.setdefault(key, value)
+            elif key == "shortcut":
+                fields.setdefault("shortcut", value)
+            elif key == "merge":
+                if str(value) not in ("add", "mul"):
+                    self.diags.error(self._tsp(value), "unknown-merge",
+                                     f"unknown merge `{value}`; a block merges by `add` or `mul`")
+                else:
+                    fields.setdefault("merge", str(value))
+                    fields.setdefault("merge_span", span)
+        return S.Block(span=self._sp(meta), name=str(name), params=tuple(params or ()),
+                       source_file=self.path, **fields)
+
+    # -- networks
+    def input(self, meta, c):
+        return ("input", S.InputShape(span=self._sp(meta), channels=int(c[0]),
+                                      height=int(c[1]), width=int(c[2])), self._sp(meta))
+
+    def class_name(self, meta, c):
+        return ("class", str(c[0]), self._sp(meta))
+
+    def net_param(self, meta, c):
+        return ("param", S.Param(span=self._sp(meta), name=str(c[0]), default=c[1]),
+                self._sp(meta))
+
+    def stem(self, meta, c):
+        return ("stem", tuple(c), self._sp(meta))
+
+    def head(self, meta, c):
+        return ("head", tuple(c), self._sp(meta))
+
+    def stage(self, meta, c):
+        name, repeats, block, args = c
+        node = S.Stage(span=self._sp(meta), name=str(name), repeats=repeats, block=str(block),
+                       block_span=self._tsp(block), args=tuple(args or ()))
+        return ("stage", node, self._sp(meta))
+
+    def network(self, meta, c):
+        name, *items = c
+        tagged = [("let", i, i.span) if isinstance(i, S.Let) else i for i in items]
+        self._sections(tagged, f"network `{name}`", repeatable=("let", "param", "stage"))
+        fields: dict = {
+            "lets": tuple(i for k, i, _ in tagged if k == "let"),
+            "params": tuple(i for k, i, _ in tagged if k == "param"),
+            "stages": tuple(i for k, i, _ in tagged if k == "stage"),
+        }
+        for key, value, _ in tagged:
+            if key == "class":
+                fields.setdefault("class_name", value)
+            elif key in ("input", "stem", "head"):
+                fields.setdefault(key, value)
+        return S.Network(span=self._sp(meta), name=str(name), source_file=self.path, **fields)
+
+    def derived_network(self, meta, c):
+        name, base = c
+        return S.Network(span=self._sp(meta), name=str(name), base=base, source_file=self.path)
+
+    # -- file
+    def import_file(self, meta, c):
+        return S.Import(span=self._sp(meta), path=str(c[0])[1:-1])
+
+    def import_std(self, meta, c):
+        return S.Import(span=self._sp(meta), std=".".join(str(t) for t in c))
+
+    def start(self, meta, c):
+        by_type = lambda t: tuple(i for i in c if isinstance(i, t))  # noqa: E731
+        return S.SpecFile(span=self._sp(meta), path=self.path, imports=by_type(S.Import),
+                          lets=by_type(S.Let), blocks=by_type(S.Block),
+                          networks=by_type(S.Network))
+
+    def __default__(self, data, children, meta):  # pragma: no cover - every rule is handled
+        return Tree(data, children, meta)

@@ -1,0 +1,476 @@
+"""Semantic analysis: files and imports to a resolved `Spec`.
+
+Reads files (bytes, size, encoding), follows imports (relative to the importing file, or `std.*`
+from resgen's standard library; a cycle is an error), and checks every name: definitions are valid
+identifiers and unique in their scope, references point at something known (with a "did you
+mean"), and call arguments are bound to parameters. All errors of a file are collected and raised
+together. What leaves this module is self-contained: file-level `let`s are substituted in, every
+argument is named, every call says whether it is a built-in op or a block.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+from resgen import expr as E
+from resgen import spec as S
+from resgen.diagnostics import Diagnostic, Diagnostics, Span, SpecError, did_you_mean
+from resgen.limits import LIMITS
+from resgen.names import IN_CHANNELS, STAGE_SET, problem_with
+from resgen.ops import OPS, REQUIRED
+from resgen.parser import parse_text
+
+STAGE_KEYWORDS = ("dilate",)  # stage arguments that are not block parameters
+
+
+class UsageError(Exception):
+    """Not a spec problem: a missing file, a directory, an unreadable path (exit code 2)."""
+
+
+@dataclass
+class _File:
+    path: str
+    blocks: dict[str, S.Block] = field(default_factory=dict)
+    networks: dict[str, S.Network] = field(default_factory=dict)
+    lets: tuple[S.Let, ...] = ()
+
+
+@dataclass
+class Loader:
+    """Loads files once each; keeps their text so diagnostics can quote any of them."""
+
+    sources: dict[str, str] = field(default_factory=dict)
+    _files: dict[str, _File] = field(default_factory=dict)
+    _stack: list[str] = field(default_factory=list)
+
+    def load(self, path: str | os.PathLike) -> S.Spec:
+        """The resolved spec of one file: its own network (if any) and all blocks in scope."""
+        file = self._load(self._display(Path(path)), None)
+        own = [n for n in file.networks.values() if n.source_file == file.path]
+        lets = file.lets
+        return S.Spec(span=Span(file.path, 1, 1, 1, 1), path=file.path, lets=lets,
+                      blocks=dict(file.blocks), network=own[0] if own else None)
+
+    @staticmethod
+    def _display(path: Path) -> str:
+        """The path as the user wrote it (normalised), so messages point where they looked."""
+        return os.path.normpath(str(path))
+
+    def read(self, path: str, at: Span | None) -> str:
+        """The file's text, or a located error / UsageError when it cannot be had."""
+        p = Path(path)
+        try:
+            if path.startswith("<std>/"):
+                data = resources.files("resgen.stdlib").joinpath(path[6:]).read_bytes()
+            else:
+                if p.is_dir():
+                    raise IsADirectoryError(path)
+                size = p.stat().st_size
+                if size > LIMITS.max_file_bytes:
+                    self._fail(at or Span(path, 1, 1, 1, 1), "limit",
+                               f"{path} is {size} bytes, over the {LIMITS.max_file_bytes}-byte "
+                               "limit", hint="set RESGEN_MAX_FILE_BYTES to raise it")
+                data = p.read_bytes()
+        except (OSError, FileNotFoundError) as err:
+            reason = err.strerror or type(err).__name__
+            if at is None:
+                raise UsageError(f"{path}: {reason.lower()}") from None
+            self._fail(at, "import-not-found", f"cannot read `{path}`: {reason.lower()}")
+        if b"\x00" in data:
+            line = data[: data.index(b"\x00")].count(b"\n") + 1
+            self._fail(Span(path, line, 1, line, 2), "encoding",
+                       "a NUL byte: this is a binary file, not an .arch spec")
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as err:
+            before = data[: err.start]
+            line = before.count(b"\n") + 1
+            col = len(before) - (before.rfind(b"\n") + 1) + 1
+            self._fail(Span(path, line, col, line, col + 1), "encoding",
+                       f"byte 0x{data[err.start]:02x} is not valid UTF-8; specs are UTF-8 text")
+        text = text.removeprefix("\ufeff")
+        self.sources[path] = text
+        return text
+
+    @staticmethod
+    def _fail(span: Span, code: str, message: str, hint: str | None = None):
+        raise SpecError([Diagnostic(span, code, message, hint=hint)])
+
+    def _load(self, path: str, at: Span | None) -> _File:
+        key = path if path.startswith("<std>/") else os.path.abspath(path)
+        if key in self._stack:
+            cycle = " -> ".join(self._stack[self._stack.index(key):] + [key])
+            self._fail(at, "import-cycle", f"import cycle: {cycle}")
+        if key in self._files:
+            return self._files[key]
+        if len(self._stack) >= LIMITS.max_import_depth:
+            self._fail(at, "limit", f"imports nested deeper than {LIMITS.max_import_depth}")
+        text = self.read(path, at)
+        parsed = parse_text(text, path)
+        self._stack.append(key)
+        try:
+            file = _FileResolver(self, parsed).resolve()
+        finally:
+            self._stack.pop()
+        self._files[key] = file
+        return file
+
+    def import_target(self, imp: S.Import, importer: str) -> str:
+        if imp.std is not None:
+            parts = imp.std.split(".")
+            if parts[0] != "std" or len(parts) != 2:
+                self._fail(imp.span, "import-not-found",
+                           f"unknown library `{imp.std}`; the standard library is `std.resnet`")
+            name = parts[1] + ".arch"
+            if not resources.files("resgen.stdlib").joinpath(name).is_file():
+                known = [f.name[:-5] for f in resources.files("resgen.stdlib").iterdir()
+                         if f.name.endswith(".arch")]
+                self._fail(imp.span, "import-not-found",
+                           f"no module `{imp.std}` in the standard library"
+                           + did_you_mean(parts[1], known))
+            return "<std>/" + name
+        base = Path(importer).parent if not importer.startswith("<") else Path(".")
+        return self._display(base / imp.path)
+
+
+def load(path: str | os.PathLike) -> S.Spec:
+    """Parse and resolve one .arch file. Raises SpecError (located) or UsageError."""
+    return Loader().load(path)
+
+
+class _FileResolver:
+    """Resolves one parsed file against what it imports."""
+
+    def __init__(self, loader: Loader, parsed: S.SpecFile):
+        self.loader = loader
+        self.parsed = parsed
+        self.diags = Diagnostics()
+        self.blocks: dict[str, S.Block] = {}
+        self.networks: dict[str, S.Network] = {}
+        self.lets: dict[str, S.Expr] = {}
+
+    # -- entry
+    def resolve(self) -> _File:
+        for imp in self.parsed.imports:
+            target = self.loader.import_target(imp, self.parsed.path)
+            imported = self.loader._load(target, imp.span)
+            for name, block in imported.blocks.items():
+                self.blocks.setdefault(name, block)
+            for name, net in imported.networks.items():
+                self.networks.setdefault(name, net)
+        self._file_lets()
+        own_blocks = [self._block(b) for b in self.parsed.blocks]
+        for b in own_blocks:
+            self._define(self.blocks, b, "block")
+        for b in own_blocks:
+            self._check_block_recursion(b)
+        own_nets = []
+        for n in self.parsed.networks:
+            net = self._derived(n) if n.base is not None else self._network(n)
+            if net is not None:
+                own_nets.append(net)
+                self._define(self.networks, net, "network")
+        if len(own_nets) > 1:
+            self.diags.error(own_nets[1].span, "multiple-networks",
+                             f"a spec file defines one network; `{own_nets[0].name}` is already "
+                             f"defined at line {own_nets[0].span.line}",
+                             hint="put each network in its own file and import the shared parts")
+        self.diags.raise_if_errors()
+        return _File(self.parsed.path, self.blocks, self.networks, self.parsed.lets)
+
+    def _define(self, table: dict, node, role: str) -> None:
+        existing = table.get(node.name)
+        if existing is not None and existing is not node:
+            where = (f"line {existing.span.line}" if existing.span.file == node.span.file
+                     else existing.span.file)
+            self.diags.error(node.span, "duplicate-name",
+                             f"{role} `{node.name}` is already defined ({where})")
+            return
+        table[node.name] = node
+
+    def _name_ok(self, name: str, role: str, span: Span) -> bool:
+        problem = problem_with(name, role)
+        if problem:
+            self.diags.error(span, "bad-name", problem)
+        return problem is None
+
+    # -- let and expressions
+    def _file_lets(self) -> None:
+        for let in self.parsed.lets:
+            self._name_ok(let.name, "let", let.span)
+            value = self._expr(let.value, set(self.lets))
+            if let.name in self.lets:
+                self.diags.error(let.span, "duplicate-name", f"`{let.name}` is already defined")
+            self.lets[let.name] = value
+
+    def _expr(self, expr: S.Expr, scope: set[str]) -> S.Expr:
+        """Check every name in `expr` is in scope; substitute file-level lets."""
+        if sum(1 for _ in E.walk(expr)) > LIMITS.max_expression_nodes:
+            self.diags.error(expr.span, "limit", "expression too large")
+            return expr
+        for ref in E.free_refs(expr):
+            if ref.name not in scope and ref.name not in self.lets:
+                self.diags.error(ref.span, "unknown-name", f"unknown name `{ref.name}`"
+                                 + did_you_mean(ref.name, scope | set(self.lets)))
+        return E.substitute(expr, lambda n: None if n in scope else self.lets.get(n))
+
+    # -- layers
+    def _layers(self, layers, scope: set[str], declared: dict[str, S.Layer], owner: str,
+                named: bool = True) -> tuple[S.Layer, ...]:
+        out = []
+        for layer in layers:
+            if layer.kind == "reuse":
+                target = declared.get(layer.name)
+                if target is None:
+                    self.diags.error(layer.span, "unknown-name",
+                                     f"`{layer.name}` is not a layer declared earlier in {owner}"
+                                     + did_you_mean(layer.name, declared)
+                                     + "; to add a layer write `name = op(...)`")
+                elif target.kind != "op" or not OPS[target.callee].stateless:
+                    self.diags.error(layer.span, "reuse-stateful",
+                                     f"`{layer.name}` has parameters; only parameter-free layers "
+                                     "(relu, pools, ...) can be applied again by name",
+                                     hint="declare a new layer with its own name")
+                out.append(layer)
+                continue
+            if named and layer.name is not None:
+                if self._name_ok(layer.name, "layer", layer.span) and layer.name in declared:
+                    first = declared[layer.name]
+                    self.diags.error(layer.span, "duplicate-name",
+                                     f"layer `{layer.name}` is already declared in {owner} "
+                                     f"(line {first.span.line})",
+                                     hint=f"write just `{layer.name}` to apply it again")
+            if layer.kind == "seq":
+                items = self._layers(layer.items, scope, {}, owner, named=False)
+                resolved = layer.model_copy(update={"items": items})
+            else:
+                resolved = self._call(layer, scope)
+            if layer.name is not None:
+                declared.setdefault(layer.name, resolved)
+            out.append(resolved)
+        return tuple(out)
+
+    def _call(self, layer: S.Layer, scope: set[str]) -> S.Layer:
+        name = layer.callee
+        if name in OPS:
+            op = OPS[name]
+            params = [(p.name, p.default is REQUIRED) for p in op.params]
+            kind = "op"
+        elif name in self.blocks or name in self._own_block_names():
+            block = self.blocks.get(name) or self._own_block(name)
+            params = [(p.name, p.default is None) for p in block.params]
+            kind = "block"
+        else:
+            known = list(OPS) + list(self.blocks) + list(self._own_block_names())
+            self.diags.error(layer.callee_span, "unknown-op", f"unknown layer type `{name}`"
+                             + did_you_mean(name, known))
+            return layer
+        args = self._bind(layer.args, params, f"`{name}`", layer.callee_span, scope)
+        return layer.model_copy(update={"kind": kind, "args": args})
+
+    def _own_block_names(self) -> set[str]:
+        return {b.name for b in self.parsed.blocks}
+
+    def _own_block(self, name: str) -> S.Block:
+        return next(b for b in self.parsed.blocks if b.name == name)
+
+    def _bind(self, args, params: list[tuple[str, bool]], what: str, at: Span,
+              scope: set[str], extra: tuple[str, ...] = ()) -> tuple[S.Arg, ...]:
+        """Name every argument by its parameter; report unknown, duplicate and missing ones."""
+        names = [p for p, _ in params]
+        bound: dict[str, S.Arg] = {}
+        positional_done = False
+        for i, arg in enumerate(args):
+            value = self._expr(arg.value, scope)
+            if arg.name is None:
+                if positional_done:
+                    self.diags.error(arg.span, "syntax",
+                                     "a positional argument cannot follow a named one")
+                    continue
+                if i >= len(names):
+                    self.diags.error(arg.span, "too-many-arguments",
+                                     f"{what} takes at most {len(names)} positional argument"
+                                     f"{'s' if len(names) != 1 else ''}"
+                                     + (f" ({', '.join(names)})" if names else ""))
+                    continue
+                name = names[i]
+            else:
+                positional_done = True
+                name = arg.name
+                if name not in names and name not in extra:
+                    self.diags.error(arg.span, "unknown-argument",
+                                     f"{what} has no parameter `{name}`"
+                                     + did_you_mean(name, names + list(extra)))
+                    continue
+            if name in bound:
+                self.diags.error(arg.span, "duplicate-argument",
+                                 f"`{name}` is given twice to {what}")
+                continue
+            bound[name] = S.Arg(span=arg.span, name=name, value=value)
+        missing = [p for p, required in params if required and p not in bound]
+        if missing:
+            self.diags.error(at, "missing-argument",
+                             f"{what} needs {', '.join(f'`{m}`' for m in missing)}")
+        return tuple(bound.values())
+
+    # -- blocks
+    def _block(self, block: S.Block) -> S.Block:
+        self._name_ok(block.name, "block", block.span)
+        scope = {IN_CHANNELS}
+        params = []
+        for p in block.params:
+            if p.name == IN_CHANNELS:
+                self.diags.error(p.span, "bad-name",
+                                 f"`{IN_CHANNELS}` is implicit: every block receives the channel "
+                                 "count of its input under that name")
+                continue
+            self._name_ok(p.name, "parameter", p.span)
+            if p.name in scope:
+                self.diags.error(p.span, "duplicate-name", f"parameter `{p.name}` appears twice")
+            default = self._expr(p.default, scope) if p.default is not None else None
+            scope.add(p.name)
+            params.append(p.model_copy(update={"default": default}))
+        expansion = block.expansion
+        if expansion is not None:
+            expansion = self._expr(expansion, scope)
+            scope.add("expansion")
+        lets = []
+        for let in block.lets:
+            self._name_ok(let.name, "let", let.span)
+            if let.name in scope:
+                self.diags.error(let.span, "duplicate-name", f"`{let.name}` is already defined")
+            lets.append(let.model_copy(update={"value": self._expr(let.value, scope)}))
+            scope.add(let.name)
+        owner = f"block `{block.name}`"
+        declared: dict[str, S.Layer] = {}
+        main = self._layers(block.main, scope, declared, owner)
+        if not block.main:
+            self.diags.error(block.span, "empty-block", f"{owner} has no `main` layers")
+        shortcut = block.shortcut
+        if shortcut is not None:
+            if self._name_ok(shortcut.name, "layer", shortcut.span) and shortcut.name in declared:
+                self.diags.error(shortcut.span, "duplicate-name",
+                                 f"`{shortcut.name}` is already a layer of {owner}")
+            cond = self._expr(shortcut.condition, scope) if shortcut.condition else None
+            layers = self._layers(shortcut.layers, scope, {}, owner, named=False)
+            shortcut = shortcut.model_copy(update={"condition": cond, "layers": layers})
+            if block.merge is None:
+                self.diags.error(shortcut.span, "shortcut-without-merge",
+                                 f"{owner} has a shortcut but no `merge add` (or `merge mul`) "
+                                 "to join it")
+        post = self._layers(block.post, scope, declared, owner)
+        return block.model_copy(update={
+            "params": tuple(params), "expansion": expansion, "lets": tuple(lets), "main": main,
+            "shortcut": shortcut, "post": post})
+
+    def _check_block_recursion(self, block: S.Block) -> None:
+        def callees(b: S.Block):
+            layers = list(b.main) + list(b.post)
+            while layers:
+                layer = layers.pop()
+                layers.extend(layer.items)
+                if layer.kind == "block":
+                    yield layer
+
+        seen = set()
+        todo = [(block, None)]
+        while todo:
+            current, via = todo.pop()
+            for call in callees(current):
+                if call.callee == block.name:
+                    self.diags.error((via or call).span, "recursive-block",
+                                     f"block `{block.name}` contains itself")
+                    return
+                if call.callee not in seen and call.callee in self.blocks:
+                    seen.add(call.callee)
+                    todo.append((self.blocks[call.callee], via or call))
+
+    # -- networks
+    def _network(self, net: S.Network) -> S.Network:
+        self._name_ok(net.name, "network", net.span)
+        if net.class_name:
+            self._name_ok(net.class_name, "class", net.span)
+        if net.input is None:
+            self.diags.error(net.span, "missing-input",
+                             f"network `{net.name}` needs an input shape, e.g. `input 3x224x224`")
+        else:
+            self._check_input(net.input)
+        scope: set[str] = set()
+        params = []
+        for p in net.params:
+            self._name_ok(p.name, "parameter", p.span)
+            if p.name in scope:
+                self.diags.error(p.span, "duplicate-name", f"parameter `{p.name}` appears twice")
+            params.append(p.model_copy(update={"default": self._expr(p.default, scope)}))
+            scope.add(p.name)
+        lets = []
+        for let in net.lets:
+            self._name_ok(let.name, "let", let.span)
+            if let.name in scope:
+                self.diags.error(let.span, "duplicate-name", f"`{let.name}` is already defined")
+            lets.append(let.model_copy(update={"value": self._expr(let.value, scope)}))
+            scope.add(let.name)
+        owner = f"network `{net.name}`"
+        declared: dict[str, S.Layer] = {}
+        stem = self._layers(net.stem, scope, declared, owner)
+        stages = []
+        for stage in net.stages:
+            if self._name_ok(stage.name, "layer", stage.span) and stage.name in declared:
+                self.diags.error(stage.span, "duplicate-name",
+                                 f"`{stage.name}` is already a layer of {owner}")
+            declared.setdefault(stage.name, S.Layer(span=stage.span, kind="seq", name=stage.name))
+            stages.append(self._stage(stage, scope))
+        head = self._layers(net.head, scope, declared, owner)
+        return net.model_copy(update={"params": tuple(params), "lets": tuple(lets), "stem": stem,
+                                      "stages": tuple(stages), "head": head})
+
+    def _check_input(self, shape: S.InputShape) -> None:
+        for label, v in (("channels", shape.channels), ("height", shape.height),
+                         ("width", shape.width)):
+            if v < 1:
+                self.diags.error(shape.span, "bad-input", f"input {label} must be at least 1")
+            elif v > LIMITS.max_spatial * 16:
+                self.diags.error(shape.span, "limit", f"input {label} {v} is over the limit")
+
+    def _stage(self, stage: S.Stage, scope: set[str]) -> S.Stage:
+        repeats = self._expr(stage.repeats, scope)
+        block = self.blocks.get(stage.block)
+        if block is None:
+            self.diags.error(stage.block_span, "unknown-block", f"unknown block `{stage.block}`"
+                             + did_you_mean(stage.block, self.blocks))
+            return stage.model_copy(update={"repeats": repeats})
+        for arg in stage.args:
+            if arg.name in STAGE_SET:
+                self.diags.error(arg.span, "stage-sets-argument",
+                                 f"a stage sets `{arg.name}` itself"
+                                 + ("; write `dilate=true` to trade this stage's stride for "
+                                    "dilation" if arg.name == "dilation" else ""))
+        settable = [(p.name, p.default is None) for p in block.params
+                    if p.name not in STAGE_SET]
+        args = self._bind([a for a in stage.args if a.name not in STAGE_SET], settable,
+                          f"block `{block.name}`", stage.block_span, scope, STAGE_KEYWORDS)
+        return stage.model_copy(update={"repeats": repeats, "args": args})
+
+    def _derived(self, net: S.Network) -> S.Network | None:
+        """`network resnext50_32x4d = resnet50(groups=32)`: the base with new parameter defaults."""
+        self._name_ok(net.name, "network", net.span)
+        call = net.base
+        base = self.networks.get(call.callee)
+        if base is None:
+            self.diags.error(call.callee_span, "unknown-network",
+                             f"unknown network `{call.callee}`"
+                             + did_you_mean(call.callee, self.networks)
+                             + ("" if self.networks else "; import the file that defines it"))
+            return None
+        params = [(p.name, False) for p in base.params]
+        args = self._bind(call.args, params, f"network `{base.name}`", call.callee_span, set())
+        given = {a.name: a for a in args}
+        new_params = tuple(
+            p.model_copy(update={"default": given[p.name].value}) if p.name in given else p
+            for p in base.params
+        )
+        return base.model_copy(update={"name": net.name, "params": new_params, "span": net.span,
+                                       "base": call, "source_file": net.source_file})

@@ -1,0 +1,226 @@
+"""The typed spec: frozen pydantic models that every stage after the parser reads.
+
+The parser builds these from the parse tree; `resolve` checks names and binds arguments, returning
+a `Spec`. Nothing after `resolve` sees a parse tree or an unbound argument. Every node carries the
+`Span` of the source text that produced it, so any later stage can point at it in an error.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from resgen.diagnostics import Span
+
+
+class Node(BaseModel):
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+    span: Span
+
+
+# ---------------------------------------------------------------------------------------------
+# Expressions
+
+class Int(Node):
+    kind: Literal["int"] = "int"
+    value: int
+
+
+class Float(Node):
+    kind: Literal["float"] = "float"
+    value: float
+
+
+class Bool(Node):
+    kind: Literal["bool"] = "bool"
+    value: bool
+
+
+class Ref(Node):
+    kind: Literal["ref"] = "ref"
+    name: str
+
+
+class Pair(Node):
+    """`(h, w)`: a per-axis value for kernel, stride, padding, dilation and sizes."""
+
+    kind: Literal["pair"] = "pair"
+    h: Expr
+    w: Expr
+
+
+BinaryOperator = Literal["+", "-", "*", "/", "//", "==", "!=", "<", "<=", ">", ">=", "and", "or"]
+
+
+class BinOp(Node):
+    kind: Literal["binop"] = "binop"
+    op: BinaryOperator
+    left: Expr
+    right: Expr
+
+
+class UnaryOp(Node):
+    kind: Literal["unary"] = "unary"
+    op: Literal["-", "not"]
+    operand: Expr
+
+
+Expr = Annotated[Union[Int, Float, Bool, Ref, Pair, BinOp, UnaryOp], Field(discriminator="kind")]
+
+
+# ---------------------------------------------------------------------------------------------
+# Layers
+
+class Arg(Node):
+    """One argument of a call. `name` is None for a positional argument until `resolve` binds it."""
+
+    name: str | None
+    value: Expr
+
+
+class Layer(Node):
+    """One step of a layer sequence.
+
+    kind:
+      call   `conv1 = conv(64, 7)` as parsed; `resolve` turns it into `op` or `block`
+      op     a built-in layer (resgen.ops); args bound by parameter name
+      block  an instance of a block type defined in .arch (`se = SqueezeExcite(...)`)
+      seq    `conv1 = seq { ... }`: an nn.Sequential of unnamed layers (keys conv1.0, conv1.1, ...)
+      reuse  a bare name: apply an already-declared parameter-free module again (torchvision's
+             single `relu` used three times in Bottleneck)
+    `name` is None for the unnamed layers inside a `seq` or `shortcut`.
+    """
+
+    kind: Literal["call", "op", "block", "seq", "reuse"]
+    name: str | None
+    callee: str = ""  # op or block name for call/op/block; the reused layer for reuse
+    callee_span: Span | None = None
+    args: tuple[Arg, ...] = ()
+    items: tuple[Layer, ...] = ()  # for seq
+
+    def arg(self, name: str) -> Expr | None:
+        for a in self.args:
+            if a.name == name:
+                return a.value
+        return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Definitions
+
+class Param(Node):
+    name: str
+    default: Expr | None = None
+
+
+class Let(Node):
+    name: str
+    value: Expr
+
+
+class Shortcut(Node):
+    """The projection path of a block; present when `condition` holds, identity otherwise."""
+
+    name: str
+    condition: Expr | None = None  # None: always present
+    layers: tuple[Layer, ...] = ()
+
+
+class Block(Node):
+    """A block type written in .arch: BasicBlock, Bottleneck, or anything a user defines.
+
+    Forward: out = post(merge(main(x), shortcut(x) if present else x)); with no merge the block
+    is plain (out = post(main(x))), which is how the paper's plain baselines are written.
+    `in_channels` is an implicit parameter: the channel count of the tensor entering the block.
+    """
+
+    name: str
+    params: tuple[Param, ...] = ()
+    expansion: Expr | None = None
+    lets: tuple[Let, ...] = ()
+    main: tuple[Layer, ...] = ()
+    shortcut: Shortcut | None = None
+    merge: Literal["add", "mul"] | None = None
+    merge_span: Span | None = None
+    post: tuple[Layer, ...] = ()
+    source_file: str = ""
+
+    def param(self, name: str) -> Param | None:
+        return next((p for p in self.params if p.name == name), None)
+
+
+class Stage(Node):
+    """`stage layer2 = 4 x Bottleneck(planes=128, stride=2)`: `repeats` blocks of one type.
+
+    `stride` goes to the first block only and `dilate=true` swaps it for dilation, following
+    torchvision's `_make_layer` (resgen.stages holds that rule).
+    """
+
+    name: str
+    repeats: Expr
+    block: str
+    block_span: Span
+    args: tuple[Arg, ...] = ()
+
+    def arg(self, name: str) -> Expr | None:
+        return next((a.value for a in self.args if a.name == name), None)
+
+
+class InputShape(Node):
+    channels: int
+    height: int
+    width: int
+
+    def as_tuple(self) -> tuple[int, int, int]:
+        return (self.channels, self.height, self.width)
+
+
+class Network(Node):
+    name: str
+    class_name: str | None = None
+    input: InputShape | None = None
+    params: tuple[Param, ...] = ()
+    lets: tuple[Let, ...] = ()
+    stem: tuple[Layer, ...] = ()
+    stages: tuple[Stage, ...] = ()
+    head: tuple[Layer, ...] = ()
+    # `network resnext50_32x4d = resnet50(groups=32)`: set by the parser, expanded by resolve.
+    base: Layer | None = None
+    source_file: str = ""
+
+    @property
+    def python_class(self) -> str:
+        if self.class_name:
+            return self.class_name
+        return "".join(part[:1].upper() + part[1:] for part in self.name.split("_")) or "Network"
+
+
+class Import(Node):
+    path: str | None = None  # `import "blocks.arch"`: relative to the importing file
+    std: str | None = None  # `import std.resnet`: resgen's standard library
+
+
+class SpecFile(Node):
+    """One parsed .arch file, before name resolution."""
+
+    path: str
+    imports: tuple[Import, ...] = ()
+    lets: tuple[Let, ...] = ()
+    blocks: tuple[Block, ...] = ()
+    networks: tuple[Network, ...] = ()
+
+
+class Spec(Node):
+    """A resolved program: the network of one file plus every block type in its scope."""
+
+    path: str
+    lets: tuple[Let, ...] = ()
+    blocks: dict[str, Block] = Field(default_factory=dict)
+    network: Network | None = None
+
+
+Pair.model_rebuild()
+BinOp.model_rebuild()
+UnaryOp.model_rebuild()
+Layer.model_rebuild()
