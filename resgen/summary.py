@@ -1,0 +1,240 @@
+"""`resgen summary`: the analysed network as a table a person reads (like torchinfo) or as JSON.
+
+Rows nest as stage > block instance > layer (blocks used as layers nest further). By default the
+table shows one row per stage; `--depth N` expands N levels. Totals follow the table: parameters,
+buffers, MACs (with their convention named), input, output, output stride, receptive field and
+the input sizes the network accepts. No torch import on this path.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+
+from resgen.diagnostics import SpecError, print_diagnostics
+from resgen.resolve import Loader
+from resgen.shapes import MAC_CONVENTION, Analysis, LayerInfo, analyse, show_shape
+
+DEFAULT_DEPTH = 1
+
+
+@dataclass
+class Row:
+    name: str
+    op: str
+    out: tuple | None
+    params: int
+    macs: int
+    depth: int  # 1 = stage, 2 = block instance or stem/head layer, 3 = layer in a block, ...
+
+
+# ---------------------------------------------------------------------------------------------
+# Rows
+
+def rows(analysis: Analysis, depth: int = DEFAULT_DEPTH) -> list[Row]:
+    """The table's rows down to `depth`, each group's counts summed over its layers."""
+    stage_info = {s.name: s for s in analysis.stages}
+    result: list[Row] = []
+    groups: dict[str, Row] = {}
+    for layer in analysis.layers:
+        chain = [layer.stage, *_block_chain(layer, analysis.block_types)]
+        for level, key in enumerate(chain, start=1):
+            row = groups.get(key)
+            if row is None:
+                row = groups[key] = Row(key, _group_op(key, level, stage_info, analysis),
+                                        None, 0, 0, level)
+                result.append(row)
+            row.params += layer.params
+            row.macs += layer.macs
+            row.out = layer.out
+        if len(chain) + 1 <= depth:
+            result.append(Row(layer.name, describe_op(layer, analysis), layer.out,
+                              layer.params, layer.macs, len(chain) + 1))
+    for name, info in stage_info.items():
+        if name in groups:
+            groups[name].out = info.out_shape
+    return [r for r in result if r.depth <= depth]
+
+
+def _block_chain(layer: LayerInfo, block_types: dict[str, str]) -> list[str]:
+    """The block instances enclosing a layer, outermost first (`layer1.0`, `layer1.0.se`)."""
+    if layer.block is None:
+        return []
+    parts = layer.block.split(".")
+    return [p for p in (".".join(parts[:i]) for i in range(1, len(parts) + 1))
+            if p in block_types]
+
+
+def _group_op(key: str, level: int, stages: dict, analysis: Analysis) -> str:
+    if level == 1:
+        info = stages.get(key)
+        if info is not None and info.block:
+            return f"{info.repeats} x {info.block}"
+        count = sum(1 for layer in analysis.layers if layer.stage == key)
+        return f"{count} layer{'s' * (count != 1)}"
+    return analysis.block_types.get(key, "")
+
+
+def describe_op(layer: LayerInfo, analysis: Analysis) -> str:
+    """`conv 3x3 s2 p1`: the op and whichever window arguments are not defaults."""
+    attrs = analysis.graph.nodes[layer.name]
+    args = attrs["args"]
+    op = layer.op
+    if op in ("conv", "maxpool", "avgpool") and "kernel" in args:
+        parts = [op, _size(args["kernel"])]
+        stride_default = 1 if op == "conv" else args["kernel"]  # pools: stride = kernel
+        for key, short, default in (("stride", "s", stride_default), ("padding", "p", 0),
+                                    ("dilation", "d", 1), ("groups", "g", 1)):
+            value = args.get(key, default)
+            if value != default:
+                parts.append(f"{short}{_compact(value)}")
+        if args.get("ceil_mode"):
+            parts.append("ceil")
+        return " ".join(parts)
+    if op == "adaptive_avgpool" and "size" in args:
+        return f"{op} {_size(args['size'])}"
+    if layer.module and layer.module != layer.name:
+        return f"{op} (again)"
+    return op
+
+
+def _compact(value) -> str:
+    return f"{value[0]},{value[1]}" if isinstance(value, tuple) else str(value)
+
+
+def _size(value) -> str:
+    if isinstance(value, tuple):
+        return f"{value[0]}x{value[1]}" if value[0] != value[1] else f"{value[0]}x{value[0]}"
+    return f"{value}x{value}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Text
+
+def human(n: int) -> str:
+    """1234567 -> 1.23M; plain below ten thousand."""
+    for unit, scale in (("G", 10**9), ("M", 10**6), ("K", 10**3)):
+        if abs(n) >= scale and (unit != "K" or abs(n) >= 10_000):
+            return f"{n / scale:.2f}{unit}"
+    return str(n)
+
+
+def _pair_text(value: tuple[int, int] | None, none: str) -> str:
+    if value is None:
+        return none
+    return str(value[0]) if value[0] == value[1] else f"{value[0]}x{value[1]}"
+
+
+def render(analysis: Analysis, depth: int = DEFAULT_DEPTH) -> str:
+    table = [("Layer", "Op", "Output shape", "Params", "MACs")]
+    for row in rows(analysis, depth):
+        indent = "  " * (row.depth - 1)
+        table.append((indent + row.name, row.op, show_shape(row.out), f"{row.params:,}",
+                      human(row.macs) if row.macs else "-"))
+    widths = [max(len(r[i]) for r in table) for i in range(5)]
+    align = ("<", "<", "<", ">", ">")
+
+    def line(cells) -> str:
+        return "  ".join(f"{c:{a}{w}}" for c, a, w in zip(cells, align, widths, strict=True))
+
+    rule = "=" * len(line(table[0]))
+    out = [f"{analysis.network}", rule, line(table[0]), "-" * len(rule)]
+    out += [line(r).rstrip() for r in table[1:]]
+    out.append(rule)
+    out += [f"{k + ':':<18}{v}" for k, v in totals(analysis)]
+    out.append(rule)
+    return "\n".join(out)
+
+
+def totals(analysis: Analysis) -> list[tuple[str, str]]:
+    last = next((s.name for s in reversed(analysis.stages) if s.name != "head"), "")
+    items = [
+        ("Params", f"{analysis.params:,}"),
+        ("Buffers", f"{analysis.buffers:,} (batch norm running statistics and counters)"),
+        ("MACs", f"{analysis.macs / 1e9:.3f} G = {analysis.macs:,} ({MAC_CONVENTION})"),
+        ("Input", show_shape(analysis.input)),
+        ("Output", show_shape(analysis.output)),
+        ("Output stride", f"{_pair_text(analysis.output_stride, '-')} (after {last})"),
+        ("Receptive field", f"{_pair_text(analysis.receptive_field, 'whole input')} "
+                            f"(after {last})"),
+    ]
+    per_stage = [f"{s.name} {_pair_text(s.output_stride, '-')}/"
+                 f"{_pair_text(s.receptive_field, 'all')}"
+                 for s in analysis.stages if s.name != "head"]
+    items.append(("Stride/field", ", ".join(per_stage) + " (per stage)"))
+    sizes = analysis.input_sizes
+    if sizes is not None:
+        items.append(("Smallest input", "none found" if sizes.smallest is None
+                      else f"{sizes.smallest[0]}x{sizes.smallest[1]} (H x W)"))
+        for label, pair in (("Accepted sizes", sizes.accepted),
+                            ("No rows dropped", sizes.no_dropped_rows),
+                            ("Evenly divided", sizes.exact)):
+            items.append((label, pair[0] if pair[0] == pair[1]
+                          else f"H: {pair[0]}; W: {pair[1]}"))
+    return items
+
+
+# ---------------------------------------------------------------------------------------------
+# JSON
+
+def to_json(analysis: Analysis) -> dict:
+    sizes = analysis.input_sizes
+    return {
+        "network": analysis.network,
+        "input": list(analysis.input),
+        "output": list(analysis.output) if analysis.output is not None else None,
+        "params": analysis.params,
+        "buffers": analysis.buffers,
+        "macs": analysis.macs,
+        "mac_convention": MAC_CONVENTION,
+        "output_stride": list(analysis.output_stride) if analysis.output_stride else None,
+        "receptive_field": (list(analysis.receptive_field) if analysis.receptive_field
+                            else None),
+        "input_sizes": None if sizes is None else {
+            "smallest": list(sizes.smallest) if sizes.smallest else None,
+            "accepted": list(sizes.accepted),
+            "no_dropped_rows": list(sizes.no_dropped_rows),
+            "exact": list(sizes.exact),
+        },
+        "stages": [{
+            "name": s.name, "block": s.block, "repeats": s.repeats,
+            "in": _listed(s.in_shape), "out": _listed(s.out_shape), "params": s.params,
+            "buffers": s.buffers, "macs": s.macs,
+            "output_stride": _listed(s.output_stride),
+            "receptive_field": _listed(s.receptive_field),
+        } for s in analysis.stages],
+        "layers": [{
+            "name": layer.name, "op": layer.op, "out": _listed(layer.out),
+            "params": layer.params, "macs": layer.macs, "buffers": layer.buffers,
+            "stage": layer.stage, "block": layer.block,
+        } for layer in analysis.layers],
+        "diagnostics": [d.as_dict() for d in analysis.diagnostics],
+    }
+
+
+def _listed(value) -> list | None:
+    return list(value) if value is not None else None
+
+
+# ---------------------------------------------------------------------------------------------
+
+def cmd_summary(args) -> int:
+    loader = Loader()
+    try:
+        spec = loader.load(args.spec)
+        if spec.network is None:
+            print(f"resgen: error: {args.spec} defines no network", file=sys.stderr)
+            return 1
+        analysis = analyse(spec, args.input)
+    except SpecError as err:
+        print_diagnostics(err.diagnostics, loader.sources)
+        return 1
+    if analysis.diagnostics:
+        print_diagnostics(analysis.diagnostics, loader.sources)
+    if args.json:
+        print(json.dumps(to_json(analysis), indent=2))
+    else:
+        depth = DEFAULT_DEPTH if args.depth is None else args.depth
+        print(render(analysis, depth))
+    return 0 if analysis.ok else 1
