@@ -1,0 +1,689 @@
+"""Architecture diagrams: an `Analysis` drawn with Graphviz at three levels of detail.
+
+    stages  input -> stem -> one node per stage -> head -> output (the default)
+    blocks  one node per block, clustered by stage; a projection shortcut is a node of its own
+    layers  exactly one drawn node per node of the shape graph (input, output and the merge
+            nodes included), clustered by stage and block
+
+Every edge carries the shape of the tensor it stands for; an edge leaving something that lowers
+the resolution is bold and marked "/2" (or "/4", ...). The DOT text is built with the `graphviz`
+package and is a pure function of the analysis (nodes and edges follow the graph's insertion
+order), so the same spec always gives the same bytes. A spec with shape errors is drawn too: the
+node an error belongs to and the edges into it are red and carry the message, so one sees where a
+variant breaks.
+
+Images (svg, png, pdf) need Graphviz's `dot` executable; without it the .dot is written instead
+and one line on stderr says how to install Graphviz.
+
+`resgen diagram SPEC` writes `<spec file stem>.<detail>.<format>` in the current directory
+(`resgen diagram specs/resnet50.arch` -> `resnet50.stages.svg`), or FILE with `-o FILE` (a
+directory there means that default name inside it). Exit codes: 0 ok; 1 the spec has errors (the
+diagram is still written when the spec could be analysed); 2 usage, or an image was asked for and
+`dot` is not installed (then the .dot is written next to where the image would have gone).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import html
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import textwrap
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import graphviz
+
+from resgen.diagnostics import SpecError, print_diagnostics
+from resgen.ops import FROM_INPUT, OPS, REQUIRED
+
+DETAILS = ("stages", "blocks", "layers")
+IMAGE_FORMATS = ("svg", "png", "pdf")
+INSTALL_HINT = "install Graphviz to render images (Debian/Ubuntu: apt-get install graphviz)"
+ERRORS_ID = "(errors)"  # not an identifier, so no layer can be called that
+
+EXIT_OK, EXIT_SPEC_ERROR, EXIT_USAGE = 0, 1, 2
+
+FONT = "Helvetica"
+INK, MUTED, RED = "#333333", "#777777", "#cc1f1a"
+# (fill, border) per op family: the fill says what a node does at a glance.
+COLOURS = {
+    "conv": ("#dbe8f6", "#4b77a9"),
+    "norm": ("#ddefdb", "#4f8f4a"),
+    "act": ("#fbf0c4", "#a8891e"),
+    "pool": ("#e8def4", "#7657a3"),
+    "linear": ("#fbe3d0", "#b46a32"),
+    "other": ("#f0f0f0", "#8a8a8a"),
+    "merge": ("#d9d9d9", "#666666"),
+    "io": ("#ffffff", INK),
+    "stage": ("#e6eef7", "#4b77a9"),
+    "block": ("#e6eef7", "#4b77a9"),
+    "shortcut": ("#f3f6fa", "#4b77a9"),
+    "stem": ("#f0f0f0", "#8a8a8a"),
+    "error": ("#fde2df", RED),
+}
+FAMILY = {
+    "conv": "conv", "batchnorm": "norm", "relu": "act", "sigmoid": "act", "maxpool": "pool",
+    "avgpool": "pool", "adaptive_avgpool": "pool", "linear": "linear", "add": "merge",
+    "mul": "merge", "input": "io", "output": "io",
+}
+SHORTCUT_BLUE, IDENTITY_GREY = "#4b77a9", "#8c8c8c"
+ROLE_RANK = {"main": 0, "shortcut": 1, "identity": 2}  # which edge speaks for a collapsed pair
+WRAP = 46  # characters per label line
+
+
+class GraphvizMissing(RuntimeError):
+    """Graphviz's `dot` executable is not on PATH."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Text
+
+def _clean(text: object) -> str:
+    """Printable text: user names and messages must not break the DOT or the SVG's XML."""
+    return "".join(c if c >= " " or c in "\n\t" else "\ufffd" for c in str(text))
+
+
+def _esc(text: object) -> str:
+    """Text for an HTML label. dot expands `\\N` (node name) and friends even there, after
+    decoding entities, so a backslash is doubled rather than written as an entity."""
+    return html.escape(_clean(text)).replace("\\", "\\\\")
+
+
+def _plain(text: object) -> graphviz.quoting.NoHtml:
+    """An escString attribute (tooltip): backslashes are Graphviz escapes, so double them."""
+    return graphviz.nohtml(_clean(text).replace("\\", "\\\\").replace("\n", " "))
+
+
+def _shape(shape) -> str:
+    return "?" if shape is None else "×".join(str(d) for d in shape)
+
+
+def _hw(shape) -> tuple[int, int] | None:
+    return (shape[1], shape[2]) if shape is not None and len(shape) == 3 else None
+
+
+def _count(n) -> str:
+    """Three significant figures: 950, 9.54k, 15.0M, 4.09G."""
+    if n is None:
+        return "?"
+    for scale, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(n) >= scale:
+            value = n / scale
+            digits = 0 if abs(value) >= 99.95 else 1 if abs(value) >= 9.995 else 2
+            return f"{value:.{digits}f}{suffix}"
+    return str(n)
+
+
+def _size(v) -> str:
+    """A kernel or output size: 3 -> 3×3, (1, 7) -> 1×7."""
+    if isinstance(v, (tuple, list)) and len(v) == 2:
+        return f"{v[0]}×{v[1]}"
+    return "?" if v is None else f"{v}×{v}"
+
+
+def _axis(v) -> str:
+    if isinstance(v, (tuple, list)) and len(v) == 2:
+        return str(v[0]) if v[0] == v[1] else f"{v[0]}×{v[1]}"
+    return str(v)
+
+
+def _is(v, default) -> bool:
+    return v == default or (isinstance(v, (tuple, list)) and all(x == default for x in v))
+
+
+def op_text(op: str | None, args: dict | None) -> str:
+    """`conv 3×3 s2 p1 g32`: what a layer does; stride, padding, dilation and groups are shown
+    when they differ from 1, 0, 1, 1."""
+    spec = OPS.get(op or "")
+    a = {p.name: p.default for p in spec.params
+         if p.default is not REQUIRED and p.default is not FROM_INPUT} if spec else {}
+    a.update(args or {})
+    if op == "conv":
+        extra = [f"{key}{_axis(a[name])}" for name, key, default in (
+            ("stride", "s", 1), ("padding", "p", 0), ("dilation", "d", 1), ("groups", "g", 1))
+            if name in a and not _is(a[name], default)]
+        return " ".join([f"conv {_size(a.get('kernel'))}", *extra])
+    if op in ("maxpool", "avgpool"):
+        a.setdefault("stride", a.get("kernel"))
+        extra = [f"{key}{_axis(a[name])}" for name, key, default in (
+            ("stride", "s", 1), ("padding", "p", 0)) if name in a and not _is(a[name], default)]
+        return " ".join([f"{op} {_size(a.get('kernel'))}", *extra])
+    if op == "adaptive_avgpool":
+        return f"adaptive avgpool to {_size(a.get('size'))}"
+    if op == "linear":
+        return f"linear {a.get('features', '?')}"
+    if op == "dropout":
+        return f"dropout p={a.get('p')}"
+    return op or "?"
+
+
+def _chain(items: list[str], width: int = WRAP) -> list[str]:
+    """Join steps with arrows, breaking lines between steps."""
+    lines: list[str] = []
+    for item in items:
+        if lines and len(lines[-1]) + 3 + len(item) <= width:
+            lines[-1] += " → " + item
+        else:
+            lines.append(("→ " if lines else "") + item)
+    return lines
+
+
+def _lines(*rows: tuple[str, str]) -> str:
+    """An HTML label from (kind, text) rows; kind: title, text, small, error."""
+    out = []
+    for kind, text in rows:
+        if kind == "title":
+            out.append(f"<b>{_esc(text)}</b>")
+        elif kind == "html":  # already escaped by the caller
+            out.append(text)
+        elif kind == "small":
+            out.append(f'<font point-size="8" color="{MUTED}">{_esc(text)}</font>')
+        elif kind == "error":
+            wrapped = textwrap.wrap(_clean(text), WRAP) or [""]
+            out.append(f'<font point-size="9" color="{RED}">'
+                       + "<br/>".join(_esc(w) for w in wrapped) + "</font>")
+        else:
+            out.append(_esc(text))
+    return "<" + "<br/>".join(out) + ">"
+
+
+# ---------------------------------------------------------------------------------------------
+# Grouping: the three levels are one drawing over differently sized groups of graph nodes.
+
+@dataclass
+class _Group:
+    id: str
+    kind: str  # input, output, stem, head, stage, block, shortcut, layer
+    clusters: tuple[str, ...]  # enclosing clusters, outermost first
+    nodes: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+
+def _top_block(block: str | None, stage: str) -> str | None:
+    """The stage's block instance a node belongs to (`layer1.0`), even inside a nested block."""
+    if not block:
+        return None
+    parts = block.split(".")
+    return ".".join(parts[:2]) if parts[0] == stage and len(parts) >= 2 else block
+
+
+def _place(node: str, d: dict, detail: str) -> tuple[str, str, tuple[str, ...]]:
+    op, stage = d.get("op"), d.get("stage")
+    if op in ("input", "output"):
+        return node, op, ()
+    block = _top_block(d.get("block"), stage) if stage not in (None, "stem", "head") else None
+    if detail == "layers":
+        return node, "layer", tuple(c for c in (stage, block) if c)
+    if stage is None:
+        return node, "layer", ()
+    if stage in ("stem", "head"):
+        return stage, stage, ()
+    if detail == "stages" or block is None:
+        return stage, "stage", ()
+    if d.get("branch") == "shortcut":
+        module = d.get("module") or node
+        prefix = module.rsplit(".", 1)[0] if module.startswith(block + ".") else module
+        return (prefix if prefix != block else block + ".shortcut"), "shortcut", (stage,)
+    return block, "block", (stage,)
+
+
+def _error_messages(analysis) -> tuple[dict[str, list[str]], list[str]]:
+    """Error text per graph node, and the errors that belong to no node.
+
+    A node's `error` attribute places an error; its diagnostic (matched by message, since its
+    `layer` may name the enclosing block) adds the source location. Other diagnostics go to the
+    node their `layer` names, or, naming none, are drawn apart."""
+    graph = analysis.graph
+    per_node: dict[str, list[str]] = {}
+    by_message: dict[str, str] = {}
+    for node, d in graph.nodes(data=True):
+        if d.get("error"):
+            per_node[node] = [_clean(d["error"])]
+            by_message.setdefault(str(d["error"]), node)
+    loose: list[str] = []
+    for diag in analysis.diagnostics:
+        if diag.severity != "error":
+            continue
+        text = f"{diag.message} ({Path(diag.span.file).name}:{diag.span.line})"
+        node = by_message.pop(diag.message, None)
+        if node is not None:
+            per_node[node] = [text if m == _clean(diag.message) else m for m in per_node[node]]
+        elif diag.layer is not None and diag.layer in graph:
+            per_node.setdefault(diag.layer, []).append(text)
+        else:
+            loose.append(text)
+    return per_node, loose
+
+
+# ---------------------------------------------------------------------------------------------
+# The drawing
+
+def digraph(spec, analysis, detail: str = "stages", rankdir: str = "TB") -> graphviz.Digraph:
+    """The diagram of an analysed spec as a `graphviz.Digraph`."""
+    if detail not in DETAILS:
+        raise ValueError(f"detail must be one of {', '.join(DETAILS)}, not {detail!r}")
+    graph = analysis.graph
+    node_errors, loose_errors = _error_messages(analysis)
+
+    groups: dict[str, _Group] = {}
+    group_of: dict[str, str] = {}
+    for node, d in graph.nodes(data=True):
+        gid, kind, clusters = _place(node, d, detail)
+        group = groups.setdefault(gid, _Group(gid, kind, clusters))
+        group.nodes.append(node)
+        group.errors.extend(node_errors.get(node, ()))
+        group_of[node] = gid
+
+    # Collapse graph edges onto groups; the first pair wins its place, the main role its style.
+    edges: dict[tuple[str, str], tuple[str, str]] = {}
+    for u, v, d in graph.edges(data=True):
+        key = (group_of[u], group_of[v])
+        if key[0] == key[1]:
+            continue
+        role = d.get("role") or "main"
+        if key not in edges or ROLE_RANK.get(role, 0) < ROLE_RANK.get(edges[key][0], 0):
+            edges[key] = (role, u)
+
+    name = spec.network.name if getattr(spec, "network", None) else "network"
+    errors = sum(map(len, node_errors.values())) + len(loose_errors)
+    dot = graphviz.Digraph(name=name)
+    dot.attr("graph", rankdir=rankdir, fontname=FONT, fontsize="11", fontcolor=INK,
+             labelloc="t", label=_label(name, analysis, errors, detail),
+             bgcolor="white", nodesep="0.3", ranksep="0.32", pad="0.25", newrank="true")
+    dot.attr("node", fontname=FONT, fontsize="10", fontcolor=INK, shape="box",
+             style="rounded,filled", penwidth="1", margin="0.14,0.06")
+    dot.attr("edge", fontname=FONT, fontsize="8", fontcolor="#555555", color="#555555",
+             arrowsize="0.6")
+
+    stage_info = {s.name: s for s in analysis.stages}
+    tree: dict[tuple[str, ...], list] = {(): []}  # cluster path -> groups and child paths
+    for group in groups.values():
+        for depth in range(1, len(group.clusters) + 1):
+            path = group.clusters[:depth]
+            if path not in tree:
+                tree[path] = []
+                tree[path[:-1]].append(path)
+        tree[group.clusters].append(group)
+
+    def emit(g: graphviz.Digraph, path: tuple[str, ...]) -> None:
+        for item in tree[path]:
+            if isinstance(item, _Group):
+                _node(g, item, graph, stage_info)
+                continue
+            with g.subgraph(name="cluster_" + item[-1]) as sub:
+                sub.attr(**_cluster_style(item, tree, analysis, stage_info))
+                emit(sub, item)
+
+    emit(dot, ())
+    for (gu, gv), (role, u) in edges.items():
+        _edge(dot, groups[gu], groups[gv], role, u, graph)
+    if loose_errors:
+        fill, line = COLOURS["error"]
+        dot.node(ERRORS_ID, _lines(("title", "errors"), *(("error", e) for e in loose_errors)),
+                 fillcolor=fill, color=line, penwidth="2")
+    return dot
+
+
+def to_dot(spec, analysis, detail: str = "stages", rankdir: str = "TB") -> str:
+    """The DOT text of the diagram; identical for identical input."""
+    return digraph(spec, analysis, detail, rankdir).source
+
+
+def _sum(graph, nodes: list[str], key: str) -> int:
+    return sum(graph.nodes[n].get(key) or 0 for n in nodes)
+
+
+def _in_out(group: _Group, graph, stage_info) -> tuple:
+    info = stage_info.get(group.id) if group.kind in ("stem", "head", "stage") else None
+    if info is not None:
+        return info.in_shape, info.out_shape
+    return graph.nodes[group.nodes[0]].get("in_shape"), graph.nodes[group.nodes[-1]].get(
+        "out_shape")
+
+
+def _transition(shape_in, shape_out) -> str:
+    """`512→1024 · 28×28→14×14`, leaving out what does not change."""
+    if shape_in is None or shape_out is None:
+        return f"{_shape(shape_in)} → {_shape(shape_out)}"
+    hw_in, hw_out = _hw(shape_in), _hw(shape_out)
+    if hw_in is None or hw_out is None:
+        return f"{_shape(shape_in)} → {_shape(shape_out)}"
+    channels = (f"{shape_in[0]}→{shape_out[0]} ch" if shape_in[0] != shape_out[0]
+                else f"{shape_in[0]} ch")
+    size = (f"{_size(hw_in)}→{_size(hw_out)}" if hw_in != hw_out else _size(hw_in))
+    return f"{channels} · {size}"
+
+
+def _node(g: graphviz.Digraph, group: _Group, graph, stage_info) -> None:
+    first = graph.nodes[group.nodes[0]]
+    kind = group.kind
+    attrs: dict[str, str] = {}
+    shape_in, shape_out = _in_out(group, graph, stage_info)
+    cost = f"params {_count(_sum(graph, group.nodes, 'params'))} · " \
+           f"MACs {_count(_sum(graph, group.nodes, 'macs'))}"
+    if kind in ("input", "output"):
+        rows = [("title", kind), ("text", _shape(first.get("out_shape" if kind == "input"
+                                                                else "in_shape")))]
+        family = "io"
+    elif kind == "layer":
+        op = first.get("op")
+        family = FAMILY.get(op, "other")
+        shown = _short_name(group.id, first)
+        if family == "merge" and not group.errors:
+            rows = [("title", "+" if op == "add" else "×")]
+            attrs = {"shape": "circle", "style": "filled", "width": "0.32", "fixedsize": "true",
+                     "fontsize": "12"}
+        else:
+            text = op_text(op, first.get("args"))
+            if "#" in group.id:
+                text += " (again)"
+            rows = [("title", shown)]
+            if text != shown:  # `relu = relu` says it once
+                rows.append(("small" if family == "merge" else "text", text))
+    elif kind == "stage":
+        info = stage_info.get(group.id)
+        family = "stage"
+        head = f"<b>{_esc(group.id)}</b>"
+        if info is not None and info.block:
+            head += f" · {_esc(info.block)} ×{_esc(info.repeats)}"
+        rows = [("html", head), ("text", _stage_line(group, graph, shape_in, shape_out)),
+                ("text", _stage_cost(info) or cost)]
+        if info is not None and info.output_stride and info.out_shape is not None:
+            rows.append(("small", f"output stride {_axis(info.output_stride)}"))
+    elif kind in ("stem", "head"):
+        family = "stem"
+        steps = [op_text(graph.nodes[n].get("op"), graph.nodes[n].get("args"))
+                 for n in group.nodes]
+        rows = [("title", kind), *(("small", line) for line in _chain(steps)),
+                ("text", f"{_shape(shape_in)} → {_shape(shape_out)}"),
+                ("text", _stage_cost(stage_info.get(kind)) or cost)]
+    elif kind == "block":
+        family = "block"
+        stage = group.clusters[0] if group.clusters else ""
+        info = stage_info.get(stage)
+        head = f"<b>{_esc(group.id)}</b>"
+        if info is not None and info.block:
+            head += f" · {_esc(info.block)}"
+        rows = [("html", head), ("text", _transition(shape_in, shape_out)), ("small", cost)]
+    else:  # a projection shortcut at the blocks level
+        family = "shortcut"
+        steps = [op_text(graph.nodes[n].get("op"), graph.nodes[n].get("args"))
+                 for n in group.nodes]
+        rows = [("title", group.id.rsplit(".", 1)[-1]),
+                *(("small", line) for line in _chain(steps)), ("small", cost)]
+        attrs = {"style": "rounded,filled,dashed"}
+    fill, line = COLOURS[family]
+    if group.errors:
+        fill, line = COLOURS["error"]
+        rows += [("error", e) for e in group.errors[:3]]
+        if len(group.errors) > 3:
+            rows.append(("error", f"(+{len(group.errors) - 3} more)"))
+        attrs["penwidth"] = "2"
+        attrs["fontcolor"] = RED
+    span = first.get("span")
+    where = f" ({span})" if span is not None and kind == "layer" else ""
+    if kind != "shortcut" and first.get("branch") != "shortcut":
+        attrs["group"] = "spine"  # dot keeps one group in a straight line: the main path
+    g.node(group.id, _lines(*rows), fillcolor=fill, color=line,
+           tooltip=_plain(group.id + where), **attrs)
+
+
+def _short_name(node: str, d: dict) -> str:
+    """The name inside its block (`conv2`, `downsample.0`), without the `#2` of a reuse."""
+    name = (d.get("module") or node).split("#")[0]
+    block = _top_block(d.get("block"), d.get("stage"))
+    if block and name.startswith(block + "."):
+        name = name[len(block) + 1:]
+    return name
+
+
+def _stage_line(group: _Group, graph, shape_in, shape_out) -> str:
+    """`512→1024 ch · stride 2 · 28×28→14×14` (or `· dilation 2` for a dilated stage)."""
+    text = _transition(shape_in, shape_out)
+    ratio = _ratio(shape_in, shape_out)
+    if ratio:
+        channels, _, size = text.partition(" · ")
+        text = f"{channels} · stride {ratio[1:]} · {size}"
+    dilation = max((_max_axis((graph.nodes[n].get("args") or {}).get("dilation", 1))
+                    for n in group.nodes if graph.nodes[n].get("op") == "conv"), default=1)
+    if dilation > 1:
+        text += f" · dilation {dilation}"
+    return text
+
+
+def _max_axis(v) -> int:
+    values = v if isinstance(v, (tuple, list)) else (v,)
+    return max((x for x in values if isinstance(x, int)), default=1)
+
+
+def _stage_cost(info) -> str | None:
+    if info is None:
+        return None
+    return f"params {_count(info.params)} · MACs {_count(info.macs)}"
+
+
+def _ratio(shape_in, shape_out) -> str | None:
+    """'/2' when the resolution drops (per axis when the axes differ), else None."""
+    hw_in, hw_out = _hw(shape_in), _hw(shape_out)
+    if hw_in is None or hw_out is None or not all(o > 0 for o in hw_out):
+        return None
+    rh, rw = (round(i / o) for i, o in zip(hw_in, hw_out, strict=True))
+    if hw_out == hw_in or (rh <= 1 and rw <= 1):
+        return None
+    return f"/{rh}" if rh == rw else f"/{rh}×{rw}"
+
+
+def _edge(g: graphviz.Digraph, src: _Group, dst: _Group, role: str, u: str, graph) -> None:
+    tensor = graph.nodes[u].get("out_shape")
+    attrs: dict[str, str] = {}
+    ratio = None
+    # A drop in resolution is marked on the edge leaving what dropped it; the head's global
+    # pooling is a reduction, not a stride.
+    if src.kind not in ("head", "input") and graph.nodes[u].get("op") != "adaptive_avgpool":
+        src_in = graph.nodes[src.nodes[0]].get("in_shape")
+        ratio = _ratio(src_in, tensor)
+    label = "&#160;" + _esc(_shape(tensor))  # a space keeps the text off the line
+    if ratio:
+        label += f"  <b>{_esc(ratio)}</b>"
+        attrs["penwidth"] = "2.2"
+    if role == "shortcut":
+        attrs.update(style="dashed", color=SHORTCUT_BLUE)
+    elif role == "identity":
+        attrs.update(style="dashed", color=IDENTITY_GREY)
+    if dst.errors:
+        attrs.update(color=RED, fontcolor=RED)
+    g.edge(src.id, dst.id, label=f"<{label}>", **attrs)
+
+
+def _cluster_style(path: tuple[str, ...], tree, analysis, stage_info) -> dict[str, str]:
+    key = path[-1]
+    errors = any(isinstance(i, _Group) and i.errors for i in _walk(tree, path))
+    line = RED if errors else "#b9c8da"
+    if len(path) == 1:  # a stage
+        info = stage_info.get(key)
+        head = f"<b>{_esc(key)}</b>"
+        if info is not None:
+            if info.block:
+                head += f" · {_esc(info.block)} ×{_esc(info.repeats)}"
+            head += f" · {_esc(_stage_cost(info))}"
+        return {"label": f"<{head}>", "style": "rounded,filled", "fillcolor": "#f6f8fb",
+                "color": line, "labeljust": "l", "fontsize": "10", "penwidth": "1.5"}
+    block_type = getattr(analysis, "block_types", {}).get(key)  # beyond the contract: optional
+    label = _esc(key) + (f" · {_esc(block_type)}" if block_type else "")
+    return {"label": f"<{label}>", "style": "rounded,dashed", "fillcolor": "#ffffff",
+            "color": RED if errors else "#a8a8a8", "labeljust": "l", "fontsize": "9",
+            "fontcolor": MUTED}
+
+
+def _walk(tree, path):
+    for item in tree[path]:
+        if isinstance(item, _Group):
+            yield item
+        else:
+            yield from _walk(tree, item)
+
+
+def _legend(detail: str, errors: int) -> list[tuple[str, str]]:
+    """(key cell, description) pairs for the encodings used at this level of detail."""
+
+    def swatch(family: str, text: str = "") -> str:
+        fill, line = COLOURS[family]
+        return f'<td bgcolor="{fill}" color="{line}" border="1" width="28">{text}</td>'
+
+    def stroke(glyph: str, colour: str, text: str = "") -> str:
+        return f'<td><font color="{colour}">{glyph}</font>{text}</td>'
+
+    if detail == "layers":
+        rows = [(swatch("conv"), "convolution (s, p, d, g unless 1, 0, 1, 1)"),
+                (swatch("norm"), "normalisation"), (swatch("act"), "activation"),
+                (swatch("pool"), "pooling"), (swatch("linear"), "linear"),
+                (swatch("other"), "flatten, dropout, identity"),
+                (swatch("merge", "+"), "merge of main path and shortcut")]
+    elif detail == "blocks":
+        rows = [(swatch("block"), "block (no shortcut node: adds its input)"),
+                (swatch("shortcut"), "projection shortcut")]
+    else:
+        rows = [(swatch("stage"), "stage: block × repeats"), (swatch("stem"), "stem, head")]
+    rows.append((stroke("───", "#555555"), "tensor shape C×H×W"))
+    rows.append((stroke("━━", "#555555", " <b>/n</b>"), "resolution divided by n"))
+    if detail != "stages":
+        rows.append((stroke("╌╌╌", SHORTCUT_BLUE), "projection shortcut path"))
+    if detail == "layers":
+        rows.append((stroke("╌╌╌", IDENTITY_GREY), "identity shortcut"))
+    rows.append((stroke("───", RED), "shape error (red, with message)"))
+    if errors:
+        rows.append(("<td>?</td>", "shape unknown after an error"))
+    return rows
+
+
+def _label(name: str, analysis, errors: int, detail: str) -> str:
+    """The graph's label: a title line over a two-column legend, kept out of the layout."""
+    parts = [f'<font point-size="14"><b>{_esc(name)}</b></font>',
+             f"input {_shape(analysis.input)}", f"{_count(analysis.params)} params",
+             f"{_count(analysis.macs)} MACs"]
+    if errors:
+        parts.append(f'<font color="{RED}"><b>{errors} error{"s" * (errors != 1)}</b></font>')
+    legend = _legend(detail, errors)
+    rows = []
+    for i in range(0, len(legend), 2):
+        cells = "".join(f'{key}<td align="left">{_esc(text)}</td>'
+                        for key, text in legend[i:i + 2])
+        rows.append(f"<tr>{cells}</tr>")
+    return ('<<table border="0" cellborder="0" cellspacing="2" cellpadding="1">'
+            f'<tr><td colspan="4" cellpadding="4">{" · ".join(parts)}</td></tr>'
+            f'<tr><td colspan="4" align="left"><font point-size="9" color="{MUTED}">'
+            f'<i>legend</i></font></td></tr>'
+            f'{"".join(rows)}</table>>')
+
+
+# ---------------------------------------------------------------------------------------------
+# Files and the command line
+
+def render(source: str, fmt: str) -> bytes:
+    """Run Graphviz's `dot` on DOT text; raises GraphvizMissing when it is not installed."""
+    exe = shutil.which("dot")
+    if exe is None:
+        raise GraphvizMissing("Graphviz's `dot` executable was not found on PATH")
+    argv = [exe, f"-T{fmt}"] + (["-Gdpi=144"] if fmt == "png" else [])
+    proc = subprocess.run(argv, input=source.encode("utf-8"), capture_output=True, check=False)
+    if proc.returncode != 0:
+        reason = proc.stderr.decode("utf-8", "replace").strip().splitlines()
+        raise RuntimeError(f"dot failed: {reason[0] if reason else proc.returncode}")
+    return proc.stdout
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write via a temporary file in the same directory, so readers never see half a file."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would make the image private
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _missing_dot_line(dot_path: Path, image: Path) -> str:
+    return (f"resgen: Graphviz's `dot` was not found, so wrote {dot_path} instead of {image}; "
+            f"{INSTALL_HINT}")
+
+
+def write_build_diagrams(spec, analysis, out_dir, stem: str) -> list[Path]:
+    """For `resgen build`: the stages diagram as out_dir/<stem>.dot and out_dir/<stem>.svg.
+
+    Never fails the build over the picture: without `dot` (or when dot fails) it writes the .dot,
+    says so in one line on stderr, and returns the files it did write."""
+    out_dir = Path(out_dir)
+    source = to_dot(spec, analysis)
+    dot_path, svg_path = out_dir / f"{stem}.dot", out_dir / f"{stem}.svg"
+    write_atomic(dot_path, source.encode("utf-8"))
+    try:
+        write_atomic(svg_path, render(source, "svg"))
+    except GraphvizMissing:
+        print(_missing_dot_line(dot_path, svg_path), file=sys.stderr)
+        return [dot_path]
+    except RuntimeError as err:
+        print(f"resgen: {svg_path} not drawn: {err}", file=sys.stderr)
+        return [dot_path]
+    return [dot_path, svg_path]
+
+
+KNOWN_SUFFIXES = {".svg": "svg", ".png": "png", ".pdf": "pdf", ".dot": "dot", ".gv": "dot"}
+
+
+def output_path(spec_path: str, detail: str, fmt: str, output: str | None) -> Path:
+    """-o FILE, or `<spec stem>.<detail>.<format>` in the current directory (or in -o DIR)."""
+    default = f"{Path(spec_path).stem}.{detail}.{fmt}"
+    if output is None:
+        return Path(default)
+    path = Path(output)
+    return path / default if path.is_dir() else path
+
+
+def cmd_diagram(args) -> int:
+    from resgen.resolve import Loader
+    from resgen.shapes import analyse
+
+    out = output_path(args.spec, args.detail, args.format, args.output)
+    implied = KNOWN_SUFFIXES.get(out.suffix.lower())
+    if implied is not None and implied != args.format:
+        print(f"resgen: error: {out} looks like {implied}, but the format is {args.format}: "
+              f"pass --format {implied}", file=sys.stderr)
+        return EXIT_USAGE
+    loader = Loader()
+    try:
+        spec = loader.load(args.spec)
+        analysis = analyse(spec, args.input)
+    except SpecError as err:  # not even a graph to draw
+        print_diagnostics(err.diagnostics, loader.sources)
+        return EXIT_SPEC_ERROR
+    print_diagnostics(analysis.diagnostics, loader.sources)
+    status = EXIT_OK if analysis.ok else EXIT_SPEC_ERROR
+    source = to_dot(spec, analysis, args.detail, args.rankdir)
+    try:
+        if args.format == "dot":
+            write_atomic(out, source.encode("utf-8"))
+        else:
+            try:
+                image = render(source, args.format)
+            except GraphvizMissing:
+                dot_path = out.with_suffix(".dot")
+                write_atomic(dot_path, source.encode("utf-8"))
+                print(_missing_dot_line(dot_path, out), file=sys.stderr)
+                return EXIT_USAGE
+            write_atomic(out, image)
+    except (OSError, RuntimeError) as err:
+        print(f"resgen: error: cannot write {out}: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    print(f"wrote {out}")
+    return status
