@@ -1,0 +1,283 @@
+"""`resgen build` and `resgen verify`, and the Python API behind them.
+
+build:  spec -> analysis (validation) -> generated source -> DIR/<spec stem>.py, written
+        atomically and only over a file resgen generated itself (or with --force).
+verify: the generated model in torch, run once, compared layer by layer with the shape engine's
+        prediction (output shapes, parameter count, network output).
+torch is imported only by the functions that run a model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import linecache
+import os
+import re
+import sys
+import tempfile
+import types
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from resgen import codegen
+from resgen import spec as S
+from resgen.diagnostics import SpecError, print_diagnostics
+from resgen.resolve import Loader
+
+EXIT_OK, EXIT_FAILED = 0, 1
+
+
+# ---------------------------------------------------------------------------------------------
+# API
+
+def load(path: str | os.PathLike) -> S.Spec:
+    """The resolved spec of an .arch file. Raises SpecError (located) or UsageError."""
+    return Loader().load(path)
+
+
+def analyse(spec: S.Spec, input_shape: tuple[int | None, int, int] | None = None):
+    """The shape engine's Analysis of `spec` (resgen.shapes)."""
+    from resgen.shapes import analyse as shape_analysis
+
+    return shape_analysis(spec, input_shape)
+
+
+def generate(spec: S.Spec | str | os.PathLike, analysis=None, *,
+             templates: str | os.PathLike | None = None) -> str:
+    """The generated PyTorch module for a spec (or the path of one) as source text."""
+    if not isinstance(spec, S.Spec):
+        spec = load(spec)
+    return codegen.generate(spec, analysis, templates=templates)
+
+
+def build_module(spec_or_path: S.Spec | str | os.PathLike, **overrides):
+    """An nn.Module of the spec's network: the generated source, executed in a fresh module,
+    with the factory called with `overrides` (e.g. num_classes=10).
+
+    The source is registered with `linecache`, so `inspect.getsource` and `torch.jit.script`
+    work on the result as on an imported file.
+    """
+    spec = spec_or_path if isinstance(spec_or_path, S.Spec) else load(spec_or_path)
+    module = import_source(generate(spec), spec.network.name)
+    return getattr(module, spec.network.name)(**overrides)
+
+
+def import_source(source: str, name: str) -> types.ModuleType:
+    """Execute generated source as a module of its own (named after a hash of the text)."""
+    digest = hashlib.sha1(source.encode("utf-8")).hexdigest()[:12]
+    module_name = f"resgen_generated_{name}_{digest}"
+    if module_name in sys.modules:
+        return sys.modules[module_name]
+    filename = f"<resgen generated {name} {digest}>"
+    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+    module = types.ModuleType(module_name)
+    module.__file__ = filename
+    sys.modules[module_name] = module
+    try:
+        exec(compile(source, filename, "exec"), module.__dict__)  # checked by codegen
+    except BaseException:
+        del sys.modules[module_name]
+        raise
+    return module
+
+
+# ---------------------------------------------------------------------------------------------
+# resgen build
+
+def cmd_build(args) -> int:
+    out_dir = Path(args.output)
+    status = EXIT_OK
+    for path in args.specs:
+        loader = Loader()
+        try:
+            spec = loader.load(path)
+            analysis = analyse(spec, args.input)
+            if not analysis.ok:
+                raise SpecError(analysis.diagnostics)
+            source = codegen.generate(spec, analysis, templates=args.templates)
+        except SpecError as err:
+            print_diagnostics(err.diagnostics, loader.sources)
+            status = EXIT_FAILED
+            continue
+        stem = Path(path).stem
+        target = out_dir / f"{stem}.py"
+        problem = write_generated(target, source, force=args.force)
+        if problem:
+            print(f"resgen: {problem}", file=sys.stderr)
+            status = EXIT_FAILED
+            continue
+        print(f"{path} -> {target}")
+        # Diagram hook: resgen.diagram draws the network next to the module when it can.
+        if not args.no_diagram:
+            from resgen import diagram
+
+            if hasattr(diagram, "write_build_diagrams"):
+                diagram.write_build_diagrams(spec, analysis, out_dir, stem)
+    return status
+
+
+def write_generated(target: Path, source: str, force: bool = False) -> str | None:
+    """Write `source` to `target` atomically; a reason instead when the existing file is not
+    one resgen generated (and `force` is off)."""
+    if target.exists():
+        if target.is_dir():
+            return f"{target} is a directory"
+        existing = target.read_bytes()
+        if existing == source.encode("utf-8"):
+            return None
+        if not force and not codegen.is_generated(existing.decode("utf-8", "replace")):
+            return (f"not overwriting {target}: resgen did not generate it (no "
+                    f"'{codegen.GENERATED_MARK}' header); use --force to replace it")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(target, source)
+    return None
+
+
+def write_atomic(target: Path, text: str) -> None:
+    """A temporary file in the same directory, then os.replace: readers never see half a file."""
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
+            f.write(text)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give it a normal file's mode
+        os.replace(tmp, target)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+# ---------------------------------------------------------------------------------------------
+# resgen verify
+
+@dataclass
+class Difference:
+    where: str
+    predicted: str
+    actual: str
+
+    def __str__(self) -> str:
+        return f"{self.where}: predicted {self.predicted}, torch gives {self.actual}"
+
+
+def cmd_verify(args) -> int:
+    status = EXIT_OK
+    for path in args.specs:
+        loader = Loader()
+        try:
+            spec = loader.load(path)
+            analysis = analyse(spec, args.input)
+            if not analysis.ok:
+                raise SpecError(analysis.diagnostics)
+            differences, checked = verify(spec, analysis)
+        except SpecError as err:
+            print_diagnostics(err.diagnostics, loader.sources)
+            status = EXIT_FAILED
+            continue
+        if differences:
+            status = EXIT_FAILED
+            print(f"{path}: {len(differences)} difference{'s' * (len(differences) != 1)} "
+                  f"between the prediction and torch:")
+            for d in differences:
+                print(f"  {d}")
+        else:
+            print(f"{path}: ok ({checked} layer outputs, {analysis.params:,} parameters, "
+                  f"output {_shape(analysis.output)} at input {_shape(analysis.input)})")
+    return status
+
+
+def verify(spec: S.Spec, analysis) -> tuple[list[Difference], int]:
+    """Run the generated model once at the analysed input size and compare it with `analysis`.
+    Returns the differences and how many layer outputs were compared."""
+    import torch
+
+    model = import_source(codegen.generate(spec, analysis), spec.network.name)
+    net = getattr(model, spec.network.name)()
+    net.eval()
+    outputs: dict[str, list[tuple[int, ...]]] = {}
+    inputs: dict[str, list[tuple[int, ...]]] = {}
+
+    def record(name: str):
+        def pre_hook(_module, args):
+            if args and isinstance(args[0], torch.Tensor):
+                inputs.setdefault(name, []).append(tuple(args[0].shape[1:]))
+
+        def hook(_module, _args, output):
+            if isinstance(output, torch.Tensor):
+                outputs.setdefault(name, []).append(tuple(output.shape[1:]))
+
+        return pre_hook, hook
+
+    handles = []
+    for name, module in net.named_modules():
+        if name:
+            pre_hook, hook = record(name)
+            handles += [module.register_forward_pre_hook(pre_hook),
+                        module.register_forward_hook(hook)]
+    try:
+        with torch.no_grad():
+            output = net(torch.zeros(1, *analysis.input))
+    finally:
+        for h in handles:
+            h.remove()
+
+    differences: list[Difference] = []
+    checked = 0
+    for layer in analysis.layers:
+        actual = _observed(layer, analysis.graph, inputs, outputs)
+        if actual is None:
+            if layer.op in ("add", "mul"):
+                continue  # a merge feeding something no hook sees
+            differences.append(Difference(layer.name, _shape(layer.out), "no such layer output"))
+        elif tuple(layer.out) != actual:
+            differences.append(Difference(layer.name, _shape(layer.out), _shape(actual)))
+        else:
+            checked += 1
+    for what, predicted, actual in (
+        ("parameters", analysis.params, sum(p.numel() for p in net.parameters())),
+        ("buffers", analysis.buffers, sum(b.numel() for b in net.buffers())),
+    ):
+        if predicted != actual:
+            differences.append(Difference(what, f"{predicted:,}", f"{actual:,}"))
+    if analysis.output is None or tuple(analysis.output) != tuple(output.shape[1:]):
+        differences.append(Difference("output", _shape(analysis.output),
+                                      _shape(tuple(output.shape[1:]))))
+    return differences, checked
+
+
+def _observed(layer, graph, inputs, outputs) -> tuple[int, ...] | None:
+    """The shape torch produced for a predicted layer output. A merge (`layer1.0.add`) is not a
+    module: it is seen as the input of the layer after it, or as its block's output."""
+    if layer.op not in ("add", "mul"):
+        return _nth(outputs, layer.name)
+    block = graph.nodes[layer.name].get("block") if layer.name in graph.nodes else None
+    for successor in graph.successors(layer.name) if layer.name in graph.nodes else ():
+        if graph.nodes[successor].get("block") == block and successor not in ("output",):
+            return _nth(inputs, successor)
+    return _nth(outputs, block) if block else None
+
+
+def _nth(seen: dict[str, list[tuple[int, ...]]], node: str) -> tuple[int, ...] | None:
+    module, call = _module_and_call(node)
+    shapes = seen.get(module, [])
+    return shapes[call - 1] if call <= len(shapes) else None
+
+
+_CALL = re.compile(r"^(.*)#(\d+)$")
+
+
+def _module_and_call(name: str) -> tuple[str, int]:
+    """`layer1.0.relu#2` is the second application of module layer1.0.relu."""
+    match = _CALL.match(name)
+    return (match.group(1), int(match.group(2))) if match else (name, 1)
+
+
+def _shape(shape: Sequence[int] | None) -> str:
+    return "x".join(map(str, shape)) if shape is not None else "none"
+
+
+__all__ = ["analyse", "build_module", "cmd_build", "cmd_verify", "generate",
+           "import_source", "load", "verify", "write_atomic", "write_generated"]
