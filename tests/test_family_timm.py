@@ -1,0 +1,121 @@
+"""timm's ResNet family written in .arch (std.timm): each network loads the state_dict of
+`timm.create_model(NAME)` strictly and computes the same outputs.
+
+ResNet-D (Bag of Tricks, He et al. 2019): deep 3x3 stem and average-pool projection shortcut;
+SE-ResNet (Hu et al. 2018): squeeze-and-excitation written as an .arch block with `merge mul`.
+Fresh initialisation, no downloads.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+timm = pytest.importorskip("timm")
+
+from resgen import cli  # noqa: E402
+from resgen.build import analyse, build_module, load  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+SPECS = ROOT / "specs"
+
+# spec stem (= timm model name) -> input size (resnet101d smaller to keep CPU time modest).
+CASES = {"resnet18d": 224, "resnet26d": 224, "resnet50d": 224, "resnet101d": 128, "seresnet50": 224}
+
+
+@pytest.fixture(autouse=True)
+def _two_threads():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(previous)
+
+
+@torch.no_grad()
+def _randomise_batchnorm(model) -> None:
+    """timm zero-initialises the last BN of every residual branch, which would make each block an
+    identity and the comparison blind to the branch; give every BN random affine parameters and
+    statistics instead (scaled so that 100-layer nets stay in a sensible range)."""
+    generator = torch.Generator().manual_seed(1)
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            n = module.num_features
+            module.weight.copy_(0.2 + 0.3 * torch.rand(n, generator=generator))
+            module.bias.copy_(0.2 * torch.rand(n, generator=generator) - 0.1)
+            module.running_mean.copy_(0.2 * torch.rand(n, generator=generator) - 0.1)
+            module.running_var.copy_(0.5 + torch.rand(n, generator=generator))
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_matches_timm(name):
+    size = CASES[name]
+    torch.manual_seed(0)
+    reference = timm.create_model(name, pretrained=False).eval()
+    _randomise_batchnorm(reference)
+    model = build_module(SPECS / f"{name}.arch").eval()
+
+    ours, theirs = model.state_dict(), reference.state_dict()
+    assert list(ours) == list(theirs)
+    assert {k: v.shape for k, v in ours.items()} == {k: v.shape for k, v in theirs.items()}
+    model.load_state_dict(theirs, strict=True)
+    assert sum(p.numel() for p in model.parameters()) == sum(
+        p.numel() for p in reference.parameters()
+    )
+
+    x = torch.randn(1, 3, size, size)
+    with torch.no_grad():
+        expected = reference(x)
+        difference = (model(x) - expected).abs().max().item()
+    assert expected.abs().max().item() > 1e-2  # a real signal, not zeros
+    assert difference <= 1e-5
+
+
+def test_resnet_d_structure():
+    """The ResNet-D changes are where the paper puts them: a deep stem of three 3x3 convolutions,
+    and the shortcut's stride moved from the 1x1 conv to a 2x2 average pool."""
+    model = build_module(SPECS / "resnet50d.arch")
+    convs = [m for m in model.conv1 if isinstance(m, torch.nn.Conv2d)]
+    assert [(c.out_channels, c.kernel_size, c.stride) for c in convs] == [
+        (32, (3, 3), (2, 2)),
+        (32, (3, 3), (1, 1)),
+        (64, (3, 3), (1, 1)),
+    ]
+    pool, conv, _ = model.layer2[0].downsample
+    assert isinstance(pool, torch.nn.AvgPool2d)
+    assert (pool.kernel_size, pool.stride, pool.ceil_mode, pool.count_include_pad) == (
+        2,
+        2,
+        True,
+        False,
+    )
+    assert conv.stride == (1, 1)
+    pool = model.layer1[0].downsample[0]  # stride 1: a 1x1 average, i.e. the identity
+    assert (pool.kernel_size, pool.stride) == (1, 1)
+    x = torch.randn(1, 64, 9, 9)
+    assert torch.equal(pool(x), x)
+
+
+def test_squeeze_excite_gates_channels():
+    """SqueezeExcite: C -> C/16 -> C on the pooled input, the gate multiplied into the input."""
+    model = build_module(SPECS / "seresnet50.arch")
+    se = model.layer3[0].se
+    assert (se.fc1.in_channels, se.fc1.out_channels, se.fc2.out_channels) == (1024, 64, 1024)
+    x = torch.randn(2, 1024, 5, 5)
+    with torch.no_grad():
+        gate = torch.sigmoid(se.fc2(torch.relu(se.fc1(x.mean((2, 3), keepdim=True)))))
+        assert torch.allclose(se(x), x * gate, atol=1e-6)
+    analysis = analyse(load(SPECS / "seresnet50.arch"))
+    info = {layer.name: layer for layer in analysis.layers}
+    assert info["layer3.0.se.pool"].out == (1024, 1, 1)
+    assert info["layer3.0.se.fc1"].out == (64, 1, 1)
+    assert info["layer3.0.se.fc1"].params == 1024 * 64 + 64
+    assert info["layer3.0.se.fc1"].macs == 1024 * 64
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_verify(name, capsys):
+    size = min(CASES[name], 160)
+    assert cli.main(["verify", str(SPECS / f"{name}.arch"), "--input", f"3x{size}x{size}"]) == 0
+    assert ": ok (" in capsys.readouterr().out
