@@ -20,7 +20,7 @@ Severity = Literal["error", "warning"]
 
 @dataclass(frozen=True, order=True)
 class Span:
-    """A source range. Lines and columns are 1-based; `end_column` is one past the last character."""
+    """A source range. Lines and columns are 1-based; `end_column` is one past the last char."""
 
     file: str
     line: int
@@ -101,9 +101,11 @@ class Diagnostics:
 
 def did_you_mean(name: str, candidates: Iterable[str]) -> str:
     """' (did you mean `x`?)' for the closest candidate, or '' when nothing is close."""
-    close = difflib.get_close_matches(name, sorted(set(candidates)), n=1, cutoff=0.6)
+    pool = sorted(set(candidates))
+    # Fuzzy matching is linear in the pool per call: skip it for huge (generated) scopes.
+    close = difflib.get_close_matches(name, pool, n=1, cutoff=0.6) if len(pool) <= 1000 else []
     if not close:
-        lowered = {c.lower(): c for c in candidates}
+        lowered = {c.lower(): c for c in pool}
         if name.lower() in lowered:
             close = [lowered[name.lower()]]
     return f" (did you mean `{close[0]}`?)" if close else ""
@@ -125,9 +127,9 @@ def format_diagnostic(diag: Diagnostic, source: str | None, colour: bool = False
         f"{where}{diag.message} [{diag.code}]"
     ]
     if source is not None:
-        src_lines = source.splitlines()
+        src_lines = source.split("\n")  # lines as the parser counts them: \r, \f, \u2028 are not
         if 1 <= diag.span.line <= len(src_lines):
-            text = src_lines[diag.span.line - 1].replace("\t", " ")
+            text = src_lines[diag.span.line - 1].rstrip("\r").replace("\t", " ")
             if len(text) > 200:  # huge single-line inputs: show the neighbourhood only
                 start = max(0, diag.span.column - 80)
                 text = text[start : start + 160]

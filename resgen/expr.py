@@ -145,6 +145,19 @@ def _binop(expr: S.BinOp, env: Mapping[str, Value]) -> Value:
     if op in ("/", "//") and right == 0:
         raise EvalError(expr.right.span, f"division by zero: `{source_text(expr.right)}` is 0",
                         "division-by-zero")
+    try:
+        result = _arithmetic(expr, left, right)
+    except OverflowError:  # an int too large to mix with a float
+        raise EvalError(expr.span, f"`{source_text(expr)}` is too large to compute",
+                        "limit") from None
+    if _is_int(result) and abs(result) > LIMITS.max_int:
+        raise EvalError(expr.span, f"`{source_text(expr)}` = {result} is beyond the integer "
+                        f"limit {LIMITS.max_int}", "limit")
+    return result
+
+
+def _arithmetic(expr: S.BinOp, left, right) -> Value:
+    op = expr.op
     if op == "+":
         result = left + right
     elif op == "-":
@@ -165,9 +178,6 @@ def _binop(expr: S.BinOp, env: Mapping[str, Value]) -> Value:
         result = left // right
     else:
         result = left / right
-    if _is_int(result) and abs(result) > LIMITS.max_int:
-        raise EvalError(expr.span, f"`{source_text(expr)}` = {result} is beyond the integer "
-                        f"limit {LIMITS.max_int}", "limit")
     return result
 
 
@@ -186,7 +196,16 @@ def substitute(expr: S.Expr, lookup: Callable[[str], S.Expr | None]) -> S.Expr:
                                       "right": substitute(expr.right, lookup)})
     else:
         return expr
-    return fold(new)
+    # Children are already folded, so only literal children can fold: this keeps substitution
+    # linear (a full `fold` re-walks shared sub-trees, exponential for `let b = a + a` chains).
+    children = (new.operand,) if isinstance(new, S.UnaryOp) else (new.left, new.right)
+    return fold(new) if all(_is_literal(c) for c in children) else new
+
+
+def _is_literal(expr: S.Expr) -> bool:
+    if isinstance(expr, S.Pair):
+        return _is_literal(expr.h) and _is_literal(expr.w)
+    return isinstance(expr, S.Int | S.Float | S.Bool)
 
 
 def fold(expr: S.Expr) -> S.Expr:
@@ -235,7 +254,8 @@ def _py(expr: S.Expr, name) -> tuple[str, int]:
     prec = _PY_PRECEDENCE[expr.op]
     left, lp = _py(expr.left, name)
     right, rp = _py(expr.right, name)
-    left = f"({left})" if lp < prec else left
+    chains = prec == _PY_PRECEDENCE["=="]  # Python reads `a < b == c` as a chain: bracket it
+    left = f"({left})" if lp < prec or (chains and lp == prec) else left
     right = f"({right})" if rp <= prec else right  # left-associative operators
     op = "//" if expr.op == "/" else expr.op
     return f"{left} {op} {right}", prec

@@ -16,12 +16,14 @@ class Limits:
     max_nesting: int = 64  # brackets: ( and {
     max_import_depth: int = 32
     max_repeats: int = 10_000  # blocks in one stage
-    max_blocks: int = 20_000  # blocks in one network
+    max_blocks: int = 20_000  # blocks in one network, nested ones included
+    max_layers: int = 250_000  # layer instances in one network (~1.5 kB of memory each)
     max_channels: int = 1 << 20
     max_kernel: int = 1024
     max_spatial: int = 1 << 16  # input height or width
     max_int: int = 1 << 40  # any intermediate integer value of an expression
     max_expression_nodes: int = 2_000
+    max_expression_depth: int = 100  # operators nested in one expression
 
 
 def _from_environment() -> Limits:

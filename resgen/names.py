@@ -26,6 +26,8 @@ GENERATED_CODE_NAMES = frozenset(
     "torch nn Tensor Optional Any self x out identity annotations math F typing".split()
 )
 
+_BUILTINS = frozenset(dir(builtins))
+
 # Implicit block parameter: the channel count of the tensor entering a block.
 IN_CHANNELS = "in_channels"
 # Set by a stage, never written by a user in a stage call.
@@ -43,7 +45,7 @@ def problem_with(name: str, role: str) -> str | None:
     if role == "layer" and name in MODULE_ATTRIBUTES:
         return f"`{name}` would replace nn.Module.{name}"
     if role in ("parameter", "let", "block", "network", "class") and (
-        name in GENERATED_CODE_NAMES or name in dir(builtins)
+        name in GENERATED_CODE_NAMES or name in _BUILTINS
     ):
         return f"`{name}` would shadow `{name}` in the generated code"
     return None

@@ -7,10 +7,13 @@ what could come there). The LALR parser is built once per process and cached.
 from __future__ import annotations
 
 import functools
+import hashlib
+import math
+import os
 from importlib import resources
 
 from lark import Lark, Token, Transformer, Tree, v_args
-from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
+from lark.exceptions import UnexpectedCharacters, UnexpectedInput, UnexpectedToken
 
 from resgen import spec as S
 from resgen.diagnostics import Diagnostics, Span, SpecError
@@ -21,7 +24,25 @@ from resgen.limits import LIMITS
 def _lark() -> Lark:
     grammar = resources.files("resgen").joinpath("grammar.lark").read_text(encoding="utf-8")
     return Lark(grammar, parser="lalr", lexer="contextual", propagate_positions=True,
-                maybe_placeholders=True, cache=False)
+                maybe_placeholders=True, cache=_parser_cache_file(grammar))
+
+
+def _parser_cache_file(grammar: str) -> str | bool:
+    """Where lark keeps the built LALR tables between runs (a third of `resgen check`'s start-up).
+
+    A private per-user directory, not lark's default in the shared /tmp: the cache is a pickle,
+    and a file another user could plant there would be code we execute. Off when unwritable.
+    """
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    directory = os.path.join(base, "resgen")
+    try:
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        if not os.access(directory, os.W_OK) or os.stat(directory).st_uid != os.getuid():
+            return False
+    except OSError:
+        return False
+    digest = hashlib.sha256(grammar.encode()).hexdigest()[:16]
+    return os.path.join(directory, f"grammar-{digest}.lark-cache")
 
 
 # What people call the grammar's terminals, for "expected ..." messages.
@@ -63,7 +84,7 @@ def _last_position(text: str) -> tuple[int, int]:
     lines = text.split("\n")
     while len(lines) > 1 and not lines[-1].strip():
         lines.pop()
-    return len(lines), max(1, len(lines[-1]))
+    return len(lines), max(1, len(lines[-1].rstrip()))
 
 
 def _syntax_error(err: UnexpectedInput, text: str, path: str) -> S.Diagnostic:
@@ -76,8 +97,9 @@ def _syntax_error(err: UnexpectedInput, text: str, path: str) -> S.Diagnostic:
         end_col = tok.end_column or col + max(1, len(tok))
         message = f"unexpected {_token_text(tok)}; expected {_expected(err.expected)}"
         code = "syntax"
-        if tok.type == "NAME" and "NAME" not in err.expected and tok in _KEYWORDISH:
-            message += f" (`{tok}` is a keyword here)"
+        if tok.type != "NAME" and "NAME" in err.expected and tok in _KEYWORDISH:
+            # LALR merges lookaheads, so a top-level keyword can shadow a name inside a section.
+            message += f" (`{tok}` is a keyword here and cannot be used as a name)"
     elif isinstance(err, UnexpectedCharacters):
         line, col = err.line, err.column
         end_line, end_col = line, col + 1
@@ -101,8 +123,8 @@ def _syntax_error(err: UnexpectedInput, text: str, path: str) -> S.Diagnostic:
 
 
 _KEYWORDISH = {"block", "network", "stage", "stem", "head", "main", "shortcut", "merge", "post",
-               "let", "param", "input", "class", "import", "expansion", "when", "seq", "and",
-               "or", "not", "true", "false", "x"}
+               "let", "param", "input", "class", "import", "expansion", "when", "from", "seq",
+               "and", "or", "not", "true", "false", "x"}
 
 
 def _check_nesting(text: str, path: str, diags: Diagnostics) -> None:
@@ -134,6 +156,26 @@ def _check_nesting(text: str, path: str, diags: Diagnostics) -> None:
             depth = max(0, depth - 1)
 
 
+# Expression rules of the grammar: chains of these make the tree deep (`1+1+...`, `not not ...`).
+_EXPRESSION_RULES = frozenset({"or_op", "and_op", "not_op", "compare", "add", "sub", "mul", "div",
+                               "floordiv", "neg", "pair"})
+
+
+def _check_depth(tree: Tree, path: str, diags: Diagnostics) -> None:
+    """Bound expression depth without recursion: building and evaluating the spec recurse."""
+    stack = [(tree, 0)]
+    while stack:
+        node, depth = stack.pop()
+        if node.data in _EXPRESSION_RULES:
+            depth += 1
+            if depth > LIMITS.max_expression_depth:
+                diags.error(_span(path, node.meta), "limit",
+                            f"expression nested deeper than {LIMITS.max_expression_depth} "
+                            "operators", hint="set RESGEN_MAX_EXPRESSION_DEPTH to raise the limit")
+                return
+        stack.extend((c, depth) for c in node.children if isinstance(c, Tree))
+
+
 def parse_text(text: str, path: str = "<string>") -> S.SpecFile:
     """Parse one file. Raises SpecError with located diagnostics; never anything else."""
     diags = Diagnostics()
@@ -143,6 +185,8 @@ def parse_text(text: str, path: str = "<string>") -> S.SpecFile:
         tree = _lark().parse(text)
     except UnexpectedInput as err:
         raise SpecError([_syntax_error(err, text, path)]) from None
+    _check_depth(tree, path, diags)
+    diags.raise_if_errors()
     builder = _Builder(path, diags)
     result = builder.transform(tree)
     diags.raise_if_errors()
@@ -175,12 +219,26 @@ class _Builder(Transformer):
     def _tsp(self, tok: Token) -> Span:
         return _tok_span(self.path, tok)
 
+    def _int(self, tok: Token) -> int:
+        """An integer literal, bounded before conversion (Python refuses > 4300 digits)."""
+        value = int(tok) if len(tok) <= 20 else LIMITS.max_int + 1
+        if value > LIMITS.max_int:
+            self.diags.error(self._tsp(tok), "limit",
+                             f"integer literal over the limit {LIMITS.max_int}",
+                             hint="set RESGEN_MAX_INT to raise the limit")
+            return 0
+        return value
+
     # -- expressions
     def int(self, meta, c):
-        return S.Int(span=self._sp(meta), value=int(c[0]))
+        return S.Int(span=self._sp(meta), value=self._int(c[0]))
 
     def float(self, meta, c):
-        return S.Float(span=self._sp(meta), value=float(c[0]))
+        value = float(c[0])
+        if not math.isfinite(value):
+            self.diags.error(self._sp(meta), "limit", f"`{c[0]}` is too large for a number")
+            value = 0.0
+        return S.Float(span=self._sp(meta), value=value)
 
     def true(self, meta, c):
         return S.Bool(span=self._sp(meta), value=True)
@@ -258,10 +316,14 @@ class _Builder(Transformer):
     def when(self, meta, c):
         return c[0]
 
+    def shortcut_from(self, meta, c):
+        return c[0]
+
     def shortcut(self, meta, c):
-        name, cond, *layers = c
+        name, source, cond, *layers = c
         node = S.Shortcut(span=self._sp(meta), name=str(name), condition=cond,
-                          layers=tuple(layers))
+                          layers=tuple(layers), source=None if source is None else str(source),
+                          source_span=None if source is None else self._tsp(source))
         return ("shortcut", node, self._sp(meta))
 
     def merge(self, meta, c):
@@ -300,8 +362,9 @@ class _Builder(Transformer):
 
     # -- networks
     def input(self, meta, c):
-        return ("input", S.InputShape(span=self._sp(meta), channels=int(c[0]),
-                                      height=int(c[1]), width=int(c[2])), self._sp(meta))
+        channels, height, width = (self._int(t) for t in c)
+        return ("input", S.InputShape(span=self._sp(meta), channels=channels, height=height,
+                                      width=width), self._sp(meta))
 
     def class_name(self, meta, c):
         return ("class", str(c[0]), self._sp(meta))

@@ -10,6 +10,8 @@ argument is named, every call says whether it is a built-in op or a block.
 
 from __future__ import annotations
 
+import errno
+import itertools
 import os
 from dataclasses import dataclass, field
 from importlib import resources
@@ -67,7 +69,7 @@ class Loader:
                 data = resources.files("resgen.stdlib").joinpath(path[6:]).read_bytes()
             else:
                 if p.is_dir():
-                    raise IsADirectoryError(path)
+                    raise IsADirectoryError(errno.EISDIR, "is a directory", path)
                 size = p.stat().st_size
                 if size > LIMITS.max_file_bytes:
                     self._fail(at or Span(path, 1, 1, 1, 1), "limit",
@@ -80,20 +82,25 @@ class Loader:
                 raise UsageError(f"{path}: {reason.lower()}") from None
             self._fail(at, "import-not-found", f"cannot read `{path}`: {reason.lower()}")
         if b"\x00" in data:
-            line = data[: data.index(b"\x00")].count(b"\n") + 1
-            self._fail(Span(path, line, 1, line, 2), "encoding",
+            line, col = self._bad_byte(path, data, data.index(b"\x00"))
+            self._fail(Span(path, line, col, line, col + 1), "encoding",
                        "a NUL byte: this is a binary file, not an .arch spec")
         try:
             text = data.decode("utf-8")
         except UnicodeDecodeError as err:
-            before = data[: err.start]
-            line = before.count(b"\n") + 1
-            col = len(before) - (before.rfind(b"\n") + 1) + 1
+            line, col = self._bad_byte(path, data, err.start)
             self._fail(Span(path, line, col, line, col + 1), "encoding",
                        f"byte 0x{data[err.start]:02x} is not valid UTF-8; specs are UTF-8 text")
         text = text.removeprefix("\ufeff")
         self.sources[path] = text
         return text
+
+    def _bad_byte(self, path: str, data: bytes, offset: int) -> tuple[int, int]:
+        """Line and character column of a bad byte; keeps a readable copy to quote."""
+        self.sources[path] = data.decode("utf-8", "replace").replace("\x00", " ")
+        line_start = data.rfind(b"\n", 0, offset) + 1
+        col = len(data[line_start:offset].decode("utf-8", "replace")) + 1
+        return data.count(b"\n", 0, offset) + 1, col
 
     @staticmethod
     def _fail(span: Span, code: str, message: str, hint: str | None = None):
@@ -107,7 +114,8 @@ class Loader:
         if key in self._files:
             return self._files[key]
         if len(self._stack) >= LIMITS.max_import_depth:
-            self._fail(at, "limit", f"imports nested deeper than {LIMITS.max_import_depth}")
+            self._fail(at or Span(path, 1, 1, 1, 1), "limit",
+                       f"imports nested deeper than {LIMITS.max_import_depth}")
         text = self.read(path, at)
         parsed = parse_text(text, path)
         self._stack.append(key)
@@ -157,10 +165,16 @@ class _FileResolver:
         for imp in self.parsed.imports:
             target = self.loader.import_target(imp, self.parsed.path)
             imported = self.loader._load(target, imp.span)
-            for name, block in imported.blocks.items():
-                self.blocks.setdefault(name, block)
-            for name, net in imported.networks.items():
-                self.networks.setdefault(name, net)
+            # The same definition reached twice (diamond imports) is fine; two different ones
+            # would make the meaning depend on import order.
+            for table, defs, role in ((self.blocks, imported.blocks, "block"),
+                                      (self.networks, imported.networks, "network")):
+                for name, node in defs.items():
+                    first = table.setdefault(name, node)
+                    if first is not node:
+                        self.diags.error(imp.span, "duplicate-name",
+                                         f"{role} `{name}` of {node.source_file} is already "
+                                         f"imported from {first.source_file}")
         self._file_lets()
         own_blocks = [self._block(b) for b in self.parsed.blocks]
         for b in own_blocks:
@@ -201,7 +215,7 @@ class _FileResolver:
     def _file_lets(self) -> None:
         for let in self.parsed.lets:
             self._name_ok(let.name, "let", let.span)
-            value = self._expr(let.value, set(self.lets))
+            value = self._expr(let.value, set())  # earlier file lets are found in self.lets
             if let.name in self.lets:
                 self.diags.error(let.span, "duplicate-name", f"`{let.name}` is already defined")
             self.lets[let.name] = value
@@ -215,7 +229,14 @@ class _FileResolver:
             if ref.name not in scope and ref.name not in self.lets:
                 self.diags.error(ref.span, "unknown-name", f"unknown name `{ref.name}`"
                                  + did_you_mean(ref.name, scope | set(self.lets)))
-        return E.substitute(expr, lambda n: None if n in scope else self.lets.get(n))
+        result = E.substitute(expr, lambda n: None if n in scope else self.lets.get(n))
+        # Lets share sub-trees, so a chain `let b = a + a` doubles in size: stop it here, counting
+        # no further than the limit.
+        if next(itertools.islice(E.walk(result), LIMITS.max_expression_nodes, None), None):
+            self.diags.error(expr.span, "limit", "expression too large once lets are substituted",
+                             hint="set RESGEN_MAX_EXPRESSION_NODES to raise the limit")
+            return expr
+        return result
 
     # -- layers
     def _layers(self, layers, scope: set[str], declared: dict[str, S.Layer], owner: str,
@@ -355,6 +376,14 @@ class _FileResolver:
                 self.diags.error(shortcut.span, "duplicate-name",
                                  f"`{shortcut.name}` is already a layer of {owner}")
             cond = self._expr(shortcut.condition, scope) if shortcut.condition else None
+            if shortcut.source is not None and shortcut.source not in declared:
+                self.diags.error(shortcut.source_span or shortcut.span, "unknown-name",
+                                 f"`{shortcut.source}` is not a layer of {owner}'s main path"
+                                 + did_you_mean(shortcut.source, declared),
+                                 hint="`shortcut NAME from LAYER` reads the output of a layer "
+                                 "declared in `main`")
+            elif shortcut.source is not None:
+                self._check_not_overwritten(main, declared, shortcut.source, owner)
             layers = self._layers(shortcut.layers, scope, {}, owner, named=False)
             shortcut = shortcut.model_copy(update={"condition": cond, "layers": layers})
             if block.merge is None:
@@ -365,6 +394,22 @@ class _FileResolver:
         return block.model_copy(update={
             "params": tuple(params), "expansion": expansion, "lets": tuple(lets), "main": main,
             "shortcut": shortcut, "post": post})
+
+    def _check_not_overwritten(self, main, declared: dict[str, S.Layer], source: str,
+                               owner: str) -> None:
+        """The layer after a shortcut's `from` layer must not change that output in place."""
+        index = next(i for i, layer in enumerate(main)
+                     if layer.kind != "reuse" and layer.name == source)
+        if index + 1 >= len(main):
+            return
+        after = main[index + 1]
+        target = declared.get(after.name) if after.kind == "reuse" else after
+        inplace = target.arg("inplace") if target is not None and target.kind == "op" else None
+        if isinstance(inplace, S.Bool) and inplace.value:
+            self.diags.error(after.span, "overwrites-shortcut-input",
+                             f"`{after.name}` changes `{source}`'s output in place, but "
+                             f"{owner}'s shortcut reads that output",
+                             hint=f"declare `{after.name}` with `inplace=false`")
 
     def _check_block_recursion(self, block: S.Block) -> None:
         def callees(b: S.Block):

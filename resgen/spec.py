@@ -125,6 +125,11 @@ class Shortcut(Node):
     name: str
     condition: Expr | None = None  # None: always present
     layers: tuple[Layer, ...] = ()
+    # `shortcut downsample from relu1 when ...`: the projection reads the output of this earlier
+    # main-path layer (pre-activation ResNets); None: the block input. The identity (no
+    # projection) always takes the block input.
+    source: str | None = None
+    source_span: Span | None = None
 
 
 class Block(Node):
