@@ -113,7 +113,7 @@ def cmd_build(args) -> int:
             from resgen import diagram
 
             if hasattr(diagram, "write_build_diagrams"):
-                diagram.write_build_diagrams(spec, analysis, out_dir, stem)
+                diagram.write_build_diagrams(spec, analysis, out_dir, stem, force=args.force)
     return status
 
 

@@ -41,10 +41,11 @@ MODULE_TEMPLATE = "module.py.jinja"
 
 # torch.nn arguments passed by position, after the incoming channel count (torchvision's style:
 # nn.Conv2d(64, 128, kernel_size=3, ...), nn.Linear(2048, num_classes)).
-POSITIONAL = {"conv": ("channels",), "linear": ("features",), "adaptive_avgpool": ("size",)}
+POSITIONAL = {"conv": ("channels",), "linear": ("features",), "adaptive_avgpool": ("size",),
+              "pad_channels": ("channels",)}
 
 # Layer kinds whose output channel count is an argument of the layer.
-CHANNEL_ARGUMENT = {"conv": "channels", "linear": "features"}
+CHANNEL_ARGUMENT = {"conv": "channels", "linear": "features", "pad_channels": "channels"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -77,6 +78,8 @@ class ShortcutView:
     attr: str
     condition: str | None  # None: always built
     build: Code
+    after: int | None = None  # `from LAYER`: index of the main step whose output it reads
+    input: str = "x"  # the forward-local the shortcut is applied to
 
 
 @dataclass
@@ -124,6 +127,7 @@ class ModuleView:
     doc: list[str]
     blocks: list[BlockView]
     network: NetworkView
+    helpers: tuple[str, ...] = ()  # templates of helper modules (ops with `helper`), in use order
 
     @property
     def header_noqa(self) -> str:
@@ -282,16 +286,17 @@ class _ModuleBuilder:
         self.net: S.Network = spec.network
         self.blocks: dict[str, S.Block] = spec.blocks
         self.used_blocks: list[str] = []  # dependency order: a block after the blocks it uses
+        self.helpers: dict[str, str] = {}  # helper class -> its template, for ops not in torch.nn
 
     def build(self) -> ModuleView:
         network = self._network()
         blocks = [self._block(self.blocks[name]) for name in self.used_blocks]
-        names = [b.name for b in blocks] + [network.class_name, network.factory]
+        names = [b.name for b in blocks] + [network.class_name, network.factory, *self.helpers]
         clash = sorted({n for n in names if names.count(n) > 1} | ({"nn", "Tensor"} & set(names)))
         if clash:
             raise CodeError(f"the generated module would define `{clash[0]}` twice; give the "
                             "network a different `class` or name")
-        return ModuleView(self.source, self._doc(), blocks, network)
+        return ModuleView(self.source, self._doc(), blocks, network, tuple(self.helpers.values()))
 
     # -- channels, symbolically
     def _use_block(self, name: str) -> S.Block:
@@ -368,6 +373,9 @@ class _ModuleBuilder:
                     type(_constant(value)) is type(p.default)):
                 continue  # torchvision does not spell out defaults
             args.append(Keyword(ident(p.torch), scope.atom(value)))
+        if op.helper is not None:  # a small module the generated file defines (PadChannels)
+            self.helpers[ident(op.torch_class)] = op.helper
+            return Call(ident(op.torch_class), tuple(args))
         return Call(f"nn.{dotted(op.torch_class)}", tuple(args))
 
     # -- blocks
@@ -381,16 +389,22 @@ class _ModuleBuilder:
             expansion_local = scope.code(block.expansion)
         layers, main = [], []
         channels: S.Expr = S.Ref(span=block.span, name="in_channels")
+        sc = block.shortcut
+        source: tuple[int, S.Expr] | None = None  # `from LAYER`: its step and channels
         for layer in block.main:
             channels = self._block_layer(layer, channels, scope, layers, main)
+            if (sc is not None and sc.source is not None and source is None
+                    and layer.kind != "reuse" and layer.name == sc.source):
+                source = (len(main) - 1, channels)
         shortcut = None
-        if block.shortcut is not None:
-            sc = block.shortcut
-            start = S.Ref(span=sc.span, name="in_channels")
+        if sc is not None:
+            start = S.Ref(span=sc.span, name="in_channels") if source is None else source[1]
             build = self._build(S.Layer(span=sc.span, kind="seq", name=sc.name, items=sc.layers),
                                 start, scope)
             condition = scope.code(sc.condition) if sc.condition is not None else None
             shortcut = ShortcutView(ident(sc.name), condition, build)
+            if source is not None:
+                shortcut.after, shortcut.input = source[0], "shortcut_input"
         post_layers: list[LayerView] = []
         post: list[StepView] = []
         for layer in block.post:

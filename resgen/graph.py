@@ -111,6 +111,7 @@ class _Lowerer:
         self._env_cache: dict[tuple, _Env] = {}
         self.block_types: dict[str, str] = {}
         self.stages: list[StageEntry] = []
+        self.block_count = 0  # instances, nested ones included: nesting multiplies them
         declared = self.net.input.as_tuple() if self.net.input else (3, 224, 224)
         if input_shape is not None:
             c, h, w = input_shape
@@ -143,19 +144,14 @@ class _Lowerer:
         span = net.input.span if net.input else net.span
         self.add_node(INPUT, INPUT, span, _Scope("stem", None, None), {}, {})
         self.nodes[INPUT]["out_shape"] = self.input
+        self.check_input(span)
         cur, channels = INPUT, self.input[0]
         declared: dict[str, tuple[str, S.Layer]] = {}
         cur, channels = self.sequence(net.stem, env, "", cur, channels,
                                       _Scope("stem", None, None), declared, "main")
         dilation = 1
-        total_blocks = 0
         for stage in net.stages:
-            cur, channels, dilation, count = self.stage(stage, env, cur, channels, dilation)
-            total_blocks += count
-            if total_blocks > LIMITS.max_blocks:
-                raise SpecError([Diagnostic(stage.span, "limit", f"more than "
-                                            f"{LIMITS.max_blocks} blocks in one network",
-                                            hint="set RESGEN_MAX_BLOCKS to raise it")])
+            cur, channels, dilation, _ = self.stage(stage, env, cur, channels, dilation)
         cur, channels = self.sequence(net.head, env, "", cur, channels,
                                       _Scope("head", None, None), declared, "main")
         last_span = net.head[-1].span if net.head else net.span
@@ -201,6 +197,7 @@ class _Lowerer:
         for index in range(plan.repeats):
             path = f"{stage.name}.{index}"
             entry.blocks.append(path)
+            self.count_block(stage.span)
             cur, channels = self.block(block, first if index == 0 else rest, path, cur,
                                        channels, stage.name)
         return cur, channels, plan.dilation_after, plan.repeats
@@ -244,10 +241,21 @@ class _Lowerer:
         self.block_types[path] = block.name
         env = self.block_env(block, args, channels, path)
         declared: dict[str, tuple[str, S.Layer]] = {}
-        main_out, main_channels = self.sequence(block.main, env, path + ".", x, channels,
-                                                _Scope(stage, path, "main"), declared, "main")
-        shortcut_out, known = None, True
         shortcut = block.shortcut
+        # `shortcut ... from LAYER`: the main path is lowered in two parts, so the shortcut can
+        # start from the output of LAYER instead of the block input.
+        cut = len(block.main)
+        if shortcut is not None and shortcut.source is not None:
+            cut = next((i + 1 for i, layer in enumerate(block.main)
+                        if layer.kind != "reuse" and layer.name == shortcut.source), cut)
+        main_scope = _Scope(stage, path, "main")
+        source_out, main_channels = self.sequence(block.main[:cut], env, path + ".", x,
+                                                  channels, main_scope, declared, "main")
+        main_out, main_channels = self.sequence(block.main[cut:], env, path + ".", source_out,
+                                                main_channels, main_scope, declared, "main")
+        if shortcut is None or shortcut.source is None:
+            source_out = x
+        shortcut_out, known = None, True
         if shortcut is not None:
             present = True
             if shortcut.condition is not None:
@@ -256,7 +264,7 @@ class _Lowerer:
             if present:
                 prefix = f"{path}.{shortcut.name}."
                 scope = _Scope(stage, path, "shortcut")
-                shortcut_out = x
+                shortcut_out = source_out
                 for index, item in enumerate(shortcut.layers):
                     shortcut_out, _ = self.item(item, env, f"{prefix}{index}", shortcut_out,
                                                 channels, scope, "shortcut")
@@ -307,6 +315,7 @@ class _Lowerer:
              scope: _Scope, role: str) -> tuple[str, int | None]:
         if layer.kind == "block":
             block = self.spec.blocks[layer.callee]
+            self.count_block(layer.span)
             args = {a.name: self.evaluate(a.value, env, path) for a in layer.args}
             return self.block(block, args, path, cur, channels, scope.stage)
         if layer.kind != "op":
@@ -335,9 +344,32 @@ class _Lowerer:
             raise SpecError([Diagnostic(span, "duplicate-name",
                                         f"two layers would both be `{node_id}`",
                                         layer=node_id)])
+        if len(self.nodes) >= LIMITS.max_layers:
+            raise SpecError([Diagnostic(span, "limit", f"more than {LIMITS.max_layers} layers "
+                                        "in one network", layer=node_id,
+                                        hint="set RESGEN_MAX_LAYERS to raise it")])
         attrs = _attrs(op, span, scope, args, spans)
         attrs.update(extra)
         self.nodes[node_id] = attrs
+
+    def count_block(self, span: Span) -> None:
+        """Stop at the block limit before lowering more: blocks used as layers inside blocks
+        multiply (four of a block of four of ... is 4**depth instances), which would hang."""
+        self.block_count += 1
+        if self.block_count > LIMITS.max_blocks:
+            raise SpecError([Diagnostic(span, "limit", f"more than {LIMITS.max_blocks} blocks "
+                                        "in one network (nested blocks count once per use)",
+                                        hint="set RESGEN_MAX_BLOCKS to raise it")])
+
+    def check_input(self, span: Span) -> None:
+        """The input as analysed (the spec's, or --input's) within the limits."""
+        c, h, w = self.input
+        for label, value, limit, name in (("channels", c, LIMITS.max_channels, "CHANNELS"),
+                                          ("height", h, LIMITS.max_spatial, "SPATIAL"),
+                                          ("width", w, LIMITS.max_spatial, "SPATIAL")):
+            if value > limit:
+                self.report(span, "limit", f"input {label} {value} is over the limit of "
+                            f"{limit}", None, f"set RESGEN_MAX_{name} to raise it")
 
     def op_args(self, layer: S.Layer, env: _Env, path: str) -> tuple[dict, dict, bool]:
         """Evaluated arguments with defaults filled in, their spans, and whether all are known."""
@@ -403,6 +435,8 @@ def _channels_after(op: str, args: dict, channels: int | None) -> int | None:
         return args.get("channels")
     if op == "linear":
         return args.get("features")
+    if op == "pad_channels":
+        return args.get("channels")
     if op == "flatten":
         return None  # no longer C x H x W; resgen.shapes reports a conv or block after it
     return channels
@@ -428,6 +462,7 @@ def _argument_problem(name: str, kind: str, value: Value) -> str | None:
     if name in ("kernel", "dilation", "stride", "padding") and any(
             v > LIMITS.max_kernel for v in parts):
         return f"is over the limit of {LIMITS.max_kernel}"
-    if name in ("channels", "features", "in_features", "groups") and value > LIMITS.max_channels:
+    if name in ("channels", "features", "in_features", "groups") and (
+            value > LIMITS.max_channels):
         return f"is over the limit of {LIMITS.max_channels}"
     return None

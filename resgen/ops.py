@@ -30,6 +30,10 @@ class Op:
     doc: str
     input_channels: str | None = None  # torch keyword that receives the incoming channel count
     stateless: bool = False  # no parameters or buffers: a module that may be reused by name
+    # Not a torch.nn class: `torch_class` is a small nn.Module the generated file defines itself,
+    # from this template (templates/<helper>), emitted only in modules that use the op.
+    helper: str | None = None
+    out_channels: str | None = None  # parameter that sets the output channel count
 
     def param(self, name: str) -> OpParam | None:
         return next((p for p in self.params if p.name == name), None)
@@ -50,7 +54,7 @@ OPS: dict[str, Op] = {
             _p("dilation", "size", 1, "dilation"),
             _p("groups", "int", 1, "groups"),
             _p("bias", "bool", True, "bias"),
-        ), "2-D convolution", input_channels="in_channels"),
+        ), "2-D convolution", input_channels="in_channels", out_channels="channels"),
         Op("batchnorm", "BatchNorm2d", (
             _p("channels", "int", FROM_INPUT, doc="checked against the input when given"),
             _p("eps", "float", 1e-5, "eps"),
@@ -81,9 +85,16 @@ OPS: dict[str, Op] = {
             _p("features", "int", torch="out_features", doc="output features"),
             _p("bias", "bool", True, "bias"),
             _p("in_features", "int", FROM_INPUT, doc="checked against the input when given"),
-        ), "fully connected layer", input_channels="in_features"),
+        ), "fully connected layer", input_channels="in_features", out_channels="features"),
         Op("dropout", "Dropout", (_p("p", "float", 0.5, "p"),), "dropout", stateless=True),
         Op("identity", "Identity", (), "does nothing; keeps a name in the module tree",
            stateless=True),
+        # The parameter-free "option A" shortcut of He et al. 2015 (section 4.2): zero channels
+        # appended, (channels - C) // 2 before and the rest after, as the widely used
+        # F.pad(x, (0, 0, 0, 0, planes // 4, planes // 4)) of akamaster/pytorch_resnet_cifar10.
+        Op("pad_channels", "PadChannels", (
+            _p("channels", "int", torch="channels", doc="output channels (at least the input's)"),
+        ), "zero-pad the channel axis up to `channels`", stateless=True,
+           helper="pad_channels.py.jinja", out_channels="channels"),
     )
 }

@@ -261,6 +261,8 @@ class _Inference:
         if op == "adaptive_avgpool":
             size = args["size"]
             return (channels, _at(size, 0), _at(size, 1))
+        if op == "pad_channels":
+            return self.pad_channels(node, attrs, args, shape)
         if op in _WINDOWED:
             return self.windowed(node, attrs, op, args, shape)
         raise AssertionError(op)
@@ -310,6 +312,18 @@ class _Inference:
             attrs["params"] = out_channels * per_output + (out_channels if args["bias"] else 0)
             attrs["macs"] = out_channels * sizes[0] * sizes[1] * per_output
         return (out_channels, sizes[0], sizes[1])
+
+    def pad_channels(self, node: str, attrs: dict, args: dict, shape: Shape) -> Shape | None:
+        """Zero channels appended (split before and after): the count may only grow."""
+        channels, wanted = shape[0], args["channels"]
+        if wanted < channels:
+            self.report(node, attrs, "channels", f"pad_channels({wanted}) would shrink its "
+                        f"input {show_shape(shape)} from {channels} channels to {wanted}; "
+                        "padding only adds channels", span=attrs["arg_spans"].get("channels"),
+                        hint=f"pad to at least {channels} channels, or project with "
+                        f"`conv({wanted}, 1)`")
+            return None
+        return (wanted, shape[1], shape[2])
 
     def pool_padding(self, node: str, attrs: dict, op: str, args: dict) -> None:
         """PyTorch refuses padding over half the (effective) kernel."""
