@@ -12,7 +12,6 @@ unless they depend on a network parameter.
 
 from __future__ import annotations
 
-import ast
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ from pathlib import Path
 from resgen import expr as E
 from resgen import spec as S
 from resgen.diagnostics import Diagnostic, SpecError
+from resgen.guard import UnsafeCode, check_source
 from resgen.ops import OPS, REQUIRED
 from resgen.render import (
     Atom,
@@ -160,7 +160,10 @@ def generate(spec: S.Spec, analysis=None, *, templates: str | Path | None = None
         raise SpecError([Diagnostic(spec.network.span, "codegen", str(err))]) from None
     except E.EvalError as err:
         raise SpecError([Diagnostic(err.span, err.code, err.message, hint=err.hint)]) from None
-    check_source(text)
+    try:
+        check_source(text)
+    except UnsafeCode as err:  # only a user's --templates can get here
+        raise SpecError([Diagnostic(spec.network.span, "unsafe-code", str(err))]) from None
     return text
 
 
@@ -624,52 +627,6 @@ def _repeats_text(stage: S.Stage, plan) -> str:
 
 def _shape(shape: Iterable[int] | None) -> str:
     return "x".join(str(d) for d in shape) if shape is not None else "?"
-
-
-# ---------------------------------------------------------------------------------------------
-# The allow-list check of rendered code
-
-ALLOWED_IMPORTS = frozenset({"torch", "torch.nn", "typing", "__future__", "math"})
-FORBIDDEN_CALLS = frozenset({"eval", "exec", "__import__", "open", "getattr", "setattr",
-                             "delattr", "compile", "globals", "locals", "vars", "input",
-                             "breakpoint"})
-
-
-def check_source(text: str) -> None:
-    """Refuse generated (or template-produced) code outside the expected constructs."""
-    try:
-        tree = ast.parse(text)
-    except SyntaxError as err:
-        raise CodeError(f"the generated code does not parse: {err}") from None
-    problems = list(_problems(tree))
-    if problems:
-        raise CodeError("the generated code is outside what resgen emits: " + "; ".join(problems))
-
-
-def _problems(tree: ast.AST) -> Iterable[str]:
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            for alias in node.names:
-                if alias.name not in ALLOWED_IMPORTS:
-                    yield f"line {node.lineno}: import of {alias.name}"
-        elif isinstance(node, ast.ImportFrom):
-            if node.level or node.module not in ALLOWED_IMPORTS:
-                yield f"line {node.lineno}: import from {node.module}"
-        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
-            if node.func.id in FORBIDDEN_CALLS:
-                yield f"line {node.lineno}: call to {node.func.id}()"
-        elif isinstance(node, ast.Attribute) and node.attr.startswith("__"):
-            if not (node.attr == "__init__" and _is_super_call(node.value)):
-                yield f"line {node.lineno}: attribute {node.attr}"
-        elif isinstance(node, ast.Name) and node.id.startswith("__"):
-            yield f"line {node.lineno}: name {node.id}"
-        elif isinstance(node, ast.Global | ast.Nonlocal | ast.AsyncFunctionDef | ast.Lambda):
-            yield f"line {node.lineno}: {type(node).__name__}"
-
-
-def _is_super_call(node: ast.AST) -> bool:
-    return (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
-            and node.func.id == "super")
 
 
 # Names callers may want without reaching into the builder.

@@ -70,12 +70,14 @@ class Loader:
             else:
                 if p.is_dir():
                     raise IsADirectoryError(errno.EISDIR, "is a directory", path)
-                size = p.stat().st_size
-                if size > LIMITS.max_file_bytes:
+                if p.exists() and not p.is_file():  # /dev/zero or a FIFO would never end
+                    raise OSError(errno.EINVAL, "not a regular file", path)
+                with p.open("rb") as f:  # read one byte past the limit: enough to know
+                    data = f.read(LIMITS.max_file_bytes + 1)
+                if len(data) > LIMITS.max_file_bytes:
                     self._fail(at or Span(path, 1, 1, 1, 1), "limit",
-                               f"{path} is {size} bytes, over the {LIMITS.max_file_bytes}-byte "
-                               "limit", hint="set RESGEN_MAX_FILE_BYTES to raise it")
-                data = p.read_bytes()
+                               f"{path} is over the {LIMITS.max_file_bytes}-byte limit",
+                               hint="set RESGEN_MAX_FILE_BYTES to raise it")
         except (OSError, FileNotFoundError) as err:
             reason = err.strerror or type(err).__name__
             if at is None:
@@ -187,6 +189,13 @@ class _FileResolver:
             if net is not None:
                 own_nets.append(net)
                 self._define(self.networks, net, "network")
+        for net in own_nets:  # the generated module defines blocks, the class and the factory
+            for name, role in ((net.python_class, "class"), (net.name, "factory function")):
+                if name in self.blocks:
+                    self.diags.error(net.span, "duplicate-name",
+                                     f"the network's {role} `{name}` has the name of block "
+                                     f"`{name}`; the generated module needs both",
+                                     hint="name the class with `class NAME` in the network")
         if len(own_nets) > 1:
             self.diags.error(own_nets[1].span, "multiple-networks",
                              f"a spec file defines one network; `{own_nets[0].name}` is already "

@@ -1,0 +1,105 @@
+"""The last gate before generated code is written: an allow-list over its syntax tree.
+
+Names are validated and literals pass through repr() long before this point; the guard is the
+second line of defence, also against a user's own `--templates`. It accepts only what resgen's
+modules are made of: imports of torch and typing, nn.Module classes, functions, assignments,
+`if`/`for`, calls of known callables, and attribute chains into torch.nn that name a layer class
+or init function. Anything else (another import, `while`, a lambda, eval or open, a dunder, a
+chain like `torch.hub.load`) is refused with its line number.
+"""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Iterable
+
+from resgen.ops import OPS
+from resgen.render import CodeError
+
+
+class UnsafeCode(CodeError):
+    """The rendered source is outside the constructs resgen emits."""
+
+
+ALLOWED_IMPORTS = {
+    "__future__": {"annotations"},
+    "torch": {"Tensor", "nn"},
+    "typing": {"Any", "Optional"},
+}
+# Dotted paths into torch that generated code may touch (every prefix of one is fine too).
+TORCH_PATHS = frozenset(
+    {f"nn.{op.torch_class}" for op in OPS.values() if op.torch_class}
+    | {"nn.Module", "nn.Sequential", "nn.init.kaiming_normal_", "nn.init.constant_",
+       "nn.functional.pad", "torch.Tensor"}
+)
+_TORCH_PREFIXES = frozenset(p.rsplit(".", i)[0] for p in TORCH_PATHS for i in range(p.count(".")))
+BUILTIN_CALLS = frozenset({"super", "range", "isinstance", "len", "int", "bool", "float"})
+
+_NODES = (
+    ast.Module, ast.Expr, ast.ImportFrom, ast.alias, ast.ClassDef, ast.FunctionDef,
+    ast.arguments, ast.arg, ast.Return, ast.Assign, ast.AnnAssign, ast.AugAssign, ast.If,
+    ast.For, ast.ListComp, ast.comprehension, ast.Starred, ast.Call, ast.keyword,
+    ast.Attribute, ast.Name, ast.Constant, ast.Tuple, ast.List, ast.Subscript, ast.BinOp,
+    ast.BoolOp, ast.Compare, ast.UnaryOp, ast.IfExp, ast.JoinedStr, ast.FormattedValue,
+    ast.expr_context, ast.operator, ast.boolop, ast.cmpop, ast.unaryop,
+)
+
+
+def check_source(text: str) -> None:
+    """Raise UnsafeCode unless every construct of `text` is one resgen emits."""
+    try:
+        tree = ast.parse(text)
+    except SyntaxError as err:
+        raise UnsafeCode(f"the generated code does not parse: {err}") from None
+    problems = list(_problems(tree))
+    if problems:
+        raise UnsafeCode("the generated code is outside what resgen emits: "
+                         + "; ".join(problems))
+
+
+def _dotted(node: ast.AST) -> str | None:
+    if isinstance(node, ast.Name):
+        return node.id
+    if isinstance(node, ast.Attribute):
+        base = _dotted(node.value)
+        return f"{base}.{node.attr}" if base else None
+    return None
+
+
+def _problems(tree: ast.Module) -> Iterable[str]:
+    defined = {n.name for n in ast.walk(tree) if isinstance(n, ast.ClassDef | ast.FunctionDef)}
+    for node in ast.walk(tree):
+        line = f"line {getattr(node, 'lineno', '?')}"
+        if not isinstance(node, _NODES):
+            yield f"{line}: {type(node).__name__}"
+        elif isinstance(node, ast.ImportFrom):
+            allowed = ALLOWED_IMPORTS.get(node.module or "", set())
+            for alias in node.names:
+                if node.level or alias.name not in allowed or alias.asname:
+                    yield f"{line}: import of {node.module}.{alias.name}"
+        elif isinstance(node, ast.ClassDef | ast.FunctionDef) and node.decorator_list:
+            yield f"{line}: decorator"
+        elif isinstance(node, ast.ClassDef) and (
+            node.keywords or [_dotted(b) for b in node.bases] != ["nn.Module"]
+        ):
+            yield f"{line}: class {node.name} is not a plain nn.Module"
+        elif isinstance(node, ast.Name) and node.id.startswith("__"):
+            yield f"{line}: name {node.id}"
+        elif isinstance(node, ast.Attribute):
+            yield from _attribute_problems(node, line)
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
+            if node.func.id not in BUILTIN_CALLS and node.func.id not in defined:
+                yield f"{line}: call to {node.func.id}()"
+
+
+def _attribute_problems(node: ast.Attribute, line: str) -> Iterable[str]:
+    if node.attr.startswith("_") and not (
+        node.attr == "__init__" and isinstance(node.value, ast.Call)
+        and _dotted(node.value.func) == "super"
+    ):
+        yield f"{line}: attribute {node.attr}"
+        return
+    path = _dotted(node)
+    if path and path.split(".")[0] in ("nn", "torch"):
+        if path not in TORCH_PATHS and path not in _TORCH_PREFIXES:
+            yield f"{line}: {path} is not a layer class or init function resgen uses"
