@@ -374,7 +374,10 @@ def test_diamond_imports_load_once(tmp_path, monkeypatch):
     monkeypatch.setattr(resolve, "parse_text", counting_parse)
     loader = Loader()
     spec = loader.load(tmp_path / "main.arch")
-    assert sorted(parsed) == ["base.arch", "left.arch", "main.arch", "resnet.arch", "right.arch"]
+    # The standard library is parsed at most once per process (an earlier test may have done it).
+    assert parsed.count("resnet.arch") <= 1
+    assert sorted(p for p in parsed if p != "resnet.arch") == [
+        "base.arch", "left.arch", "main.arch", "right.arch"]
     assert {"Base", "BasicBlock", "Bottleneck"} <= set(spec.blocks)
     assert len(loader.sources) == 5  # every file's text is kept, to quote in messages
 
