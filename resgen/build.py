@@ -85,16 +85,22 @@ def import_source(source: str, name: str) -> types.ModuleType:
 # ---------------------------------------------------------------------------------------------
 # resgen build
 
+def _checked(loader: Loader, path: str, input_shape):
+    """The spec and its analysis; SpecError when the spec has any error."""
+    spec = loader.load(path)
+    analysis = analyse(spec, input_shape)
+    if not analysis.ok:
+        raise SpecError(analysis.diagnostics)
+    return spec, analysis
+
+
 def cmd_build(args) -> int:
     out_dir = Path(args.output)
     status = EXIT_OK
     for path in args.specs:
         loader = Loader()
         try:
-            spec = loader.load(path)
-            analysis = analyse(spec, args.input)
-            if not analysis.ok:
-                raise SpecError(analysis.diagnostics)
+            spec, analysis = _checked(loader, path, args.input)
             source = codegen.generate(spec, analysis, templates=args.templates)
         except SpecError as err:
             print_diagnostics(err.diagnostics, loader.sources)
@@ -108,12 +114,10 @@ def cmd_build(args) -> int:
             status = EXIT_FAILED
             continue
         print(f"{path} -> {target}")
-        # Diagram hook: resgen.diagram draws the network next to the module when it can.
-        if not args.no_diagram:
+        if not args.no_diagram:  # the stages diagram beside the module
             from resgen import diagram
 
-            if hasattr(diagram, "write_build_diagrams"):
-                diagram.write_build_diagrams(spec, analysis, out_dir, stem, force=args.force)
+            diagram.write_build_diagrams(spec, analysis, out_dir, stem, force=args.force)
     return status
 
 
@@ -168,10 +172,7 @@ def cmd_verify(args) -> int:
     for path in args.specs:
         loader = Loader()
         try:
-            spec = loader.load(path)
-            analysis = analyse(spec, args.input)
-            if not analysis.ok:
-                raise SpecError(analysis.diagnostics)
+            spec, analysis = _checked(loader, path, args.input)
             differences, checked = verify(spec, analysis)
         except SpecError as err:
             print_diagnostics(err.diagnostics, loader.sources)
@@ -220,6 +221,8 @@ def verify(spec: S.Spec, analysis) -> tuple[list[Difference], int]:
     try:
         with torch.no_grad():
             output = net(torch.zeros(1, *analysis.input))
+    except RuntimeError as err:  # the prediction said this runs: that is the difference
+        return [Difference("forward pass", "success", f"an error: {err}")], 0
     finally:
         for h in handles:
             h.remove()

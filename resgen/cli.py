@@ -87,8 +87,12 @@ def cmd_check(args) -> int:
             diagnostics = list(_check_one(loader, path, args.input))
         except SpecError as err:
             diagnostics = err.diagnostics
+        except UsageError as err:  # a missing file does not stop the others being checked
+            print(f"resgen: error: {err}", file=sys.stderr)
+            status = EXIT_USAGE
+            continue
         if any(d.severity == "error" for d in diagnostics):
-            status = EXIT_SPEC_ERROR
+            status = max(status, EXIT_SPEC_ERROR)
         if args.json:
             records.extend(d.as_dict() for d in diagnostics)
         else:

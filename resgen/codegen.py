@@ -18,7 +18,7 @@ from pathlib import Path
 
 from resgen import expr as E
 from resgen import spec as S
-from resgen.diagnostics import Diagnostic, SpecError
+from resgen.diagnostics import Diagnostic, Span, SpecError
 from resgen.guard import UnsafeCode, check_source
 from resgen.ops import OPS, REQUIRED
 from resgen.render import (
@@ -46,6 +46,10 @@ POSITIONAL = {"conv": ("channels",), "linear": ("features",), "adaptive_avgpool"
 
 # Layer kinds whose output channel count is an argument of the layer.
 CHANNEL_ARGUMENT = {"conv": "channels", "linear": "features", "pad_channels": "channels"}
+
+
+# The "channel count" after a flatten inside a block: not expressible in the block's code.
+_FLATTENED = S.Ref(span=Span("<flatten>", 1, 1, 1, 1), name="<flattened features>")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -118,7 +122,6 @@ class NetworkView:
     layers: list[LayerView]
     steps: list[StepView]
     zero_init: list[ZeroInitView]
-    zero_init_param: bool
 
 
 @dataclass
@@ -195,10 +198,8 @@ def is_generated(text: str) -> bool:
 
 
 def _analyse(spec: S.Spec):
-    try:
-        from resgen.shapes import analyse
-    except ImportError:  # the shape engine is optional while it is being built
-        return None
+    from resgen.shapes import analyse
+
     return analyse(spec)
 
 
@@ -305,7 +306,8 @@ class _ModuleBuilder:
     def _use_block(self, name: str) -> S.Block:
         block = self.blocks[name]
         if name not in self.used_blocks:
-            for layer in _walk_layers(block.main + block.post):
+            shortcut = block.shortcut.layers if block.shortcut else ()
+            for layer in _walk_layers(block.main + block.post + shortcut):
                 if layer.kind == "block":
                     self._use_block(layer.callee)
             if name not in self.used_blocks:
@@ -338,6 +340,10 @@ class _ModuleBuilder:
     def _layer_channels(self, layer: S.Layer, channels: S.Expr) -> S.Expr:
         if layer.kind == "op" and layer.callee in CHANNEL_ARGUMENT:
             return layer.arg(CHANNEL_ARGUMENT[layer.callee])
+        if layer.kind == "op" and layer.callee == "flatten":
+            # C x H x W features: H and W are only known per instance, so only the network
+            # (which _network_layer handles with the analysed shape) can say how many.
+            return _FLATTENED
         if layer.kind == "block":
             return self._block_out(self.blocks[layer.callee], channels, _args(layer))
         if layer.kind == "seq":
@@ -362,6 +368,11 @@ class _ModuleBuilder:
         op = OPS[layer.callee]
         args: list[Code] = []
         if op.input_channels is not None:
+            if channels is _FLATTENED:
+                raise E.EvalError(layer.span, f"`{layer.callee}` after `flatten` inside a block: "
+                                  "its input size depends on H x W, which a block's code cannot "
+                                  "know", "flatten-in-block",
+                                  hint="put flatten and what follows it in the network's head")
             args.append(scope.atom(channels))
         given = _args(layer)
         positional = POSITIONAL.get(op.name, ())
@@ -465,8 +476,7 @@ class _ModuleBuilder:
             params.append(ParamView("zero_init_residual", "bool", "False"))
         lets = _lets(net.lets, scope)
         class_name = ident(net.python_class)
-        return NetworkView(class_name, ident(net.name), params, lets, layers, steps, zero_init,
-                           bool(zero_init))
+        return NetworkView(class_name, ident(net.name), params, lets, layers, steps, zero_init)
 
     def _input(self) -> tuple[int, int, int]:
         if self.analysis is not None:
@@ -484,14 +494,16 @@ class _ModuleBuilder:
         if layer.kind == "reuse":
             return channels
         layers.append(LayerView(ident(layer.name), self._build(layer, channels, scope)))
-        channels = self._layer_channels(layer, channels)
-        if out_shape is not None and len(out_shape) >= 1:
-            # flatten turns C x H x W into features: trust the shape engine when the symbolic
-            # channel count no longer describes the tensor.
-            value = _constant(channels)
-            if value is not None and value != out_shape[0]:
-                channels = E.literal(out_shape[0], layer.span)
-        return channels
+        after = self._layer_channels(layer, channels)
+        if after is _FLATTENED:  # C x H x W features, H and W from the shape engine
+            in_shape = self._node_shape(node, "in_shape")
+            if in_shape is None or len(in_shape) != 3:
+                raise E.EvalError(layer.span, "cannot tell the size of `flatten`'s input",
+                                  "flatten-size")
+            area = in_shape[1] * in_shape[2]
+            return channels if area == 1 else E.fold(S.BinOp(
+                span=layer.span, op="*", left=channels, right=E.literal(area, layer.span)))
+        return after
 
     def _stage(self, stage: S.Stage, block: S.Block, plan, channels: S.Expr,
                scope: _Scope) -> tuple[Code, S.Expr]:
@@ -532,10 +544,10 @@ class _ModuleBuilder:
         return Call("nn.Sequential", tuple(items)), out
 
     # -- analysis lookups
-    def _node_shape(self, node: str) -> tuple | None:
+    def _node_shape(self, node: str, which: str = "out_shape") -> tuple | None:
         if self.analysis is None or node not in self.analysis.graph.nodes:
             return None
-        shape = self.analysis.graph.nodes[node].get("out_shape")
+        shape = self.analysis.graph.nodes[node].get(which)
         return tuple(shape) if shape else None
 
     def _stage_info(self, name: str):

@@ -176,8 +176,10 @@ def _arithmetic(expr: S.BinOp, left, right) -> Value:
                 hint="write `//` to round down on purpose, or pick values that divide evenly",
             )
         result = left // right
-    else:
-        result = left / right
+    else:  # generated code writes `/` as `//`, which floors floats: refuse what would differ
+        raise EvalError(expr.span, f"`/` divides integers exactly; `{source_text(expr)}` "
+                        f"divides {show(left)} by {show(right)}", "type",
+                        hint="for a fraction multiply by a decimal instead, e.g. `p * 0.5`")
     return result
 
 

@@ -433,7 +433,7 @@ class _FileResolver:
 
     def _check_block_recursion(self, block: S.Block) -> None:
         def callees(b: S.Block):
-            layers = list(b.main) + list(b.post)
+            layers = list(b.main) + list(b.post) + list(b.shortcut.layers if b.shortcut else ())
             while layers:
                 layer = layers.pop()
                 layers.extend(layer.items)
