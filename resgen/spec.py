@@ -7,7 +7,7 @@ a `Spec`. Nothing after `resolve` sees a parse tree or an unbound argument. Ever
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -66,7 +66,7 @@ class UnaryOp(Node):
     operand: Expr
 
 
-Expr = Annotated[Union[Int, Float, Bool, Ref, Pair, BinOp, UnaryOp], Field(discriminator="kind")]
+Expr = Annotated[Int | Float | Bool | Ref | Pair | BinOp | UnaryOp, Field(discriminator="kind")]
 
 
 # ---------------------------------------------------------------------------------------------
