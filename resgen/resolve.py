@@ -207,6 +207,11 @@ class _FileResolver:
                                      f"the network's {role} `{name}` has the name of block "
                                      f"`{name}`; the generated module needs both",
                                      hint="name the class with `class NAME` in the network")
+            if net.python_class == net.name:
+                self.diags.error(net.span, "duplicate-name",
+                                 f"network `{net.name}` would name both its class and its factory "
+                                 f"function `{net.name}`",
+                                 hint="give the class another name with `class NAME`")
         if len(own_nets) > 1:
             self.diags.error(own_nets[1].span, "multiple-networks",
                              f"a spec file defines one network; `{own_nets[0].name}` is already "

@@ -1,4 +1,6 @@
-"""generated/ holds the code for every spec in specs/, and it is up to date.
+"""generated/ holds the code and the stages diagram (DOT) of every spec in specs/, up to date.
+
+The SVGs beside them depend on the installed Graphviz version, so only their presence is checked.
 
 Regenerate with `resgen build specs/*.arch` from the repository root.
 """
@@ -9,7 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from resgen import diagram, shapes
 from resgen.build import generate
+from resgen.resolve import load
 
 ROOT = Path(__file__).resolve().parent.parent
 SPECS = sorted((ROOT / "specs").glob("*.arch"))
@@ -28,6 +32,17 @@ def test_golden_is_current(spec):
     expected = generate(f"specs/{spec.name}")
     assert golden.read_text(encoding="utf-8") == expected, (
         f"{golden.relative_to(ROOT)} is out of date; {REGENERATE}")
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=lambda p: p.stem)
+def test_golden_diagram_is_current(spec):
+    golden = ROOT / "generated" / f"{spec.stem}.dot"
+    assert golden.is_file(), f"{golden.relative_to(ROOT)} is missing; {REGENERATE}"
+    loaded = load(f"specs/{spec.name}")
+    expected = diagram.to_dot(loaded, shapes.analyse(loaded))
+    assert golden.read_text(encoding="utf-8") == expected, (
+        f"{golden.relative_to(ROOT)} is out of date; {REGENERATE}")
+    assert golden.with_suffix(".svg").is_file()
 
 
 def test_no_stale_goldens():

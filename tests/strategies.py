@@ -1,0 +1,239 @@
+"""Hypothesis strategies shared by the robustness tests: random .arch specs as text.
+
+`valid_specs()` draws networks that are right by construction (every conv is "same"-padded, so
+any input size works): stdlib BasicBlock / Bottleneck and blocks written here with random
+kernels (square or not), dilations, groups, strides, merges, shortcuts, `seq`, reuse and a
+squeeze-excite block used as a layer. `invalid_specs()` puts one shape-level mistake into such a
+network. Sizes stay small (channels <= 32, inputs <= 64x64) so a torch forward pass is cheap.
+
+The budget of every test that uses them comes from RESGEN_FUZZ_EXAMPLES (see `examples`).
+"""
+
+from __future__ import annotations
+
+import os
+
+from hypothesis import strategies as st
+
+DEFAULT_EXAMPLES = int(os.environ.get("RESGEN_FUZZ_EXAMPLES", "0") or 0)
+
+
+def examples(default: int) -> int:
+    """The example budget of one test: `default` in CI, RESGEN_FUZZ_EXAMPLES for a long run."""
+    return DEFAULT_EXAMPLES or default
+
+
+# Broadcasting `merge mul`: C x 1 x 1 gates times the C x H x W input.
+SQUEEZE_EXCITE = """
+block SqueezeExcite(reduction = 2) {
+    let squeezed = in_channels // reduction
+    main {
+        pool = adaptive_avgpool(1)
+        fc1 = conv(squeezed, 1)
+        relu = relu(inplace=true)
+        fc2 = conv(in_channels, 1)
+        gate = sigmoid
+    }
+    merge mul
+}
+"""
+
+KERNELS = ["1", "3", "5", "(1, 3)", "(3, 1)", "(3, 5)"]
+
+
+def _same_padding(kernel: str, dilated: bool) -> str:
+    """The padding that keeps the size for an odd kernel (per axis for a pair)."""
+
+    def one(k: int) -> str:
+        half = (k - 1) // 2
+        if half == 0:
+            return "0"
+        return ("dilation" if half == 1 else f"{half} * dilation") if dilated else str(half)
+
+    if kernel.startswith("("):
+        kh, kw = (int(v) for v in kernel.strip("()").split(","))
+        return f"({one(kh)}, {one(kw)})"
+    return one(int(kernel))
+
+
+@st.composite
+def custom_block(draw, name: str, mistake: str | None = None) -> str:
+    """A block type with random internals. `mistake` ("spatial" or "channels") breaks its merge:
+    a middle conv padded one short, or a last conv one channel off the shortcut's."""
+    expansion = draw(st.sampled_from([1, 2]))
+    widen = draw(st.sampled_from([1, 2]))
+    merge = draw(st.sampled_from(["add", "add", "mul", None]))
+    if mistake:
+        merge = draw(st.sampled_from(["add", "mul"]))
+    lines = [f"block {name}(planes, stride = 1, groups = 1, dilation = 1) {{",
+             f"    expansion {expansion}", f"    let width = planes * {widen}", "    main {"]
+    style = draw(st.sampled_from(["plain", "seq"]))
+    # Pre-activation (ResNet v2): the projection reads the activated input (`shortcut ... from`).
+    preact = merge is not None and draw(st.booleans())
+    if preact:
+        lines += ["        pre_bn = batchnorm", "        pre_act = relu(inplace=true)"]
+    middles = draw(st.integers(1, 2))
+    stride_on = draw(st.integers(0, middles))  # 0: the 1x1 reduce conv takes the stride
+    if style == "seq":
+        lines.append("        reduce = seq { conv(width, 1, stride=%s, bias=false) batchnorm "
+                     "relu(inplace=true) }" % ("stride" if stride_on == 0 else "1"))
+        lines.append("        act = relu")
+    else:
+        lines.append("        reduce = conv(width, 1, stride=%s, bias=false)"
+                     % ("stride" if stride_on == 0 else "1"))
+        lines.append("        bn0 = batchnorm")
+        lines.append("        act = relu(inplace=true)")
+    spatial_mistake_at = draw(st.integers(1, middles)) if mistake == "spatial" else None
+    for i in range(1, middles + 1):
+        kernel = draw(st.sampled_from(KERNELS))
+        if spatial_mistake_at == i and kernel in ("1", "(1, 3)", "(3, 1)"):
+            kernel = "3"
+        dilated = draw(st.booleans())
+        padding = _same_padding(kernel, dilated)
+        if spatial_mistake_at == i:  # valid conv, wrong size: one row short on every side
+            padding = _same_padding(kernel, False).replace("2", "1", 1).replace("1", "0", 1)
+            dilated = False
+        stride = "stride" if stride_on == i else "1"
+        dil = ", dilation=dilation" if dilated else ""
+        lines.append(f"        conv{i} = conv(width, {kernel}, stride={stride}, "
+                     f"padding={padding}{dil}, groups=groups, bias=false)")
+        if draw(st.booleans()):
+            lines.append(f"        bn{i} = batchnorm")
+        lines.append("        act")
+    out = "planes * expansion" + (" + 1" if mistake == "channels" else "")
+    lines.append(f"        expand = conv({out}, 1, bias=false)")
+    lines.append("        bn9 = batchnorm")
+    if draw(st.booleans()):
+        lines.append("        se = SqueezeExcite()")
+    lines.append("    }")
+    if merge is not None:
+        always = draw(st.booleans())
+        when = "" if always else " when stride != 1 or in_channels != planes * expansion"
+        source = " from pre_act" if preact else ""
+        lines.append(f"    shortcut downsample{source}{when} {{")
+        lines.append("        conv(planes * expansion, 1, stride=stride, bias=false)")
+        if draw(st.booleans()):
+            lines.append("        batchnorm")
+        lines.append("    }")
+        lines.append(f"    merge {merge}")
+        if draw(st.booleans()):
+            lines.append("    post { act }")
+    lines.append("}")
+    return "\n".join(lines)
+
+
+def _divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+@st.composite
+def _stage(draw, index: int, blocks: list[str], dilating: bool):
+    """One stage line; (text, block name)."""
+    block = draw(st.sampled_from(blocks))
+    repeats = draw(st.integers(1, 3))
+    stride = draw(st.sampled_from([1, 1, 2]))
+    args = []
+    if block == "BasicBlock":
+        planes = draw(st.sampled_from([4, 8, 16, 32]))
+        args.append(str(planes))
+    elif block == "Bottleneck":
+        planes = draw(st.sampled_from([2, 4, 8]))
+        groups = draw(st.sampled_from(_divisors(planes)[:3]))
+        base_width = draw(st.sampled_from([64, 128]))
+        while planes * base_width // 64 * groups > 32:
+            groups = 1
+            base_width = 64
+        args.append(str(planes))
+        if groups != 1:
+            args.append(f"groups={groups}")
+        if base_width != 64:
+            args.append(f"base_width={base_width}")
+    else:
+        planes = draw(st.sampled_from([4, 8]))
+        groups = draw(st.sampled_from(_divisors(planes)))
+        args.append(str(planes))
+        if groups != 1:
+            args.append(f"groups={groups}")
+    if stride != 1:
+        args.insert(1, f"stride={stride}")
+        if dilating and draw(st.booleans()):
+            args.append("dilate=true")
+    return f"    stage layer{index} = {repeats} x {block}({', '.join(args)})", block
+
+
+@st.composite
+def network_design(draw, mistake: str | None = None) -> str:
+    """A whole spec; `mistake` names the one shape error to put in (None: a valid spec)."""
+    channels = draw(st.sampled_from([1, 3]))
+    height = draw(st.integers(1, 64))
+    width = draw(st.integers(1, 64))
+    if draw(st.booleans()):
+        width = height  # square inputs are common; keep them common here too
+    stem_width = draw(st.sampled_from([4, 8, 16]))
+    kernel = draw(st.sampled_from(["3", "5", "7", "(3, 5)", "(7, 3)"]))
+    stem = [f"        conv1 = conv(width, {kernel}, stride={draw(st.sampled_from([1, 2]))}, "
+            f"padding={_same_padding(kernel, False)}, bias=false)"]
+    bn = "batchnorm"
+    if mistake == "batchnorm":
+        bn = f"batchnorm({stem_width + draw(st.integers(1, 4))})"
+    stem += [f"        bn1 = {bn}", "        relu = relu(inplace=true)"]
+    pool = draw(st.sampled_from([None, "maxpool", "avgpool"]))
+    if mistake == "pool-padding":
+        pool = draw(st.sampled_from(["maxpool", "avgpool"]))
+    if pool:
+        k = draw(st.sampled_from([2, 3]))
+        padding = draw(st.integers(0, k // 2)) if height > 4 and width > 4 else k // 2
+        if mistake == "pool-padding":
+            padding = k // 2 + draw(st.integers(1, 2))
+        stem.append(f"        pool = {pool}({k}, stride={draw(st.sampled_from([1, 2]))}, "
+                    f"padding={padding})")
+    if mistake == "too-small":  # an unpadded conv that needs more than the input has
+        height, width = draw(st.integers(1, 6)), draw(st.integers(1, 6))
+        stem.append(f"        valid = conv(width, {draw(st.sampled_from([5, 7]))})")
+
+    block_names = ["BasicBlock", "Bottleneck", "Custom1", "Custom2"]
+    broken = mistake in ("spatial", "channels")
+    defs = [SQUEEZE_EXCITE, draw(custom_block("Custom1", mistake if broken else None)),
+            draw(custom_block("Custom2"))]
+    stages = []
+    for index in range(1, draw(st.sampled_from([1, 2, 3, 0])) + 1):
+        line, _ = draw(_stage(index, block_names, dilating=True))
+        stages.append(line)
+    if broken:
+        # The broken block in a stage of its own with a stride, so a shortcut projects.
+        stages.append(f"    stage layer{len(stages) + 1} = 1 x Custom1(8, stride=2)")
+    if mistake == "groups":
+        planes = draw(st.sampled_from([4, 8, 16]))
+        groups = draw(st.sampled_from([3, 5, 6]))
+        stages.append(f"    stage layer{len(stages) + 1} = 1 x Custom2({planes}, "
+                      f"groups={groups})")
+
+    size = draw(st.sampled_from(["1", "1", "(2, 1)", "(1, 3)"]))
+    head = [f"        avgpool = adaptive_avgpool({size})", "        flatten = flatten"]
+    if draw(st.booleans()):
+        head.append("        drop = dropout(0.25)")
+    in_features = ""
+    if mistake == "linear":
+        in_features = f", in_features={draw(st.integers(1000, 1005))}"  # never the real one
+    head.append(f"        fc = linear(num_classes{in_features})")
+    if draw(st.booleans()):
+        head.append("        relu")  # the stem's ReLU applied again
+
+    text = ["import std.resnet", *defs, "network net {", f"    input {channels}x{height}x{width}",
+            f"    param num_classes = {draw(st.integers(1, 12))}",
+            f"    param width = {stem_width}", "    stem {", *stem, "    }", *stages,
+            "    head {", *head, "    }", "}", ""]
+    return "\n".join(text)
+
+
+MISTAKES = ("too-small", "spatial", "channels", "groups", "pool-padding", "linear", "batchnorm")
+
+
+def valid_specs() -> st.SearchStrategy[str]:
+    return network_design()
+
+
+def invalid_specs() -> st.SearchStrategy[tuple[str, str]]:
+    """(spec text, mistake) with one shape-level mistake in it."""
+    return st.sampled_from(MISTAKES).flatmap(
+        lambda m: network_design(m).map(lambda text: (text, m)))

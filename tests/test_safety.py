@@ -1,0 +1,515 @@
+"""Safety: no spec makes the generated module do anything but build the network, every limit
+turns a hostile spec into a located error, and output files are never half-written, foreign
+or different from run to run."""
+
+from __future__ import annotations
+
+import ast
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from resgen import build, codegen, diagram
+from resgen.cli import main
+from resgen.limits import LIMITS, Limits
+from resgen.render import CodeError
+
+ROOT = Path(__file__).resolve().parent.parent
+LOCATED = r"^\S.*:\d+:\d+: error: "
+OK_NET = "network n {{ input 3x8x8 {body} }}\n"
+
+
+def _run(capsys, *argv: str) -> tuple[int, str]:
+    capsys.readouterr()
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out + captured.err
+
+
+def _error(capsys, path: Path, code: str, *extra: str) -> str:
+    """`resgen check` refuses `path` with a located error of kind `code`; the message."""
+    status, out = _run(capsys, "check", *extra, str(path))
+    assert status == 1, out
+    assert f"[{code}]" in out, out
+    assert re.search(LOCATED, out, re.M), out
+    assert "Traceback" not in out
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Hostile names and strings
+
+HOSTILE = {
+    # name: (spec, "error" | "ok")
+    "import-call": ('network n { input 3x8x8 stem { c = __import__("os").system("x") } }',
+                    "error"),
+    "dunder-layer": ("network n { input 3x8x8 stem { __class__ = conv(4, 3) } }", "error"),
+    "dunder-param": ("network n { input 3x8x8 param __init__ = 1 stem { c = conv(4, 3) } }",
+                     "error"),
+    "underscore-block": ("block _B(p = 1) { main { c = conv(4, 1) } }\n"
+                         "network n { input 3x8x8 stem { b = _B() } }", "error"),
+    "cyrillic-a": ("network n { input 3x8x8 stem { c\u0430 = conv(4, 3) } }", "error"),
+    "cyrillic-network": ("network n\u0430 { input 3x8x8 stem { c = conv(4, 3) } }", "error"),
+    "fullwidth": ("network n { input 3x8x8 stem { \uff43 = conv(4, 3) } }", "error"),
+    "keyword-layer": ("network n { input 3x8x8 stem { None = conv(4, 3) } }", "error"),
+    "soft-keyword": ("network n { input 3x8x8 stem { match = conv(4, 3) } }", "error"),
+    "keyword-param": ("network n { input 3x8x8 param lambda = 1 stem { c = conv(4, 3) } }",
+                      "error"),
+    "block-nn": ("block nn(p = 1) { main { c = conv(4, 1) } }\n"
+                 "network n { input 3x8x8 stem { b = nn() } }", "error"),
+    "block-torch": ("block torch(p = 1) { main { c = conv(4, 1) } }\n"
+                    "network n { input 3x8x8 stem { b = torch() } }", "error"),
+    "param-torch": ("network n { input 3x8x8 param torch = 1 stem { c = conv(4, 3) } }",
+                    "error"),
+    "let-nn": ("network n { input 3x8x8 let nn = 1 stem { c = conv(4, 3) } }", "error"),
+    "layer-forward": ("network n { input 3x8x8 stem { forward = conv(4, 3) } }", "error"),
+    "layer-training": ("network n { input 3x8x8 stem { training = relu } }", "error"),
+    "layer-state-dict": ("network n { input 3x8x8 stem { state_dict = relu } }", "error"),
+    "class-tensor": ("network n { input 3x8x8 class Tensor stem { c = conv(4, 3) } }", "error"),
+    "network-self": ("network self { input 3x8x8 stem { c = conv(4, 3) } }", "error"),
+    "param-builtin": ("network n { input 3x8x8 param range = 1 stem { c = conv(4, 3) } }",
+                      "error"),
+    "block-param-self": ("block B(self = 1) { main { c = conv(4, 1) } }\n"
+                         "network n { input 3x8x8 stem { b = B() } }", "error"),
+    "block-param-x": ("block B(x = 1) { main { c = conv(4, 1) } }\n"
+                      "network n { input 3x8x8 stem { b = B() } }", "error"),
+    "quote-in-name": ('network n { input 3x8x8 stem { c" = conv(4, 3) } }', "error"),
+    "newline-string": ('import "a\nimport os"\nnetwork n { input 3x8x8 stem { c = conv(4, 3) } }',
+                       "error"),
+    "string-code": ('import "x.arch\\"); __import__(\\"os"\n'
+                    "network n { input 3x8x8 stem { c = conv(4, 3) } }", "error"),
+    "backslash": ("network n { input 3x8x8 stem { c\\ = conv(4, 3) } }", "error"),
+    "semicolon": ("network n { input 3x8x8 stem { c = conv(4, 3); import os } }", "error"),
+    # Harmless: attributes of the module, never Python names in scope.
+    "layer-self": ("network n { input 3x8x8 stem { self = conv(4, 3, padding=1) } }", "ok"),
+    "layer-print": ("network n { input 3x8x8 stem { print = conv(4, 3, padding=1) } }", "ok"),
+    "layer-torch": ("network n { input 3x8x8 stem { torch = conv(4, 3, padding=1) } }", "ok"),
+    "layer-x": ("network n { input 3x8x8 stem { x = conv(4, 3) out = relu } }", "ok"),
+    "long-name": ("network n { input 3x8x8 stem { " + "c" * 5000 + " = conv(4, 3) } }", "ok"),
+    "long-network": ("network " + "n" * 3000 + " { input 3x8x8 stem { c = conv(4, 3) } }", "ok"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE))
+def test_hostile_names(case, tmp_path, capsys):
+    text, expected = HOSTILE[case]
+    spec = tmp_path / "hostile.arch"
+    spec.write_text(text, encoding="utf-8")
+    out_dir = tmp_path / "out"
+    start = time.perf_counter()
+    check, check_out = _run(capsys, "check", str(spec))
+    status, out = _run(capsys, "build", "--no-diagram", "-o", str(out_dir), str(spec))
+    assert time.perf_counter() - start < 5
+    assert "Traceback" not in check_out + out
+    if expected == "error":
+        assert (check, status) == (1, 1), check_out + out
+        assert re.search(LOCATED, check_out, re.M), check_out
+        assert not out_dir.exists() or not list(out_dir.iterdir())
+        return
+    assert (check, status) == (0, 0), check_out + out
+    source = (out_dir / "hostile.py").read_text()
+    codegen.check_source(source)
+    torch = pytest.importorskip("torch")
+    model = build.build_module(spec).eval()
+    with torch.no_grad():
+        model(torch.zeros(1, 3, 8, 8))
+
+
+@pytest.mark.parametrize("name", ['a"""b', "x\nimport os\nos.system('exit 3')\n#",
+                                  "back\\slash\\", "q'uote", "new\rline", "tab\there",
+                                  "sep\u2028arator", "\ufeffbom", "é\u0301"])
+def test_hostile_file_names_stay_in_the_header_comment(name, tmp_path, capsys):
+    """The spec path is the one string of the user's that reaches the module (its header)."""
+    spec = tmp_path / f"{name}.arch"
+    spec.write_text(OK_NET.format(body="stem { c = conv(4, 3) }"))
+    out_dir = tmp_path / "out"
+    status, out = _run(capsys, "build", "--no-diagram", "-o", str(out_dir), str(spec))
+    assert status == 0, out
+    (written,) = out_dir.glob("*.py")
+    source = written.read_text()
+    codegen.check_source(source)
+    tree = ast.parse(source)
+    kinds = [type(node).__name__ for node in tree.body]
+    assert kinds == ["Expr", "ImportFrom", "ClassDef", "FunctionDef"], kinds
+    header = source.splitlines()[:2]
+    assert header[0].startswith(codegen.GENERATED_MARK) and header[1].startswith("#")
+    assert source.splitlines()[2].startswith('"""')
+
+
+def test_import_string_cannot_reach_code(tmp_path, capsys):
+    """`import "..."` is a file name, resolved and read, never emitted."""
+    (tmp_path / "lib.arch").write_text("block B(p = 1) { main { c = conv(4, 1) } }\n")
+    spec = tmp_path / "net.arch"
+    spec.write_text('import "lib.arch"\n' + OK_NET.format(body="stem { b = B() }"))
+    status, out = _run(capsys, "build", "--no-diagram", "-o", str(tmp_path / "o"), str(spec))
+    assert status == 0, out
+    assert "lib.arch" not in (tmp_path / "o" / "net.py").read_text()
+
+
+def test_import_of_a_non_spec_file_is_a_located_error(tmp_path, capsys):
+    spec = tmp_path / "net.arch"
+    spec.write_text('import "/etc/passwd"\n' + OK_NET.format(body="stem { c = conv(4, 3) }"))
+    status, out = _run(capsys, "check", str(spec))
+    assert status == 1 and "Traceback" not in out
+
+
+def test_import_of_a_device_is_refused(tmp_path):
+    spec = tmp_path / "net.arch"
+    spec.write_text('import "/dev/zero"\n' + OK_NET.format(body="stem { c = conv(4, 3) }"))
+    try:
+        result = subprocess.run([sys.executable, "-m", "resgen", "check", str(spec)],
+                                capture_output=True, text=True, timeout=3)
+    except subprocess.TimeoutExpired:
+        pytest.fail("resgen check hangs on import \"/dev/zero\"")
+    assert result.returncode == 1 and "error:" in result.stderr
+
+
+CLASHES = {
+    "block-named-like-the-class": "block N(p = 1) { main { c = conv(4, 1) } }\n"
+    + OK_NET.format(body="stem { b = N() }"),
+    # Found by the pipeline fuzzer: the class of network `A` is `A`, its factory too.
+    "class-named-like-the-factory": "network A { input 1x1x1 }\n",
+}
+
+
+@pytest.mark.parametrize("text", list(CLASHES.values()), ids=list(CLASHES))
+def test_check_catches_what_build_refuses(text, tmp_path, capsys):
+    spec = tmp_path / "net.arch"
+    spec.write_text(text)
+    assert _run(capsys, "build", "--no-diagram", "-o", str(tmp_path), str(spec))[0] == 1
+    assert _run(capsys, "check", str(spec))[0] == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# The AST guard, fed hostile source directly
+
+REFUSED = {
+    "import-os": "import os",
+    "from-os": "from os import system",
+    "relative": "from . import x",
+    "dunder-import": "__import__('os')",
+    "eval": "eval('1')",
+    "exec": "exec('1')",
+    "open": "open('/etc/passwd')",
+    "getattr": "from torch import nn\ngetattr(nn, 'x')",
+    "compile": "compile('1', 'x', 'exec')",
+    "globals": "globals()",
+    "breakpoint": "breakpoint()",
+    "dunder-attr": "x = ().__class__.__bases__",
+    "dunder-name": "__builtins__",
+    "lambda": "f = lambda: 0",
+    "global": "def f():\n    global x",
+    "async": "async def f():\n    pass",
+    "syntax": "def (:",
+    "subprocess": "import subprocess",
+    "importlib": "import importlib",
+    # Reach the os module or load code through attributes of the allowed imports: a deny-list
+    # of calls and names lets these through, an allow-list of constructs does not.
+    "torch-os": "import torch\ntorch.os.system('touch pwned')",
+    "nn-sys": "from torch import nn\nnn.modules.module.sys.modules",
+    "torch-hub": "import torch\ntorch.hub.load('owner/repo', 'model')",
+    "torch-load": "import torch\ntorch.load('weights.pt')",
+    "load-library": "import torch\ntorch.ops.load_library('evil.so')",
+    "import-alias": "import torch as os",
+    "while": "from torch import nn\nwhile True:\n    pass",
+    "dunder-method": "class A:\n    def __reduce__(self):\n        return (print, ('x',))",
+}
+
+
+@pytest.mark.parametrize("case", sorted(REFUSED))
+def test_ast_guard_refuses(case):
+    with pytest.raises(CodeError):
+        codegen.check_source(REFUSED[case])
+
+
+@pytest.mark.parametrize("spec", sorted((ROOT / "specs").glob("*.arch")), ids=lambda p: p.stem)
+def test_ast_guard_accepts_what_resgen_emits(spec, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    codegen.check_source(build.generate(f"specs/{spec.name}"))
+
+
+def test_hostile_template_writes_nothing(tmp_path, capsys):
+    templates = tmp_path / "templates"
+    templates.mkdir()
+    for name in ("block.py.jinja", "network.py.jinja", "macros.jinja"):
+        (templates / name).write_text((ROOT / "templates" / name).read_text())
+    module = (ROOT / "templates" / "module.py.jinja").read_text()
+    (templates / "module.py.jinja").write_text(
+        module + "\nimport torch\n\ntorch.os.system('touch " + str(tmp_path / "pwned") + "')\n")
+    spec = tmp_path / "net.arch"
+    spec.write_text(OK_NET.format(body="stem { c = conv(4, 3) }"))
+    out = tmp_path / "out"
+    status, _ = _run(capsys, "build", "--no-diagram", "--templates", str(templates), "-o",
+                     str(out), str(spec))
+    assert status == 1 and not (out / "net.py").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# Limits
+
+@pytest.fixture
+def limits(monkeypatch):
+    """Set limits for one test (every module shares the one LIMITS object)."""
+
+    def set_(**values):
+        for name, value in values.items():
+            monkeypatch.setattr(LIMITS, name, value)
+
+    return set_
+
+
+def _spec(tmp_path: Path, text: str, name: str = "net.arch") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def _nested_blocks(depth: int, fan: int = 4) -> str:
+    lines = ["block B0(c = 4) { main { a = conv(c, 1) } }"]
+    for i in range(1, depth + 1):
+        layers = " ".join(f"l{j} = B{i - 1}()" for j in range(fan))
+        lines.append(f"block B{i}(c = 4) {{ main {{ {layers} }} }}")
+    lines.append(f"network n {{ input 3x8x8 stem {{ b = B{depth}() }} }}")
+    return "\n".join(lines) + "\n"
+
+
+def _balanced(depth: int) -> str:
+    return "1" if depth == 0 else f"({_balanced(depth - 1)} + {_balanced(depth - 1)})"
+
+
+def _import_chain(tmp_path: Path, length: int) -> Path:
+    for i in range(length):
+        body = f'import "f{i + 1}.arch"\n' if i + 1 < length else ""
+        (tmp_path / f"f{i}.arch").write_text(body + f"let v{i} = {i}\n")
+    return tmp_path / "f0.arch"
+
+
+def test_limit_file_bytes(tmp_path, capsys, limits):
+    spec = _spec(tmp_path, OK_NET.format(body="stem { c = conv(4, 3) }") + "#" * 300 + "\n")
+    limits(max_file_bytes=200)
+    _error(capsys, spec, "limit")
+    limits(max_file_bytes=Limits().max_file_bytes)
+    big = _spec(tmp_path, "#" * (Limits().max_file_bytes + 1), "big.arch")
+    assert "-byte limit" in _error(capsys, big, "limit")
+
+
+def test_limit_nesting(tmp_path, capsys):
+    depth = Limits().max_nesting + 1
+    _error(capsys, _spec(tmp_path, f"let a = {'(' * depth}1{')' * depth}\n"), "limit")
+
+
+def test_limit_import_depth(tmp_path, capsys):
+    start = _import_chain(tmp_path, Limits().max_import_depth + 2)
+    _error(capsys, start, "limit")
+
+
+def test_limit_repeats_is_fast(tmp_path, capsys):
+    spec = _spec(tmp_path, "import std.resnet\n" + OK_NET.format(
+        body=f"stem {{ c = conv(4, 3) }} stage layer1 = {Limits().max_repeats + 1} x "
+        "BasicBlock(4)"))
+    start = time.perf_counter()
+    _error(capsys, spec, "limit")
+    assert time.perf_counter() - start < 2
+
+
+def test_limit_blocks(tmp_path, capsys, limits):
+    limits(max_blocks=50)
+    spec = _spec(tmp_path, "import std.resnet\n" + OK_NET.format(
+        body="stem { c = conv(4, 3) } stage layer1 = 30 x BasicBlock(4) "
+        "stage layer2 = 30 x BasicBlock(4)"))
+    assert "layer2" in _error(capsys, spec, "limit")
+
+
+def test_limit_blocks_counts_nested_blocks(tmp_path, capsys):
+    """Four of a block of four of ...: 4**12 instances would never finish lowering."""
+    spec = _spec(tmp_path, _nested_blocks(12))
+    start = time.perf_counter()
+    _error(capsys, spec, "limit")
+    assert time.perf_counter() - start < 5
+
+
+def test_limit_layers(tmp_path, capsys, limits):
+    limits(max_layers=40)
+    spec = _spec(tmp_path, OK_NET.format(
+        body="stem { " + " ".join(f"r{i} = relu" for i in range(60)) + " }"))
+    _error(capsys, spec, "limit")
+
+
+def test_limit_channels(tmp_path, capsys):
+    too_many = Limits().max_channels + 1
+    _error(capsys, _spec(tmp_path, OK_NET.format(body=f"stem {{ c = conv({too_many}, 1) }}")),
+           "bad-argument")
+    _error(capsys, _spec(tmp_path, f"network n {{ input {too_many}x8x8 stem {{ r = relu }} }}",
+                         "wide.arch"), "limit")
+
+
+def test_limit_kernel(tmp_path, capsys):
+    big = Limits().max_kernel + 1
+    for args in (f"{big}", f"(1, {big})", f"3, stride={big}", f"3, dilation={big}",
+                 f"3, padding={big}"):
+        spec = _spec(tmp_path, OK_NET.format(body=f"stem {{ c = conv(4, {args}) }}"))
+        _error(capsys, spec, "bad-argument")
+
+
+def test_limit_spatial(tmp_path, capsys):
+    big = Limits().max_spatial + 1
+    spec = _spec(tmp_path, f"network n {{ input 3x{big}x8 stem {{ r = relu }} }}")
+    _error(capsys, spec, "limit")
+    small = _spec(tmp_path, OK_NET.format(body="stem { r = relu }"), "small.arch")
+    _error(capsys, small, "limit", "--input", f"3x8x{big}")  # --input is bounded the same
+
+
+def test_limit_int(tmp_path, capsys):
+    big = Limits().max_int + 1
+    _error(capsys, _spec(tmp_path, f"let a = {big}\n"), "limit")
+    _error(capsys, _spec(tmp_path, f"let a = {'9' * 5000}\n", "digits.arch"), "limit")
+    half = Limits().max_int // 2 + 1
+    spec = _spec(tmp_path, OK_NET.format(body=f"let a = {half} * 2 stem {{ c = conv(a, 1) }}"),
+                 "product.arch")
+    _error(capsys, spec, "limit")
+
+
+def test_limit_expression_size(tmp_path, capsys):
+    _error(capsys, _spec(tmp_path, f"let a = {_balanced(11)}\n"), "limit")
+    # Lets that share sub-trees double at each step (pairs do not fold to a constant): stopped
+    # once substituted.
+    chain = "let a0 = 1\n" + "".join(f"let a{i} = (a{i - 1}, a{i - 1})\n" for i in range(1, 40))
+    start = time.perf_counter()
+    _error(capsys, _spec(tmp_path, chain, "chain.arch"), "limit")
+    assert time.perf_counter() - start < 2
+
+
+def test_limit_expression_depth(tmp_path, capsys):
+    depth = Limits().max_expression_depth + 1
+    _error(capsys, _spec(tmp_path, f"let a = {'- ' * depth}1\n"), "limit")
+    _error(capsys, _spec(tmp_path, "let a = " + " + ".join(["1"] * (depth + 1)) + "\n",
+                         "sum.arch"), "limit")
+
+
+ENV_CASES = {
+    "RESGEN_MAX_REPEATS": ("import std.resnet\n" + OK_NET.format(
+        body="stem { c = conv(4, 3) } stage layer1 = 3 x BasicBlock(4)"), "2"),
+    "RESGEN_MAX_BLOCKS": ("import std.resnet\n" + OK_NET.format(
+        body="stem { c = conv(4, 3) } stage layer1 = 3 x BasicBlock(4)"), "2"),
+    "RESGEN_MAX_LAYERS": (OK_NET.format(body="stem { a = relu b = relu c = relu }"), "2"),
+    "RESGEN_MAX_CHANNELS": (OK_NET.format(body="stem { c = conv(65, 1) }"), "64"),
+    "RESGEN_MAX_KERNEL": (OK_NET.format(body="stem { c = conv(4, 5) }"), "3"),
+    "RESGEN_MAX_SPATIAL": (OK_NET.format(body="stem { r = relu }"), "7"),
+    "RESGEN_MAX_INT": ("let a = 1000\n", "999"),
+    "RESGEN_MAX_FILE_BYTES": ("let a = 1\n" + "#" * 100 + "\n", "50"),
+    "RESGEN_MAX_NESTING": ("let a = (((1)))\n", "2"),
+    "RESGEN_MAX_EXPRESSION_NODES": (f"let a = {_balanced(3)}\n", "8"),
+    "RESGEN_MAX_EXPRESSION_DEPTH": ("let a = - - - 1\n", "2"),
+    "RESGEN_MAX_IMPORT_DEPTH": (None, "3"),
+}
+
+
+def test_every_limit_has_an_environment_case():
+    assert {f"RESGEN_{name.upper()}" for name in vars(Limits())} == set(ENV_CASES)
+
+
+@pytest.mark.parametrize("variable", sorted(ENV_CASES))
+def test_environment_overrides_a_limit(variable, tmp_path):
+    """In a subprocess: the limits are read once, at import."""
+    text, value = ENV_CASES[variable]
+    spec = _import_chain(tmp_path, 5) if text is None else _spec(tmp_path, text)
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("RESGEN_")}
+    results = []
+    for env in (clean, {**clean, variable: value}):
+        results.append(subprocess.run([sys.executable, "-m", "resgen", "check", str(spec)],
+                                      capture_output=True, text=True, timeout=60, env=env))
+    default, lowered = results
+    assert default.returncode == 0, default.stderr
+    assert lowered.returncode == 1 and "limit" in lowered.stderr, lowered.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# Output files
+
+TINY = ("import std.resnet\nnetwork tiny {\n    input 3x32x20\n    stem { conv1 = conv(8, 3, "
+        "padding=1) bn1 = batchnorm relu = relu(inplace=true) }\n    stage layer1 = 2 x "
+        "BasicBlock(8)\n    stage layer2 = 1 x Bottleneck(4, stride=2)\n    head { avgpool = "
+        "adaptive_avgpool(1) flatten = flatten fc = linear(10) }\n}\n")
+BROKEN = TINY.replace("input 3x32x20", "input 3x32x20").replace("conv(8, 3,", "conv(8, 99,")
+
+
+def test_validation_failure_writes_no_code(tmp_path, capsys):
+    spec = _spec(tmp_path, BROKEN)
+    out = tmp_path / "out"
+    status, text = _run(capsys, "build", "-o", str(out), str(spec))
+    assert status == 1 and "too-small" in text
+    assert not (out / "net.py").exists()
+    assert not list(out.glob("*.tmp")) if out.exists() else True
+
+
+def test_build_leaves_no_temporary_files(tmp_path, capsys):
+    spec = _spec(tmp_path, TINY)
+    out = tmp_path / "out"
+    assert _run(capsys, "build", "-o", str(out), str(spec))[0] == 0
+    names = sorted(p.name for p in out.iterdir())
+    assert "net.py" in names and not [n for n in names if n.startswith(".")]
+
+
+def test_interrupted_write_keeps_the_old_file(tmp_path, capsys, monkeypatch):
+    spec = _spec(tmp_path, TINY)
+    out = tmp_path / "out"
+    assert _run(capsys, "build", "--no-diagram", "-o", str(out), str(spec))[0] == 0
+    before = (out / "net.py").read_bytes()
+    spec.write_text(TINY.replace("linear(10)", "linear(7)"))
+
+    def fail(*_args):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", fail)
+    with pytest.raises(OSError):
+        main(["build", "--no-diagram", "-o", str(out), str(spec)])
+    assert (out / "net.py").read_bytes() == before
+    assert sorted(p.name for p in out.iterdir()) == ["net.py"]
+
+
+def test_foreign_module_is_not_overwritten(tmp_path, capsys):
+    spec = _spec(tmp_path, TINY)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "net.py").write_text("# my own code\n")
+    status, text = _run(capsys, "build", "--no-diagram", "-o", str(out), str(spec))
+    assert status == 1 and "--force" in text
+    assert (out / "net.py").read_text() == "# my own code\n"
+    assert _run(capsys, "build", "--no-diagram", "--force", "-o", str(out), str(spec))[0] == 0
+    assert codegen.is_generated((out / "net.py").read_text())
+
+
+@pytest.mark.parametrize("suffix", [".dot", ".svg"])
+def test_foreign_diagram_is_not_overwritten(suffix, tmp_path, capsys):
+    spec = _spec(tmp_path, TINY)
+    out = tmp_path / "out"
+    out.mkdir()
+    mine = out / f"net{suffix}"
+    mine.write_text("my own drawing\n")
+    status, text = _run(capsys, "build", "-o", str(out), str(spec))
+    assert mine.read_text() == "my own drawing\n", text
+    assert "--force" in text
+    # resgen's own diagrams are rewritten, and --force replaces a foreign one.
+    assert _run(capsys, "build", "--force", "-o", str(out), str(spec))[0] == 0
+    assert diagram.is_generated(mine.read_bytes())
+    assert _run(capsys, "build", "-o", str(out), str(spec))[0] == 0
+
+
+def test_output_is_identical_across_hash_seeds(tmp_path):
+    spec = _spec(tmp_path, TINY)
+    outputs = []
+    for seed in ("0", "1", "2"):
+        out = tmp_path / f"out{seed}"
+        env = {**os.environ, "PYTHONHASHSEED": seed}
+        result = subprocess.run([sys.executable, "-m", "resgen", "build", "-o", str(out),
+                                 str(spec)], capture_output=True, text=True, timeout=120, env=env,
+                                cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+        outputs.append({p.name: p.read_bytes() for p in sorted(out.iterdir())})
+    assert set(outputs[0]) >= {"net.py", "net.dot"}
+    assert outputs[0] == outputs[1] == outputs[2]
