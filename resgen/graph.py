@@ -249,12 +249,12 @@ class _Lowerer:
             cut = next((i + 1 for i, layer in enumerate(block.main)
                         if layer.kind != "reuse" and layer.name == shortcut.source), cut)
         main_scope = _Scope(stage, path, "main")
-        source_out, main_channels = self.sequence(block.main[:cut], env, path + ".", x,
-                                                  channels, main_scope, declared, "main")
+        source_out, source_channels = self.sequence(block.main[:cut], env, path + ".", x,
+                                                    channels, main_scope, declared, "main")
         main_out, main_channels = self.sequence(block.main[cut:], env, path + ".", source_out,
-                                                main_channels, main_scope, declared, "main")
+                                                source_channels, main_scope, declared, "main")
         if shortcut is None or shortcut.source is None:
-            source_out = x
+            source_out, source_channels = x, channels
         shortcut_out, known = None, True
         if shortcut is not None:
             present = True
@@ -264,10 +264,11 @@ class _Lowerer:
             if present:
                 prefix = f"{path}.{shortcut.name}."
                 scope = _Scope(stage, path, "shortcut")
-                shortcut_out = source_out
+                shortcut_out, shortcut_channels = source_out, source_channels
                 for index, item in enumerate(shortcut.layers):
-                    shortcut_out, _ = self.item(item, env, f"{prefix}{index}", shortcut_out,
-                                                channels, scope, "shortcut")
+                    shortcut_out, shortcut_channels = self.item(
+                        item, env, f"{prefix}{index}", shortcut_out, shortcut_channels, scope,
+                        "shortcut")
         out = main_out
         if block.merge is not None:
             out = f"{path}.{block.merge}"

@@ -444,3 +444,29 @@ def test_api(at_root):
     model = resgen.build_module(spec, num_classes=7)
     assert isinstance(model, torch.nn.Module) and model.fc.out_features == 7
     assert resgen.build_module("specs/resnet34.arch").fc.out_features == 1000
+
+
+def test_linear_after_flatten_gets_channels_times_area(tmp_path):
+    # Review finding: nn.Linear(w, 10) was emitted for a w x 2 x 2 input; torch then failed.
+    spec = tmp_path / "flat.arch"
+    spec.write_text("network flat {\n    input 3x8x8\n    param w = 6\n"
+                    "    stem { c = conv(w, 3, stride=4, padding=1) }\n"
+                    "    head { f = flatten  fc = linear(10) }\n}\n")
+    source = resgen.generate(str(spec))
+    assert "nn.Linear(w * 4, 10)" in source
+    torch = pytest.importorskip("torch")
+    model = resgen.build_module(str(spec), w=5)
+    assert model(torch.zeros(1, 3, 8, 8)).shape == (1, 10)
+
+
+def test_flatten_inside_a_block_is_a_located_error(tmp_path):
+    spec = tmp_path / "inner.arch"
+    spec.write_text("block Head(classes) {\n"
+                    "    main { p = adaptive_avgpool(2) f = flatten fc = linear(classes) }\n}\n"
+                    "network inner {\n    input 3x8x8\n    stem { h = Head(10) }\n}\n")
+    from resgen.diagnostics import SpecError
+
+    with pytest.raises(SpecError) as info:
+        resgen.generate(str(spec))
+    (diag,) = info.value.diagnostics
+    assert (diag.code, diag.span.line, diag.span.column) == ("flatten-in-block", 2, 48)

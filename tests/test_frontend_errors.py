@@ -85,6 +85,10 @@ CASES = [
      "unknown-name", 4, 9, "`relu` is not a layer declared earlier"),
     ("recursive-block", "block A() {\n    main { a = A }\n}\n",
      "recursive-block", 2, 12, "contains itself"),
+    # a block in its own shortcut used to recurse until Python's stack ran out
+    ("recursive-block-in-shortcut",
+     "block A() {\n    main { c = conv(4, 1) }\n    shortcut s { A() }\n    merge add\n}\n",
+     "recursive-block", 3, 18, "contains itself"),
     # ---- arguments ------------------------------------------------------------------------------
     ("unknown-argument", net("    stem { r = relu(inplce=true) }"),
      "unknown-argument", 3, 21, "no parameter `inplce` (did you mean `inplace`?)"),

@@ -589,3 +589,27 @@ network big {{
     elapsed = time.perf_counter() - start
     assert analysis.ok and len(analysis.graph) > 70_000
     assert elapsed < 6, elapsed  # about 1 s on the 2-core reference machine
+
+
+def test_shortcut_layers_thread_their_own_channels(tmp_path):
+    # Review finding: every shortcut layer was lowered with the block input's channel count, so a
+    # block used after a projection conv saw 8 channels instead of 16 and a false error followed.
+    analysis, _ = run(tmp_path, """
+block Gate() {
+    main { c = conv(in_channels, 1) }
+}
+block B(planes) {
+    main { c = conv(planes, 3, padding=1) }
+    shortcut proj when in_channels != planes { conv(planes, 1) Gate() }
+    merge add
+}
+network n {
+    input 3x32x32
+    stem { c = conv(8, 3, padding=1) }
+    stage layer1 = 1 x B(16)
+    head { p = adaptive_avgpool(1)  f = flatten  fc = linear(10) }
+}
+""")
+    assert analysis.ok, analysis.diagnostics
+    node = analysis.graph.nodes["layer1.0.proj.1.c"]
+    assert node["in_shape"] == (16, 32, 32) and node["params"] == 16 * 16 + 16
