@@ -16,7 +16,8 @@ BLOCK_TORCH = ("import sys; sys.modules['torch'] = None; sys.modules['torchvisio
     ["check", "specs/resnet152.arch", "specs/seresnet50.arch", "specs/cifar_resnet20.arch"],
     ["summary", "specs/resnet50.arch", "--depth", "3"],
     ["summary", "specs/preact_resnet18.arch", "--json"],
-    ["diagram", "specs/resnet50.arch", "--detail", "layers", "--format", "dot", "-o", "{out}/d.dot"],
+    ["diagram", "specs/resnet50.arch", "--detail", "layers", "--format", "dot",
+     "-o", "{out}/d.dot"],
     ["build", "specs/resnet50.arch", "specs/cifar_resnet20.arch", "-o", "{out}"],
 ], ids=lambda argv: argv[0])
 def test_runs_where_torch_cannot_be_imported(argv, tmp_path):
