@@ -44,8 +44,8 @@ MODULE_TEMPLATE = "module.py.jinja"
 POSITIONAL = {"conv": ("channels",), "linear": ("features",), "adaptive_avgpool": ("size",),
               "pad_channels": ("channels",)}
 
-# Layer kinds whose output channel count is an argument of the layer.
-CHANNEL_ARGUMENT = {"conv": "channels", "linear": "features", "pad_channels": "channels"}
+# Layer kinds whose output channel count is an argument of the layer (the ops table says which).
+CHANNEL_ARGUMENT = {name: op.out_channels for name, op in OPS.items() if op.out_channels}
 
 
 # The "channel count" after a flatten inside a block: not expressible in the block's code.

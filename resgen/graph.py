@@ -432,15 +432,10 @@ def _attrs(op: str, span: Span, scope: _Scope, args: dict, spans: dict) -> dict:
 
 
 def _channels_after(op: str, args: dict, channels: int | None) -> int | None:
-    if op == "conv":
-        return args.get("channels")
-    if op == "linear":
-        return args.get("features")
-    if op == "pad_channels":
-        return args.get("channels")
     if op == "flatten":
         return None  # no longer C x H x W; resgen.shapes reports a conv or block after it
-    return channels
+    sets = OPS[op].out_channels if op in OPS else None
+    return args.get(sets) if sets else channels
 
 
 def _argument_problem(name: str, kind: str, value: Value) -> str | None:
