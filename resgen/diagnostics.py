@@ -40,6 +40,9 @@ class Diagnostic:
     severity: Severity = "error"
     layer: str | None = None  # dotted module path, when the problem belongs to a layer
     hint: str | None = None
+    # Related places, printed after the error: e.g. the stage line that instantiated the block
+    # whose definition (perhaps in a library) the error points at.
+    notes: tuple[tuple[Span, str], ...] = ()
 
     def sort_key(self) -> tuple:
         return (self.span.file, self.span.line, self.span.column, self.code, self.message)
@@ -56,6 +59,8 @@ class Diagnostic:
             "message": self.message,
             "layer": self.layer,
             "hint": self.hint,
+            "notes": [{"file": span.file, "line": span.line, "column": span.column,
+                       "message": message} for span, message in self.notes],
         }
 
 
@@ -115,8 +120,10 @@ def _use_colour(stream) -> bool:
     return hasattr(stream, "isatty") and stream.isatty() and not os.environ.get("NO_COLOR")
 
 
-def format_diagnostic(diag: Diagnostic, source: str | None, colour: bool = False) -> str:
-    """`FILE:LINE:COL: error: MESSAGE`, then the source line with `^~~~` under the span."""
+def format_diagnostic(diag: Diagnostic, source: str | None, colour: bool = False,
+                      sources: dict[str, str] | None = None) -> str:
+    """`FILE:LINE:COL: error: MESSAGE`, then the source line with `^~~~` under the span; each
+    note the same way (its file's text from `sources`)."""
     red, yellow, bold, cyan, reset = (
         ("\033[31m", "\033[33m", "\033[1m", "\033[36m", "\033[0m") if colour else ("",) * 5
     )
@@ -126,27 +133,37 @@ def format_diagnostic(diag: Diagnostic, source: str | None, colour: bool = False
         f"{bold}{diag.span}:{reset} {sev_colour}{bold}{diag.severity}:{reset} "
         f"{where}{diag.message} [{diag.code}]"
     ]
-    if source is not None:
-        src_lines = source.split("\n")  # lines as the parser counts them: \r, \f, \u2028 are not
-        if 1 <= diag.span.line <= len(src_lines):
-            text = src_lines[diag.span.line - 1].rstrip("\r").replace("\t", " ")
-            if len(text) > 200:  # huge single-line inputs: show the neighbourhood only
-                start = max(0, diag.span.column - 80)
-                text = text[start : start + 160]
-                col = diag.span.column - start
-            else:
-                col = diag.span.column
-            end = diag.span.end_column if diag.span.end_line == diag.span.line else len(text) + 1
-            width = max(1, min(end, len(text) + 1) - col)
-            lines.append(f"{diag.span.line:5d} | {text}")
-            lines.append(f"      | {' ' * (col - 1)}{sev_colour}^{'~' * (width - 1)}{reset}")
+    lines += _quote(diag.span, source, sev_colour, reset)
     if diag.hint:
         lines.append(f"      = {cyan}hint:{reset} {diag.hint}")
+    for span, message in diag.notes:
+        lines.append(f"{bold}{span}:{reset} {cyan}{bold}note:{reset} {message}")
+        lines += _quote(span, (sources or {}).get(span.file), cyan, reset)
     return "\n".join(lines)
+
+
+def _quote(span: Span, source: str | None, colour: str, reset: str) -> list[str]:
+    """The span's source line and a `^~~~` underline, or nothing without the source."""
+    if source is None:
+        return []
+    src_lines = source.split("\n")  # lines as the parser counts them: \r, \f, \u2028 are not
+    if not 1 <= span.line <= len(src_lines):
+        return []
+    text = src_lines[span.line - 1].rstrip("\r").replace("\t", " ")
+    if len(text) > 200:  # huge single-line inputs: show the neighbourhood only
+        start = max(0, span.column - 80)
+        text = text[start : start + 160]
+        col = span.column - start
+    else:
+        col = span.column
+    end = span.end_column if span.end_line == span.line else len(text) + 1
+    width = max(1, min(end, len(text) + 1) - col)
+    underline = f"{' ' * (col - 1)}{colour}^{'~' * (width - 1)}{reset}"
+    return [f"{span.line:5d} | {text}", f"      | {underline}"]
 
 
 def print_diagnostics(diags: Iterable[Diagnostic], sources: dict[str, str], stream=None) -> None:
     stream = stream or sys.stderr
     colour = _use_colour(stream)
     for d in sorted(diags, key=Diagnostic.sort_key):
-        print(format_diagnostic(d, sources.get(d.span.file), colour), file=stream)
+        print(format_diagnostic(d, sources.get(d.span.file), colour, sources), file=stream)

@@ -100,7 +100,33 @@ def analyse(spec: S.Spec, input_shape: tuple[int | None, int, int] | None = None
     """Lower, infer shapes, check and count. Shape problems are in `Analysis.diagnostics`."""
     with no_gc():
         lowering = lower(spec, input_shape)
-        return _Inference(lowering).run()
+        analysis = _Inference(lowering).run()
+    analysis.diagnostics = _with_instantiation_notes(analysis.diagnostics, spec.network)
+    return analysis
+
+
+def _with_instantiation_notes(diagnostics: list[Diagnostic],
+                              network: S.Network) -> list[Diagnostic]:
+    """An error inside a block points at the block's definition, perhaps in a library; a note
+    adds the line of the user's spec that put the block there (its stage, or its layer)."""
+    sites = {stage.name: (stage.span, f"stage `{stage.name}` of {stage.block} blocks")
+             for stage in network.stages}
+    sites.update({layer.name: (layer.span, f"layer `{layer.name}`, a {layer.callee}")
+                  for layer in network.stem + network.head if layer.kind == "block"})
+    noted = []
+    for d in diagnostics:
+        site = sites.get(d.layer.split(".")[0]) if d.layer else None
+        if site is not None and not _contains(site[0], d.span):
+            span, what = site
+            d = replace(d, notes=d.notes + ((span, f"`{d.layer}` comes from {what}, here"),))
+        noted.append(d)
+    return noted
+
+
+def _contains(outer: Span, inner: Span) -> bool:
+    return outer.file == inner.file and (outer.line, outer.column) <= (
+        inner.line, inner.column) and (inner.end_line, inner.end_column) <= (
+        outer.end_line, outer.end_column)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -613,3 +613,27 @@ network n {
     assert analysis.ok, analysis.diagnostics
     node = analysis.graph.nodes["layer1.0.proj.1.c"]
     assert node["in_shape"] == (16, 32, 32) and node["params"] == 16 * 16 + 16
+
+
+def test_error_in_a_library_block_notes_the_stage_that_used_it(tmp_path, capsys):
+    # The error sits in std.resnet's BasicBlock; the note points at the user's stage line.
+    text = """import std.resnet
+network n {
+    input 3x64x64
+    stem { conv1 = conv(16, 3, padding=1) }
+    stage layer1 = 2 x BasicBlock(16)
+    stage layer2 = 2 x BasicBlock(32, stride=true)
+}
+"""
+    analysis, path = run(tmp_path, text)
+    diag = next(d for d in analysis.diagnostics if d.layer == "layer2.0.conv1")
+    assert diag.span.file == "<std>/resnet.arch"
+    ((note_span, note),) = diag.notes
+    assert (note_span.file, note_span.line, note_span.column) == (path, 6, 5)
+    assert "stage `layer2` of BasicBlock blocks" in note
+    from resgen.cli import main
+
+    assert main(["check", path]) == 1
+    err = capsys.readouterr().err
+    assert f"{path}:6:5: note: `layer2.0.conv1` comes from stage `layer2`" in err
+    assert "    6 |     stage layer2 = 2 x BasicBlock(32, stride=true)" in err
