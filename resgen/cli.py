@@ -70,6 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--detail", choices=["stages", "blocks", "layers"], default="stages")
     p.add_argument("--rankdir", choices=["LR", "TB"], default="TB")
     p.add_argument("-o", "--output", default=None, metavar="FILE")
+    p.add_argument("--force", action="store_true",
+                   help="replace a .dot/.svg file that resgen did not generate")
     _add_input(p)
     return parser
 

@@ -703,6 +703,11 @@ def cmd_diagram(args) -> int:
     print_diagnostics(analysis.diagnostics, loader.sources)
     status = EXIT_OK if analysis.ok else EXIT_SPEC_ERROR
     source = to_dot(spec, analysis, args.detail, args.rankdir)
+    if args.format in ("dot", "svg") and not getattr(args, "force", False) and _foreign(out):
+        # PNG and PDF carry no mark to recognise our own files by: those are replaced.
+        print(f"resgen: error: not overwriting {out}: resgen did not generate it; use --force "
+              "to replace it", file=sys.stderr)
+        return EXIT_USAGE
     try:
         if args.format == "dot":
             write_atomic(out, source.encode("utf-8"))

@@ -402,3 +402,13 @@ def test_a_file_without_a_network_is_a_spec_error(tmp_path, capsys):
 ])
 def test_op_text(op, args, text):
     assert diagram.op_text(op, args) == text
+
+
+def test_diagram_never_replaces_a_foreign_file_without_force(tmp_path):
+    mine = tmp_path / "mine.svg"
+    mine.write_text("<svg>my own drawing</svg>")
+    spec = str(ROOT / "specs" / "resnet18.arch")
+    assert main(["diagram", spec, "-o", str(mine)]) == 2
+    assert mine.read_text() == "<svg>my own drawing</svg>"
+    assert main(["diagram", spec, "-o", str(mine), "--force"]) == 0
+    assert main(["diagram", spec, "-o", str(mine)]) == 0  # now it is resgen's: replaced freely
