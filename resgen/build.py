@@ -14,7 +14,6 @@ import linecache
 import os
 import re
 import sys
-import tempfile
 import types
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from pathlib import Path
 from resgen import codegen
 from resgen import spec as S
 from resgen.diagnostics import SpecError, print_diagnostics
+from resgen.output import foreign, write_atomic
 from resgen.resolve import Loader
 
 EXIT_OK, EXIT_FAILED = 0, 1
@@ -124,34 +124,16 @@ def cmd_build(args) -> int:
 def write_generated(target: Path, source: str, force: bool = False) -> str | None:
     """Write `source` to `target` atomically; a reason instead when the existing file is not
     one resgen generated (and `force` is off)."""
-    if target.exists():
-        if target.is_dir():
-            return f"{target} is a directory"
-        existing = target.read_bytes()
-        if existing == source.encode("utf-8"):
-            return None
-        if not force and not codegen.is_generated(existing.decode("utf-8", "replace")):
-            return (f"not overwriting {target}: resgen did not generate it (no "
-                    f"'{codegen.GENERATED_MARK}' header); use --force to replace it")
+    if target.is_dir():
+        return f"{target} is a directory"
+    if target.exists() and target.read_bytes() == source.encode("utf-8"):
+        return None  # unchanged: keep its timestamp
+    if not force and foreign(target):
+        return (f"not overwriting {target}: resgen did not generate it (no "
+                f"'{codegen.GENERATED_MARK}' header); use --force to replace it")
     target.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(target, source)
     return None
-
-
-def write_atomic(target: Path, text: str) -> None:
-    """A temporary file in the same directory, then os.replace: readers never see half a file."""
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            f.write(text)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give it a normal file's mode
-        os.replace(tmp, target)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 # ---------------------------------------------------------------------------------------------
@@ -283,4 +265,4 @@ def _shape(shape: Sequence[int] | None) -> str:
 
 
 __all__ = ["analyse", "build_module", "cmd_build", "cmd_verify", "generate",
-           "import_source", "load", "verify", "write_atomic", "write_generated"]
+           "import_source", "load", "verify", "write_generated"]

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 import resgen
-from resgen import build, codegen
+from resgen import build, codegen, output
 from resgen.cli import main
 from resgen.render import Atom, Call, CodeError, Keyword, Repeated, Starred, ident, literal
 
@@ -354,7 +354,7 @@ def test_build_refuses_to_overwrite_foreign_files(tmp_path, at_root, capsys):
     assert target.read_text() == "# my own model\n"
     assert "--force" in capsys.readouterr().err
     assert _build("specs/resnet18.arch", "-o", str(tmp_path), "--force") == 0
-    assert codegen.is_generated(target.read_text())
+    assert output.is_generated(target.read_text())
 
 
 def test_build_overwrites_its_own_output(tmp_path, at_root):
@@ -399,7 +399,7 @@ def test_write_atomic_keeps_the_old_file_on_failure(tmp_path, monkeypatch):
 
     monkeypatch.setattr(os, "replace", fail)
     with pytest.raises(OSError):
-        build.write_atomic(target, "new")
+        output.write_atomic(target, "new")
     assert target.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["x.py"]
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from resgen import build, codegen, diagram
+from resgen import build, codegen, output
 from resgen.cli import main
 from resgen.limits import LIMITS, Limits
 from resgen.render import CodeError
@@ -481,7 +481,7 @@ def test_foreign_module_is_not_overwritten(tmp_path, capsys):
     assert status == 1 and "--force" in text
     assert (out / "net.py").read_text() == "# my own code\n"
     assert _run(capsys, "build", "--no-diagram", "--force", "-o", str(out), str(spec))[0] == 0
-    assert codegen.is_generated((out / "net.py").read_text())
+    assert output.is_generated((out / "net.py").read_text())
 
 
 @pytest.mark.parametrize("suffix", [".dot", ".svg"])
@@ -496,7 +496,7 @@ def test_foreign_diagram_is_not_overwritten(suffix, tmp_path, capsys):
     assert "--force" in text
     # resgen's own diagrams are rewritten, and --force replaces a foreign one.
     assert _run(capsys, "build", "--force", "-o", str(out), str(spec))[0] == 0
-    assert diagram.is_generated(mine.read_bytes())
+    assert output.is_generated(mine.read_bytes())
     assert _run(capsys, "build", "-o", str(out), str(spec))[0] == 0
 
 
