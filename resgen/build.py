@@ -21,12 +21,10 @@ from pathlib import Path
 
 from resgen import codegen
 from resgen import spec as S
+from resgen.cli import EXIT_OK, EXIT_SPEC_ERROR
 from resgen.diagnostics import SpecError, print_diagnostics
 from resgen.output import foreign, write_atomic
 from resgen.resolve import Loader
-
-EXIT_OK, EXIT_FAILED = 0, 1
-
 
 # ---------------------------------------------------------------------------------------------
 # API
@@ -104,14 +102,14 @@ def cmd_build(args) -> int:
             source = codegen.generate(spec, analysis, templates=args.templates)
         except SpecError as err:
             print_diagnostics(err.diagnostics, loader.sources)
-            status = EXIT_FAILED
+            status = EXIT_SPEC_ERROR
             continue
         stem = Path(path).stem
         target = out_dir / f"{stem}.py"
         problem = write_generated(target, source, force=args.force)
         if problem:
             print(f"resgen: {problem}", file=sys.stderr)
-            status = EXIT_FAILED
+            status = EXIT_SPEC_ERROR
             continue
         print(f"{path} -> {target}")
         if not args.no_diagram:  # the stages diagram beside the module
@@ -158,10 +156,10 @@ def cmd_verify(args) -> int:
             differences, checked = verify(spec, analysis)
         except SpecError as err:
             print_diagnostics(err.diagnostics, loader.sources)
-            status = EXIT_FAILED
+            status = EXIT_SPEC_ERROR
             continue
         if differences:
-            status = EXIT_FAILED
+            status = EXIT_SPEC_ERROR
             print(f"{path}: {len(differences)} difference{'s' * (len(differences) != 1)} "
                   f"between the prediction and torch:")
             for d in differences:

@@ -34,6 +34,7 @@ from pathlib import Path
 
 import graphviz
 
+from resgen.cli import EXIT_OK, EXIT_SPEC_ERROR, EXIT_USAGE
 from resgen.diagnostics import SpecError, print_diagnostics
 from resgen.ops import FROM_INPUT, OPS, REQUIRED
 from resgen.output import MARK, foreign, write_atomic
@@ -46,7 +47,6 @@ ERRORS_ID = "(errors)"  # not an identifier, so no layer can be called that
 _DOT_MARK = f"// {MARK}".encode()
 _SVG_MARK = f"<!-- {MARK} -->".encode()
 
-EXIT_OK, EXIT_SPEC_ERROR, EXIT_USAGE = 0, 1, 2
 
 FONT = "Helvetica"
 INK, MUTED, RED = "#333333", "#777777", "#cc1f1a"

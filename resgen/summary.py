@@ -12,6 +12,7 @@ import json
 import sys
 from dataclasses import dataclass
 
+from resgen.cli import EXIT_OK, EXIT_SPEC_ERROR
 from resgen.diagnostics import SpecError, print_diagnostics
 from resgen.resolve import Loader
 from resgen.shapes import MAC_CONVENTION, Analysis, LayerInfo, analyse, show_shape
@@ -225,11 +226,11 @@ def cmd_summary(args) -> int:
         spec = loader.load(args.spec)
         if spec.network is None:
             print(f"resgen: error: {args.spec} defines no network", file=sys.stderr)
-            return 1
+            return EXIT_SPEC_ERROR
         analysis = analyse(spec, args.input)
     except SpecError as err:
         print_diagnostics(err.diagnostics, loader.sources)
-        return 1
+        return EXIT_SPEC_ERROR
     if analysis.diagnostics:
         print_diagnostics(analysis.diagnostics, loader.sources)
     if args.json:
@@ -237,4 +238,4 @@ def cmd_summary(args) -> int:
     else:
         depth = DEFAULT_DEPTH if args.depth is None else args.depth
         print(render(analysis, depth))
-    return 0 if analysis.ok else 1
+    return EXIT_OK if analysis.ok else EXIT_SPEC_ERROR
