@@ -32,8 +32,6 @@ class SqueezeExcite(nn.Module):
         self.gate = nn.Sigmoid()
 
     def forward(self, x: Tensor) -> Tensor:
-        identity = x
-
         out = self.pool(x)
         out = self.fc1(out)
         out = self.bn(out)
@@ -41,7 +39,7 @@ class SqueezeExcite(nn.Module):
         out = self.fc2(out)
         out = self.gate(out)
 
-        out = out * identity
+        out = x * out
         return out
 
 

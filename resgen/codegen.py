@@ -103,7 +103,10 @@ class BlockView:
 
     @property
     def identity_first(self) -> bool:
-        """`identity = x` up front: the merge sees x unless a shortcut always replaces it."""
+        """`identity = x` up front: the merge sees x unless a shortcut always replaces it. A
+        gate (`merge mul` without a shortcut) reads `x * out` instead, as squeeze-excite does."""
+        if self.merge == "mul" and self.shortcut is None:
+            return False
         return self.merge is not None and (self.shortcut is None
                                            or self.shortcut.condition is not None)
 
