@@ -202,7 +202,7 @@ def test_rich_spec_generates_readable_code(tiny):
     assert "unused" not in source  # a let nothing uses would be a dead local
     assert "self.se = SqueezeExcite(planes)" in source
     assert "        out = x * out\n" in source  # a gate reads the block input directly
-    assert "        identity = x\n" in source.split("class SEBasic")[0]
+    assert "        identity = x\n" not in source.split("class SEBasic")[0]  # no identity path
     assert "self.layer1 = nn.Sequential(*[SEBasic(width, width) for _ in range(depth)])" in source
     assert "SEBasic(width, wide, stride=2), *[SEBasic(wide, wide) for _ in range(2)]" in source
     assert "self.fc = nn.Linear(wide, num_classes)" in source
