@@ -6,6 +6,7 @@ error, because a silently floored channel count is a wrong network. `//` rounds 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator, Mapping
 
 from resgen import spec as S
@@ -52,6 +53,8 @@ def source_text(expr: S.Expr) -> str:
     if isinstance(expr, S.UnaryOp):
         sep = " " if expr.op == "not" else ""
         return f"{expr.op}{sep}{_wrap(expr.operand)}"
+    if isinstance(expr, S.Func):
+        return f"{expr.name}({', '.join(source_text(a) for a in expr.args)})"
     return f"{_wrap(expr.left)} {expr.op} {_wrap(expr.right)}"
 
 
@@ -70,6 +73,9 @@ def walk(expr: S.Expr) -> Iterator[S.Expr]:
         yield from walk(expr.right)
     elif isinstance(expr, S.UnaryOp):
         yield from walk(expr.operand)
+    elif isinstance(expr, S.Func):
+        for arg in expr.args:
+            yield from walk(arg)
 
 
 def free_refs(expr: S.Expr) -> list[S.Ref]:
@@ -107,7 +113,33 @@ def evaluate(expr: S.Expr, env: Mapping[str, Value]) -> Value:
         if not _is_number(v):
             raise EvalError(expr.span, f"`-` needs a number, got {type_name(v)}", "type")
         return -v
+    if isinstance(expr, S.Func):
+        return _call(expr, [evaluate(a, env) for a in expr.args])
     return _binop(expr, env)
+
+
+# Functions an expression may call: the Python built-ins of the same name, so generated code
+# computes exactly what resgen checked. name -> (arity: exact count, or None for two or more)
+FUNCTIONS = {"int": 1, "round": 1, "min": None, "max": None}
+
+
+def _call(expr: S.Func, values: list[Value]) -> Value:
+    arity = FUNCTIONS.get(expr.name)
+    if expr.name not in FUNCTIONS:  # resolve reports unknown functions; this is a safety net
+        raise EvalError(expr.span, f"unknown function `{expr.name}`", "unknown-name")
+    if (len(values) != arity) if arity else len(values) < 2:
+        wanted = f"{arity} argument" if arity else "two or more arguments"
+        raise EvalError(expr.span, f"`{expr.name}` takes {wanted}", "type")
+    for arg, v in zip(expr.args, values, strict=True):
+        if not _is_number(v):
+            raise EvalError(arg.span, f"`{expr.name}` needs numbers, got {type_name(v)}",
+                            "type")
+    if expr.name in ("int", "round"):
+        (v,) = values
+        if not math.isfinite(v):
+            raise EvalError(expr.span, f"`{expr.name}` of {show(v)}", "limit")
+        return int(v) if expr.name == "int" else round(v)
+    return min(values) if expr.name == "min" else max(values)
 
 
 def _binop(expr: S.BinOp, env: Mapping[str, Value]) -> Value:
@@ -196,11 +228,18 @@ def substitute(expr: S.Expr, lookup: Callable[[str], S.Expr | None]) -> S.Expr:
     elif isinstance(expr, S.BinOp):
         new = expr.model_copy(update={"left": substitute(expr.left, lookup),
                                       "right": substitute(expr.right, lookup)})
+    elif isinstance(expr, S.Func):
+        new = expr.model_copy(update={"args": tuple(substitute(a, lookup) for a in expr.args)})
     else:
         return expr
     # Children are already folded, so only literal children can fold: this keeps substitution
     # linear (a full `fold` re-walks shared sub-trees, exponential for `let b = a + a` chains).
-    children = (new.operand,) if isinstance(new, S.UnaryOp) else (new.left, new.right)
+    if isinstance(new, S.UnaryOp):
+        children = (new.operand,)
+    elif isinstance(new, S.Func):
+        children = new.args
+    else:
+        children = (new.left, new.right)
     return fold(new) if all(_is_literal(c) for c in children) else new
 
 
@@ -253,6 +292,8 @@ def _py(expr: S.Expr, name) -> tuple[str, int]:
         text, p = _py(expr.operand, name)
         text = f"({text})" if p < prec else text
         return (f"not {text}" if expr.op == "not" else f"-{text}"), prec
+    if isinstance(expr, S.Func):
+        return f"{expr.name}({', '.join(to_python(a, name) for a in expr.args)})", 9
     prec = _PY_PRECEDENCE[expr.op]
     left, lp = _py(expr.left, name)
     right, rp = _py(expr.right, name)

@@ -428,7 +428,7 @@ def _attrs(op: str, span: Span, scope: _Scope, args: dict, spans: dict) -> dict:
     return {"op": op, "span": span, "stage": scope.stage, "block": scope.block,
             "branch": scope.branch, "args": args, "arg_spans": spans, "known": True,
             "module": None, "in_shape": None, "out_shape": None, "params": 0, "buffers": 0,
-            "macs": 0, "error": None}
+            "macs": 0, "error": None, "tainted": False}
 
 
 def _channels_after(op: str, args: dict, channels: int | None) -> int | None:

@@ -33,7 +33,8 @@ TORCH_PATHS = frozenset(
        "nn.functional.pad", "torch.Tensor"}
 )
 _TORCH_PREFIXES = frozenset(p.rsplit(".", i)[0] for p in TORCH_PATHS for i in range(p.count(".")))
-BUILTIN_CALLS = frozenset({"super", "range", "isinstance", "len", "int", "bool", "float"})
+BUILTIN_CALLS = frozenset({"super", "range", "isinstance", "len", "int", "bool", "float",
+                           "round", "min", "max"})
 
 _NODES = (
     ast.Module, ast.Expr, ast.ImportFrom, ast.alias, ast.ClassDef, ast.FunctionDef,

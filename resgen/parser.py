@@ -249,6 +249,9 @@ class _Builder(Transformer):
     def ref(self, meta, c):
         return S.Ref(span=self._sp(meta), name=str(c[0]))
 
+    def func(self, meta, c):
+        return S.Func(span=self._sp(meta), name=str(c[0]), args=tuple(c[1:]))
+
     def pair(self, meta, c):
         return S.Pair(span=self._sp(meta), h=c[0], w=c[1])
 

@@ -254,6 +254,12 @@ class _FileResolver:
             if ref.name not in scope and ref.name not in self.lets:
                 self.diags.error(ref.span, "unknown-name", f"unknown name `{ref.name}`"
                                  + did_you_mean(ref.name, scope | set(self.lets)))
+        for call in (e for e in E.walk(expr) if isinstance(e, S.Func)):
+            if call.name not in E.FUNCTIONS:
+                self.diags.error(call.span, "unknown-function", f"unknown function "
+                                 f"`{call.name}`; expressions may call "
+                                 + ", ".join(f"`{f}`" for f in E.FUNCTIONS)
+                                 + did_you_mean(call.name, E.FUNCTIONS))
         result = E.substitute(expr, lambda n: None if n in scope else self.lets.get(n))
         # Lets share sub-trees, so a chain `let b = a + a` doubles in size: stop it here, counting
         # no further than the limit.

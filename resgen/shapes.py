@@ -22,6 +22,7 @@ MAC_CONVENTION = "torchvision convention: conv + linear multiply-accumulates"
 SIZE_HINT = "S=1 and K=2P+1 keep the size; K=3, P=1, S=2 halves it"
 _WINDOWED = ("conv", "maxpool", "avgpool")
 _SAME_SHAPE = ("relu", "sigmoid", "dropout", "identity")
+_COUNTED = ("conv", "batchnorm", "linear")  # the ops with parameters or MACs
 _SIZE_SEARCH_WORK = 3_000_000  # steps x sizes; beyond it the size search gives up
 
 
@@ -86,6 +87,10 @@ class Analysis:
     receptive_field: tuple[int, int] | None = None
     input_sizes: InputSizes | None = None
     block_types: dict[str, str] = field(default_factory=dict)  # block path -> block type
+    # False when an error leaves some counts unknown or computed from made-up shapes (then
+    # `params` is what could be counted: a lower bound or a guess, never the model's count)
+    params_exact: bool = True
+    macs_exact: bool = True
 
     @property
     def errors(self) -> list[Diagnostic]:
@@ -193,6 +198,8 @@ class _Inference:
         self.graph = lowering.graph
         self.diagnostics = list(lowering.diagnostics)
         self._reported: set[tuple] = set()
+        self.channel_errors: set[str] = set()  # nodes whose error may leave channels wrong
+        self.channel_tainted: set[str] = set()  # those and every node after them
         # per node: (stride h, stride w, receptive field h, receptive field w); None = global
         self.geometry: dict[str, tuple | None] = {}
         self._memo: dict[tuple, tuple] = {}  # (op, id(args), in_shape) -> results: blocks repeat
@@ -206,7 +213,12 @@ class _Inference:
 
     def report(self, node: str, attrs: dict, code: str, message: str, span: Span | None = None,
                hint: str | None = None, severity: str = "error", layer: str | None = None,
-               kind: str = ""):
+               kind: str = "", sizes_only: bool = False):
+        if attrs["tainted"]:  # a consequence of an error reported upstream: only the cause
+            return
+        if severity == "error" and not (code in ("too-small", "padding-too-large")
+                                        or sizes_only):
+            self.channel_errors.add(node)  # later channel counts are guesses too
         if severity == "error" and attrs.get("error") is None:
             attrs["error"] = message
         span = span or attrs["span"]
@@ -228,8 +240,17 @@ class _Inference:
                 self.geometry[node] = (1, 1, 1, 1)
                 continue
             incoming = preds[node]
+            if self.channel_tainted and any(p in self.channel_tainted for p in incoming):
+                self.channel_tainted.add(node)
+            # Downstream of a reported error shapes go on (from the main path) but are tainted:
+            # they report nothing, so one mistake gives its own error and not its consequences.
+            tainted = attrs["tainted"] = not attrs["known"] or any(
+                nodes[p]["tainted"] for p in incoming)
             if op in ("add", "mul"):
                 self.merge(node, attrs, incoming, nodes)
+                attrs["tainted"] = tainted or attrs["error"] is not None
+                if node in self.channel_errors:
+                    self.channel_tainted.add(node)
                 continue
             pred = next(iter(incoming))
             shape = nodes[pred]["out_shape"]
@@ -237,18 +258,25 @@ class _Inference:
             attrs["in_shape"] = shape
             if shape is None or not attrs["known"] or op == OUTPUT:
                 attrs["out_shape"] = shape if attrs["known"] else None
+                attrs["tainted"] = tainted or shape is None
                 self.geometry[node] = geometry
                 continue
             args = attrs["args"]
-            key = (op, id(args), shape)
+            key = (op, id(args), shape, tainted)
             memo = self._memo.get(key)
             if memo is None:
                 out = self.infer(node, attrs, op, shape, nodes, pred)
                 self._memo[key] = (out, attrs["params"], attrs["buffers"], attrs["macs"],
-                                   attrs["error"])
+                                   attrs["error"], node in self.channel_errors)
             else:  # the same layer on the same input: its messages were reported already
-                out, attrs["params"], attrs["buffers"], attrs["macs"], attrs["error"] = memo
+                (out, attrs["params"], attrs["buffers"], attrs["macs"], attrs["error"],
+                 channel_error) = memo
+                if channel_error:
+                    self.channel_errors.add(node)
             attrs["out_shape"] = out
+            attrs["tainted"] = tainted or attrs["error"] is not None or out is None
+            if node in self.channel_errors:
+                self.channel_tainted.add(node)
             if op in _WINDOWED and geometry is not None:
                 (kh, sh, _, dh, _), (kw, sw, _, dw, _) = self.axes(args)
                 jh, jw, rh, rw = geometry
@@ -309,6 +337,10 @@ class _Inference:
                     break
         else:
             self.pool_padding(node, attrs, op, args)
+        if op == "conv":  # the weights follow the channels, whatever the sizes do
+            kernel_h, kernel_w = _at(args["kernel"], 0), _at(args["kernel"], 1)
+            per_output = channels // args["groups"] * kernel_h * kernel_w
+            attrs["params"] = out_channels * per_output + (out_channels if args["bias"] else 0)
         sizes = []
         dropped = []
         for axis, n in enumerate((height, width)):
@@ -333,9 +365,6 @@ class _Inference:
             self.report(node, attrs, "dropped-rows", "; ".join(dropped), severity="warning",
                         hint=SIZE_HINT)
         if op == "conv":
-            kernel_h, kernel_w = _at(args["kernel"], 0), _at(args["kernel"], 1)
-            per_output = channels // args["groups"] * kernel_h * kernel_w
-            attrs["params"] = out_channels * per_output + (out_channels if args["bias"] else 0)
             attrs["macs"] = out_channels * sizes[0] * sizes[1] * per_output
         return (out_channels, sizes[0], sizes[1])
 
@@ -396,10 +425,13 @@ class _Inference:
                 other, role = source, edge["role"]
         main_shape, other_shape = nodes[main]["out_shape"], nodes[other]["out_shape"]
         attrs["in_shape"] = main_shape
-        first, second = self.geometry.get(main), self.geometry.get(other)
-        self.geometry[node] = (None if first is None or second is None else (
-            max(first[0], second[0]), max(first[1], second[1]),
-            max(first[2], second[2]), max(first[3], second[3])))
+        # Stride and receptive field come from the inputs that still have spatial extent: a
+        # squeeze-excite gate (global pool, 1x1 convs) scales the block input's positions, it
+        # does not erase them. Only when every input is global is the merge global.
+        spatial = [g for g in (self.geometry.get(main), self.geometry.get(other))
+                   if g is not None]
+        self.geometry[node] = tuple(map(max, *spatial)) if len(spatial) == 2 else (
+            spatial[0] if spatial else None)
         if main_shape is None or other_shape is None or not attrs["known"]:
             return
         result = _merged(attrs["op"], main_shape, other_shape)
@@ -428,7 +460,8 @@ class _Inference:
                     "or make the main path end with the input's channels")
         else:
             hint = "make the shortcut's conv produce the main path's channels"
-        self.report(node, attrs, "merge-mismatch", message, hint=hint, layer=block)
+        self.report(node, attrs, "merge-mismatch", message, hint=hint, layer=block,
+                    sizes_only=spatial and main_shape[0] == other_shape[0])
 
     # -- totals
     def finish(self) -> Analysis:
@@ -436,9 +469,19 @@ class _Inference:
         nodes = graph._node
         layers = []
         params = buffers = macs = 0
+        params_exact = macs_exact = True
         for node, attrs in nodes.items():
-            if attrs["op"] in (INPUT, OUTPUT):
+            op = attrs["op"]
+            if op in (INPUT, OUTPUT):
                 continue
+            if op in _COUNTED and (attrs["tainted"] or attrs["in_shape"] is None):
+                # After an error: the MACs follow made-up sizes. Conv and batch norm weights
+                # follow the channels only, which a size mismatch keeps; anything else is a
+                # guess, or missing when there is no shape at all.
+                macs_exact = False
+                if (attrs["in_shape"] is None or not attrs["known"] or op == "linear"
+                        or not self._sizes_only(node)):
+                    params_exact = False
             params += attrs["params"]
             buffers += attrs["buffers"]
             macs += attrs["macs"]
@@ -464,7 +507,12 @@ class _Inference:
             network=lowering.network.name,
             output_stride=last.output_stride if last else None,
             receptive_field=last.receptive_field if last else None,
-            input_sizes=sizes, block_types=lowering.block_types)
+            input_sizes=sizes, block_types=lowering.block_types,
+            params_exact=params_exact, macs_exact=macs_exact)
+
+    def _sizes_only(self, node: str) -> bool:
+        """Whether only sizes (not channel counts) before `node` follow from an error."""
+        return not any(p in self.channel_tainted for p in self.graph._pred[node])
 
     def stage_infos(self, layers: list[LayerInfo]) -> list[StageInfo]:
         entries = {e.name: e for e in self.lowering.stages}

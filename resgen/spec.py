@@ -66,7 +66,15 @@ class UnaryOp(Node):
     operand: Expr
 
 
-Expr = Annotated[Int | Float | Bool | Ref | Pair | BinOp | UnaryOp, Field(discriminator="kind")]
+class Func(Node):
+    """`int(x)`, `round(x)`, `min(a, b)`, `max(a, b)`: see resgen.expr.FUNCTIONS."""
+
+    kind: Literal["func"] = "func"
+    name: str
+    args: tuple[Expr, ...]
+
+
+Expr = Annotated[Int | Float | Bool | Ref | Pair | BinOp | UnaryOp | Func, Field(discriminator="kind")]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -228,4 +236,5 @@ class Spec(Node):
 Pair.model_rebuild()
 BinOp.model_rebuild()
 UnaryOp.model_rebuild()
+Func.model_rebuild()
 Layer.model_rebuild()

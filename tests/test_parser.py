@@ -429,3 +429,42 @@ def test_reference_fragments_parse():
                 errors.append(err)
         else:
             raise AssertionError(f"fragment does not parse: {errors}")
+
+
+# ---- functions in expressions -----------------------------------------------------------------
+
+@pytest.mark.parametrize("source, env, value", [
+    ("int(64 * m)", {"m": 0.75}, 48),
+    ("int(-2.5)", {}, -2),  # Python's int: towards zero
+    ("round(2.5)", {}, 2),  # Python's round: half to even, as the generated code computes
+    ("round(96 * m)", {"m": 1.5}, 144),
+    ("max(8, int(64 * m + 4) // 8 * 8)", {"m": 0.1}, 8),  # timm's make_divisible
+    ("max(8, int(64 * m + 4) // 8 * 8)", {"m": 0.75}, 48),
+    ("min(a, b, 3)", {"a": 5, "b": 4}, 3),
+])
+def test_functions_evaluate_like_python(source, env, value):
+    expr = let_value(source)
+    assert E.evaluate(expr, env) == value
+    assert eval(E.to_python(expr), {}, dict(env)) == value  # the generated code agrees
+    assert E.evaluate(let_value(E.source_text(expr)), env) == value  # messages quote it right
+
+
+@pytest.mark.parametrize("source, message", [
+    ("int(1, 2)", "`int` takes 1 argument"),
+    ("max(1)", "`max` takes two or more arguments"),
+    ("round(true)", "`round` needs numbers, got a boolean"),
+])
+def test_function_misuse_is_located(source, message):
+    with pytest.raises(E.EvalError, match=re.escape(message)) as info:
+        E.evaluate(let_value(source), {})
+    assert info.value.span.line == 1 and info.value.span.column >= 9
+
+
+def test_unknown_function_suggests_the_known_ones(tmp_path):
+    path = tmp_path / "f.arch"
+    path.write_text("network n {\n    input 3x8x8\n    let w = rund(7.5)\n}\n")
+    with pytest.raises(SpecError) as info:
+        load(path)
+    (diag,) = info.value.diagnostics
+    assert (diag.code, diag.span.line, diag.span.column) == ("unknown-function", 3, 13)
+    assert "did you mean `round`?" in diag.message
