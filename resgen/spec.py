@@ -74,7 +74,9 @@ class Func(Node):
     args: tuple[Expr, ...]
 
 
-Expr = Annotated[Int | Float | Bool | Ref | Pair | BinOp | UnaryOp | Func, Field(discriminator="kind")]
+Expr = Annotated[
+    Int | Float | Bool | Ref | Pair | BinOp | UnaryOp | Func, Field(discriminator="kind")
+]
 
 
 # ---------------------------------------------------------------------------------------------
