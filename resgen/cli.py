@@ -28,6 +28,12 @@ def parse_input(text: str) -> tuple[int | None, int, int]:
     return (values[0], values[1], values[2]) if len(values) == 3 else (None, *values)
 
 
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, not {text!r}")
+    return int(text)
+
+
 def _add_input(p: argparse.ArgumentParser) -> None:
     p.add_argument("--input", type=parse_input, metavar="[C]xHxW",
                    help="override the spec's input shape, e.g. 3x512x512 or 512x384")
@@ -46,7 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("summary", help="a per-layer table of shapes, parameters and MACs")
     p.add_argument("spec", metavar="SPEC")
-    p.add_argument("--depth", type=int, default=None, help="expand to this depth")
+    p.add_argument("--depth", type=_positive, default=None,
+                   help="1: stages, 2: blocks, 3: layers inside blocks")
     p.add_argument("--json", action="store_true")
     _add_input(p)
 

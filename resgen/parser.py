@@ -10,6 +10,7 @@ import functools
 import hashlib
 import math
 import os
+import re
 from importlib import resources
 
 from lark import Lark, Token, Transformer, Tree, v_args
@@ -66,11 +67,20 @@ def _describe_terminal(name: str) -> str:
     return name.lower()
 
 
+# Operators continue an expression; listed one by one they crowd out what the person most likely
+# left out (`x` in `stage layer1 = 3 x Block(...)`), so they are named together.
+_OPERATOR_WORDS = frozenset({"`+`", "`-`", "`*`", "`/`", "`//`", "a comparison", "`and`", "`or`"})
+
+
 def _expected(names) -> str:
-    words = sorted({_describe_terminal(n) for n in names})
-    if len(words) > 8:
-        words = words[:8] + ["..."]
-    return ", ".join(words)
+    words = {_describe_terminal(n) for n in names}
+    operators = words & _OPERATOR_WORDS
+    if len(operators) > 2:
+        words = (words - operators) | {"an operator"}
+    ordered = sorted(words, key=lambda w: (w == "an operator", w))
+    if len(ordered) > 8:
+        ordered = ordered[:8] + ["..."]
+    return ", ".join(ordered)
 
 
 def _token_text(token: Token) -> str:
@@ -119,7 +129,25 @@ def _syntax_error(err: UnexpectedInput, text: str, path: str) -> S.Diagnostic:
         if expected:
             message += f"; expected {_expected(expected)}"
         code = "unexpected-eof"
-    return Diagnostic(Span(path, line, col, end_line, end_col), code, message)
+    return Diagnostic(Span(path, line, col, end_line, end_col), code, message,
+                      hint=_hint_for(err, text))
+
+
+_SHAPES_OF = {
+    "stage": "a stage reads `stage NAME = REPEATS x Block(arguments)`, e.g. `3 x Bottleneck(64)`",
+    "input": "an input shape reads `input C x H x W`, e.g. `input 3x224x224`",
+}
+
+
+def _hint_for(err: UnexpectedInput, text: str) -> str | None:
+    """When `x` was expected, the statement's form: `x` is easy to leave out of both forms."""
+    expected = getattr(err, "expected", None) or getattr(err, "allowed", None) or ()
+    if "`x`" not in {_describe_terminal(n) for n in expected}:
+        return None
+    token = getattr(err, "token", None)
+    end = token.start_pos if token is not None and token.start_pos is not None else len(text)
+    keywords = re.findall(r"\b(stage|input)\b", text[:end])
+    return _SHAPES_OF[keywords[-1]] if keywords else None
 
 
 _KEYWORDISH = {"block", "network", "stage", "stem", "head", "main", "shortcut", "merge", "post",

@@ -339,3 +339,25 @@ def test_json_output(tmp_path, capsys):
     (record,) = json.loads(capsys.readouterr().out)
     assert (record["line"], record["column"], record["end_column"], record["code"]) == (
         1, 11, 12, "syntax")
+
+
+@pytest.mark.parametrize("text, hint", [
+    ("import std.resnet\nnetwork n {\n    input 3x32x32\n    stage layer1 = BasicBlock(16)\n}\n",
+     "a stage reads `stage NAME = REPEATS x Block(arguments)`"),
+    ("network n {\n    input 3x32\n}\n", "an input shape reads `input C x H x W`"),
+])
+def test_a_forgotten_x_gets_the_statement_form_as_a_hint(tmp_path, text, hint):
+    path = tmp_path / "x.arch"
+    path.write_text(text)
+    with pytest.raises(SpecError) as info:
+        load(path)
+    (diag,) = info.value.diagnostics
+    assert diag.code == "syntax" and "expected `x`" in diag.message
+    assert diag.hint.startswith(hint)
+
+
+def test_summary_depth_must_be_positive(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["summary", "specs/resnet18.arch", "--depth", "0"])
+    assert info.value.code == 2
+    assert "at least 1" in capsys.readouterr().err
