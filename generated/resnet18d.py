@@ -108,7 +108,7 @@ class ResNet(nn.Module):
                     nn.init.constant_(module.bn2.weight, 0)
 
     def forward(self, x: Tensor) -> Tensor:
-        x = self.conv1(x)
+        x = self.conv1(x)  # 64x112x112
         x = self.bn1(x)  # 64x112x112
         x = self.act1(x)  # 64x112x112
         x = self.maxpool(x)  # 64x56x56

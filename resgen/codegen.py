@@ -488,6 +488,8 @@ class _ModuleBuilder:
         target = layer.callee if layer.kind == "reuse" else layer.name
         applied[target] = applied.get(target, 0) + 1
         node = target if applied[target] == 1 else f"{target}#{applied[target]}"
+        if layer.kind == "seq" and layer.items:  # an nn.Sequential: its last layer's output
+            node = f"{target}.{len(layer.items) - 1}"
         out_shape = self._node_shape(node)
         steps.append(StepView(f"self.{ident(target)}", _shape(out_shape) if out_shape else None))
         if layer.kind == "reuse":
