@@ -10,7 +10,9 @@ the resolution is bold and marked "/2" (or "/4", ...). The DOT text is built wit
 package and is a pure function of the analysis (nodes and edges follow the graph's insertion
 order), so the same spec always gives the same bytes. A spec with shape errors is drawn too: the
 node an error belongs to and the edges into it are red and carry the message, so one sees where a
-variant breaks.
+variant breaks. Shapes after an error are only carried on (the shape engine marks them `tainted`
+and reports no errors from them): no "/n" marks or stage strides are derived from them, and the
+title counts exactly the errors `resgen check` reports.
 
 Images (svg, png, pdf) need Graphviz's `dot` executable; without it the .dot is written instead
 and one line on stderr says how to install Graphviz.
@@ -290,7 +292,7 @@ def digraph(spec, analysis, detail: str = "stages", rankdir: str = "TB") -> grap
             edges[key] = (role, u)
 
     name = spec.network.name if getattr(spec, "network", None) else "network"
-    errors = sum(map(len, node_errors.values())) + len(loose_errors)
+    errors = len(analysis.errors)  # what `resgen check` reports, not per-instance repeats
     dot = graphviz.Digraph(name=name)
     dot.attr("graph", rankdir=rankdir, fontname=FONT, fontsize="11", fontcolor=INK,
              labelloc="t", label=_label(name, analysis, errors, detail),
@@ -446,7 +448,9 @@ def _short_name(node: str, d: dict) -> str:
 def _stage_line(group: _Group, graph, shape_in, shape_out) -> str:
     """`512→1024 ch · stride 2 · 28×28→14×14` (or `· dilation 2` for a dilated stage)."""
     text = _transition(shape_in, shape_out)
-    ratio = _ratio(shape_in, shape_out)
+    # Sizes after an error are the main path's, carried on for the drawing: no stride from them.
+    tainted = any(graph.nodes[n].get("tainted") for n in group.nodes)
+    ratio = None if tainted else _ratio(shape_in, shape_out)
     if ratio:
         channels, _, size = text.partition(" · ")
         text = f"{channels} · stride {ratio[1:]} · {size}"
@@ -485,7 +489,8 @@ def _edge(g: graphviz.Digraph, src: _Group, dst: _Group, role: str, u: str, grap
     ratio = None
     # A drop in resolution is marked on the edge leaving what dropped it; the head's global
     # pooling is a reduction, not a stride.
-    if src.kind not in ("head", "input") and graph.nodes[u].get("op") != "adaptive_avgpool":
+    if (src.kind not in ("head", "input") and graph.nodes[u].get("op") != "adaptive_avgpool"
+            and not graph.nodes[u].get("tainted")):  # sizes after an error mean nothing
         src_in = graph.nodes[src.nodes[0]].get("in_shape")
         ratio = _ratio(src_in, tensor)
     label = "&#160;" + _esc(_shape(tensor))  # a space keeps the text off the line
@@ -558,15 +563,19 @@ def _legend(detail: str, errors: int) -> list[tuple[str, str]]:
         rows.append((stroke("╌╌╌", IDENTITY_GREY), "identity shortcut"))
     rows.append((stroke("───", RED), "shape error (red, with message)"))
     if errors:
-        rows.append(("<td>?</td>", "shape unknown after an error"))
+        rows.append(("<td>?</td>", "after an error: sizes carried on (? if unknown), no /n"))
     return rows
 
 
 def _label(name: str, analysis, errors: int, detail: str) -> str:
     """The graph's label: a title line over a two-column legend, kept out of the layout."""
+    partial = " (partial: the spec has errors)"
     parts = [f'<font point-size="14"><b>{_esc(name)}</b></font>',
-             f"input {_shape(analysis.input)}", f"{_count(analysis.params)} params",
-             f"{_count(analysis.macs)} MACs"]
+             f"input {_shape(analysis.input)}",
+             f"{_count(analysis.params)} params"
+             + ("" if getattr(analysis, "params_exact", True) else partial),
+             f"{_count(analysis.macs)} MACs"
+             + ("" if getattr(analysis, "macs_exact", True) else partial)]
     if errors:
         parts.append(f'<font color="{RED}"><b>{errors} error{"s" * (errors != 1)}</b></font>')
     legend = _legend(detail, errors)

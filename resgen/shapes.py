@@ -200,6 +200,7 @@ class _Inference:
         self._reported: set[tuple] = set()
         self.channel_errors: set[str] = set()  # nodes whose error may leave channels wrong
         self.channel_tainted: set[str] = set()  # those and every node after them
+        self.size_tainted: set[str] = set()  # tainted nodes, up to a pool to a fixed size
         # per node: (stride h, stride w, receptive field h, receptive field w); None = global
         self.geometry: dict[str, tuple | None] = {}
         self._memo: dict[tuple, tuple] = {}  # (op, id(args), in_shape) -> results: blocks repeat
@@ -242,6 +243,9 @@ class _Inference:
             incoming = preds[node]
             if self.channel_tainted and any(p in self.channel_tainted for p in incoming):
                 self.channel_tainted.add(node)
+            if (self.size_tainted and op != "adaptive_avgpool"
+                    and any(p in self.size_tainted for p in incoming)):
+                self.size_tainted.add(node)
             # Downstream of a reported error shapes go on (from the main path) but are tainted:
             # they report nothing, so one mistake gives its own error and not its consequences.
             tainted = attrs["tainted"] = not attrs["known"] or any(
@@ -249,6 +253,8 @@ class _Inference:
             if op in ("add", "mul"):
                 self.merge(node, attrs, incoming, nodes)
                 attrs["tainted"] = tainted or attrs["error"] is not None
+                if attrs["error"] is not None:
+                    self.size_tainted.add(node)
                 if node in self.channel_errors:
                     self.channel_tainted.add(node)
                 continue
@@ -275,6 +281,8 @@ class _Inference:
                     self.channel_errors.add(node)
             attrs["out_shape"] = out
             attrs["tainted"] = tainted or attrs["error"] is not None or out is None
+            if attrs["error"] is not None:
+                self.size_tainted.add(node)
             if node in self.channel_errors:
                 self.channel_tainted.add(node)
             if op in _WINDOWED and geometry is not None:
@@ -479,8 +487,8 @@ class _Inference:
                 # follow the channels only, which a size mismatch keeps; anything else is a
                 # guess, or missing when there is no shape at all.
                 macs_exact = False
-                if (attrs["in_shape"] is None or not attrs["known"] or op == "linear"
-                        or not self._sizes_only(node)):
+                if (attrs["in_shape"] is None or not attrs["known"]
+                        or not self._params_follow(node, op)):
                     params_exact = False
             params += attrs["params"]
             buffers += attrs["buffers"]
@@ -510,9 +518,13 @@ class _Inference:
             input_sizes=sizes, block_types=lowering.block_types,
             params_exact=params_exact, macs_exact=macs_exact)
 
-    def _sizes_only(self, node: str) -> bool:
-        """Whether only sizes (not channel counts) before `node` follow from an error."""
-        return not any(p in self.channel_tainted for p in self.graph._pred[node])
+    def _params_follow(self, node: str, op: str) -> bool:
+        """Whether a tainted node's parameter count is still the model's: conv and batch norm
+        weights follow the channels, which a size mismatch keeps; a linear layer's also follow
+        the sizes it flattens, unless a global pool fixed them after the error."""
+        if node in self.channel_tainted:
+            return False
+        return op != "linear" or not any(p in self.size_tainted for p in self.graph._pred[node])
 
     def stage_infos(self, layers: list[LayerInfo]) -> list[StageInfo]:
         entries = {e.name: e for e in self.lowering.stages}

@@ -3,7 +3,9 @@
 Rows nest as stage > block instance > layer (blocks used as layers nest further). By default the
 table shows one row per stage; `--depth N` expands N levels. Totals follow the table: parameters,
 buffers, MACs (with their convention named), input, output, output stride, receptive field and
-the input sizes the network accepts. No torch import on this path.
+the input sizes the network accepts. For a spec with errors, counts that an error leaves unknown
+or computed from made-up sizes say "(partial: the spec has errors)" (JSON: params_exact,
+macs_exact). No torch import on this path.
 """
 
 from __future__ import annotations
@@ -114,9 +116,9 @@ def _size(value) -> str:
 # Text
 
 def human(n: int) -> str:
-    """1234567 -> 1.23M; plain below ten thousand."""
+    """One rule for every row: 1234567 -> 1.23M, 1152 -> 1.15K; plain digits below 1000."""
     for unit, scale in (("G", 10**9), ("M", 10**6), ("K", 10**3)):
-        if abs(n) >= scale and (unit != "K" or abs(n) >= 10_000):
+        if abs(n) >= scale:
             return f"{n / scale:.2f}{unit}"
     return str(n)
 
@@ -150,10 +152,13 @@ def render(analysis: Analysis, depth: int = DEFAULT_DEPTH) -> str:
 
 def totals(analysis: Analysis) -> list[tuple[str, str]]:
     last = next((s.name for s in reversed(analysis.stages) if s.name != "head"), "")
+    partial = " (partial: the spec has errors)"
     items = [
-        ("Params", f"{analysis.params:,}"),
-        ("Buffers", f"{analysis.buffers:,} (batch norm running statistics and counters)"),
-        ("MACs", f"{analysis.macs / 1e9:.3f} G = {analysis.macs:,} ({MAC_CONVENTION})"),
+        ("Params", f"{analysis.params:,}" + ("" if analysis.params_exact else partial)),
+        ("Buffers", f"{analysis.buffers:,} (batch norm running statistics and counters)"
+                    + ("" if analysis.params_exact else partial)),
+        ("MACs", f"{analysis.macs / 1e9:.3f} G = {analysis.macs:,} ({MAC_CONVENTION})"
+                 + ("" if analysis.macs_exact else partial)),
         ("Input", show_shape(analysis.input)),
         ("Output", show_shape(analysis.output)),
         ("Output stride", f"{_pair_text(analysis.output_stride, '-')} (after {last})"),
@@ -188,6 +193,8 @@ def to_json(analysis: Analysis) -> dict:
         "params": analysis.params,
         "buffers": analysis.buffers,
         "macs": analysis.macs,
+        "params_exact": analysis.params_exact,  # false: the spec has errors, counts partial
+        "macs_exact": analysis.macs_exact,
         "mac_convention": MAC_CONVENTION,
         "output_stride": list(analysis.output_stride) if analysis.output_stride else None,
         "receptive_field": (list(analysis.receptive_field) if analysis.receptive_field

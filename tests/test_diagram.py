@@ -4,6 +4,7 @@ in red, identical DOT for identical input, and what happens without Graphviz's `
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -216,11 +217,12 @@ def test_a_broken_variant_is_drawn_with_its_error_in_red(broken, tmp_path, capsy
     assert main(["diagram", str(broken), "--detail", detail, "-o", str(out)]) == 1
     assert "merge-mismatch" in capsys.readouterr().err  # the diagnostics are printed too
     svg = Svg(out.read_bytes())
-    # Red: exactly what holds a node with an error (the shape engine decides how many errors
-    # follow from the first one); the first one is layer1.0's merge.
-    graph = analyse(load(broken)).graph
+    # Red: exactly what holds a node with an error. Shapes after layer1.0's merge are tainted
+    # (carried on from the main path), so that merge is the only error: the root cause.
+    analysis = analyse(load(broken))
+    graph = analysis.graph
     failing = [n for n in graph if graph.nodes[n]["error"]]
-    assert failing[0] == "layer1.0.add"
+    assert failing == ["layer1.0.add"] and len(analysis.errors) == 1
     expected = {"layers": failing, "blocks": [graph.nodes[n]["block"] for n in failing],
                 "stages": [graph.nodes[n]["stage"] for n in failing]}[detail]
     red = sorted(n for n, g in svg.nodes.items() if RED in Svg.strokes(g))
@@ -231,7 +233,15 @@ def test_a_broken_variant_is_drawn_with_its_error_in_red(broken, tmp_path, capsy
     for red_node in red:
         into = [g for t, g in svg.edges.items() if t.endswith("->" + red_node)]
         assert into and all(RED in Svg.strokes(g) for g in into)
-    assert f"{len(failing)} errors" in Svg.text(svg.root)
+    title = Svg.text(svg.root)
+    assert "1 error " in title
+    # Parameters follow the channels, which the size mismatch keeps (and the global pool fixes
+    # the linear layer's input): exact. MACs after the error follow made-up sizes: partial.
+    assert "84.2k params ·" in title and "MACs (partial: the spec has errors)" in title
+    # No "/n" from tainted sizes: only the untainted stem/layer1 entry could carry one.
+    marks = [t for t, g in svg.edges.items() if "/" in Svg.text(g)]
+    assert all(not graph.nodes[t.split("->")[0]].get("tainted")
+               for t in marks if t.split("->")[0] in graph)
     if detail == "layers":  # both sides of the disagreement, with their shapes
         assert Svg.text(svg.edges["layer1.0.bn2->layer1.0.add"]).split()[0] == "16×62×62"
         assert Svg.text(svg.edges["relu->layer1.0.add"]).split()[0] == "16×64×64"
@@ -412,3 +422,32 @@ def test_diagram_never_replaces_a_foreign_file_without_force(tmp_path):
     assert mine.read_text() == "<svg>my own drawing</svg>"
     assert main(["diagram", spec, "-o", str(mine), "--force"]) == 0
     assert main(["diagram", spec, "-o", str(mine)]) == 0  # now it is resgen's: replaced freely
+
+
+def test_tainted_stages_get_no_stride_and_the_title_counts_checks_errors(tmp_path):
+    # conv2 with padding 0: layer1.0's merge fails; every size after it is the main path's,
+    # carried on for the drawing. Before: "10 errors" (one per instance) against check's 1,
+    # and stage strides such as "stride 4×3" made from broken sizes.
+    path = tmp_path / "padding0.arch"
+    path.write_text(BROKEN.replace("conv2 = conv(planes, 5, padding=1", "conv2 = conv(planes, "
+                                   "3, padding=0").replace("input 3x64x64", "input 3x48x64"))
+    spec = load(path)
+    analysis = analyse(spec)
+    assert len(analysis.errors) == 1
+    for detail in diagram.DETAILS:
+        source = diagram.to_dot(spec, analysis, detail)
+        assert "1 error</b>" in source and "errors</b>" not in source
+    stages = diagram.to_dot(spec, analysis, "stages")
+    layer2 = next(line for line in stages.splitlines() if line.strip().startswith("layer2 ["))
+    assert "stride 2 ·" not in layer2 and "16→32 ch · " in layer2
+    assert not re.search(r"<b>/\d", stages)  # no untainted downsampling in this net
+    layers = diagram.to_dot(spec, analysis, "layers")
+    assert not re.search(r"<b>/\d", layers)
+    # Parameters follow channels only; MACs follow the made-up sizes.
+    assert "params (partial" not in stages and "MACs (partial: the spec has errors)" in stages
+
+
+def test_a_healthy_spec_marks_strides(resnet50):
+    spec, analysis = resnet50
+    stages = diagram.to_dot(spec, analysis, "stages")
+    assert "stride 2 ·" in stages and "<b>/2</b>" in stages and "partial" not in stages

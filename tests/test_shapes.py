@@ -637,3 +637,118 @@ network n {
     err = capsys.readouterr().err
     assert f"{path}:6:5: note: `layer2.0.conv1` comes from stage `layer2`" in err
     assert "    6 |     stage layer2 = 2 x BasicBlock(32, stride=true)" in err
+
+
+# ---------------------------------------------------------------------------------------------
+# Squeeze-excite gates keep stride and receptive field; errors report their cause only
+
+def test_squeeze_excite_keeps_stride_and_receptive_field():
+    se = analyse(Loader().load(SPECS / "seresnet50.arch"))
+    plain = analyse(Loader().load(SPECS / "resnet50.arch"))
+    assert se.ok and se.output_stride == (32, 32) and se.receptive_field == (427, 427)
+    assert [(s.name, s.output_stride, s.receptive_field) for s in se.stages] == [
+        (s.name, s.output_stride, s.receptive_field) for s in plain.stages]
+    assert se.stages[1].output_stride == (4, 4)  # layer1
+    # The gate's own nodes are global (1x1 after the pool); the merge takes the spatial side.
+    assert se.graph.nodes["layer1.0.se.mul"]["out_shape"] == (256, 56, 56)
+
+
+BLOCK_PADDING_0 = """\
+block MyBlock(planes, stride = 1) {
+    expansion 1
+    main {
+        conv1 = conv(planes, 3, stride=stride, padding=1, bias=false)
+        bn1 = batchnorm
+        relu = relu(inplace=true)
+        conv2 = conv(planes, 3, padding=0, bias=false)
+        bn2 = batchnorm
+    }
+    shortcut downsample when stride != 1 or in_channels != planes * expansion {
+        conv(planes * expansion, 1, stride=stride, bias=false)
+        batchnorm
+    }
+    merge add
+    post { relu }
+}
+
+network broken {
+    input 3x192x256
+    stem {
+        conv1 = conv(96, kernel=7, stride=2, padding=3, bias=false)
+        bn1 = batchnorm
+        relu = relu(inplace=true)
+        maxpool = maxpool(3, stride=2, padding=1)
+    }
+    stage layer1 = 2 x MyBlock(96)
+    stage layer2 = 2 x MyBlock(128, stride=2)
+    stage layer3 = 2 x MyBlock(256, stride=2)
+    stage layer4 = 2 x MyBlock(512, stride=2)
+    head {
+        avgpool = adaptive_avgpool(1)
+        flatten = flatten
+        fc = linear(10)
+    }
+}
+"""
+
+
+def test_only_the_root_cause_is_reported_and_later_shapes_are_tainted(tmp_path):
+    analysis, _ = run(tmp_path, BLOCK_PADDING_0)
+    assert not analysis.ok
+    # Before: layer4.1.conv2 "too small" (a consequence) came first. Now: the cause alone.
+    assert [(d.code, d.layer) for d in analysis.errors] == [("merge-mismatch", "layer1.0")]
+    assert "96x46x62 but the identity gives 96x48x64" in analysis.errors[0].message
+    nodes = analysis.graph.nodes
+    assert [n for n in nodes if nodes[n]["error"]] == ["layer1.0.add"]
+    assert nodes["layer1.0.add"]["tainted"] and not nodes["layer1.0.conv2"]["tainted"]
+    # Shapes go on from the main path, for the diagram and the summary, marked as tainted.
+    assert nodes["layer1.0.add"]["out_shape"] == (96, 46, 62)
+    assert nodes["layer2.0.conv1"]["out_shape"] is not None and nodes["layer2.0.conv1"]["tainted"]
+    assert all(nodes[n]["tainted"] for n in nodes
+               if n.startswith(("layer2", "layer3", "layer4", "avgpool", "fc", "output")))
+    assert not any(nodes[n]["tainted"] for n in ("conv1", "maxpool", "layer1.0.bn2"))
+    # layer4's sizes run out (no shape at all): what is counted is partial.
+    assert not analysis.params_exact and not analysis.macs_exact
+
+
+def test_a_merge_of_a_tainted_input_is_tainted(tmp_path):
+    text = BLOCK_PADDING_0.replace("bn2 = batchnorm\n", "bn2 = batchnorm(7)\n").replace(
+        "conv(planes * expansion, 1, stride=stride, bias=false)",
+        "conv(planes * expansion, 1, stride=stride, groups=5, bias=false)")
+    analysis, _ = run(tmp_path, text)
+    # bn2's error taints layer1.0's merge (its size mismatch is not reported on top) and so
+    # everything after it, layer2.0's shortcut with groups=5 included.
+    assert [(d.code, d.layer) for d in analysis.errors] == [("channels", "layer1.0.bn2")]
+    nodes = analysis.graph.nodes
+    assert nodes["layer1.0.add"]["tainted"] and nodes["layer1.0.add"]["error"] is None
+    assert nodes["layer2.0.downsample.0"]["tainted"]
+    assert not analysis.params_exact  # a channel error: counts after it are guesses
+
+
+def test_errors_in_two_branches_of_one_block_are_both_reported(tmp_path):
+    text = BLOCK_PADDING_0.replace(
+        "conv2 = conv(planes, 3, padding=0, bias=false)",
+        "conv2 = conv(planes, 3, padding=1, bias=false)").replace(
+        "bn2 = batchnorm\n", "bn2 = batchnorm(7)\n").replace(
+        "conv(planes * expansion, 1, stride=stride, bias=false)",
+        "conv(planes * expansion, 1, stride=stride, groups=5, bias=false)").replace(
+        "stage layer1 = 2 x MyBlock(96)", "stage layer1 = 2 x MyBlock(100)")
+    analysis, _ = run(tmp_path, text)
+    # layer1.0 projects 96 -> 100 channels: the main path's batchnorm and the shortcut's conv
+    # each have their own mistake, neither downstream of the other; the merge of the two
+    # tainted inputs says nothing more.
+    codes = sorted((d.code, d.layer) for d in analysis.errors)
+    assert codes == [("channels", "layer1.0.bn2"), ("groups", "layer1.0.downsample.0")]
+    assert analysis.graph.nodes["layer1.0.add"]["error"] is None
+    assert analysis.graph.nodes["layer1.0.add"]["tainted"]
+
+
+def test_params_stay_exact_when_only_sizes_are_wrong(tmp_path):
+    text = BLOCK_PADDING_0.replace("stage layer3 = 2 x MyBlock(256, stride=2)\n", "").replace(
+        "stage layer4 = 2 x MyBlock(512, stride=2)\n", "")
+    broken, _ = run(tmp_path, text)
+    fixed, _ = run(tmp_path, text.replace("padding=0", "padding=1"))
+    assert not broken.ok and fixed.ok
+    # A 3x3 conv has 3x3 weights whatever its padding; the global pool fixes the linear input.
+    assert broken.params == fixed.params and broken.params_exact
+    assert not broken.macs_exact and fixed.macs_exact and fixed.params_exact

@@ -121,4 +121,47 @@ def test_rows_nest_stage_block_layer():
     assert layer2.out == (128, 28, 28)
     depth2 = [r for r in rows(analysis, 2) if r.depth == 2]
     assert "layer2.0" in [r.name for r in depth2] and "conv1" in [r.name for r in depth2]
-    assert human(4_089_184_256) == "4.09G" and human(9408) == "9408"
+    assert human(4_089_184_256) == "4.09G" and human(9408) == "9.41K" and human(999) == "999"
+
+
+def test_seresnet50_summary_reports_stride_and_field_through_the_gates(capsys):
+    code, out, _ = run(capsys, "summary", str(SPECS / "seresnet50.arch"))
+    assert code == 0
+    assert "Output stride:    32 (after layer4)" in out
+    assert "layer1 4/35, layer2 8/91, layer3 16/267, layer4 32/427" in out
+    _, out, _ = run(capsys, "summary", str(SPECS / "seresnet50.arch"), "--json")
+    data = json.loads(out)
+    assert data["output_stride"] == [32, 32] and data["receptive_field"] == [427, 427]
+    assert data["params_exact"] and data["macs_exact"]
+
+
+def test_mac_column_follows_one_rule(capsys):
+    _, out, _ = run(capsys, "summary", str(SPECS / "seresnet50.arch"), "--depth", "4")
+    lines = out.splitlines()
+    se_fc1 = next(line for line in lines if line.strip().startswith("layer1.0.se.fc1 "))
+    se = next(line for line in lines if line.strip().startswith("layer1.0.se "))
+    assert se_fc1.split()[-1] == "4.10K" and se.split()[-1] == "8.19K"  # was 4096 and 8192
+    head = rows(analyse(Loader().load(SPECS / "seresnet50.arch")), 4)
+    for row in head:
+        text = human(row.macs)
+        assert (text.isdigit() and row.macs < 1000) or (text[-1] in "KMG" and row.macs >= 1000)
+
+
+def test_summary_of_a_broken_spec_marks_counts_as_partial(capsys, tmp_path):
+    path = tmp_path / "bad.arch"
+    path.write_text("""network bad {
+    input 3x32x32
+    stem { conv1 = conv(64, 3, padding=1) bn1 = batchnorm(32) }
+    head { pool = adaptive_avgpool(1) flatten = flatten fc = linear(10) }
+}
+""")
+    code, out, _ = run(capsys, "summary", str(path))
+    assert code == 1
+    params = next(line for line in out.splitlines() if line.startswith("Params:"))
+    assert params.endswith("(partial: the spec has errors)")
+    _, out, _ = run(capsys, "summary", str(path), "--json")
+    data = json.loads(out)
+    assert data["params_exact"] is False and data["macs_exact"] is False
+    # A healthy spec says nothing of the kind.
+    _, out, _ = run(capsys, "summary", RESNET50)
+    assert "partial" not in out
