@@ -21,7 +21,7 @@ from pathlib import Path
 
 from resgen import codegen
 from resgen import spec as S
-from resgen.cli import EXIT_OK, EXIT_SPEC_ERROR
+from resgen.cli import EXIT_OK, EXIT_SPEC_ERROR, loader_for
 from resgen.diagnostics import SpecError, print_diagnostics
 from resgen.output import foreign, write_atomic
 from resgen.resolve import Loader
@@ -96,7 +96,7 @@ def cmd_build(args) -> int:
     out_dir = Path(args.output)
     status = EXIT_OK
     for path in args.specs:
-        loader = Loader()
+        loader = loader_for(args)
         try:
             spec, analysis = _checked(loader, path, args.input)
             source = codegen.generate(spec, analysis, templates=args.templates)
@@ -150,7 +150,7 @@ class Difference:
 def cmd_verify(args) -> int:
     status = EXIT_OK
     for path in args.specs:
-        loader = Loader()
+        loader = loader_for(args)
         try:
             spec, analysis = _checked(loader, path, args.input)
             differences, checked = verify(spec, analysis)

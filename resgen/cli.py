@@ -37,6 +37,13 @@ def _positive(text: str) -> int:
 def _add_input(p: argparse.ArgumentParser) -> None:
     p.add_argument("--input", type=parse_input, metavar="[C]xHxW",
                    help="override the spec's input shape, e.g. 3x512x512 or 512x384")
+    p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                   help="set a network param, e.g. --param width_mult=0.5 (repeatable)")
+
+
+def loader_for(args) -> Loader:
+    """A Loader that applies the command's --param options."""
+    return Loader(params=tuple(getattr(args, "param", None) or ()))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -91,7 +98,7 @@ def cmd_check(args) -> int:
     status = EXIT_OK
     records = []
     for path in args.specs:
-        loader = Loader()
+        loader = loader_for(args)
         try:
             diagnostics = list(_check_one(loader, path, args.input))
         except SpecError as err:

@@ -36,7 +36,7 @@ from pathlib import Path
 
 import graphviz
 
-from resgen.cli import EXIT_OK, EXIT_SPEC_ERROR, EXIT_USAGE
+from resgen.cli import EXIT_OK, EXIT_SPEC_ERROR, EXIT_USAGE, loader_for
 from resgen.diagnostics import SpecError, print_diagnostics
 from resgen.ops import FROM_INPUT, OPS, REQUIRED
 from resgen.output import MARK, foreign, write_atomic
@@ -657,7 +657,6 @@ def output_path(spec_path: str, detail: str, fmt: str, output: str | None) -> Pa
 
 
 def cmd_diagram(args) -> int:
-    from resgen.resolve import Loader
     from resgen.shapes import analyse
 
     out = output_path(args.spec, args.detail, args.format, args.output)
@@ -666,7 +665,7 @@ def cmd_diagram(args) -> int:
         print(f"resgen: error: {out} looks like {implied}, but the format is {args.format}: "
               f"pass --format {implied}", file=sys.stderr)
         return EXIT_USAGE
-    loader = Loader()
+    loader = loader_for(args)
     try:
         spec = loader.load(args.spec)
         analysis = analyse(spec, args.input)

@@ -50,6 +50,8 @@ class Loader:
     """Loads files once each; keeps their text so diagnostics can quote any of them."""
 
     sources: dict[str, str] = field(default_factory=dict)
+    # `--param NAME=VALUE` from the command line: new defaults for the network's params.
+    params: tuple[str, ...] = ()
     _files: dict[str, _File] = field(default_factory=dict)
     _stack: list[str] = field(default_factory=list)
 
@@ -57,9 +59,49 @@ class Loader:
         """The resolved spec of one file: its own network (if any) and all blocks in scope."""
         file = self._load(self._display(Path(path)), None)
         own = [n for n in file.networks.values() if n.source_file == file.path]
-        lets = file.lets
-        return S.Spec(span=Span(file.path, 1, 1, 1, 1), path=file.path, lets=lets,
-                      blocks=dict(file.blocks), network=own[0] if own else None)
+        network = own[0] if own else None
+        if self.params:
+            network = self._with_params(network, file.path)
+        return S.Spec(span=Span(file.path, 1, 1, 1, 1), path=file.path, lets=file.lets,
+                      blocks=dict(file.blocks), network=network)
+
+    def _with_params(self, network: S.Network | None, path: str) -> S.Network:
+        """The network with `--param NAME=VALUE` defaults, as a derived network would have.
+        Each option is parsed as `let NAME = VALUE` in a pseudo-file named after it, so its
+        errors are located and quoted like any other."""
+        diags = Diagnostics()
+        new_defaults: dict[str, S.Expr] = {}
+        for option in self.params:
+            name, _, value = option.partition("=")
+            name = name.strip()
+            label = f"--param {name}"
+            text = f"let {name} = {value}\n" if value.strip() else f"let {name} =\n"
+            self.sources[label] = text
+            if network is None:
+                raise UsageError(f"{path} defines no network, so --param {option!r} has nothing "
+                                 "to set")
+            known = [p.name for p in network.params]
+            if name not in known:
+                diags.error(Span(label, 1, 5, 1, 5 + len(name)), "unknown-argument",
+                            f"network `{network.name}` has no param `{name}`"
+                            + did_you_mean(name, known)
+                            + ("" if known else "; it declares no params"))
+                continue
+            try:
+                let = parse_text(text, label).lets[0]
+            except SpecError as err:
+                diags.extend(err.diagnostics)
+                continue
+            refs = E.free_refs(let.value)
+            if refs:
+                diags.error(refs[0].span, "unknown-name", "a --param value is a constant "
+                            f"expression; `{refs[0].name}` is not known here")
+                continue
+            new_defaults[name] = let.value
+        diags.raise_if_errors()
+        params = tuple(p.model_copy(update={"default": new_defaults[p.name]})
+                       if p.name in new_defaults else p for p in network.params)
+        return network.model_copy(update={"params": params})
 
     @staticmethod
     def _display(path: Path) -> str:

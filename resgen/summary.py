@@ -14,9 +14,8 @@ import json
 import sys
 from dataclasses import dataclass
 
-from resgen.cli import EXIT_OK, EXIT_SPEC_ERROR
+from resgen.cli import EXIT_OK, EXIT_SPEC_ERROR, loader_for
 from resgen.diagnostics import SpecError, print_diagnostics
-from resgen.resolve import Loader
 from resgen.shapes import MAC_CONVENTION, Analysis, LayerInfo, analyse, show_shape
 
 DEFAULT_DEPTH = 1
@@ -228,7 +227,7 @@ def _listed(value) -> list | None:
 # ---------------------------------------------------------------------------------------------
 
 def cmd_summary(args) -> int:
-    loader = Loader()
+    loader = loader_for(args)
     try:
         spec = loader.load(args.spec)
         if spec.network is None:
