@@ -67,8 +67,32 @@ def _dotted(node: ast.AST) -> str | None:
     return None
 
 
+def _root(node: ast.AST) -> ast.AST:
+    """The start of an attribute chain: `self` in self.conv1.weight, `super()` in
+    super().__init__."""
+    while isinstance(node, ast.Attribute):
+        node = node.value
+    return node
+
+
+def _call_problem(call: ast.Call, defined: set[str]) -> str | None:
+    """Only calls of known things: allowed built-ins and the module's own classes and
+    functions by name, methods through `self`, and torch.nn paths (checked as attributes)."""
+    func = call.func
+    if isinstance(func, ast.Name):
+        return None if func.id in BUILTIN_CALLS or func.id in defined else f"{func.id}()"
+    root = _root(func)
+    if isinstance(func, ast.Attribute) and (
+        (isinstance(root, ast.Name) and root.id in ("self", "nn"))
+        or (isinstance(root, ast.Call) and _dotted(root.func) == "super")
+    ):
+        return None
+    return "a computed callable"
+
+
 def _problems(tree: ast.Module) -> Iterable[str]:
-    defined = {n.name for n in ast.walk(tree) if isinstance(n, ast.ClassDef | ast.FunctionDef)}
+    # Top-level definitions only: a method named `exec` must not make `exec(...)` callable.
+    defined = {n.name for n in tree.body if isinstance(n, ast.ClassDef | ast.FunctionDef)}
     for node in ast.walk(tree):
         line = f"line {getattr(node, 'lineno', '?')}"
         if not isinstance(node, _NODES):
@@ -88,9 +112,11 @@ def _problems(tree: ast.Module) -> Iterable[str]:
             yield f"{line}: name {node.id}"
         elif isinstance(node, ast.Attribute):
             yield from _attribute_problems(node, line)
-        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
-            if node.func.id not in BUILTIN_CALLS and node.func.id not in defined:
-                yield f"{line}: call to {node.func.id}()"
+        elif isinstance(node, ast.Call) and (problem := _call_problem(node, defined)):
+            yield f"{line}: call to {problem}"
+        elif (isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store)
+              and node.id in ("nn", "torch", "Tensor", "self")):
+            yield f"{line}: assignment to {node.id}"
 
 
 def _attribute_problems(node: ast.Attribute, line: str) -> Iterable[str]:

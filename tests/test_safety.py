@@ -210,11 +210,21 @@ REFUSED = {
     "importlib": "import importlib",
     # Reach the os module or load code through attributes of the allowed imports: a deny-list
     # of calls and names lets these through, an allow-list of constructs does not.
-    "torch-os": "import torch\ntorch.os.system('touch pwned')",
+    # (each through `from torch import nn`, which is allowed, so only the path check refuses it)
+    "torch-os": "from torch import nn\nnn.modules.module.torch.os.system('touch pwned')",
     "nn-sys": "from torch import nn\nnn.modules.module.sys.modules",
-    "torch-hub": "import torch\ntorch.hub.load('owner/repo', 'model')",
-    "torch-load": "import torch\ntorch.load('weights.pt')",
-    "load-library": "import torch\ntorch.ops.load_library('evil.so')",
+    "torch-hub": "from torch import nn\nnn.modules.module.torch.hub.load('owner/repo', 'm')",
+    "torch-load": "from torch import nn\nnn.modules.module.torch.load('weights.pt')",
+    "load-library": "from torch import nn\nnn.modules.module.torch.ops.load_library('evil.so')",
+    # Calls of computed callables, aliases and shadowing (found by review).
+    "subscript-call": "x = [eval][0]('1+1')",
+    "tuple-call": "(open,)[0]('/etc/passwd')",
+    "ifexp-call": "(eval if True else None)('1')",
+    "starred-call": "[*[eval]][0]('1')",
+    "alias-chain": "from torch import nn\nm = nn\nm.modules.module.torch.hub.load('a/b', 'c')",
+    "method-named-exec": "from torch import nn\nclass A(nn.Module):\n    def exec(self):\n"
+                         "        return 1\nexec('1')",
+    "rebind-nn": "from torch import nn\nnn = 3",
     "import-alias": "import torch as os",
     "while": "from torch import nn\nwhile True:\n    pass",
     "dunder-method": "class A:\n    def __reduce__(self):\n        return (print, ('x',))",
