@@ -21,7 +21,7 @@ from pathlib import Path
 
 from resgen import codegen
 from resgen import spec as S
-from resgen.cli import EXIT_OK, EXIT_SPEC_ERROR, loader_for
+from resgen.cli import EXIT_OK, EXIT_SPEC_ERROR, EXIT_USAGE, loader_for
 from resgen.diagnostics import SpecError, print_diagnostics
 from resgen.output import foreign, write_atomic
 from resgen.resolve import Loader
@@ -107,14 +107,17 @@ def cmd_build(args) -> int:
         stem = Path(path).stem
         target = out_dir / f"{stem}.py"
         problem = write_generated(target, source, force=args.force)
-        if problem:
-            print(f"resgen: {problem}", file=sys.stderr)
-            status = EXIT_SPEC_ERROR
+        if problem:  # the user's own file is in the way: a usage error, like a bad path
+            print(f"resgen: error: {problem}", file=sys.stderr)
+            status = max(status, EXIT_USAGE)
             continue
         print(f"{path} -> {target}")
         if not args.no_diagram:  # the stages diagram beside the module
             from resgen import diagram
 
+            paths = diagram.build_diagram_paths(out_dir, stem)
+            if not args.force and any(foreign(p) for p in paths):
+                status = max(status, EXIT_USAGE)  # the refusal is said on stderr
             diagram.write_build_diagrams(spec, analysis, out_dir, stem, force=args.force)
     return status
 

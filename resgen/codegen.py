@@ -21,7 +21,7 @@ from resgen import spec as S
 from resgen.diagnostics import Diagnostic, Span, SpecError
 from resgen.guard import UnsafeCode, check_source
 from resgen.ops import OPS, REQUIRED
-from resgen.output import MARK
+from resgen.output import PY_MARK
 from resgen.render import (
     Atom,
     Call,
@@ -37,7 +37,7 @@ from resgen.render import (
 )
 from resgen.stages import plan_stage
 
-GENERATED_MARK = f"# {MARK}"
+GENERATED_MARK = PY_MARK
 MODULE_TEMPLATE = "module.py.jinja"
 
 # torch.nn arguments passed by position, after the incoming channel count (torchvision's style:

@@ -39,15 +39,14 @@ import graphviz
 from resgen.cli import EXIT_OK, EXIT_SPEC_ERROR, EXIT_USAGE, loader_for
 from resgen.diagnostics import SpecError, print_diagnostics
 from resgen.ops import FROM_INPUT, OPS, REQUIRED
-from resgen.output import MARK, foreign, write_atomic
+from resgen.output import DOT_MARK, MARK, SVG_MARK, foreign, write_atomic
 
 DETAILS = ("stages", "blocks", "layers")
 IMAGE_FORMATS = ("svg", "png", "pdf")
 INSTALL_HINT = "install Graphviz to render images (Debian/Ubuntu: apt-get install graphviz)"
 ERRORS_ID = "(errors)"  # not an identifier, so no layer can be called that
 # In every DOT and SVG file resgen writes, so `resgen build` knows which files it may replace.
-_DOT_MARK = f"// {MARK}".encode()
-_SVG_MARK = f"<!-- {MARK} -->".encode()
+_SVG_MARK = SVG_MARK.encode()
 
 
 FONT = "Helvetica"
@@ -334,7 +333,7 @@ def digraph(spec, analysis, detail: str = "stages", rankdir: str = "TB") -> grap
 def to_dot(spec, analysis, detail: str = "stages", rankdir: str = "TB") -> str:
     """The DOT text of the diagram; identical for identical input."""
     head, _, rest = digraph(spec, analysis, detail, rankdir).source.partition("\n")
-    return f"{head}\n\t{_DOT_MARK.decode()}\n{rest}"  # inside the graph: line 1 stays `digraph`
+    return f"{head}\n{DOT_MARK}\n{rest}"  # inside the graph: line 1 stays `digraph`
 
 
 def _sum(graph, nodes: list[str], key: str) -> int:
@@ -610,9 +609,19 @@ def render(source: str, fmt: str) -> bytes:
     return proc.stdout
 
 
+def _not_overwriting(path: Path) -> str:
+    return (f"resgen: error: not overwriting {path}: resgen did not generate it (no "
+            f"'{MARK}' mark); use --force to replace it")
+
+
 def _missing_dot_line(dot_path: Path, image: Path) -> str:
     return (f"resgen: Graphviz's `dot` was not found, so wrote {dot_path} instead of {image}; "
             f"{INSTALL_HINT}")
+
+
+def build_diagram_paths(out_dir, stem: str) -> tuple[Path, Path]:
+    """Where `resgen build` puts the stages diagram: DIR/<stem>.dot and DIR/<stem>.svg."""
+    return Path(out_dir) / f"{stem}.dot", Path(out_dir) / f"{stem}.svg"
 
 
 def write_build_diagrams(spec, analysis, out_dir, stem: str, force: bool = False) -> list[Path]:
@@ -621,13 +630,11 @@ def write_build_diagrams(spec, analysis, out_dir, stem: str, force: bool = False
     Never fails the build over the picture: without `dot` (or when dot fails) it writes the .dot,
     says so in one line on stderr, and returns the files it did write. A file of that name that
     resgen did not write is left alone (one line on stderr) unless `force`."""
-    out_dir = Path(out_dir)
     source = to_dot(spec, analysis)
-    dot_path, svg_path = out_dir / f"{stem}.dot", out_dir / f"{stem}.svg"
+    dot_path, svg_path = build_diagram_paths(out_dir, stem)
     kept = [p for p in (dot_path, svg_path) if not force and foreign(p)]
     for path in kept:
-        print(f"resgen: not overwriting {path}: resgen did not generate it (no "
-              f"'{MARK}' mark); use --force to replace it", file=sys.stderr)
+        print(_not_overwriting(path), file=sys.stderr)
     if dot_path in kept:
         return []
     write_atomic(dot_path, source.encode("utf-8"))
@@ -675,10 +682,10 @@ def cmd_diagram(args) -> int:
     print_diagnostics(analysis.diagnostics, loader.sources)
     status = EXIT_OK if analysis.ok else EXIT_SPEC_ERROR
     source = to_dot(spec, analysis, args.detail, args.rankdir)
-    if args.format in ("dot", "svg") and not getattr(args, "force", False) and foreign(out):
-        # PNG and PDF carry no mark to recognise our own files by: those are replaced.
-        print(f"resgen: error: not overwriting {out}: resgen did not generate it; use --force "
-              "to replace it", file=sys.stderr)
+    force = getattr(args, "force", False)
+    # PNG and PDF carry no mark to recognise our own files by: those are replaced.
+    if args.format in ("dot", "svg") and not force and foreign(out):
+        print(_not_overwriting(out), file=sys.stderr)
         return EXIT_USAGE
     try:
         if args.format == "dot":
@@ -688,6 +695,9 @@ def cmd_diagram(args) -> int:
                 image = render(source, args.format)
             except GraphvizMissing:
                 dot_path = out.with_suffix(".dot")
+                if not force and foreign(dot_path):
+                    print(_not_overwriting(dot_path), file=sys.stderr)
+                    return EXIT_USAGE
                 write_atomic(dot_path, source.encode("utf-8"))
                 print(_missing_dot_line(dot_path, out), file=sys.stderr)
                 return EXIT_USAGE

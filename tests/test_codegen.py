@@ -350,7 +350,7 @@ def test_build_writes_and_is_idempotent(tmp_path, at_root, capsys):
 def test_build_refuses_to_overwrite_foreign_files(tmp_path, at_root, capsys):
     target = tmp_path / "resnet18.py"
     target.write_text("# my own model\n")
-    assert _build("specs/resnet18.arch", "-o", str(tmp_path)) == 1
+    assert _build("specs/resnet18.arch", "-o", str(tmp_path)) == 2  # a usage error
     assert target.read_text() == "# my own model\n"
     assert "--force" in capsys.readouterr().err
     assert _build("specs/resnet18.arch", "-o", str(tmp_path), "--force") == 0
