@@ -192,6 +192,20 @@ def show_shape(shape: Shape | None) -> str:
 
 # ---------------------------------------------------------------------------------------------
 
+# Errors about a layer's own arguments cannot follow from an upstream error; channel errors
+# follow only from an upstream channel error; the rest (sizes, merges, flattening) from any.
+_ARGUMENT_CODES = frozenset({"bad-argument", "padding-too-large"})
+_CHANNEL_CODES = frozenset({"groups", "channels"})
+
+
+def _may_be_a_consequence(code: str, channels_tainted: bool) -> bool:
+    if code in _ARGUMENT_CODES:
+        return False
+    if code in _CHANNEL_CODES:
+        return channels_tainted
+    return True
+
+
 class _Inference:
     def __init__(self, lowering: Lowering):
         self.lowering = lowering
@@ -215,8 +229,8 @@ class _Inference:
     def report(self, node: str, attrs: dict, code: str, message: str, span: Span | None = None,
                hint: str | None = None, severity: str = "error", layer: str | None = None,
                kind: str = "", sizes_only: bool = False):
-        if attrs["tainted"]:  # a consequence of an error reported upstream: only the cause
-            return
+        if attrs["tainted"] and _may_be_a_consequence(code, node in self.channel_tainted):
+            return  # of an error reported upstream: only the cause is reported
         if severity == "error" and not (code in ("too-small", "padding-too-large")
                                         or sizes_only):
             self.channel_errors.add(node)  # later channel counts are guesses too

@@ -752,3 +752,24 @@ def test_params_stay_exact_when_only_sizes_are_wrong(tmp_path):
     # A 3x3 conv has 3x3 weights whatever its padding; the global pool fixes the linear input.
     assert broken.params == fixed.params and broken.params_exact
     assert not broken.macs_exact and fixed.macs_exact and fixed.params_exact
+
+
+def test_an_independent_argument_error_after_a_size_error_is_still_reported(tmp_path):
+    # Review finding: tainting hid a groups error in the head behind a size-only merge mismatch
+    # in layer1; groups depend on channels, which that mismatch does not change.
+    analysis, path = run(tmp_path, """
+block B(planes) {
+    main { conv1 = conv(planes, 3, stride=2, padding=1, bias=false) }
+    merge add
+}
+network n {
+    class Net
+    input 3x64x64
+    stem { conv1 = conv(64, kernel=3, padding=1, bias=false) }
+    stage layer1 = 1 x B(64)
+    head { conv2 = conv(60, kernel=1, groups=7) avgpool = adaptive_avgpool(1) }
+}
+""")
+    codes = sorted((d.code, d.layer) for d in analysis.errors)
+    assert codes == [("groups", "conv2"), ("merge-mismatch", "layer1.0")]
+    assert not analysis.params_exact  # torch cannot even build this conv
