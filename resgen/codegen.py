@@ -350,13 +350,18 @@ class _ModuleBuilder:
         return channels
 
     # -- layers
-    def _build(self, layer: S.Layer, channels: S.Expr, scope: _Scope) -> Code:
-        """The constructor call of one layer that receives `channels` channels."""
+    def _build(self, layer: S.Layer, channels: S.Expr, scope: _Scope,
+               node: str | None = None) -> Code:
+        """The constructor call of one layer that receives `channels` channels. `node` is the
+        layer's graph node at network level (None inside a block), where a flatten's size is
+        known from the analysis."""
         if layer.kind == "seq":
             items = []
-            for item in layer.items:
-                items.append(self._build(item, channels, scope))
-                channels = self._layer_channels(item, channels)
+            for index, item in enumerate(layer.items):
+                item_node = f"{node}.{index}" if node is not None else None
+                items.append(self._build(item, channels, scope, item_node))
+                channels = (self._after(item, channels, item_node) if item_node is not None
+                            else self._layer_channels(item, channels))
             return Call("nn.Sequential", tuple(items))
         if layer.kind == "block":
             block = self._use_block(layer.callee)
@@ -494,17 +499,26 @@ class _ModuleBuilder:
         steps.append(StepView(f"self.{ident(target)}", _shape(out_shape) if out_shape else None))
         if layer.kind == "reuse":
             return channels
-        layers.append(LayerView(ident(layer.name), self._build(layer, channels, scope)))
+        layers.append(LayerView(ident(layer.name), self._build(layer, channels, scope, target)))
+        return self._after(layer, channels, target)
+
+    def _after(self, layer: S.Layer, channels: S.Expr, node: str) -> S.Expr:
+        """The channel count after a network-level layer: as in a block, except that a flatten
+        gives C x H x W features, H and W from the shape engine."""
+        if layer.kind == "seq":
+            for index, item in enumerate(layer.items):
+                channels = self._after(item, channels, f"{node}.{index}")
+            return channels
         after = self._layer_channels(layer, channels)
-        if after is _FLATTENED:  # C x H x W features, H and W from the shape engine
-            in_shape = self._node_shape(node, "in_shape")
-            if in_shape is None or len(in_shape) != 3:
-                raise E.EvalError(layer.span, "cannot tell the size of `flatten`'s input",
-                                  "flatten-size")
-            area = in_shape[1] * in_shape[2]
-            return channels if area == 1 else E.fold(S.BinOp(
-                span=layer.span, op="*", left=channels, right=E.literal(area, layer.span)))
-        return after
+        if after is not _FLATTENED:
+            return after
+        in_shape = self._node_shape(node, "in_shape")
+        if in_shape is None or len(in_shape) != 3:
+            raise E.EvalError(layer.span, "cannot tell the size of `flatten`'s input",
+                              "flatten-size")
+        area = in_shape[1] * in_shape[2]
+        return channels if area == 1 else E.fold(S.BinOp(
+            span=layer.span, op="*", left=channels, right=E.literal(area, layer.span)))
 
     def _stage(self, stage: S.Stage, block: S.Block, plan, channels: S.Expr,
                scope: _Scope) -> tuple[Code, S.Expr]:

@@ -138,7 +138,11 @@ def _call(expr: S.Func, values: list[Value]) -> Value:
         (v,) = values
         if not math.isfinite(v):
             raise EvalError(expr.span, f"`{expr.name}` of {show(v)}", "limit")
-        return int(v) if expr.name == "int" else round(v)
+        result = int(v) if expr.name == "int" else round(v)
+        if abs(result) > LIMITS.max_int:
+            raise EvalError(expr.span, f"`{source_text(expr)}` is beyond the integer limit "
+                            f"{LIMITS.max_int}", "limit")
+        return result
     return min(values) if expr.name == "min" else max(values)
 
 

@@ -470,3 +470,13 @@ def test_flatten_inside_a_block_is_a_located_error(tmp_path):
         resgen.generate(str(spec))
     (diag,) = info.value.diagnostics
     assert (diag.code, diag.span.line, diag.span.column) == ("flatten-in-block", 2, 48)
+
+
+def test_flatten_inside_a_head_seq_gets_its_size(tmp_path):
+    # Review finding: a network-level seq { flatten linear(10) } passed check but build refused
+    # it as a flatten "inside a block".
+    spec = tmp_path / "seqflat.arch"
+    spec.write_text("network seqflat {\n    class Net\n    input 3x8x8\n    param w = 6\n"
+                    "    stem { c = conv(w, 3, stride=4, padding=1) }\n"
+                    "    head { classifier = seq { flatten linear(10) } }\n}\n")
+    assert "nn.Sequential(nn.Flatten(), nn.Linear(w * 4, 10))" in resgen.generate(str(spec))

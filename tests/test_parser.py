@@ -468,3 +468,9 @@ def test_unknown_function_suggests_the_known_ones(tmp_path):
     (diag,) = info.value.diagnostics
     assert (diag.code, diag.span.line, diag.span.column) == ("unknown-function", 3, 13)
     assert "did you mean `round`?" in diag.message
+
+
+def test_int_of_a_huge_number_is_a_limit_error():
+    with pytest.raises(E.EvalError) as info:
+        E.evaluate(let_value("int(1e300)"), {})
+    assert info.value.code == "limit" and "integer limit" in info.value.message
