@@ -77,10 +77,16 @@ def _expected(names) -> str:
     operators = words & _OPERATOR_WORDS
     if len(operators) > 2:
         words = (words - operators) | {"an operator"}
-    ordered = sorted(words, key=lambda w: (w == "an operator", w))
+    # What is most often left out first; keywords (which start the next statement) last.
+    rank = {w: i for i, w in enumerate(_LIKELY_MISSING)}
+    ordered = sorted(words, key=lambda w: (rank.get(w, len(rank)), w == "an operator",
+                                           w.strip("`") in _KEYWORDISH, w))
     if len(ordered) > 8:
         ordered = ordered[:8] + ["..."]
     return ", ".join(ordered)
+
+
+_LIKELY_MISSING = ("`x`", "`=`", "`)`", "`}`", "`,`")
 
 
 def _token_text(token: Token) -> str:
@@ -146,7 +152,9 @@ def _hint_for(err: UnexpectedInput, text: str) -> str | None:
         return None
     token = getattr(err, "token", None)
     end = token.start_pos if token is not None and token.start_pos is not None else len(text)
-    keywords = re.findall(r"\b(stage|input)\b", text[:end])
+    # The statement being written: the last line (comments removed) that starts with one.
+    before = re.sub(r"#[^\n]*", "", text[:end])
+    keywords = re.findall(r"(?m)^\s*(stage|input)\b", before)
     return _SHAPES_OF[keywords[-1]] if keywords else None
 
 
