@@ -81,6 +81,10 @@ class Loader:
                 raise UsageError(f"{path} defines no network, so --param {option!r} has nothing "
                                  "to set")
             known = [p.name for p in network.params]
+            if name in new_defaults:
+                diags.error(Span(label, 1, 5, 1, 5 + len(name)), "duplicate-argument",
+                            f"--param {name} is given twice")
+                continue
             if name not in known:
                 diags.error(Span(label, 1, 5, 1, 5 + len(name)), "unknown-argument",
                             f"network `{network.name}` has no param `{name}`"
@@ -88,9 +92,21 @@ class Loader:
                             + ("" if known else "; it declares no params"))
                 continue
             try:
-                let = parse_text(text, label).lets[0]
+                parsed = parse_text(text, label)
             except SpecError as err:
                 diags.extend(err.diagnostics)
+                continue
+            if (len(parsed.lets) != 1 or parsed.imports or parsed.blocks or parsed.networks):
+                diags.error(Span(label, 1, 1, 1, len(text)), "syntax",
+                            "a --param value is one expression")
+                continue
+            let = parsed.lets[0]
+            calls = [e for e in E.walk(let.value) if isinstance(e, S.Func)]
+            unknown = [c for c in calls if c.name not in E.FUNCTIONS]
+            if unknown:
+                diags.error(unknown[0].span, "unknown-function",
+                            f"unknown function `{unknown[0].name}`"
+                            + did_you_mean(unknown[0].name, E.FUNCTIONS))
                 continue
             refs = E.free_refs(let.value)
             if refs:

@@ -42,6 +42,8 @@ def test_a_param_that_breaks_the_network_is_reported(capsys):
     ("widht_per_group=4", "unknown-argument", 5),
     ("groups=(", "unexpected-eof", 14),
     ("groups=other", "unknown-name", 14),
+    ("groups=rund(1.5)", "unknown-function", 14),
+    ("groups=1 block Z() { main { c = conv(1, 1) } }", "syntax", 1),
 ])
 def test_bad_params_are_located_in_the_option(capsys, option, code, column):
     assert main(["check", "specs/resnet50.arch", "--param", option, "--json"]) == 1
@@ -49,3 +51,10 @@ def test_bad_params_are_located_in_the_option(capsys, option, code, column):
     name = option.split("=")[0]
     assert (record["file"], record["line"], record["column"], record["code"]) == (
         f"--param {name}", 1, column, code)
+
+
+def test_a_param_given_twice_is_an_error(capsys):
+    assert main(["check", "specs/resnet50.arch", "--param", "groups=2", "--param", "groups=3",
+                 "--json"]) == 1
+    (record,) = json.loads(capsys.readouterr().out)
+    assert record["code"] == "duplicate-argument"
