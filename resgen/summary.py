@@ -11,7 +11,6 @@ macs_exact). No torch import on this path.
 from __future__ import annotations
 
 import json
-import sys
 from dataclasses import dataclass
 
 from resgen.cli import EXIT_OK, EXIT_SPEC_ERROR, loader_for
@@ -229,11 +228,7 @@ def _listed(value) -> list | None:
 def cmd_summary(args) -> int:
     loader = loader_for(args)
     try:
-        spec = loader.load(args.spec)
-        if spec.network is None:
-            print(f"resgen: error: {args.spec} defines no network", file=sys.stderr)
-            return EXIT_SPEC_ERROR
-        analysis = analyse(spec, args.input)
+        analysis = analyse(loader.load(args.spec), args.input)  # no network: a no-network error
     except SpecError as err:
         print_diagnostics(err.diagnostics, loader.sources)
         return EXIT_SPEC_ERROR
