@@ -14,6 +14,8 @@ import pytest
 torch = pytest.importorskip("torch")
 tvm = pytest.importorskip("torchvision.models")
 
+from batchnorms import randomise_batchnorms  # noqa: E402
+
 from resgen.build import build_module  # noqa: E402
 
 SPECS = Path(__file__).resolve().parent.parent / "specs"
@@ -35,32 +37,12 @@ CASES = {
 }
 
 
-@pytest.fixture(autouse=True)
-def _two_threads():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(previous)
-
-
-@torch.no_grad()
-def _randomise_batchnorms(model) -> None:
-    """Fresh batch norms are identities in eval mode (weight 1, bias 0, mean 0, var 1), which
-    would hide a batch norm applied at the wrong place; give each its own statistics."""
-    for module in model.modules():
-        if isinstance(module, torch.nn.BatchNorm2d):
-            module.weight.uniform_(0.8, 1.2)
-            module.bias.normal_(0, 0.1)
-            module.running_mean.normal_(0, 0.1)
-            module.running_var.uniform_(0.8, 1.2)
-
-
 @pytest.mark.parametrize("stem", sorted(CASES))
 def test_matches_torchvision(stem):
     factory, kwargs, size = CASES[stem]
     torch.manual_seed(0)
     reference = getattr(tvm, factory)(weights=None, **kwargs).eval()
-    _randomise_batchnorms(reference)
+    randomise_batchnorms(reference, weight=(0.8, 1.2), var=(0.8, 1.2))
     model = build_module(SPECS / f"{stem}.arch").eval()
 
     ours, theirs = model.state_dict(), reference.state_dict()

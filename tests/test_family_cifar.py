@@ -44,6 +44,8 @@ torch = pytest.importorskip("torch")
 nn = torch.nn
 F = torch.nn.functional
 
+from batchnorms import randomise_batchnorms  # noqa: E402
+
 
 class LambdaLayer(nn.Module):
     def __init__(self, lambd):
@@ -116,26 +118,6 @@ def reference(n: int, option: str = "A") -> ResNet:
 
 # ---------------------------------------------------------------------------------------------
 
-@pytest.fixture(autouse=True)
-def _two_threads():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(previous)
-
-
-def _randomise(model: nn.Module, seed: int) -> None:
-    """Non-trivial batch-norm statistics and affine parameters, so eval mode is a real test."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.weight.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
-                m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.1)
-                m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g) * 0.1)
-                m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
-
-
 def _model(stem: str):
     from resgen.build import import_source
 
@@ -145,7 +127,7 @@ def _model(stem: str):
 
 
 def _max_difference(ours: nn.Module, ref: nn.Module) -> float:
-    _randomise(ref, 0)
+    randomise_batchnorms(ref)
     ours.load_state_dict(ref.state_dict(), strict=True)
     ours.eval()
     ref.eval()

@@ -23,6 +23,8 @@ torch = pytest.importorskip("torch")
 nn = torch.nn
 F = torch.nn.functional
 
+from batchnorms import randomise_batchnorms  # noqa: E402
+
 
 class PreActBlock(nn.Module):
     expansion = 1
@@ -108,25 +110,6 @@ CASES = {"preact_resnet18": (PreActBlock, [2, 2, 2, 2]),
          "preact_resnet50": (PreActBottleneck, [3, 4, 6, 3])}
 
 
-@pytest.fixture(autouse=True)
-def _two_threads():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(previous)
-
-
-def _randomise(model: nn.Module, seed: int) -> None:
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.weight.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
-                m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.1)
-                m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g) * 0.1)
-                m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
-
-
 def _generated(path: Path, name: str):
     return getattr(import_source(generate(load(path)), name), name)()
 
@@ -140,7 +123,7 @@ def test_matches_reference(stem):
     params = sum(p.numel() for p in ref.parameters())
     assert sum(p.numel() for p in ours.parameters()) == params
     assert analyse(load(SPECS / f"{stem}.arch")).params == params
-    _randomise(ref, 0)
+    randomise_batchnorms(ref)
     ours.load_state_dict(ref.state_dict(), strict=True)
     ours.eval()
     ref.eval()

@@ -15,6 +15,8 @@ import pytest
 torch = pytest.importorskip("torch")
 timm = pytest.importorskip("timm")
 
+from batchnorms import randomise_batchnorms  # noqa: E402
+
 from resgen import cli  # noqa: E402
 from resgen.build import analyse, build_module, load  # noqa: E402
 
@@ -25,35 +27,13 @@ SPECS = ROOT / "specs"
 CASES = {"resnet18d": 224, "resnet26d": 224, "resnet50d": 224, "resnet101d": 128, "seresnet50": 224}
 
 
-@pytest.fixture(autouse=True)
-def _two_threads():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(previous)
-
-
-@torch.no_grad()
-def _randomise_batchnorm(model) -> None:
-    """timm zero-initialises the last BN of every residual branch, which would make each block an
-    identity and the comparison blind to the branch; give every BN random affine parameters and
-    statistics instead (scaled so that 100-layer nets stay in a sensible range)."""
-    generator = torch.Generator().manual_seed(1)
-    for module in model.modules():
-        if isinstance(module, torch.nn.BatchNorm2d):
-            n = module.num_features
-            module.weight.copy_(0.2 + 0.3 * torch.rand(n, generator=generator))
-            module.bias.copy_(0.2 * torch.rand(n, generator=generator) - 0.1)
-            module.running_mean.copy_(0.2 * torch.rand(n, generator=generator) - 0.1)
-            module.running_var.copy_(0.5 + torch.rand(n, generator=generator))
-
-
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_matches_timm(name):
     size = CASES[name]
     torch.manual_seed(0)
     reference = timm.create_model(name, pretrained=False).eval()
-    _randomise_batchnorm(reference)
+    # timm zero-initialises each branch's last BN: all get values, small so 100 layers stay sane
+    randomise_batchnorms(reference, seed=1, weight=(0.2, 0.5), var=(0.5, 1.5))
     model = build_module(SPECS / f"{name}.arch").eval()
 
     ours, theirs = model.state_dict(), reference.state_dict()

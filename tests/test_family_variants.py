@@ -72,14 +72,6 @@ tvm = pytest.importorskip("torchvision.models")
 from resgen.build import build_module  # noqa: E402
 
 
-@pytest.fixture(autouse=True)
-def _two_threads():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(previous)
-
-
 def _load_strict(model, reference) -> None:
     ours, theirs = model.state_dict(), reference.state_dict()
     assert list(ours) == list(theirs)
