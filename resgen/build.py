@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import linecache
 import os
-import re
 import sys
 import types
 from collections.abc import Sequence
@@ -23,6 +22,7 @@ from resgen import codegen
 from resgen import spec as S
 from resgen.cli import EXIT_OK, EXIT_SPEC_ERROR, EXIT_USAGE, loader_for
 from resgen.diagnostics import SpecError, print_diagnostics
+from resgen.graph import module_and_call
 from resgen.output import foreign, write_atomic
 from resgen.resolve import Loader
 
@@ -247,18 +247,11 @@ def _observed(layer, graph, inputs, outputs) -> tuple[int, ...] | None:
 
 
 def _nth(seen: dict[str, list[tuple[int, ...]]], node: str) -> tuple[int, ...] | None:
-    module, call = _module_and_call(node)
+    module, call = module_and_call(node)
     shapes = seen.get(module, [])
     return shapes[call - 1] if call <= len(shapes) else None
 
 
-_CALL = re.compile(r"^(.*)#(\d+)$")
-
-
-def _module_and_call(name: str) -> tuple[str, int]:
-    """`layer1.0.relu#2` is the second application of module layer1.0.relu."""
-    match = _CALL.match(name)
-    return (match.group(1), int(match.group(2))) if match else (name, 1)
 
 
 def _shape(shape: Sequence[int] | None) -> str:

@@ -19,6 +19,7 @@ from pathlib import Path
 from resgen import expr as E
 from resgen import spec as S
 from resgen.diagnostics import Diagnostic, Span, SpecError
+from resgen.graph import application_id
 from resgen.guard import UnsafeCode, check_source
 from resgen.ops import OPS, REQUIRED
 from resgen.output import PY_MARK
@@ -492,7 +493,7 @@ class _ModuleBuilder:
                        applied: dict[str, int]) -> S.Expr:
         target = layer.callee if layer.kind == "reuse" else layer.name
         applied[target] = applied.get(target, 0) + 1
-        node = target if applied[target] == 1 else f"{target}#{applied[target]}"
+        node = application_id(target, applied[target])
         if layer.kind == "seq" and layer.items:  # an nn.Sequential: its last layer's output
             node = f"{target}.{len(layer.items) - 1}"
         out_shape = self._node_shape(node)

@@ -15,6 +15,7 @@ anything that depends on it stays silent, so one mistake gives one error.
 from __future__ import annotations
 
 import gc
+import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -31,6 +32,19 @@ from resgen.ops import FROM_INPUT, OPS, REQUIRED
 from resgen.stages import plan_stage
 
 INPUT, OUTPUT = "input", "output"
+_APPLICATION = re.compile(r"^(.*)#(\d+)$")
+
+
+def application_id(module: str, call: int) -> str:
+    """The node of the call-th application of a module: `relu`, then `relu#2`, `relu#3`
+    (torchvision's Bottleneck applies its one `relu` three times)."""
+    return module if call == 1 else f"{module}#{call}"
+
+
+def module_and_call(node: str) -> tuple[str, int]:
+    """`layer1.0.relu#2` -> (`layer1.0.relu`, 2): the inverse of application_id."""
+    match = _APPLICATION.match(node)
+    return (match.group(1), int(match.group(2))) if match else (node, 1)
 
 # Lowest allowed value of each numeric op argument; anything not listed must be >= 1.
 _MINIMUM = {"padding": 0, "p": 0}
@@ -332,7 +346,7 @@ class _Lowerer:
         target_path, target = declared[layer.name]
         count = self._uses.get(target_path, 1) + 1
         self._uses[target_path] = count
-        node_id = f"{target_path}#{count}"
+        node_id = application_id(target_path, count)
         original = self.nodes[target_path]
         self.add_node(node_id, original["op"], layer.span, scope, original["args"],
                       original["arg_spans"], known=original["known"], module=target_path)

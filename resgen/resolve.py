@@ -327,6 +327,17 @@ class _FileResolver:
             return expr
         return result
 
+    def _lets(self, lets: tuple[S.Let, ...], scope: set[str]) -> list[S.Let]:
+        """Block or network lets, in order: each sees the names before it, then joins `scope`."""
+        resolved = []
+        for let in lets:
+            self._name_ok(let.name, "let", let.span)
+            if let.name in scope:
+                self.diags.error(let.span, "duplicate-name", f"`{let.name}` is already defined")
+            resolved.append(let.model_copy(update={"value": self._expr(let.value, scope)}))
+            scope.add(let.name)
+        return resolved
+
     # -- layers
     def _layers(self, layers, scope: set[str], declared: dict[str, S.Layer], owner: str,
                 named: bool = True) -> tuple[S.Layer, ...]:
@@ -447,13 +458,7 @@ class _FileResolver:
         if expansion is not None:
             expansion = self._expr(expansion, scope)
             scope.add("expansion")
-        lets = []
-        for let in block.lets:
-            self._name_ok(let.name, "let", let.span)
-            if let.name in scope:
-                self.diags.error(let.span, "duplicate-name", f"`{let.name}` is already defined")
-            lets.append(let.model_copy(update={"value": self._expr(let.value, scope)}))
-            scope.add(let.name)
+        lets = self._lets(block.lets, scope)
         owner = f"block `{block.name}`"
         declared: dict[str, S.Layer] = {}
         main = self._layers(block.main, scope, declared, owner)
@@ -540,13 +545,7 @@ class _FileResolver:
                 self.diags.error(p.span, "duplicate-name", f"parameter `{p.name}` appears twice")
             params.append(p.model_copy(update={"default": self._expr(p.default, scope)}))
             scope.add(p.name)
-        lets = []
-        for let in net.lets:
-            self._name_ok(let.name, "let", let.span)
-            if let.name in scope:
-                self.diags.error(let.span, "duplicate-name", f"`{let.name}` is already defined")
-            lets.append(let.model_copy(update={"value": self._expr(let.value, scope)}))
-            scope.add(let.name)
+        lets = self._lets(net.lets, scope)
         owner = f"network `{net.name}`"
         declared: dict[str, S.Layer] = {}
         stem = self._layers(net.stem, scope, declared, owner)
