@@ -1,8 +1,8 @@
 """resgen: an architecture-spec language (.arch) and code generator for ResNet-family networks.
 
-    spec = resgen.load("specs/resnet50.arch")     # the resolved spec
-    source = resgen.generate(spec)                # standalone PyTorch source text
-    model = resgen.build_module(spec, num_classes=10)  # an nn.Module (imports torch)
+spec = resgen.load("specs/resnet50.arch")     # the resolved spec
+source = resgen.generate(spec)                # standalone PyTorch source text
+model = resgen.build_module(spec, num_classes=10)  # an nn.Module (imports torch)
 """
 
 from __future__ import annotations

@@ -29,6 +29,7 @@ from resgen.resolve import Loader
 # ---------------------------------------------------------------------------------------------
 # API
 
+
 def load(path: str | os.PathLike) -> S.Spec:
     """The resolved spec of an .arch file. Raises SpecError (located) or UsageError."""
     return Loader().load(path)
@@ -41,8 +42,9 @@ def analyse(spec: S.Spec, input_shape: tuple[int | None, int, int] | None = None
     return shape_analysis(spec, input_shape)
 
 
-def generate(spec: S.Spec | str | os.PathLike, analysis=None, *,
-             templates: str | os.PathLike | None = None) -> str:
+def generate(
+    spec: S.Spec | str | os.PathLike, analysis=None, *, templates: str | os.PathLike | None = None
+) -> str:
     """The generated PyTorch module for a spec (or the path of one) as source text."""
     if not isinstance(spec, S.Spec):
         spec = load(spec)
@@ -82,6 +84,7 @@ def import_source(source: str, name: str) -> types.ModuleType:
 
 # ---------------------------------------------------------------------------------------------
 # resgen build
+
 
 def _checked(loader: Loader, path: str, input_shape):
     """The spec and its analysis; SpecError when the spec has any error."""
@@ -130,8 +133,10 @@ def write_generated(target: Path, source: str, force: bool = False) -> str | Non
     if target.exists() and target.read_bytes() == source.encode("utf-8"):
         return None  # unchanged: keep its timestamp
     if not force and foreign(target):
-        return (f"not overwriting {target}: resgen did not generate it (no "
-                f"'{codegen.GENERATED_MARK}' header); use --force to replace it")
+        return (
+            f"not overwriting {target}: resgen did not generate it (no "
+            f"'{codegen.GENERATED_MARK}' header); use --force to replace it"
+        )
     target.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(target, source)
     return None
@@ -139,6 +144,7 @@ def write_generated(target: Path, source: str, force: bool = False) -> str | Non
 
 # ---------------------------------------------------------------------------------------------
 # resgen verify
+
 
 @dataclass
 class Difference:
@@ -163,13 +169,17 @@ def cmd_verify(args) -> int:
             continue
         if differences:
             status = EXIT_SPEC_ERROR
-            print(f"{path}: {len(differences)} difference{'s' * (len(differences) != 1)} "
-                  f"between the prediction and torch:")
+            print(
+                f"{path}: {len(differences)} difference{'s' * (len(differences) != 1)} "
+                f"between the prediction and torch:"
+            )
             for d in differences:
                 print(f"  {d}")
         else:
-            print(f"{path}: ok ({checked} layer outputs, {analysis.params:,} parameters, "
-                  f"output {_shape(analysis.output)} at input {_shape(analysis.input)})")
+            print(
+                f"{path}: ok ({checked} layer outputs, {analysis.params:,} parameters, "
+                f"output {_shape(analysis.output)} at input {_shape(analysis.input)})"
+            )
     return status
 
 
@@ -199,8 +209,10 @@ def verify(spec: S.Spec, analysis) -> tuple[list[Difference], int]:
     for name, module in net.named_modules():
         if name:
             pre_hook, hook = record(name)
-            handles += [module.register_forward_pre_hook(pre_hook),
-                        module.register_forward_hook(hook)]
+            handles += [
+                module.register_forward_pre_hook(pre_hook),
+                module.register_forward_hook(hook),
+            ]
     try:
         with torch.no_grad():
             output = net(torch.zeros(1, *analysis.input))
@@ -229,8 +241,9 @@ def verify(spec: S.Spec, analysis) -> tuple[list[Difference], int]:
         if predicted != actual:
             differences.append(Difference(what, f"{predicted:,}", f"{actual:,}"))
     if analysis.output is None or tuple(analysis.output) != tuple(output.shape[1:]):
-        differences.append(Difference("output", _shape(analysis.output),
-                                      _shape(tuple(output.shape[1:]))))
+        differences.append(
+            Difference("output", _shape(analysis.output), _shape(tuple(output.shape[1:])))
+        )
     return differences, checked
 
 
@@ -252,11 +265,18 @@ def _nth(seen: dict[str, list[tuple[int, ...]]], node: str) -> tuple[int, ...] |
     return shapes[call - 1] if call <= len(shapes) else None
 
 
-
-
 def _shape(shape: Sequence[int] | None) -> str:
     return "x".join(map(str, shape)) if shape is not None else "none"
 
 
-__all__ = ["analyse", "build_module", "cmd_build", "cmd_verify", "generate",
-           "import_source", "load", "verify", "write_generated"]
+__all__ = [
+    "analyse",
+    "build_module",
+    "cmd_build",
+    "cmd_verify",
+    "generate",
+    "import_source",
+    "load",
+    "verify",
+    "write_generated",
+]

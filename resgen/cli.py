@@ -35,10 +35,19 @@ def _positive(text: str) -> int:
 
 
 def _add_input(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--input", type=parse_input, metavar="[C]xHxW",
-                   help="override the spec's input shape, e.g. 3x512x512 or 512x384")
-    p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
-                   help="set a network param, e.g. --param width_mult=0.5 (repeatable)")
+    p.add_argument(
+        "--input",
+        type=parse_input,
+        metavar="[C]xHxW",
+        help="override the spec's input shape, e.g. 3x512x512 or 512x384",
+    )
+    p.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="set a network param, e.g. --param width_mult=0.5 (repeatable)",
+    )
 
 
 def loader_for(args) -> Loader:
@@ -48,8 +57,9 @@ def loader_for(args) -> Loader:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="resgen", description="Check, summarise, draw and generate ResNet-family networks "
-        "from .arch specs.")
+        prog="resgen",
+        description="Check, summarise, draw and generate ResNet-family networks from .arch specs.",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("check", help="parse and validate specs (syntax, names, shapes)")
@@ -59,8 +69,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("summary", help="a per-layer table of shapes, parameters and MACs")
     p.add_argument("spec", metavar="SPEC")
-    p.add_argument("--depth", type=_positive, default=None,
-                   help="1: stages, 2: blocks, 3: layers inside blocks")
+    p.add_argument(
+        "--depth",
+        type=_positive,
+        default=None,
+        help="1: stages, 2: blocks, 3: layers inside blocks",
+    )
     p.add_argument("--json", action="store_true")
     _add_input(p)
 
@@ -68,13 +82,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("specs", nargs="+", metavar="SPEC")
     p.add_argument("-o", "--output", default="generated", metavar="DIR")
     p.add_argument("--templates", default=None, metavar="DIR", help="use your own templates")
-    p.add_argument("--force", action="store_true",
-                   help="overwrite files that resgen did not generate")
+    p.add_argument(
+        "--force", action="store_true", help="overwrite files that resgen did not generate"
+    )
     p.add_argument("--no-diagram", action="store_true", help="write only the Python module")
     _add_input(p)
 
-    p = sub.add_parser("verify", help="build the model in torch and compare with the static "
-                       "prediction")
+    p = sub.add_parser(
+        "verify", help="build the model in torch and compare with the static prediction"
+    )
     p.add_argument("specs", nargs="+", metavar="SPEC")
     _add_input(p)
 
@@ -84,8 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--detail", choices=["stages", "blocks", "layers"], default="stages")
     p.add_argument("--rankdir", choices=["LR", "TB"], default="TB")
     p.add_argument("-o", "--output", default=None, metavar="FILE")
-    p.add_argument("--force", action="store_true",
-                   help="replace a .dot/.svg file that resgen did not generate")
+    p.add_argument(
+        "--force", action="store_true", help="replace a .dot/.svg file that resgen did not generate"
+    )
     _add_input(p)
     return parser
 
@@ -115,8 +132,10 @@ def cmd_check(args) -> int:
             report(diagnostics, loader)
             if not any(d.severity == "error" for d in diagnostics):
                 warnings = sum(d.severity == "warning" for d in diagnostics)
-                print(f"{path}: ok" + (f" ({warnings} warning{'s' * (warnings != 1)})"
-                                       if warnings else ""))
+                print(
+                    f"{path}: ok"
+                    + (f" ({warnings} warning{'s' * (warnings != 1)})" if warnings else "")
+                )
     if args.json:
         print(json.dumps(records, indent=2))
     return status

@@ -43,8 +43,12 @@ MODULE_TEMPLATE = "module.py.jinja"
 
 # torch.nn arguments passed by position, after the incoming channel count (torchvision's style:
 # nn.Conv2d(64, 128, kernel_size=3, ...), nn.Linear(2048, num_classes)).
-POSITIONAL = {"conv": ("channels",), "linear": ("features",), "adaptive_avgpool": ("size",),
-              "pad_channels": ("channels",)}
+POSITIONAL = {
+    "conv": ("channels",),
+    "linear": ("features",),
+    "adaptive_avgpool": ("size",),
+    "pad_channels": ("channels",),
+}
 
 # Layer kinds whose output channel count is an argument of the layer (the ops table says which).
 CHANNEL_ARGUMENT = {name: op.out_channels for name, op in OPS.items() if op.out_channels}
@@ -56,6 +60,7 @@ _FLATTENED = S.Ref(span=Span("<flatten>", 1, 1, 1, 1), name="<flattened features
 
 # ---------------------------------------------------------------------------------------------
 # The view the templates render
+
 
 @dataclass
 class ParamView:
@@ -108,8 +113,9 @@ class BlockView:
         gate (`merge mul` without a shortcut) reads `x * out` instead, as squeeze-excite does."""
         if self.merge == "mul" and self.shortcut is None:
             return False
-        return self.merge is not None and (self.shortcut is None
-                                           or self.shortcut.condition is not None)
+        return self.merge is not None and (
+            self.shortcut is None or self.shortcut.condition is not None
+        )
 
 
 @dataclass
@@ -146,16 +152,19 @@ class ModuleView:
 # ---------------------------------------------------------------------------------------------
 # Public entry points
 
-def generate(spec: S.Spec, analysis=None, *, templates: str | Path | None = None,
-             source: str | None = None) -> str:
+
+def generate(
+    spec: S.Spec, analysis=None, *, templates: str | Path | None = None, source: str | None = None
+) -> str:
     """The generated module for `spec` as text.
 
     `analysis` (resgen.shapes.Analysis) supplies shape comments and the params/MACs docstring;
     it is computed when not given. Raises SpecError when the spec has errors.
     """
     if spec.network is None:
-        raise SpecError([Diagnostic(spec.span, "no-network",
-                                    f"{spec.path} defines no network to generate")])
+        raise SpecError(
+            [Diagnostic(spec.span, "no-network", f"{spec.path} defines no network to generate")]
+        )
     if analysis is None:
         analysis = _analyse(spec)
     if analysis is not None and not analysis.ok:
@@ -206,6 +215,7 @@ def _analyse(spec: S.Spec):
 # ---------------------------------------------------------------------------------------------
 # Spec -> view
 
+
 class _Scope:
     """Turns expressions of one scope (a block or the network) into Python, noting the names
     used so only the `let`s that matter become locals."""
@@ -249,8 +259,11 @@ def _params(params: Iterable[S.Param], scope: _Scope, first: list[ParamView]) ->
         if p.default is None:
             views.append(ParamView(name, "int", None, star_before=seen_default))
         elif value is None:  # refers to earlier parameters: resolved in the body
-            views.append(ParamView(name, "int | None", "None",
-                                   late_default=E.to_python(p.default, scope.name)))
+            views.append(
+                ParamView(
+                    name, "int | None", "None", late_default=E.to_python(p.default, scope.name)
+                )
+            )
             seen_default = True
         else:
             views.append(ParamView(name, _annotation(value), literal(value)))
@@ -298,8 +311,10 @@ class _ModuleBuilder:
         names = [b.name for b in blocks] + [network.class_name, network.factory, *self.helpers]
         clash = sorted({n for n in names if names.count(n) > 1} | ({"nn", "Tensor"} & set(names)))
         if clash:
-            raise CodeError(f"the generated module would define `{clash[0]}` twice; give the "
-                            "network a different `class` or name")
+            raise CodeError(
+                f"the generated module would define `{clash[0]}` twice; give the "
+                "network a different `class` or name"
+            )
         return ModuleView(self.source, self._doc(), blocks, network, tuple(self.helpers.values()))
 
     # -- channels, symbolically
@@ -314,8 +329,9 @@ class _ModuleBuilder:
                 self.used_blocks.append(name)
         return block
 
-    def _block_env(self, block: S.Block, in_channels: S.Expr,
-                   args: Mapping[str, S.Expr]) -> dict[str, S.Expr]:
+    def _block_env(
+        self, block: S.Block, in_channels: S.Expr, args: Mapping[str, S.Expr]
+    ) -> dict[str, S.Expr]:
         """Block-scope names as expressions of the caller's scope."""
         env: dict[str, S.Expr] = {"in_channels": in_channels}
         for p in block.params:
@@ -327,8 +343,7 @@ class _ModuleBuilder:
             env[let.name] = E.substitute(let.value, env.get)
         return env
 
-    def _block_out(self, block: S.Block, in_channels: S.Expr,
-                   args: Mapping[str, S.Expr]) -> S.Expr:
+    def _block_out(self, block: S.Block, in_channels: S.Expr, args: Mapping[str, S.Expr]) -> S.Expr:
         inner = self._channels(block.main + block.post, S.Ref(span=block.span, name="in_channels"))
         return E.substitute(inner, self._block_env(block, in_channels, args).get)
 
@@ -351,8 +366,9 @@ class _ModuleBuilder:
         return channels
 
     # -- layers
-    def _build(self, layer: S.Layer, channels: S.Expr, scope: _Scope,
-               node: str | None = None) -> Code:
+    def _build(
+        self, layer: S.Layer, channels: S.Expr, scope: _Scope, node: str | None = None
+    ) -> Code:
         """The constructor call of one layer that receives `channels` channels. `node` is the
         layer's graph node at network level (None inside a block), where a flatten's size is
         known from the analysis."""
@@ -361,23 +377,32 @@ class _ModuleBuilder:
             for index, item in enumerate(layer.items):
                 item_node = f"{node}.{index}" if node is not None else None
                 items.append(self._build(item, channels, scope, item_node))
-                channels = (self._after(item, channels, item_node) if item_node is not None
-                            else self._layer_channels(item, channels))
+                channels = (
+                    self._after(item, channels, item_node)
+                    if item_node is not None
+                    else self._layer_channels(item, channels)
+                )
             return Call("nn.Sequential", tuple(items))
         if layer.kind == "block":
             block = self._use_block(layer.callee)
-            return Call(ident(block.name),
-                        (scope.atom(channels), *_block_arguments(block, _args(layer), scope)))
+            return Call(
+                ident(block.name),
+                (scope.atom(channels), *_block_arguments(block, _args(layer), scope)),
+            )
         if layer.kind != "op":
             raise CodeError(f"layer `{layer.name}` of kind {layer.kind} cannot be built")
         op = OPS[layer.callee]
         args: list[Code] = []
         if op.input_channels is not None:
             if channels is _FLATTENED:
-                raise E.EvalError(layer.span, f"`{layer.callee}` after `flatten` inside a block: "
-                                  "its input size depends on H x W, which a block's code cannot "
-                                  "know", "flatten-in-block",
-                                  hint="put flatten and what follows it in the network's head")
+                raise E.EvalError(
+                    layer.span,
+                    f"`{layer.callee}` after `flatten` inside a block: "
+                    "its input size depends on H x W, which a block's code cannot "
+                    "know",
+                    "flatten-in-block",
+                    hint="put flatten and what follows it in the network's head",
+                )
             args.append(scope.atom(channels))
         given = _args(layer)
         positional = POSITIONAL.get(op.name, ())
@@ -388,8 +413,11 @@ class _ModuleBuilder:
             value = given.get(p.name)
             if value is None or p.name in positional or p.torch is None:
                 continue
-            if p.default is not REQUIRED and _constant(value) == p.default and (
-                    type(_constant(value)) is type(p.default)):
+            if (
+                p.default is not REQUIRED
+                and _constant(value) == p.default
+                and (type(_constant(value)) is type(p.default))
+            ):
                 continue  # torchvision does not spell out defaults
             args.append(Keyword(ident(p.torch), scope.atom(value)))
         if op.helper is not None:  # a small module the generated file defines (PadChannels)
@@ -412,14 +440,20 @@ class _ModuleBuilder:
         source: tuple[int, S.Expr] | None = None  # `from LAYER`: its step and channels
         for layer in block.main:
             channels = self._block_layer(layer, channels, scope, layers, main)
-            if (sc is not None and sc.source is not None and source is None
-                    and layer.kind != "reuse" and layer.name == sc.source):
+            if (
+                sc is not None
+                and sc.source is not None
+                and source is None
+                and layer.kind != "reuse"
+                and layer.name == sc.source
+            ):
                 source = (len(main) - 1, channels)
         shortcut = None
         if sc is not None:
             start = S.Ref(span=sc.span, name="in_channels") if source is None else source[1]
-            build = self._build(S.Layer(span=sc.span, kind="seq", name=sc.name, items=sc.layers),
-                                start, scope)
+            build = self._build(
+                S.Layer(span=sc.span, kind="seq", name=sc.name, items=sc.layers), start, scope
+            )
             condition = scope.code(sc.condition) if sc.condition is not None else None
             shortcut = ShortcutView(ident(sc.name), condition, build)
             if source is not None:
@@ -433,11 +467,24 @@ class _ModuleBuilder:
             name=ident(block.name),
             expansion=literal(expansion_value) if constant_expansion else None,
             expansion_local=expansion_local,
-            params=params, lets=lets, layers=layers, main=main, shortcut=shortcut,
-            merge=block.merge, post_layers=post_layers, post=post)
+            params=params,
+            lets=lets,
+            layers=layers,
+            main=main,
+            shortcut=shortcut,
+            merge=block.merge,
+            post_layers=post_layers,
+            post=post,
+        )
 
-    def _block_layer(self, layer: S.Layer, channels: S.Expr, scope: _Scope,
-                     layers: list[LayerView], steps: list[StepView]) -> S.Expr:
+    def _block_layer(
+        self,
+        layer: S.Layer,
+        channels: S.Expr,
+        scope: _Scope,
+        layers: list[LayerView],
+        steps: list[StepView],
+    ) -> S.Expr:
         if layer.kind == "reuse":
             steps.append(StepView(f"self.{ident(layer.callee or layer.name)}"))
             return channels
@@ -467,15 +514,22 @@ class _ModuleBuilder:
             info = self._stage_info(stage.name)
             comment = None
             if info is not None:
-                comment = (f"{stage.name}: {_repeats_text(stage, plan)} x {block.name}, "
-                           f"{_shape(info.in_shape)} -> {_shape(info.out_shape)}")
+                comment = (
+                    f"{stage.name}: {_repeats_text(stage, plan)} x {block.name}, "
+                    f"{_shape(info.in_shape)} -> {_shape(info.out_shape)}"
+                )
             layers.append(LayerView(ident(stage.name), build, comment))
-            steps.append(StepView(f"self.{ident(stage.name)}",
-                                  _shape(info.out_shape) if info is not None else None))
+            steps.append(
+                StepView(
+                    f"self.{ident(stage.name)}",
+                    _shape(info.out_shape) if info is not None else None,
+                )
+            )
         for layer in net.head:
             channels = self._network_layer(layer, channels, scope, layers, steps, applied)
-        zero_init = [z for name in self.used_blocks
-                     if (z := _zero_init(self.blocks[name])) is not None]
+        zero_init = [
+            z for name in self.used_blocks if (z := _zero_init(self.blocks[name])) is not None
+        ]
         has_zero_param = any(p.name == "zero_init_residual" for p in net.params)
         if zero_init and not has_zero_param:
             params.append(ParamView("zero_init_residual", "bool", "False"))
@@ -488,9 +542,15 @@ class _ModuleBuilder:
             return tuple(self.analysis.input)
         return self.net.input.as_tuple()
 
-    def _network_layer(self, layer: S.Layer, channels: S.Expr, scope: _Scope,
-                       layers: list[LayerView], steps: list[StepView],
-                       applied: dict[str, int]) -> S.Expr:
+    def _network_layer(
+        self,
+        layer: S.Layer,
+        channels: S.Expr,
+        scope: _Scope,
+        layers: list[LayerView],
+        steps: list[StepView],
+        applied: dict[str, int],
+    ) -> S.Expr:
         target = layer.callee if layer.kind == "reuse" else layer.name
         applied[target] = applied.get(target, 0) + 1
         node = application_id(target, applied[target])
@@ -515,14 +575,21 @@ class _ModuleBuilder:
             return after
         in_shape = self._node_shape(node, "in_shape")
         if in_shape is None or len(in_shape) != 3:
-            raise E.EvalError(layer.span, "cannot tell the size of `flatten`'s input",
-                              "flatten-size")
+            raise E.EvalError(
+                layer.span, "cannot tell the size of `flatten`'s input", "flatten-size"
+            )
         area = in_shape[1] * in_shape[2]
-        return channels if area == 1 else E.fold(S.BinOp(
-            span=layer.span, op="*", left=channels, right=E.literal(area, layer.span)))
+        return (
+            channels
+            if area == 1
+            else E.fold(
+                S.BinOp(span=layer.span, op="*", left=channels, right=E.literal(area, layer.span))
+            )
+        )
 
-    def _stage(self, stage: S.Stage, block: S.Block, plan, channels: S.Expr,
-               scope: _Scope) -> tuple[Code, S.Expr]:
+    def _stage(
+        self, stage: S.Stage, block: S.Block, plan, channels: S.Expr, scope: _Scope
+    ) -> tuple[Code, S.Expr]:
         """`nn.Sequential(first, *[rest for _ in range(n - 1)])`, or each block written out when
         the blocks after the first do not all look alike (their input grows, say)."""
         name = ident(block.name)
@@ -537,8 +604,14 @@ class _ModuleBuilder:
                 if repeats_free and str(rest) == str(first):
                     items = [Starred(Repeated(first, scope.code(stage.repeats)))]
                 elif repeats_free:
-                    count = scope.code(S.BinOp(span=stage.span, op="-", left=stage.repeats,
-                                               right=E.literal(1, stage.span)))
+                    count = scope.code(
+                        S.BinOp(
+                            span=stage.span,
+                            op="-",
+                            left=stage.repeats,
+                            right=E.literal(1, stage.span),
+                        )
+                    )
                     items.append(Starred(Repeated(rest, count)))
                 elif str(rest) == str(first):
                     items = [Starred(Repeated(first, str(plan.repeats)))]
@@ -547,13 +620,18 @@ class _ModuleBuilder:
                 else:
                     items.append(Starred(Repeated(rest, str(plan.repeats - 1))))
             elif repeats_free:
-                raise CodeError(f"stage `{stage.name}` changes its channel count from block to "
-                                "block, so its repeat count must be a constant")
+                raise CodeError(
+                    f"stage `{stage.name}` changes its channel count from block to "
+                    "block, so its repeat count must be a constant"
+                )
             else:
                 current = out
                 for _ in range(plan.repeats - 1):
-                    items.append(Call(name, (scope.atom(current),
-                                             *_block_arguments(block, plan.rest, scope))))
+                    items.append(
+                        Call(
+                            name, (scope.atom(current), *_block_arguments(block, plan.rest, scope))
+                        )
+                    )
                     current = self._block_out(block, current, plan.rest)
                 after = current
             out = after
@@ -577,20 +655,27 @@ class _ModuleBuilder:
         if a is None:
             return lines
         output = _shape(a.output) if a.output else "?"
-        lines += ["", f"Input {_shape(a.input)} -> output {output}, at the default arguments:",
-                  f"{a.params:,} parameters, {a.macs:,} multiply-accumulates "
-                  f"({a.macs / 1e9:.2f} GMACs) per image."]
+        lines += [
+            "",
+            f"Input {_shape(a.input)} -> output {output}, at the default arguments:",
+            f"{a.params:,} parameters, {a.macs:,} multiply-accumulates "
+            f"({a.macs / 1e9:.2f} GMACs) per image.",
+        ]
         if a.stages:
             rows = [("stage", "blocks", "output", "params", "MACs")]
             for s in a.stages:
                 blocks = f"{s.repeats} x {s.block}" if s.block else "-"
-                rows.append((s.name, blocks, _shape(s.out_shape), f"{s.params:,}",
-                             f"{s.macs:,}"))
+                rows.append((s.name, blocks, _shape(s.out_shape), f"{s.params:,}", f"{s.macs:,}"))
             widths = [max(len(r[i]) for r in rows) for i in range(5)]
             lines.append("")
             for r in rows:
-                cells = [r[0].ljust(widths[0]), r[1].ljust(widths[1]), r[2].ljust(widths[2]),
-                         r[3].rjust(widths[3]), r[4].rjust(widths[4])]
+                cells = [
+                    r[0].ljust(widths[0]),
+                    r[1].ljust(widths[1]),
+                    r[2].ljust(widths[2]),
+                    r[3].rjust(widths[3]),
+                    r[4].rjust(widths[4]),
+                ]
                 lines.append("  ".join(cells).rstrip())
         return lines
 
@@ -614,8 +699,7 @@ def _walk_layers(layers: Iterable[S.Layer]) -> Iterable[S.Layer]:
         yield from _walk_layers(layer.items)
 
 
-def _block_arguments(block: S.Block, given: Mapping[str, S.Expr],
-                     scope: _Scope) -> list[Code]:
+def _block_arguments(block: S.Block, given: Mapping[str, S.Expr], scope: _Scope) -> list[Code]:
     """Leading required parameters by position, then keywords for values that differ from the
     block's defaults (`Bottleneck(256, 128, stride=2)`)."""
     args: list[Code] = []
@@ -644,8 +728,9 @@ def _zero_init(block: S.Block) -> ZeroInitView | None:
             for index in reversed(range(len(layer.items))):
                 item = layer.items[index]
                 if item.kind == "op" and item.callee == "batchnorm":
-                    return ZeroInitView(ident(block.name),
-                                        f"module.{ident(layer.name)}[{index}].weight")
+                    return ZeroInitView(
+                        ident(block.name), f"module.{ident(layer.name)}[{index}].weight"
+                    )
     return None
 
 
@@ -659,4 +744,3 @@ def _shape(shape: Iterable[int] | None) -> str:
 
 # Names callers may want without reaching into the builder.
 __all__ = ["GENERATED_MARK", "check_source", "display_path", "generate"]
-

@@ -59,8 +59,10 @@ class Diagnostic:
             "message": self.message,
             "layer": self.layer,
             "hint": self.hint,
-            "notes": [{"file": span.file, "line": span.line, "column": span.column,
-                       "message": message} for span, message in self.notes],
+            "notes": [
+                {"file": span.file, "line": span.line, "column": span.column, "message": message}
+                for span, message in self.notes
+            ],
         }
 
 
@@ -120,8 +122,12 @@ def _use_colour(stream) -> bool:
     return hasattr(stream, "isatty") and stream.isatty() and not os.environ.get("NO_COLOR")
 
 
-def format_diagnostic(diag: Diagnostic, source: str | None, colour: bool = False,
-                      sources: dict[str, str] | None = None) -> str:
+def format_diagnostic(
+    diag: Diagnostic,
+    source: str | None,
+    colour: bool = False,
+    sources: dict[str, str] | None = None,
+) -> str:
     """`FILE:LINE:COL: error: MESSAGE`, then the source line with `^~~~` under the span; each
     note the same way (its file's text from `sources`)."""
     red, yellow, bold, cyan, reset = (

@@ -68,9 +68,18 @@ COLOURS = {
     "error": ("#fde2df", RED),
 }
 FAMILY = {
-    "conv": "conv", "batchnorm": "norm", "relu": "act", "sigmoid": "act", "maxpool": "pool",
-    "avgpool": "pool", "adaptive_avgpool": "pool", "linear": "linear", "add": "merge",
-    "mul": "merge", "input": "io", "output": "io",
+    "conv": "conv",
+    "batchnorm": "norm",
+    "relu": "act",
+    "sigmoid": "act",
+    "maxpool": "pool",
+    "avgpool": "pool",
+    "adaptive_avgpool": "pool",
+    "linear": "linear",
+    "add": "merge",
+    "mul": "merge",
+    "input": "io",
+    "output": "io",
 }
 SHORTCUT_BLUE, IDENTITY_GREY = "#4b77a9", "#8c8c8c"
 ROLE_RANK = {"main": 0, "shortcut": 1, "identity": 2}  # which edge speaks for a collapsed pair
@@ -83,6 +92,7 @@ class GraphvizMissing(RuntimeError):
 
 # ---------------------------------------------------------------------------------------------
 # Text
+
 
 def _clean(text: object) -> str:
     """Printable text: user names and messages must not break the DOT or the SVG's XML."""
@@ -141,18 +151,35 @@ def op_text(op: str | None, args: dict | None) -> str:
     """`conv 3×3 s2 p1 g32`: what a layer does; stride, padding, dilation and groups are shown
     when they differ from 1, 0, 1, 1."""
     spec = OPS.get(op or "")
-    a = {p.name: p.default for p in spec.params
-         if p.default is not REQUIRED and p.default is not FROM_INPUT} if spec else {}
+    a = (
+        {
+            p.name: p.default
+            for p in spec.params
+            if p.default is not REQUIRED and p.default is not FROM_INPUT
+        }
+        if spec
+        else {}
+    )
     a.update(args or {})
     if op == "conv":
-        extra = [f"{key}{_axis(a[name])}" for name, key, default in (
-            ("stride", "s", 1), ("padding", "p", 0), ("dilation", "d", 1), ("groups", "g", 1))
-            if name in a and not _is(a[name], default)]
+        extra = [
+            f"{key}{_axis(a[name])}"
+            for name, key, default in (
+                ("stride", "s", 1),
+                ("padding", "p", 0),
+                ("dilation", "d", 1),
+                ("groups", "g", 1),
+            )
+            if name in a and not _is(a[name], default)
+        ]
         return " ".join([f"conv {_size(a.get('kernel'))}", *extra])
     if op in ("maxpool", "avgpool"):
         a.setdefault("stride", a.get("kernel"))
-        extra = [f"{key}{_axis(a[name])}" for name, key, default in (
-            ("stride", "s", 1), ("padding", "p", 0)) if name in a and not _is(a[name], default)]
+        extra = [
+            f"{key}{_axis(a[name])}"
+            for name, key, default in (("stride", "s", 1), ("padding", "p", 0))
+            if name in a and not _is(a[name], default)
+        ]
         return " ".join([f"{op} {_size(a.get('kernel'))}", *extra])
     if op == "adaptive_avgpool":
         return f"adaptive avgpool to {_size(a.get('size'))}"
@@ -186,8 +213,11 @@ def _lines(*rows: tuple[str, str]) -> str:
             out.append(f'<font point-size="8" color="{MUTED}">{_esc(text)}</font>')
         elif kind == "error":
             wrapped = textwrap.wrap(_clean(text), WRAP) or [""]
-            out.append(f'<font point-size="9" color="{RED}">'
-                       + "<br/>".join(_esc(w) for w in wrapped) + "</font>")
+            out.append(
+                f'<font point-size="9" color="{RED}">'
+                + "<br/>".join(_esc(w) for w in wrapped)
+                + "</font>"
+            )
         else:
             out.append(_esc(text))
     return "<" + "<br/>".join(out) + ">"
@@ -195,6 +225,7 @@ def _lines(*rows: tuple[str, str]) -> str:
 
 # ---------------------------------------------------------------------------------------------
 # Grouping: the three levels are one drawing over differently sized groups of graph nodes.
+
 
 @dataclass
 class _Group:
@@ -264,6 +295,7 @@ def _error_messages(analysis) -> tuple[dict[str, list[str]], list[str]]:
 # ---------------------------------------------------------------------------------------------
 # The drawing
 
+
 def digraph(spec, analysis, detail: str = "stages", rankdir: str = "TB") -> graphviz.Digraph:
     """The diagram of an analysed spec as a `graphviz.Digraph`."""
     if detail not in DETAILS:
@@ -293,13 +325,33 @@ def digraph(spec, analysis, detail: str = "stages", rankdir: str = "TB") -> grap
     name = spec.network.name if getattr(spec, "network", None) else "network"
     errors = len(analysis.errors)  # what `resgen check` reports, not per-instance repeats
     dot = graphviz.Digraph(name=name)
-    dot.attr("graph", rankdir=rankdir, fontname=FONT, fontsize="11", fontcolor=INK,
-             labelloc="t", label=_label(name, analysis, errors, detail),
-             bgcolor="white", nodesep="0.3", ranksep="0.32", pad="0.25", newrank="true")
-    dot.attr("node", fontname=FONT, fontsize="10", fontcolor=INK, shape="box",
-             style="rounded,filled", penwidth="1", margin="0.14,0.06")
-    dot.attr("edge", fontname=FONT, fontsize="8", fontcolor="#555555", color="#555555",
-             arrowsize="0.6")
+    dot.attr(
+        "graph",
+        rankdir=rankdir,
+        fontname=FONT,
+        fontsize="11",
+        fontcolor=INK,
+        labelloc="t",
+        label=_label(name, analysis, errors, detail),
+        bgcolor="white",
+        nodesep="0.3",
+        ranksep="0.32",
+        pad="0.25",
+        newrank="true",
+    )
+    dot.attr(
+        "node",
+        fontname=FONT,
+        fontsize="10",
+        fontcolor=INK,
+        shape="box",
+        style="rounded,filled",
+        penwidth="1",
+        margin="0.14,0.06",
+    )
+    dot.attr(
+        "edge", fontname=FONT, fontsize="8", fontcolor="#555555", color="#555555", arrowsize="0.6"
+    )
 
     stage_info = {s.name: s for s in analysis.stages}
     tree: dict[tuple[str, ...], list] = {(): []}  # cluster path -> groups and child paths
@@ -325,8 +377,13 @@ def digraph(spec, analysis, detail: str = "stages", rankdir: str = "TB") -> grap
         _edge(dot, groups[gu], groups[gv], role, u, graph)
     if loose_errors:
         fill, line = COLOURS["error"]
-        dot.node(ERRORS_ID, _lines(("title", "errors"), *(("error", e) for e in loose_errors)),
-                 fillcolor=fill, color=line, penwidth="2")
+        dot.node(
+            ERRORS_ID,
+            _lines(("title", "errors"), *(("error", e) for e in loose_errors)),
+            fillcolor=fill,
+            color=line,
+            penwidth="2",
+        )
     return dot
 
 
@@ -345,7 +402,8 @@ def _in_out(group: _Group, graph, stage_info) -> tuple:
     if info is not None:
         return info.in_shape, info.out_shape
     return graph.nodes[group.nodes[0]].get("in_shape"), graph.nodes[group.nodes[-1]].get(
-        "out_shape")
+        "out_shape"
+    )
 
 
 def _transition(shape_in, shape_out) -> str:
@@ -355,9 +413,10 @@ def _transition(shape_in, shape_out) -> str:
     hw_in, hw_out = _hw(shape_in), _hw(shape_out)
     if hw_in is None or hw_out is None:
         return f"{_shape(shape_in)} → {_shape(shape_out)}"
-    channels = (f"{shape_in[0]}→{shape_out[0]} ch" if shape_in[0] != shape_out[0]
-                else f"{shape_in[0]} ch")
-    size = (f"{_size(hw_in)}→{_size(hw_out)}" if hw_in != hw_out else _size(hw_in))
+    channels = (
+        f"{shape_in[0]}→{shape_out[0]} ch" if shape_in[0] != shape_out[0] else f"{shape_in[0]} ch"
+    )
+    size = f"{_size(hw_in)}→{_size(hw_out)}" if hw_in != hw_out else _size(hw_in)
     return f"{channels} · {size}"
 
 
@@ -366,11 +425,15 @@ def _node(g: graphviz.Digraph, group: _Group, graph, stage_info) -> None:
     kind = group.kind
     attrs: dict[str, str] = {}
     shape_in, shape_out = _in_out(group, graph, stage_info)
-    cost = f"params {_count(_sum(graph, group.nodes, 'params'))} · " \
-           f"MACs {_count(_sum(graph, group.nodes, 'macs'))}"
+    cost = (
+        f"params {_count(_sum(graph, group.nodes, 'params'))} · "
+        f"MACs {_count(_sum(graph, group.nodes, 'macs'))}"
+    )
     if kind in ("input", "output"):
-        rows = [("title", kind), ("text", _shape(first.get("out_shape" if kind == "input"
-                                                                else "in_shape")))]
+        rows = [
+            ("title", kind),
+            ("text", _shape(first.get("out_shape" if kind == "input" else "in_shape"))),
+        ]
         family = "io"
     elif kind == "layer":
         op = first.get("op")
@@ -378,8 +441,13 @@ def _node(g: graphviz.Digraph, group: _Group, graph, stage_info) -> None:
         shown = _short_name(group.id, first)
         if family == "merge" and not group.errors:
             rows = [("title", "+" if op == "add" else "×")]
-            attrs = {"shape": "circle", "style": "filled", "width": "0.32", "fixedsize": "true",
-                     "fontsize": "12"}
+            attrs = {
+                "shape": "circle",
+                "style": "filled",
+                "width": "0.32",
+                "fixedsize": "true",
+                "fontsize": "12",
+            }
         else:
             text = op_text(op, first.get("args"))
             if "#" in group.id:
@@ -393,17 +461,22 @@ def _node(g: graphviz.Digraph, group: _Group, graph, stage_info) -> None:
         head = f"<b>{_esc(group.id)}</b>"
         if info is not None and info.block:
             head += f" · {_esc(info.block)} ×{_esc(info.repeats)}"
-        rows = [("html", head), ("text", _stage_line(group, graph, shape_in, shape_out)),
-                ("text", _stage_cost(info) or cost)]
+        rows = [
+            ("html", head),
+            ("text", _stage_line(group, graph, shape_in, shape_out)),
+            ("text", _stage_cost(info) or cost),
+        ]
         if info is not None and info.output_stride and info.out_shape is not None:
             rows.append(("small", f"output stride {_axis(info.output_stride)}"))
     elif kind in ("stem", "head"):
         family = "stem"
-        steps = [op_text(graph.nodes[n].get("op"), graph.nodes[n].get("args"))
-                 for n in group.nodes]
-        rows = [("title", kind), *(("small", line) for line in _chain(steps)),
-                ("text", f"{_shape(shape_in)} → {_shape(shape_out)}"),
-                ("text", _stage_cost(stage_info.get(kind)) or cost)]
+        steps = [op_text(graph.nodes[n].get("op"), graph.nodes[n].get("args")) for n in group.nodes]
+        rows = [
+            ("title", kind),
+            *(("small", line) for line in _chain(steps)),
+            ("text", f"{_shape(shape_in)} → {_shape(shape_out)}"),
+            ("text", _stage_cost(stage_info.get(kind)) or cost),
+        ]
     elif kind == "block":
         family = "block"
         stage = group.clusters[0] if group.clusters else ""
@@ -414,10 +487,12 @@ def _node(g: graphviz.Digraph, group: _Group, graph, stage_info) -> None:
         rows = [("html", head), ("text", _transition(shape_in, shape_out)), ("small", cost)]
     else:  # a projection shortcut at the blocks level
         family = "shortcut"
-        steps = [op_text(graph.nodes[n].get("op"), graph.nodes[n].get("args"))
-                 for n in group.nodes]
-        rows = [("title", group.id.rsplit(".", 1)[-1]),
-                *(("small", line) for line in _chain(steps)), ("small", cost)]
+        steps = [op_text(graph.nodes[n].get("op"), graph.nodes[n].get("args")) for n in group.nodes]
+        rows = [
+            ("title", group.id.rsplit(".", 1)[-1]),
+            *(("small", line) for line in _chain(steps)),
+            ("small", cost),
+        ]
         attrs = {"style": "rounded,filled,dashed"}
     fill, line = COLOURS[family]
     if group.errors:
@@ -431,8 +506,14 @@ def _node(g: graphviz.Digraph, group: _Group, graph, stage_info) -> None:
     where = f" ({span})" if span is not None and kind == "layer" else ""
     if kind != "shortcut" and first.get("branch") != "shortcut":
         attrs["group"] = "spine"  # dot keeps one group in a straight line: the main path
-    g.node(group.id, _lines(*rows), fillcolor=fill, color=line,
-           tooltip=_plain(group.id + where), **attrs)
+    g.node(
+        group.id,
+        _lines(*rows),
+        fillcolor=fill,
+        color=line,
+        tooltip=_plain(group.id + where),
+        **attrs,
+    )
 
 
 def _short_name(node: str, d: dict) -> str:
@@ -440,7 +521,7 @@ def _short_name(node: str, d: dict) -> str:
     name = (d.get("module") or node).split("#")[0]
     block = _top_block(d.get("block"), d.get("stage"))
     if block and name.startswith(block + "."):
-        name = name[len(block) + 1:]
+        name = name[len(block) + 1 :]
     return name
 
 
@@ -453,8 +534,14 @@ def _stage_line(group: _Group, graph, shape_in, shape_out) -> str:
     if ratio:
         channels, _, size = text.partition(" · ")
         text = f"{channels} · stride {ratio[1:]} · {size}"
-    dilation = max((_max_axis((graph.nodes[n].get("args") or {}).get("dilation", 1))
-                    for n in group.nodes if graph.nodes[n].get("op") == "conv"), default=1)
+    dilation = max(
+        (
+            _max_axis((graph.nodes[n].get("args") or {}).get("dilation", 1))
+            for n in group.nodes
+            if graph.nodes[n].get("op") == "conv"
+        ),
+        default=1,
+    )
     if dilation > 1:
         text += f" · dilation {dilation}"
     return text
@@ -488,8 +575,11 @@ def _edge(g: graphviz.Digraph, src: _Group, dst: _Group, role: str, u: str, grap
     ratio = None
     # A drop in resolution is marked on the edge leaving what dropped it; the head's global
     # pooling is a reduction, not a stride.
-    if (src.kind not in ("head", "input") and graph.nodes[u].get("op") != "adaptive_avgpool"
-            and not graph.nodes[u].get("tainted")):  # sizes after an error mean nothing
+    if (
+        src.kind not in ("head", "input")
+        and graph.nodes[u].get("op") != "adaptive_avgpool"
+        and not graph.nodes[u].get("tainted")
+    ):  # sizes after an error mean nothing
         src_in = graph.nodes[src.nodes[0]].get("in_shape")
         ratio = _ratio(src_in, tensor)
     label = "&#160;" + _esc(_shape(tensor))  # a space keeps the text off the line
@@ -516,13 +606,26 @@ def _cluster_style(path: tuple[str, ...], tree, analysis, stage_info) -> dict[st
             if info.block:
                 head += f" · {_esc(info.block)} ×{_esc(info.repeats)}"
             head += f" · {_esc(_stage_cost(info))}"
-        return {"label": f"<{head}>", "style": "rounded,filled", "fillcolor": "#f6f8fb",
-                "color": line, "labeljust": "l", "fontsize": "10", "penwidth": "1.5"}
+        return {
+            "label": f"<{head}>",
+            "style": "rounded,filled",
+            "fillcolor": "#f6f8fb",
+            "color": line,
+            "labeljust": "l",
+            "fontsize": "10",
+            "penwidth": "1.5",
+        }
     block_type = getattr(analysis, "block_types", {}).get(key)  # beyond the contract: optional
     label = _esc(key) + (f" · {_esc(block_type)}" if block_type else "")
-    return {"label": f"<{label}>", "style": "rounded,dashed", "fillcolor": "#ffffff",
-            "color": RED if errors else "#a8a8a8", "labeljust": "l", "fontsize": "9",
-            "fontcolor": MUTED}
+    return {
+        "label": f"<{label}>",
+        "style": "rounded,dashed",
+        "fillcolor": "#ffffff",
+        "color": RED if errors else "#a8a8a8",
+        "labeljust": "l",
+        "fontsize": "9",
+        "fontcolor": MUTED,
+    }
 
 
 def _walk(tree, path):
@@ -544,14 +647,20 @@ def _legend(detail: str, errors: int) -> list[tuple[str, str]]:
         return f'<td><font color="{colour}">{glyph}</font>{text}</td>'
 
     if detail == "layers":
-        rows = [(swatch("conv"), "convolution (s, p, d, g unless 1, 0, 1, 1)"),
-                (swatch("norm"), "normalisation"), (swatch("act"), "activation"),
-                (swatch("pool"), "pooling"), (swatch("linear"), "linear"),
-                (swatch("other"), "flatten, dropout, identity"),
-                (swatch("merge", "+"), "merge of main path and shortcut")]
+        rows = [
+            (swatch("conv"), "convolution (s, p, d, g unless 1, 0, 1, 1)"),
+            (swatch("norm"), "normalisation"),
+            (swatch("act"), "activation"),
+            (swatch("pool"), "pooling"),
+            (swatch("linear"), "linear"),
+            (swatch("other"), "flatten, dropout, identity"),
+            (swatch("merge", "+"), "merge of main path and shortcut"),
+        ]
     elif detail == "blocks":
-        rows = [(swatch("block"), "block (no shortcut node: adds its input)"),
-                (swatch("shortcut"), "projection shortcut")]
+        rows = [
+            (swatch("block"), "block (no shortcut node: adds its input)"),
+            (swatch("shortcut"), "projection shortcut"),
+        ]
     else:
         rows = [(swatch("stage"), "stage: block × repeats"), (swatch("stem"), "stem, head")]
     rows.append((stroke("───", "#555555"), "tensor shape C×H×W"))
@@ -569,29 +678,35 @@ def _legend(detail: str, errors: int) -> list[tuple[str, str]]:
 def _label(name: str, analysis, errors: int, detail: str) -> str:
     """The graph's label: a title line over a two-column legend, kept out of the layout."""
     partial = " (partial: the spec has errors)"
-    parts = [f'<font point-size="14"><b>{_esc(name)}</b></font>',
-             f"input {_shape(analysis.input)}",
-             f"{_count(analysis.params)} params"
-             + ("" if getattr(analysis, "params_exact", True) else partial),
-             f"{_count(analysis.macs)} MACs"
-             + ("" if getattr(analysis, "macs_exact", True) else partial)]
+    parts = [
+        f'<font point-size="14"><b>{_esc(name)}</b></font>',
+        f"input {_shape(analysis.input)}",
+        f"{_count(analysis.params)} params"
+        + ("" if getattr(analysis, "params_exact", True) else partial),
+        f"{_count(analysis.macs)} MACs"
+        + ("" if getattr(analysis, "macs_exact", True) else partial),
+    ]
     if errors:
         parts.append(f'<font color="{RED}"><b>{errors} error{"s" * (errors != 1)}</b></font>')
     legend = _legend(detail, errors)
     rows = []
     for i in range(0, len(legend), 2):
-        cells = "".join(f'{key}<td align="left">{_esc(text)}</td>'
-                        for key, text in legend[i:i + 2])
+        cells = "".join(
+            f'{key}<td align="left">{_esc(text)}</td>' for key, text in legend[i : i + 2]
+        )
         rows.append(f"<tr>{cells}</tr>")
-    return ('<<table border="0" cellborder="0" cellspacing="2" cellpadding="1">'
-            f'<tr><td colspan="4" cellpadding="4">{" · ".join(parts)}</td></tr>'
-            f'<tr><td colspan="4" align="left"><font point-size="9" color="{MUTED}">'
-            f'<i>legend</i></font></td></tr>'
-            f'{"".join(rows)}</table>>')
+    return (
+        '<<table border="0" cellborder="0" cellspacing="2" cellpadding="1">'
+        f'<tr><td colspan="4" cellpadding="4">{" · ".join(parts)}</td></tr>'
+        f'<tr><td colspan="4" align="left"><font point-size="9" color="{MUTED}">'
+        f"<i>legend</i></font></td></tr>"
+        f"{''.join(rows)}</table>>"
+    )
 
 
 # ---------------------------------------------------------------------------------------------
 # Files and the command line
+
 
 def render(source: str, fmt: str) -> bytes:
     """Run Graphviz's `dot` on DOT text; raises GraphvizMissing when it is not installed."""
@@ -610,13 +725,17 @@ def render(source: str, fmt: str) -> bytes:
 
 
 def _not_overwriting(path: Path) -> str:
-    return (f"resgen: error: not overwriting {path}: resgen did not generate it (no "
-            f"'{MARK}' mark); use --force to replace it")
+    return (
+        f"resgen: error: not overwriting {path}: resgen did not generate it (no "
+        f"'{MARK}' mark); use --force to replace it"
+    )
 
 
 def _missing_dot_line(dot_path: Path, image: Path) -> str:
-    return (f"resgen: Graphviz's `dot` was not found, so wrote {dot_path} instead of {image}; "
-            f"{INSTALL_HINT}")
+    return (
+        f"resgen: Graphviz's `dot` was not found, so wrote {dot_path} instead of {image}; "
+        f"{INSTALL_HINT}"
+    )
 
 
 def build_diagram_paths(out_dir, stem: str) -> tuple[Path, Path]:
@@ -669,8 +788,11 @@ def cmd_diagram(args) -> int:
     out = output_path(args.spec, args.detail, args.format, args.output)
     implied = KNOWN_SUFFIXES.get(out.suffix.lower())
     if implied is not None and implied != args.format:
-        print(f"resgen: error: {out} looks like {implied}, but the format is {args.format}: "
-              f"pass --format {implied}", file=sys.stderr)
+        print(
+            f"resgen: error: {out} looks like {implied}, but the format is {args.format}: "
+            f"pass --format {implied}",
+            file=sys.stderr,
+        )
         return EXIT_USAGE
     loader = loader_for(args)
     try:

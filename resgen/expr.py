@@ -132,16 +132,18 @@ def _call(expr: S.Func, values: list[Value]) -> Value:
         raise EvalError(expr.span, f"`{expr.name}` takes {wanted}", "type")
     for arg, v in zip(expr.args, values, strict=True):
         if not _is_number(v):
-            raise EvalError(arg.span, f"`{expr.name}` needs numbers, got {type_name(v)}",
-                            "type")
+            raise EvalError(arg.span, f"`{expr.name}` needs numbers, got {type_name(v)}", "type")
     if expr.name in ("int", "round"):
         (v,) = values
         if not math.isfinite(v):
             raise EvalError(expr.span, f"`{expr.name}` of {show(v)}", "limit")
         result = int(v) if expr.name == "int" else round(v)
         if abs(result) > LIMITS.max_int:
-            raise EvalError(expr.span, f"`{source_text(expr)}` is beyond the integer limit "
-                            f"{LIMITS.max_int}", "limit")
+            raise EvalError(
+                expr.span,
+                f"`{source_text(expr)}` is beyond the integer limit {LIMITS.max_int}",
+                "limit",
+            )
         return result
     return min(values) if expr.name == "min" else max(values)
 
@@ -151,25 +153,29 @@ def _binop(expr: S.BinOp, env: Mapping[str, Value]) -> Value:
     left = evaluate(expr.left, env)
     if op in ("and", "or"):  # short-circuit like Python
         if not isinstance(left, bool):
-            raise EvalError(expr.left.span, f"`{op}` needs booleans, got {type_name(left)}",
-                            "type")
+            raise EvalError(expr.left.span, f"`{op}` needs booleans, got {type_name(left)}", "type")
         if (op == "and" and not left) or (op == "or" and left):
             return left
         right = evaluate(expr.right, env)
         if not isinstance(right, bool):
-            raise EvalError(expr.right.span, f"`{op}` needs booleans, got {type_name(right)}",
-                            "type")
+            raise EvalError(
+                expr.right.span, f"`{op}` needs booleans, got {type_name(right)}", "type"
+            )
         return right
     right = evaluate(expr.right, env)
     if op in ("==", "!="):
         if type_name(left) != type_name(right) and not (_is_number(left) and _is_number(right)):
-            raise EvalError(expr.span, f"cannot compare {type_name(left)} with "
-                            f"{type_name(right)}", "type")
+            raise EvalError(
+                expr.span, f"cannot compare {type_name(left)} with {type_name(right)}", "type"
+            )
         return (left == right) if op == "==" else (left != right)
     for side, v in ((expr.left, left), (expr.right, right)):
         if not _is_number(v):
-            raise EvalError(side.span, f"`{op}` needs numbers, got {type_name(v)} "
-                            f"(`{source_text(side)}` = {show(v)})", "type")
+            raise EvalError(
+                side.span,
+                f"`{op}` needs numbers, got {type_name(v)} (`{source_text(side)}` = {show(v)})",
+                "type",
+            )
     if op == "<":
         return left < right
     if op == "<=":
@@ -179,16 +185,23 @@ def _binop(expr: S.BinOp, env: Mapping[str, Value]) -> Value:
     if op == ">=":
         return left >= right
     if op in ("/", "//") and right == 0:
-        raise EvalError(expr.right.span, f"division by zero: `{source_text(expr.right)}` is 0",
-                        "division-by-zero")
+        raise EvalError(
+            expr.right.span,
+            f"division by zero: `{source_text(expr.right)}` is 0",
+            "division-by-zero",
+        )
     try:
         result = _arithmetic(expr, left, right)
     except OverflowError:  # an int too large to mix with a float
-        raise EvalError(expr.span, f"`{source_text(expr)}` is too large to compute",
-                        "limit") from None
+        raise EvalError(
+            expr.span, f"`{source_text(expr)}` is too large to compute", "limit"
+        ) from None
     if _is_int(result) and abs(result) > LIMITS.max_int:
-        raise EvalError(expr.span, f"`{source_text(expr)}` = {result} is beyond the integer "
-                        f"limit {LIMITS.max_int}", "limit")
+        raise EvalError(
+            expr.span,
+            f"`{source_text(expr)}` = {result} is beyond the integer limit {LIMITS.max_int}",
+            "limit",
+        )
     return result
 
 
@@ -213,9 +226,13 @@ def _arithmetic(expr: S.BinOp, left, right) -> Value:
             )
         result = left // right
     else:  # generated code writes `/` as `//`, which floors floats: refuse what would differ
-        raise EvalError(expr.span, f"`/` divides integers exactly; `{source_text(expr)}` "
-                        f"divides {show(left)} by {show(right)}", "type",
-                        hint="for a fraction multiply by a decimal instead, e.g. `p * 0.5`")
+        raise EvalError(
+            expr.span,
+            f"`/` divides integers exactly; `{source_text(expr)}` "
+            f"divides {show(left)} by {show(right)}",
+            "type",
+            hint="for a fraction multiply by a decimal instead, e.g. `p * 0.5`",
+        )
     return result
 
 
@@ -225,13 +242,15 @@ def substitute(expr: S.Expr, lookup: Callable[[str], S.Expr | None]) -> S.Expr:
         found = lookup(expr.name)
         return found if found is not None else expr
     if isinstance(expr, S.Pair):
-        return expr.model_copy(update={"h": substitute(expr.h, lookup),
-                                       "w": substitute(expr.w, lookup)})
+        return expr.model_copy(
+            update={"h": substitute(expr.h, lookup), "w": substitute(expr.w, lookup)}
+        )
     if isinstance(expr, S.UnaryOp):
         new = expr.model_copy(update={"operand": substitute(expr.operand, lookup)})
     elif isinstance(expr, S.BinOp):
-        new = expr.model_copy(update={"left": substitute(expr.left, lookup),
-                                      "right": substitute(expr.right, lookup)})
+        new = expr.model_copy(
+            update={"left": substitute(expr.left, lookup), "right": substitute(expr.right, lookup)}
+        )
     elif isinstance(expr, S.Func):
         new = expr.model_copy(update={"args": tuple(substitute(a, lookup) for a in expr.args)})
     else:
@@ -271,12 +290,26 @@ def literal(value: Value, span: Span) -> S.Expr:
         return S.Int(span=span, value=value)
     if isinstance(value, float):
         return S.Float(span=span, value=value)
-    return S.Pair(span=span, h=S.Int(span=span, value=value[0]),
-                  w=S.Int(span=span, value=value[1]))
+    return S.Pair(span=span, h=S.Int(span=span, value=value[0]), w=S.Int(span=span, value=value[1]))
 
 
-_PY_PRECEDENCE = {"or": 1, "and": 2, "not": 3, "==": 4, "!=": 4, "<": 4, "<=": 4, ">": 4,
-                  ">=": 4, "+": 5, "-": 5, "*": 6, "/": 6, "//": 6, "neg": 7}
+_PY_PRECEDENCE = {
+    "or": 1,
+    "and": 2,
+    "not": 3,
+    "==": 4,
+    "!=": 4,
+    "<": 4,
+    "<=": 4,
+    ">": 4,
+    ">=": 4,
+    "+": 5,
+    "-": 5,
+    "*": 6,
+    "/": 6,
+    "//": 6,
+    "neg": 7,
+}
 
 
 def to_python(expr: S.Expr, name: Callable[[str], str] = str) -> str:

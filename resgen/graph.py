@@ -46,6 +46,7 @@ def module_and_call(node: str) -> tuple[str, int]:
     match = _APPLICATION.match(node)
     return (match.group(1), int(match.group(2))) if match else (node, 1)
 
+
 # Lowest allowed value of each numeric op argument; anything not listed must be >= 1.
 _MINIMUM = {"padding": 0, "p": 0}
 
@@ -93,8 +94,9 @@ class _Scope:
 def lower(spec: S.Spec, input_shape: tuple[int | None, int, int] | None = None) -> Lowering:
     """Lower the spec's network. Raises SpecError only when there is no network to lower."""
     if spec.network is None:
-        raise SpecError([Diagnostic(spec.span, "no-network",
-                                    f"{spec.path} defines no network to analyse")])
+        raise SpecError(
+            [Diagnostic(spec.span, "no-network", f"{spec.path} defines no network to analyse")]
+        )
     with no_gc():
         return _Lowerer(spec, input_shape).run()
 
@@ -133,8 +135,15 @@ class _Lowerer:
         self.input = declared
 
     # -- diagnostics
-    def report(self, span: Span, code: str, message: str, layer: str | None,
-               hint: str | None = None, severity: str = "error") -> None:
+    def report(
+        self,
+        span: Span,
+        code: str,
+        message: str,
+        layer: str | None,
+        hint: str | None = None,
+        severity: str = "error",
+    ) -> None:
         key = (span, code, message)
         if key in self._reported:  # a block definition error repeats in every instance
             return
@@ -161,13 +170,15 @@ class _Lowerer:
         self.check_input(span)
         cur, channels = INPUT, self.input[0]
         declared: dict[str, tuple[str, S.Layer]] = {}
-        cur, channels = self.sequence(net.stem, env, "", cur, channels,
-                                      _Scope("stem", None, None), declared, "main")
+        cur, channels = self.sequence(
+            net.stem, env, "", cur, channels, _Scope("stem", None, None), declared, "main"
+        )
         dilation = 1
         for stage in net.stages:
             cur, channels, dilation, _ = self.stage(stage, env, cur, channels, dilation)
-        cur, channels = self.sequence(net.head, env, "", cur, channels,
-                                      _Scope("head", None, None), declared, "main")
+        cur, channels = self.sequence(
+            net.head, env, "", cur, channels, _Scope("head", None, None), declared, "main"
+        )
         last_span = net.head[-1].span if net.head else net.span
         self.add_node(OUTPUT, OUTPUT, last_span, _Scope("head", None, None), {}, {})
         self.edges.append((cur, OUTPUT, "main"))
@@ -190,35 +201,47 @@ class _Lowerer:
         entry = StageEntry(stage.name, stage.block, 0, stage.span)
         self.stages.append(entry)
         if block is None:
-            raise SpecError([Diagnostic(stage.block_span, "unknown-block",
-                                        f"unknown block `{stage.block}`")])
+            raise SpecError(
+                [Diagnostic(stage.block_span, "unknown-block", f"unknown block `{stage.block}`")]
+            )
         try:
             plan = plan_stage(stage, block, env, dilation)
         except EvalError as err:
-            if not (env.failed and any(r.name in env.failed
-                                       for a in stage.args for r in E.free_refs(a.value))):
+            if not (
+                env.failed
+                and any(r.name in env.failed for a in stage.args for r in E.free_refs(a.value))
+            ):
                 self.report(err.span, err.code, err.message, stage.name, err.hint)
             return cur, None, dilation, 0
         if plan.repeats > LIMITS.max_repeats:
-            self.report(stage.repeats.span, "limit", f"{plan.repeats} blocks in one stage is "
-                        f"over the limit of {LIMITS.max_repeats}", stage.name,
-                        "set RESGEN_MAX_REPEATS to raise it")
+            self.report(
+                stage.repeats.span,
+                "limit",
+                f"{plan.repeats} blocks in one stage is over the limit of {LIMITS.max_repeats}",
+                stage.name,
+                "set RESGEN_MAX_REPEATS to raise it",
+            )
             return cur, None, plan.dilation_after, 0
         entry.repeats = plan.repeats
         first = {k: self.evaluate(v, env, stage.name) for k, v in plan.first.items()}
-        rest = first if plan.rest == plan.first else {
-            k: self.evaluate(v, env, stage.name) for k, v in plan.rest.items()}
+        rest = (
+            first
+            if plan.rest == plan.first
+            else {k: self.evaluate(v, env, stage.name) for k, v in plan.rest.items()}
+        )
         for index in range(plan.repeats):
             path = f"{stage.name}.{index}"
             entry.blocks.append(path)
             self.count_block(stage.span)
-            cur, channels = self.block(block, first if index == 0 else rest, path, cur,
-                                       channels, stage.name)
+            cur, channels = self.block(
+                block, first if index == 0 else rest, path, cur, channels, stage.name
+            )
         return cur, channels, plan.dilation_after, plan.repeats
 
     # -- blocks
-    def block_env(self, block: S.Block, args: dict[str, Value | None], channels: int | None,
-                  path: str) -> _Env:
+    def block_env(
+        self, block: S.Block, args: dict[str, Value | None], channels: int | None, path: str
+    ) -> _Env:
         key = (id(block), channels, tuple(args.items()))
         cached = self._env_cache.get(key)
         if cached is not None:
@@ -250,8 +273,15 @@ class _Lowerer:
         self._env_cache[key] = env
         return env
 
-    def block(self, block: S.Block, args: dict[str, Value | None], path: str, x: str,
-              channels: int | None, stage: str) -> tuple[str, int | None]:
+    def block(
+        self,
+        block: S.Block,
+        args: dict[str, Value | None],
+        path: str,
+        x: str,
+        channels: int | None,
+        stage: str,
+    ) -> tuple[str, int | None]:
         self.block_types[path] = block.name
         env = self.block_env(block, args, channels, path)
         declared: dict[str, tuple[str, S.Layer]] = {}
@@ -260,13 +290,28 @@ class _Lowerer:
         # start from the output of LAYER instead of the block input.
         cut = len(block.main)
         if shortcut is not None and shortcut.source is not None:
-            cut = next((i + 1 for i, layer in enumerate(block.main)
-                        if layer.kind != "reuse" and layer.name == shortcut.source), cut)
+            cut = next(
+                (
+                    i + 1
+                    for i, layer in enumerate(block.main)
+                    if layer.kind != "reuse" and layer.name == shortcut.source
+                ),
+                cut,
+            )
         main_scope = _Scope(stage, path, "main")
-        source_out, source_channels = self.sequence(block.main[:cut], env, path + ".", x,
-                                                    channels, main_scope, declared, "main")
-        main_out, main_channels = self.sequence(block.main[cut:], env, path + ".", source_out,
-                                                source_channels, main_scope, declared, "main")
+        source_out, source_channels = self.sequence(
+            block.main[:cut], env, path + ".", x, channels, main_scope, declared, "main"
+        )
+        main_out, main_channels = self.sequence(
+            block.main[cut:],
+            env,
+            path + ".",
+            source_out,
+            source_channels,
+            main_scope,
+            declared,
+            "main",
+        )
         if shortcut is None or shortcut.source is None:
             source_out, source_channels = x, channels
         shortcut_out, known = None, True
@@ -281,21 +326,43 @@ class _Lowerer:
                 shortcut_out, shortcut_channels = source_out, source_channels
                 for index, item in enumerate(shortcut.layers):
                     shortcut_out, shortcut_channels = self.item(
-                        item, env, f"{prefix}{index}", shortcut_out, shortcut_channels, scope,
-                        "shortcut")
+                        item,
+                        env,
+                        f"{prefix}{index}",
+                        shortcut_out,
+                        shortcut_channels,
+                        scope,
+                        "shortcut",
+                    )
         out = main_out
         if block.merge is not None:
             out = f"{path}.{block.merge}"
             scope = _Scope(stage, path, None)
-            self.add_node(out, block.merge, block.merge_span or block.span, scope, {}, {},
-                          known=known, block_input=x)
+            self.add_node(
+                out,
+                block.merge,
+                block.merge_span or block.span,
+                scope,
+                {},
+                {},
+                known=known,
+                block_input=x,
+            )
             self.edges.append((main_out, out, "main"))
             if shortcut_out is not None:
                 self.edges.append((shortcut_out, out, "shortcut"))
             else:
                 self.edges.append((x, out, "identity"))
-        return self.sequence(block.post, env, path + ".", out, main_channels,
-                             _Scope(stage, path, "post"), declared, "main")
+        return self.sequence(
+            block.post,
+            env,
+            path + ".",
+            out,
+            main_channels,
+            _Scope(stage, path, "post"),
+            declared,
+            "main",
+        )
 
     def shortcut_present(self, condition: S.Expr, env: _Env, path: str) -> bool | None:
         key = (id(condition), id(env))
@@ -303,15 +370,28 @@ class _Lowerer:
             return self._arg_cache[key]
         present = self.evaluate(condition, env, path)
         if present is not None and not isinstance(present, bool):
-            self.report(condition.span, "type", "a shortcut condition is true or false, not "
-                        f"{E.type_name(present)}", path)
+            self.report(
+                condition.span,
+                "type",
+                f"a shortcut condition is true or false, not {E.type_name(present)}",
+                path,
+            )
             present = None
         self._arg_cache[key] = present
         return present
 
     # -- layers
-    def sequence(self, layers: Sequence[S.Layer], env: _Env, prefix: str, cur: str,
-                 channels: int | None, scope: _Scope, declared: dict, role: str):
+    def sequence(
+        self,
+        layers: Sequence[S.Layer],
+        env: _Env,
+        prefix: str,
+        cur: str,
+        channels: int | None,
+        scope: _Scope,
+        declared: dict,
+        role: str,
+    ):
         for layer in layers:
             if layer.kind == "reuse":
                 cur = self.reuse(layer, declared, cur, scope, role)
@@ -319,26 +399,35 @@ class _Lowerer:
             path = prefix + layer.name
             if layer.kind == "seq":
                 for index, item in enumerate(layer.items):
-                    cur, channels = self.item(item, env, f"{path}.{index}", cur, channels,
-                                              scope, role)
+                    cur, channels = self.item(
+                        item, env, f"{path}.{index}", cur, channels, scope, role
+                    )
             else:
                 cur, channels = self.item(layer, env, path, cur, channels, scope, role)
             declared.setdefault(layer.name, (path, layer))
         return cur, channels
 
-    def item(self, layer: S.Layer, env: _Env, path: str, cur: str, channels: int | None,
-             scope: _Scope, role: str) -> tuple[str, int | None]:
+    def item(
+        self,
+        layer: S.Layer,
+        env: _Env,
+        path: str,
+        cur: str,
+        channels: int | None,
+        scope: _Scope,
+        role: str,
+    ) -> tuple[str, int | None]:
         if layer.kind == "block":
             block = self.spec.blocks[layer.callee]
             self.count_block(layer.span)
             args = {a.name: self.evaluate(a.value, env, path) for a in layer.args}
             return self.block(block, args, path, cur, channels, scope.stage)
         if layer.kind != "op":
-            raise SpecError([Diagnostic(layer.span, "internal",
-                                        f"unresolved layer `{layer.callee}`")])
+            raise SpecError(
+                [Diagnostic(layer.span, "internal", f"unresolved layer `{layer.callee}`")]
+            )
         args, spans, known = self.op_args(layer, env, path)
-        self.add_node(path, layer.callee, layer.span, scope, args, spans, known=known,
-                      module=path)
+        self.add_node(path, layer.callee, layer.span, scope, args, spans, known=known, module=path)
         self.edges.append((cur, path, role))
         return path, _channels_after(layer.callee, args, channels)
 
@@ -348,21 +437,45 @@ class _Lowerer:
         self._uses[target_path] = count
         node_id = application_id(target_path, count)
         original = self.nodes[target_path]
-        self.add_node(node_id, original["op"], layer.span, scope, original["args"],
-                      original["arg_spans"], known=original["known"], module=target_path)
+        self.add_node(
+            node_id,
+            original["op"],
+            layer.span,
+            scope,
+            original["args"],
+            original["arg_spans"],
+            known=original["known"],
+            module=target_path,
+        )
         self.edges.append((cur, node_id, role))
         return node_id
 
-    def add_node(self, node_id: str, op: str, span: Span, scope: _Scope, args: dict,
-                 spans: dict, **extra) -> None:
+    def add_node(
+        self, node_id: str, op: str, span: Span, scope: _Scope, args: dict, spans: dict, **extra
+    ) -> None:
         if node_id in self.nodes:
-            raise SpecError([Diagnostic(span, "duplicate-name",
-                                        f"two layers would both be `{node_id}`",
-                                        layer=node_id)])
+            raise SpecError(
+                [
+                    Diagnostic(
+                        span,
+                        "duplicate-name",
+                        f"two layers would both be `{node_id}`",
+                        layer=node_id,
+                    )
+                ]
+            )
         if len(self.nodes) >= LIMITS.max_layers:
-            raise SpecError([Diagnostic(span, "limit", f"more than {LIMITS.max_layers} layers "
-                                        "in one network", layer=node_id,
-                                        hint="set RESGEN_MAX_LAYERS to raise it")])
+            raise SpecError(
+                [
+                    Diagnostic(
+                        span,
+                        "limit",
+                        f"more than {LIMITS.max_layers} layers in one network",
+                        layer=node_id,
+                        hint="set RESGEN_MAX_LAYERS to raise it",
+                    )
+                ]
+            )
         attrs = _attrs(op, span, scope, args, spans)
         attrs.update(extra)
         self.nodes[node_id] = attrs
@@ -372,19 +485,34 @@ class _Lowerer:
         multiply (four of a block of four of ... is 4**depth instances), which would hang."""
         self.block_count += 1
         if self.block_count > LIMITS.max_blocks:
-            raise SpecError([Diagnostic(span, "limit", f"more than {LIMITS.max_blocks} blocks "
-                                        "in one network (nested blocks count once per use)",
-                                        hint="set RESGEN_MAX_BLOCKS to raise it")])
+            raise SpecError(
+                [
+                    Diagnostic(
+                        span,
+                        "limit",
+                        f"more than {LIMITS.max_blocks} blocks "
+                        "in one network (nested blocks count once per use)",
+                        hint="set RESGEN_MAX_BLOCKS to raise it",
+                    )
+                ]
+            )
 
     def check_input(self, span: Span) -> None:
         """The input as analysed (the spec's, or --input's) within the limits."""
         c, h, w = self.input
-        for label, value, limit, name in (("channels", c, LIMITS.max_channels, "CHANNELS"),
-                                          ("height", h, LIMITS.max_spatial, "SPATIAL"),
-                                          ("width", w, LIMITS.max_spatial, "SPATIAL")):
+        for label, value, limit, name in (
+            ("channels", c, LIMITS.max_channels, "CHANNELS"),
+            ("height", h, LIMITS.max_spatial, "SPATIAL"),
+            ("width", w, LIMITS.max_spatial, "SPATIAL"),
+        ):
             if value > limit:
-                self.report(span, "limit", f"input {label} {value} is over the limit of "
-                            f"{limit}", None, f"set RESGEN_MAX_{name} to raise it")
+                self.report(
+                    span,
+                    "limit",
+                    f"input {label} {value} is over the limit of {limit}",
+                    None,
+                    f"set RESGEN_MAX_{name} to raise it",
+                )
 
     def op_args(self, layer: S.Layer, env: _Env, path: str) -> tuple[dict, dict, bool]:
         """Evaluated arguments with defaults filled in, their spans, and whether all are known."""
@@ -408,9 +536,13 @@ class _Lowerer:
             if value is not None:
                 problem = _argument_problem(param.name, param.type, value)
                 if problem:
-                    self.report(arg.span, "bad-argument", f"`{param.name}` of {layer.callee} "
-                                f"{problem}, not {E.show(value)} (`{E.source_text(arg.value)}`)",
-                                path)
+                    self.report(
+                        arg.span,
+                        "bad-argument",
+                        f"`{param.name}` of {layer.callee} "
+                        f"{problem}, not {E.show(value)} (`{E.source_text(arg.value)}`)",
+                        path,
+                    )
                     value = None
             if value is None:
                 known = False
@@ -439,10 +571,24 @@ def _digraph(nodes: dict[str, dict], edges: list[tuple[str, str, str]], **graph_
 
 
 def _attrs(op: str, span: Span, scope: _Scope, args: dict, spans: dict) -> dict:
-    return {"op": op, "span": span, "stage": scope.stage, "block": scope.block,
-            "branch": scope.branch, "args": args, "arg_spans": spans, "known": True,
-            "module": None, "in_shape": None, "out_shape": None, "params": 0, "buffers": 0,
-            "macs": 0, "error": None, "tainted": False}
+    return {
+        "op": op,
+        "span": span,
+        "stage": scope.stage,
+        "block": scope.block,
+        "branch": scope.branch,
+        "args": args,
+        "arg_spans": spans,
+        "known": True,
+        "module": None,
+        "in_shape": None,
+        "out_shape": None,
+        "params": 0,
+        "buffers": 0,
+        "macs": 0,
+        "error": None,
+        "tainted": False,
+    }
 
 
 def _channels_after(op: str, args: dict, channels: int | None) -> int | None:
@@ -470,9 +616,9 @@ def _argument_problem(name: str, kind: str, value: Value) -> str | None:
     if any(v < lowest for v in parts):
         return f"must be at least {lowest}"
     if name in ("kernel", "dilation", "stride", "padding") and any(
-            v > LIMITS.max_kernel for v in parts):
+        v > LIMITS.max_kernel for v in parts
+    ):
         return f"is over the limit of {LIMITS.max_kernel}"
-    if name in ("channels", "features", "in_features", "groups") and (
-            value > LIMITS.max_channels):
+    if name in ("channels", "features", "in_features", "groups") and (value > LIMITS.max_channels):
         return f"is over the limit of {LIMITS.max_channels}"
     return None

@@ -29,20 +29,58 @@ ALLOWED_IMPORTS = {
 # Dotted paths into torch that generated code may touch (every prefix of one is fine too).
 TORCH_PATHS = frozenset(
     {f"nn.{op.torch_class}" for op in OPS.values() if op.torch_class}
-    | {"nn.Module", "nn.Sequential", "nn.init.kaiming_normal_", "nn.init.constant_",
-       "nn.functional.pad", "torch.Tensor"}
+    | {
+        "nn.Module",
+        "nn.Sequential",
+        "nn.init.kaiming_normal_",
+        "nn.init.constant_",
+        "nn.functional.pad",
+        "torch.Tensor",
+    }
 )
 _TORCH_PREFIXES = frozenset(p.rsplit(".", i)[0] for p in TORCH_PATHS for i in range(p.count(".")))
-BUILTIN_CALLS = frozenset({"super", "range", "isinstance", "len", "int", "bool", "float",
-                           "round", "min", "max"})
+BUILTIN_CALLS = frozenset(
+    {"super", "range", "isinstance", "len", "int", "bool", "float", "round", "min", "max"}
+)
 
 _NODES = (
-    ast.Module, ast.Expr, ast.ImportFrom, ast.alias, ast.ClassDef, ast.FunctionDef,
-    ast.arguments, ast.arg, ast.Return, ast.Assign, ast.AnnAssign, ast.AugAssign, ast.If,
-    ast.For, ast.ListComp, ast.comprehension, ast.Starred, ast.Call, ast.keyword,
-    ast.Attribute, ast.Name, ast.Constant, ast.Tuple, ast.List, ast.Subscript, ast.BinOp,
-    ast.BoolOp, ast.Compare, ast.UnaryOp, ast.IfExp, ast.JoinedStr, ast.FormattedValue,
-    ast.expr_context, ast.operator, ast.boolop, ast.cmpop, ast.unaryop,
+    ast.Module,
+    ast.Expr,
+    ast.ImportFrom,
+    ast.alias,
+    ast.ClassDef,
+    ast.FunctionDef,
+    ast.arguments,
+    ast.arg,
+    ast.Return,
+    ast.Assign,
+    ast.AnnAssign,
+    ast.AugAssign,
+    ast.If,
+    ast.For,
+    ast.ListComp,
+    ast.comprehension,
+    ast.Starred,
+    ast.Call,
+    ast.keyword,
+    ast.Attribute,
+    ast.Name,
+    ast.Constant,
+    ast.Tuple,
+    ast.List,
+    ast.Subscript,
+    ast.BinOp,
+    ast.BoolOp,
+    ast.Compare,
+    ast.UnaryOp,
+    ast.IfExp,
+    ast.JoinedStr,
+    ast.FormattedValue,
+    ast.expr_context,
+    ast.operator,
+    ast.boolop,
+    ast.cmpop,
+    ast.unaryop,
 )
 
 
@@ -54,8 +92,7 @@ def check_source(text: str) -> None:
         raise UnsafeCode(f"the generated code does not parse: {err}") from None
     problems = list(_problems(tree))
     if problems:
-        raise UnsafeCode("the generated code is outside what resgen emits: "
-                         + "; ".join(problems))
+        raise UnsafeCode("the generated code is outside what resgen emits: " + "; ".join(problems))
 
 
 def _dotted(node: ast.AST) -> str | None:
@@ -114,14 +151,18 @@ def _problems(tree: ast.Module) -> Iterable[str]:
             yield from _attribute_problems(node, line)
         elif isinstance(node, ast.Call) and (problem := _call_problem(node, defined)):
             yield f"{line}: call to {problem}"
-        elif (isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store)
-              and node.id in ("nn", "torch", "Tensor", "self")):
+        elif (
+            isinstance(node, ast.Name)
+            and isinstance(node.ctx, ast.Store)
+            and node.id in ("nn", "torch", "Tensor", "self")
+        ):
             yield f"{line}: assignment to {node.id}"
 
 
 def _attribute_problems(node: ast.Attribute, line: str) -> Iterable[str]:
     if node.attr.startswith("_") and not (
-        node.attr == "__init__" and isinstance(node.value, ast.Call)
+        node.attr == "__init__"
+        and isinstance(node.value, ast.Call)
         and _dotted(node.value.func) == "super"
     ):
         yield f"{line}: attribute {node.attr}"

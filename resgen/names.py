@@ -9,7 +9,8 @@ import keyword
 
 # Public attributes of torch.nn.Module (torch 2.x): a layer named `forward` or `training` would
 # replace them. Listed here so the torch-free path needs no torch import.
-MODULE_ATTRIBUTES = frozenset("""
+MODULE_ATTRIBUTES = frozenset(
+    """
 T_destination add_module apply bfloat16 buffers call_super_init children compile cpu cuda
 double dump_patches eval extra_repr float forward get_buffer get_extra_state get_parameter
 get_submodule half ipu load_state_dict modules mtia named_buffers named_children named_modules
@@ -19,7 +20,8 @@ register_load_state_dict_post_hook register_load_state_dict_pre_hook register_mo
 register_parameter register_state_dict_post_hook register_state_dict_pre_hook requires_grad_
 set_extra_state set_submodule share_memory state_dict to to_empty train training type xpu
 zero_grad
-""".split())
+""".split()
+)
 
 # Names the generated module itself relies on at module or function scope.
 GENERATED_CODE_NAMES = frozenset(

@@ -24,9 +24,11 @@ def is_generated(data: bytes | str) -> bool:
     """Whether file contents start the way resgen's own .py, .dot or .svg files do."""
     top = data[:1024] if isinstance(data, str) else data[:1024].decode("utf-8", "replace")
     lines = top.split("\n")
-    return (lines[0].startswith(PY_MARK + " ")
-            or (len(lines) > 1 and lines[0].startswith("digraph ") and lines[1] == DOT_MARK)
-            or SVG_MARK in lines[:4])
+    return (
+        lines[0].startswith(PY_MARK + " ")
+        or (len(lines) > 1 and lines[0].startswith("digraph ") and lines[1] == DOT_MARK)
+        or SVG_MARK in lines[:4]
+    )
 
 
 def foreign(path: Path) -> bool:

@@ -24,8 +24,14 @@ from resgen.limits import LIMITS
 @functools.lru_cache(maxsize=1)
 def _lark() -> Lark:
     grammar = resources.files("resgen").joinpath("grammar.lark").read_text(encoding="utf-8")
-    return Lark(grammar, parser="lalr", lexer="contextual", propagate_positions=True,
-                maybe_placeholders=True, cache=_parser_cache_file(grammar))
+    return Lark(
+        grammar,
+        parser="lalr",
+        lexer="contextual",
+        propagate_positions=True,
+        maybe_placeholders=True,
+        cache=_parser_cache_file(grammar),
+    )
 
 
 def _parser_cache_file(grammar: str) -> str | bool:
@@ -48,10 +54,24 @@ def _parser_cache_file(grammar: str) -> str | bool:
 
 # What people call the grammar's terminals, for "expected ..." messages.
 _TERMINAL_WORDS = {
-    "NAME": "a name", "INT": "an integer", "FLOAT": "a number", "STRING": 'a "path"',
-    "COMPARE": "a comparison", "LBRACE": "`{`", "RBRACE": "`}`", "LPAR": "`(`", "RPAR": "`)`",
-    "COMMA": "`,`", "EQUAL": "`=`", "DOT": "`.`", "PLUS": "`+`", "MINUS": "`-`", "STAR": "`*`",
-    "SLASH": "`/`", "__ANON_0": "`//`", "$END": "end of file",
+    "NAME": "a name",
+    "INT": "an integer",
+    "FLOAT": "a number",
+    "STRING": 'a "path"',
+    "COMPARE": "a comparison",
+    "LBRACE": "`{`",
+    "RBRACE": "`}`",
+    "LPAR": "`(`",
+    "RPAR": "`)`",
+    "COMMA": "`,`",
+    "EQUAL": "`=`",
+    "DOT": "`.`",
+    "PLUS": "`+`",
+    "MINUS": "`-`",
+    "STAR": "`*`",
+    "SLASH": "`/`",
+    "__ANON_0": "`//`",
+    "$END": "end of file",
 }
 
 
@@ -79,8 +99,10 @@ def _expected(names) -> str:
         words = (words - operators) | {"an operator"}
     # What is most often left out first; keywords (which start the next statement) last.
     rank = {w: i for i, w in enumerate(_LIKELY_MISSING)}
-    ordered = sorted(words, key=lambda w: (rank.get(w, len(rank)), w == "an operator",
-                                           w.strip("`") in _KEYWORDISH, w))
+    ordered = sorted(
+        words,
+        key=lambda w: (rank.get(w, len(rank)), w == "an operator", w.strip("`") in _KEYWORDISH, w),
+    )
     if len(ordered) > 8:
         ordered = ordered[:8] + ["..."]
     return ", ".join(ordered)
@@ -122,7 +144,7 @@ def _syntax_error(err: UnexpectedInput, text: str, path: str) -> S.Diagnostic:
         char = text[err.pos_in_stream] if 0 <= err.pos_in_stream < len(text) else "?"
         code = "syntax"
         if char == '"':
-            message = "unterminated string: a path must close with `\"` on the same line"
+            message = 'unterminated string: a path must close with `"` on the same line'
         else:
             message = f"unexpected character {char!r}"
             if err.allowed:
@@ -135,8 +157,9 @@ def _syntax_error(err: UnexpectedInput, text: str, path: str) -> S.Diagnostic:
         if expected:
             message += f"; expected {_expected(expected)}"
         code = "unexpected-eof"
-    return Diagnostic(Span(path, line, col, end_line, end_col), code, message,
-                      hint=_hint_for(err, text))
+    return Diagnostic(
+        Span(path, line, col, end_line, end_col), code, message, hint=_hint_for(err, text)
+    )
 
 
 _SHAPES_OF = {
@@ -158,9 +181,32 @@ def _hint_for(err: UnexpectedInput, text: str) -> str | None:
     return _SHAPES_OF[keywords[-1]] if keywords else None
 
 
-_KEYWORDISH = {"block", "network", "stage", "stem", "head", "main", "shortcut", "merge", "post",
-               "let", "param", "input", "class", "import", "expansion", "when", "from", "seq",
-               "and", "or", "not", "true", "false", "x"}
+_KEYWORDISH = {
+    "block",
+    "network",
+    "stage",
+    "stem",
+    "head",
+    "main",
+    "shortcut",
+    "merge",
+    "post",
+    "let",
+    "param",
+    "input",
+    "class",
+    "import",
+    "expansion",
+    "when",
+    "from",
+    "seq",
+    "and",
+    "or",
+    "not",
+    "true",
+    "false",
+    "x",
+}
 
 
 def _check_nesting(text: str, path: str, diags: Diagnostics) -> None:
@@ -184,17 +230,21 @@ def _check_nesting(text: str, path: str, diags: Diagnostics) -> None:
         elif ch in "({":
             depth += 1
             if depth > LIMITS.max_nesting:
-                diags.error(Span(path, line, col, line, col + 1), "limit",
-                            f"nesting deeper than {LIMITS.max_nesting} brackets",
-                            hint="set RESGEN_MAX_NESTING to raise the limit")
+                diags.error(
+                    Span(path, line, col, line, col + 1),
+                    "limit",
+                    f"nesting deeper than {LIMITS.max_nesting} brackets",
+                    hint="set RESGEN_MAX_NESTING to raise the limit",
+                )
                 return
         elif ch in ")}":
             depth = max(0, depth - 1)
 
 
 # Expression rules of the grammar: chains of these make the tree deep (`1+1+...`, `not not ...`).
-_EXPRESSION_RULES = frozenset({"or_op", "and_op", "not_op", "compare", "add", "sub", "mul", "div",
-                               "floordiv", "neg", "pair"})
+_EXPRESSION_RULES = frozenset(
+    {"or_op", "and_op", "not_op", "compare", "add", "sub", "mul", "div", "floordiv", "neg", "pair"}
+)
 
 
 def _check_depth(tree: Tree, path: str, diags: Diagnostics) -> None:
@@ -205,9 +255,12 @@ def _check_depth(tree: Tree, path: str, diags: Diagnostics) -> None:
         if node.data in _EXPRESSION_RULES:
             depth += 1
             if depth > LIMITS.max_expression_depth:
-                diags.error(_span(path, node.meta), "limit",
-                            f"expression nested deeper than {LIMITS.max_expression_depth} "
-                            "operators", hint="set RESGEN_MAX_EXPRESSION_DEPTH to raise the limit")
+                diags.error(
+                    _span(path, node.meta),
+                    "limit",
+                    f"expression nested deeper than {LIMITS.max_expression_depth} operators",
+                    hint="set RESGEN_MAX_EXPRESSION_DEPTH to raise the limit",
+                )
                 return
         stack.extend((c, depth) for c in node.children if isinstance(c, Tree))
 
@@ -236,8 +289,13 @@ def _span(path: str, meta) -> Span:
 
 
 def _tok_span(path: str, tok: Token) -> Span:
-    return Span(path, tok.line, tok.column, tok.end_line or tok.line,
-                tok.end_column or tok.column + len(tok))
+    return Span(
+        path,
+        tok.line,
+        tok.column,
+        tok.end_line or tok.line,
+        tok.end_column or tok.column + len(tok),
+    )
 
 
 @v_args(meta=True)
@@ -259,9 +317,12 @@ class _Builder(Transformer):
         """An integer literal, bounded before conversion (Python refuses > 4300 digits)."""
         value = int(tok) if len(tok) <= 20 else LIMITS.max_int + 1
         if value > LIMITS.max_int:
-            self.diags.error(self._tsp(tok), "limit",
-                             f"integer literal over the limit {LIMITS.max_int}",
-                             hint="set RESGEN_MAX_INT to raise the limit")
+            self.diags.error(
+                self._tsp(tok),
+                "limit",
+                f"integer literal over the limit {LIMITS.max_int}",
+                hint="set RESGEN_MAX_INT to raise the limit",
+            )
             return 0
         return value
 
@@ -300,6 +361,7 @@ class _Builder(Transformer):
     def _bin(op):  # noqa: N805 - a method factory
         def method(self, meta, c):
             return S.BinOp(span=self._sp(meta), op=op, left=c[0], right=c[-1])
+
         return method
 
     add, sub, mul, div, floordiv = _bin("+"), _bin("-"), _bin("*"), _bin("/"), _bin("//")
@@ -313,25 +375,45 @@ class _Builder(Transformer):
         return S.Arg(span=self._sp(meta), name=str(c[0]), value=c[1])
 
     def args(self, meta, c):
-        return [a if isinstance(a, S.Arg) else S.Arg(span=a.span, name=None, value=a)
-                for a in c if a is not None]
+        return [
+            a if isinstance(a, S.Arg) else S.Arg(span=a.span, name=None, value=a)
+            for a in c
+            if a is not None
+        ]
 
     def call(self, meta, c):
         name, args = c
-        return S.Layer(span=self._sp(meta), kind="call", name=None, callee=str(name),
-                       callee_span=self._tsp(name), args=tuple(args or ()))
+        return S.Layer(
+            span=self._sp(meta),
+            kind="call",
+            name=None,
+            callee=str(name),
+            callee_span=self._tsp(name),
+            args=tuple(args or ()),
+        )
 
     def layer(self, meta, c):
         name, call = c
         return call.model_copy(update={"name": str(name), "span": self._sp(meta)})
 
     def seq_layer(self, meta, c):
-        return S.Layer(span=self._sp(meta), kind="seq", name=str(c[0]), callee="seq",
-                       callee_span=self._tsp(c[0]), items=tuple(c[1:]))
+        return S.Layer(
+            span=self._sp(meta),
+            kind="seq",
+            name=str(c[0]),
+            callee="seq",
+            callee_span=self._tsp(c[0]),
+            items=tuple(c[1:]),
+        )
 
     def reuse(self, meta, c):
-        return S.Layer(span=self._sp(meta), kind="reuse", name=str(c[0]), callee=str(c[0]),
-                       callee_span=self._sp(meta))
+        return S.Layer(
+            span=self._sp(meta),
+            kind="reuse",
+            name=str(c[0]),
+            callee=str(c[0]),
+            callee_span=self._sp(meta),
+        )
 
     # -- blocks
     def param(self, meta, c):
@@ -360,9 +442,14 @@ class _Builder(Transformer):
 
     def shortcut(self, meta, c):
         name, source, cond, *layers = c
-        node = S.Shortcut(span=self._sp(meta), name=str(name), condition=cond,
-                          layers=tuple(layers), source=None if source is None else str(source),
-                          source_span=None if source is None else self._tsp(source))
+        node = S.Shortcut(
+            span=self._sp(meta),
+            name=str(name),
+            condition=cond,
+            layers=tuple(layers),
+            source=None if source is None else str(source),
+            source_span=None if source is None else self._tsp(source),
+        )
         return ("shortcut", node, self._sp(meta))
 
     def merge(self, meta, c):
@@ -372,9 +459,11 @@ class _Builder(Transformer):
         seen: dict[str, Span] = {}
         for key, _, span in items:
             if key in seen and key not in repeatable:
-                self.diags.error(span, "duplicate-section",
-                                 f"`{key}` appears twice in {owner} (first at line "
-                                 f"{seen[key].line})")
+                self.diags.error(
+                    span,
+                    "duplicate-section",
+                    f"`{key}` appears twice in {owner} (first at line {seen[key].line})",
+                )
             seen.setdefault(key, span)
 
     def block(self, meta, c):
@@ -391,26 +480,36 @@ class _Builder(Transformer):
                 fields.setdefault("shortcut", value)
             elif key == "merge":
                 if str(value) not in ("add", "mul"):
-                    self.diags.error(self._tsp(value), "unknown-merge",
-                                     f"unknown merge `{value}`; a block merges by `add` or `mul`")
+                    self.diags.error(
+                        self._tsp(value),
+                        "unknown-merge",
+                        f"unknown merge `{value}`; a block merges by `add` or `mul`",
+                    )
                 else:
                     fields.setdefault("merge", str(value))
                     fields.setdefault("merge_span", span)
-        return S.Block(span=self._sp(meta), name=str(name), params=tuple(params or ()),
-                       source_file=self.path, **fields)
+        return S.Block(
+            span=self._sp(meta),
+            name=str(name),
+            params=tuple(params or ()),
+            source_file=self.path,
+            **fields,
+        )
 
     # -- networks
     def input(self, meta, c):
         channels, height, width = (self._int(t) for t in c)
-        return ("input", S.InputShape(span=self._sp(meta), channels=channels, height=height,
-                                      width=width), self._sp(meta))
+        return (
+            "input",
+            S.InputShape(span=self._sp(meta), channels=channels, height=height, width=width),
+            self._sp(meta),
+        )
 
     def class_name(self, meta, c):
         return ("class", str(c[0]), self._sp(meta))
 
     def net_param(self, meta, c):
-        return ("param", S.Param(span=self._sp(meta), name=str(c[0]), default=c[1]),
-                self._sp(meta))
+        return ("param", S.Param(span=self._sp(meta), name=str(c[0]), default=c[1]), self._sp(meta))
 
     def stem(self, meta, c):
         return ("stem", tuple(c), self._sp(meta))
@@ -420,8 +519,14 @@ class _Builder(Transformer):
 
     def stage(self, meta, c):
         name, repeats, block, args = c
-        node = S.Stage(span=self._sp(meta), name=str(name), repeats=repeats, block=str(block),
-                       block_span=self._tsp(block), args=tuple(args or ()))
+        node = S.Stage(
+            span=self._sp(meta),
+            name=str(name),
+            repeats=repeats,
+            block=str(block),
+            block_span=self._tsp(block),
+            args=tuple(args or ()),
+        )
         return ("stage", node, self._sp(meta))
 
     def network(self, meta, c):
@@ -453,9 +558,14 @@ class _Builder(Transformer):
 
     def start(self, meta, c):
         by_type = lambda t: tuple(i for i in c if isinstance(i, t))  # noqa: E731
-        return S.SpecFile(span=self._sp(meta), path=self.path, imports=by_type(S.Import),
-                          lets=by_type(S.Let), blocks=by_type(S.Block),
-                          networks=by_type(S.Network))
+        return S.SpecFile(
+            span=self._sp(meta),
+            path=self.path,
+            imports=by_type(S.Import),
+            lets=by_type(S.Let),
+            blocks=by_type(S.Block),
+            networks=by_type(S.Network),
+        )
 
     def __default__(self, data, children, meta):  # pragma: no cover - every rule is handled
         return Tree(data, children, meta)

@@ -25,8 +25,13 @@ class CodeError(ValueError):
 
 def ident(name: str) -> str:
     """`name` if it is a plain Python identifier that is safe to emit, else CodeError."""
-    if (not isinstance(name, str) or not name.isidentifier() or not name.isascii()
-            or keyword.iskeyword(name) or name.startswith("__")):
+    if (
+        not isinstance(name, str)
+        or not name.isidentifier()
+        or not name.isascii()
+        or keyword.iskeyword(name)
+        or name.startswith("__")
+    ):
         raise CodeError(f"{name!r} cannot be used as a Python name")
     return name
 
@@ -47,6 +52,7 @@ def literal(value: object) -> str:
 
 # ---------------------------------------------------------------------------------------------
 # Expression values with a layout
+
 
 class Code:
     """An expression. `str()` is its one-line form; `lay()` breaks it to fit the line length."""
@@ -152,6 +158,7 @@ def expression(value: Code, indent: int) -> str:
 
 # ---------------------------------------------------------------------------------------------
 # Templates
+
 
 def environment(template_dir: str | Path | None = None) -> jinja2.Environment:
     """Templates from `template_dir` (a user's own), else the ones shipped as resgen.templates."""

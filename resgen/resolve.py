@@ -62,8 +62,13 @@ class Loader:
         network = own[0] if own else None
         if self.params:
             network = self._with_params(network, file.path)
-        return S.Spec(span=Span(file.path, 1, 1, 1, 1), path=file.path, lets=file.lets,
-                      blocks=dict(file.blocks), network=network)
+        return S.Spec(
+            span=Span(file.path, 1, 1, 1, 1),
+            path=file.path,
+            lets=file.lets,
+            blocks=dict(file.blocks),
+            network=network,
+        )
 
     def _with_params(self, network: S.Network | None, path: str) -> S.Network:
         """The network with `--param NAME=VALUE` defaults, as a derived network would have.
@@ -78,45 +83,61 @@ class Loader:
             text = f"let {name} = {value}\n" if value.strip() else f"let {name} =\n"
             self.sources[label] = text
             if network is None:
-                raise UsageError(f"{path} defines no network, so --param {option!r} has nothing "
-                                 "to set")
+                raise UsageError(
+                    f"{path} defines no network, so --param {option!r} has nothing to set"
+                )
             known = [p.name for p in network.params]
             if name in new_defaults:
-                diags.error(Span(label, 1, 5, 1, 5 + len(name)), "duplicate-argument",
-                            f"--param {name} is given twice")
+                diags.error(
+                    Span(label, 1, 5, 1, 5 + len(name)),
+                    "duplicate-argument",
+                    f"--param {name} is given twice",
+                )
                 continue
             if name not in known:
-                diags.error(Span(label, 1, 5, 1, 5 + len(name)), "unknown-argument",
-                            f"network `{network.name}` has no param `{name}`"
-                            + did_you_mean(name, known)
-                            + ("" if known else "; it declares no params"))
+                diags.error(
+                    Span(label, 1, 5, 1, 5 + len(name)),
+                    "unknown-argument",
+                    f"network `{network.name}` has no param `{name}`"
+                    + did_you_mean(name, known)
+                    + ("" if known else "; it declares no params"),
+                )
                 continue
             try:
                 parsed = parse_text(text, label)
             except SpecError as err:
                 diags.extend(err.diagnostics)
                 continue
-            if (len(parsed.lets) != 1 or parsed.imports or parsed.blocks or parsed.networks):
-                diags.error(Span(label, 1, 1, 1, len(text)), "syntax",
-                            "a --param value is one expression")
+            if len(parsed.lets) != 1 or parsed.imports or parsed.blocks or parsed.networks:
+                diags.error(
+                    Span(label, 1, 1, 1, len(text)), "syntax", "a --param value is one expression"
+                )
                 continue
             let = parsed.lets[0]
             calls = [e for e in E.walk(let.value) if isinstance(e, S.Func)]
             unknown = [c for c in calls if c.name not in E.FUNCTIONS]
             if unknown:
-                diags.error(unknown[0].span, "unknown-function",
-                            f"unknown function `{unknown[0].name}`"
-                            + did_you_mean(unknown[0].name, E.FUNCTIONS))
+                diags.error(
+                    unknown[0].span,
+                    "unknown-function",
+                    f"unknown function `{unknown[0].name}`"
+                    + did_you_mean(unknown[0].name, E.FUNCTIONS),
+                )
                 continue
             refs = E.free_refs(let.value)
             if refs:
-                diags.error(refs[0].span, "unknown-name", "a --param value is a constant "
-                            f"expression; `{refs[0].name}` is not known here")
+                diags.error(
+                    refs[0].span,
+                    "unknown-name",
+                    f"a --param value is a constant expression; `{refs[0].name}` is not known here",
+                )
                 continue
             new_defaults[name] = let.value
         diags.raise_if_errors()
-        params = tuple(p.model_copy(update={"default": new_defaults[p.name]})
-                       if p.name in new_defaults else p for p in network.params)
+        params = tuple(
+            p.model_copy(update={"default": new_defaults[p.name]}) if p.name in new_defaults else p
+            for p in network.params
+        )
         return network.model_copy(update={"params": params})
 
     @staticmethod
@@ -138,9 +159,12 @@ class Loader:
                 with p.open("rb") as f:  # read one byte past the limit: enough to know
                     data = f.read(LIMITS.max_file_bytes + 1)
                 if len(data) > LIMITS.max_file_bytes:
-                    self._fail(at or Span(path, 1, 1, 1, 1), "limit",
-                               f"{path} is over the {LIMITS.max_file_bytes}-byte limit",
-                               hint="set RESGEN_MAX_FILE_BYTES to raise it")
+                    self._fail(
+                        at or Span(path, 1, 1, 1, 1),
+                        "limit",
+                        f"{path} is over the {LIMITS.max_file_bytes}-byte limit",
+                        hint="set RESGEN_MAX_FILE_BYTES to raise it",
+                    )
         except (OSError, FileNotFoundError) as err:
             reason = err.strerror or type(err).__name__
             if at is None:
@@ -148,14 +172,20 @@ class Loader:
             self._fail(at, "import-not-found", f"cannot read `{path}`: {reason.lower()}")
         if b"\x00" in data:
             line, col = self._bad_byte(path, data, data.index(b"\x00"))
-            self._fail(Span(path, line, col, line, col + 1), "encoding",
-                       "a NUL byte: this is a binary file, not an .arch spec")
+            self._fail(
+                Span(path, line, col, line, col + 1),
+                "encoding",
+                "a NUL byte: this is a binary file, not an .arch spec",
+            )
         try:
             text = data.decode("utf-8")
         except UnicodeDecodeError as err:
             line, col = self._bad_byte(path, data, err.start)
-            self._fail(Span(path, line, col, line, col + 1), "encoding",
-                       f"byte 0x{data[err.start]:02x} is not valid UTF-8; specs are UTF-8 text")
+            self._fail(
+                Span(path, line, col, line, col + 1),
+                "encoding",
+                f"byte 0x{data[err.start]:02x} is not valid UTF-8; specs are UTF-8 text",
+            )
         text = text.removeprefix("\ufeff")
         self.sources[path] = text
         return text
@@ -174,7 +204,7 @@ class Loader:
     def _load(self, path: str, at: Span | None) -> _File:
         key = path if path.startswith("<std>/") else os.path.abspath(path)
         if key in self._stack:
-            cycle = " -> ".join(self._stack[self._stack.index(key):] + [key])
+            cycle = " -> ".join(self._stack[self._stack.index(key) :] + [key])
             self._fail(at, "import-cycle", f"import cycle: {cycle}")
         if key in self._files:
             return self._files[key]
@@ -183,8 +213,11 @@ class Loader:
             self._files[key] = file
             return file
         if len(self._stack) >= LIMITS.max_import_depth:
-            self._fail(at or Span(path, 1, 1, 1, 1), "limit",
-                       f"imports nested deeper than {LIMITS.max_import_depth}")
+            self._fail(
+                at or Span(path, 1, 1, 1, 1),
+                "limit",
+                f"imports nested deeper than {LIMITS.max_import_depth}",
+            )
         text = self.read(path, at)
         parsed = parse_text(text, path)
         self._stack.append(key)
@@ -201,15 +234,24 @@ class Loader:
         if imp.std is not None:
             parts = imp.std.split(".")
             if parts[0] != "std" or len(parts) != 2:
-                self._fail(imp.span, "import-not-found",
-                           f"unknown library `{imp.std}`; the standard library is `std.resnet`")
+                self._fail(
+                    imp.span,
+                    "import-not-found",
+                    f"unknown library `{imp.std}`; the standard library is `std.resnet`",
+                )
             name = parts[1] + ".arch"
             if not resources.files("resgen.stdlib").joinpath(name).is_file():
-                known = [f.name[:-5] for f in resources.files("resgen.stdlib").iterdir()
-                         if f.name.endswith(".arch")]
-                self._fail(imp.span, "import-not-found",
-                           f"no module `{imp.std}` in the standard library"
-                           + did_you_mean(parts[1], known))
+                known = [
+                    f.name[:-5]
+                    for f in resources.files("resgen.stdlib").iterdir()
+                    if f.name.endswith(".arch")
+                ]
+                self._fail(
+                    imp.span,
+                    "import-not-found",
+                    f"no module `{imp.std}` in the standard library"
+                    + did_you_mean(parts[1], known),
+                )
             return "<std>/" + name
         base = Path(importer).parent if not importer.startswith("<") else Path(".")
         return self._display(base / imp.path)
@@ -238,14 +280,19 @@ class _FileResolver:
             imported = self.loader._load(target, imp.span)
             # The same definition reached twice (diamond imports) is fine; two different ones
             # would make the meaning depend on import order.
-            for table, defs, role in ((self.blocks, imported.blocks, "block"),
-                                      (self.networks, imported.networks, "network")):
+            for table, defs, role in (
+                (self.blocks, imported.blocks, "block"),
+                (self.networks, imported.networks, "network"),
+            ):
                 for name, node in defs.items():
                     first = table.setdefault(name, node)
                     if first is not node:
-                        self.diags.error(imp.span, "duplicate-name",
-                                         f"{role} `{name}` of {node.source_file} is already "
-                                         f"imported from {first.source_file}")
+                        self.diags.error(
+                            imp.span,
+                            "duplicate-name",
+                            f"{role} `{name}` of {node.source_file} is already "
+                            f"imported from {first.source_file}",
+                        )
         self._file_lets()
         own_blocks = [self._block(b) for b in self.parsed.blocks]
         for b in own_blocks:
@@ -261,30 +308,43 @@ class _FileResolver:
         for net in own_nets:  # the generated module defines blocks, the class and the factory
             for name, role in ((net.python_class, "class"), (net.name, "factory function")):
                 if name in self.blocks:
-                    self.diags.error(net.span, "duplicate-name",
-                                     f"the network's {role} `{name}` has the name of block "
-                                     f"`{name}`; the generated module needs both",
-                                     hint="name the class with `class NAME` in the network")
+                    self.diags.error(
+                        net.span,
+                        "duplicate-name",
+                        f"the network's {role} `{name}` has the name of block "
+                        f"`{name}`; the generated module needs both",
+                        hint="name the class with `class NAME` in the network",
+                    )
             if net.python_class == net.name:
-                self.diags.error(net.span, "duplicate-name",
-                                 f"network `{net.name}` would name both its class and its factory "
-                                 f"function `{net.name}`",
-                                 hint="give the class another name with `class NAME`")
+                self.diags.error(
+                    net.span,
+                    "duplicate-name",
+                    f"network `{net.name}` would name both its class and its factory "
+                    f"function `{net.name}`",
+                    hint="give the class another name with `class NAME`",
+                )
         if len(own_nets) > 1:
-            self.diags.error(own_nets[1].span, "multiple-networks",
-                             f"a spec file defines one network; `{own_nets[0].name}` is already "
-                             f"defined at line {own_nets[0].span.line}",
-                             hint="put each network in its own file and import the shared parts")
+            self.diags.error(
+                own_nets[1].span,
+                "multiple-networks",
+                f"a spec file defines one network; `{own_nets[0].name}` is already "
+                f"defined at line {own_nets[0].span.line}",
+                hint="put each network in its own file and import the shared parts",
+            )
         self.diags.raise_if_errors()
         return _File(self.parsed.path, self.blocks, self.networks, self.parsed.lets)
 
     def _define(self, table: dict, node, role: str) -> None:
         existing = table.get(node.name)
         if existing is not None and existing is not node:
-            where = (f"line {existing.span.line}" if existing.span.file == node.span.file
-                     else existing.span.file)
-            self.diags.error(node.span, "duplicate-name",
-                             f"{role} `{node.name}` is already defined ({where})")
+            where = (
+                f"line {existing.span.line}"
+                if existing.span.file == node.span.file
+                else existing.span.file
+            )
+            self.diags.error(
+                node.span, "duplicate-name", f"{role} `{node.name}` is already defined ({where})"
+            )
             return
         table[node.name] = node
 
@@ -310,20 +370,31 @@ class _FileResolver:
             return expr
         for ref in E.free_refs(expr):
             if ref.name not in scope and ref.name not in self.lets:
-                self.diags.error(ref.span, "unknown-name", f"unknown name `{ref.name}`"
-                                 + did_you_mean(ref.name, scope | set(self.lets)))
+                self.diags.error(
+                    ref.span,
+                    "unknown-name",
+                    f"unknown name `{ref.name}`" + did_you_mean(ref.name, scope | set(self.lets)),
+                )
         for call in (e for e in E.walk(expr) if isinstance(e, S.Func)):
             if call.name not in E.FUNCTIONS:
-                self.diags.error(call.span, "unknown-function", f"unknown function "
-                                 f"`{call.name}`; expressions may call "
-                                 + ", ".join(f"`{f}`" for f in E.FUNCTIONS)
-                                 + did_you_mean(call.name, E.FUNCTIONS))
+                self.diags.error(
+                    call.span,
+                    "unknown-function",
+                    f"unknown function "
+                    f"`{call.name}`; expressions may call "
+                    + ", ".join(f"`{f}`" for f in E.FUNCTIONS)
+                    + did_you_mean(call.name, E.FUNCTIONS),
+                )
         result = E.substitute(expr, lambda n: None if n in scope else self.lets.get(n))
         # Lets share sub-trees, so a chain `let b = a + a` doubles in size: stop it here, counting
         # no further than the limit.
         if next(itertools.islice(E.walk(result), LIMITS.max_expression_nodes, None), None):
-            self.diags.error(expr.span, "limit", "expression too large once lets are substituted",
-                             hint="set RESGEN_MAX_EXPRESSION_NODES to raise the limit")
+            self.diags.error(
+                expr.span,
+                "limit",
+                "expression too large once lets are substituted",
+                hint="set RESGEN_MAX_EXPRESSION_NODES to raise the limit",
+            )
             return expr
         return result
 
@@ -339,31 +410,41 @@ class _FileResolver:
         return resolved
 
     # -- layers
-    def _layers(self, layers, scope: set[str], declared: dict[str, S.Layer], owner: str,
-                named: bool = True) -> tuple[S.Layer, ...]:
+    def _layers(
+        self, layers, scope: set[str], declared: dict[str, S.Layer], owner: str, named: bool = True
+    ) -> tuple[S.Layer, ...]:
         out = []
         for layer in layers:
             if layer.kind == "reuse":
                 target = declared.get(layer.name)
                 if target is None:
-                    self.diags.error(layer.span, "unknown-name",
-                                     f"`{layer.name}` is not a layer declared earlier in {owner}"
-                                     + did_you_mean(layer.name, declared)
-                                     + "; to add a layer write `name = op(...)`")
+                    self.diags.error(
+                        layer.span,
+                        "unknown-name",
+                        f"`{layer.name}` is not a layer declared earlier in {owner}"
+                        + did_you_mean(layer.name, declared)
+                        + "; to add a layer write `name = op(...)`",
+                    )
                 elif target.kind != "op" or not OPS[target.callee].stateless:
-                    self.diags.error(layer.span, "reuse-stateful",
-                                     f"`{layer.name}` has parameters; only parameter-free layers "
-                                     "(relu, pools, ...) can be applied again by name",
-                                     hint="declare a new layer with its own name")
+                    self.diags.error(
+                        layer.span,
+                        "reuse-stateful",
+                        f"`{layer.name}` has parameters; only parameter-free layers "
+                        "(relu, pools, ...) can be applied again by name",
+                        hint="declare a new layer with its own name",
+                    )
                 out.append(layer)
                 continue
             if named and layer.name is not None:
                 if self._name_ok(layer.name, "layer", layer.span) and layer.name in declared:
                     first = declared[layer.name]
-                    self.diags.error(layer.span, "duplicate-name",
-                                     f"layer `{layer.name}` is already declared in {owner} "
-                                     f"(line {first.span.line})",
-                                     hint=f"write just `{layer.name}` to apply it again")
+                    self.diags.error(
+                        layer.span,
+                        "duplicate-name",
+                        f"layer `{layer.name}` is already declared in {owner} "
+                        f"(line {first.span.line})",
+                        hint=f"write just `{layer.name}` to apply it again",
+                    )
             if layer.kind == "seq":
                 items = self._layers(layer.items, scope, {}, owner, named=False)
                 resolved = layer.model_copy(update={"items": items})
@@ -386,8 +467,11 @@ class _FileResolver:
             kind = "block"
         else:
             known = list(OPS) + list(self.blocks) + list(self._own_block_names())
-            self.diags.error(layer.callee_span, "unknown-op", f"unknown layer type `{name}`"
-                             + did_you_mean(name, known))
+            self.diags.error(
+                layer.callee_span,
+                "unknown-op",
+                f"unknown layer type `{name}`" + did_you_mean(name, known),
+            )
             return layer
         args = self._bind(layer.args, params, f"`{name}`", layer.callee_span, scope)
         return layer.model_copy(update={"kind": kind, "args": args})
@@ -398,8 +482,15 @@ class _FileResolver:
     def _own_block(self, name: str) -> S.Block:
         return next(b for b in self.parsed.blocks if b.name == name)
 
-    def _bind(self, args, params: list[tuple[str, bool]], what: str, at: Span,
-              scope: set[str], extra: tuple[str, ...] = ()) -> tuple[S.Arg, ...]:
+    def _bind(
+        self,
+        args,
+        params: list[tuple[str, bool]],
+        what: str,
+        at: Span,
+        scope: set[str],
+        extra: tuple[str, ...] = (),
+    ) -> tuple[S.Arg, ...]:
         """Name every argument by its parameter; report unknown, duplicate and missing ones."""
         names = [p for p, _ in params]
         bound: dict[str, S.Arg] = {}
@@ -408,33 +499,42 @@ class _FileResolver:
             value = self._expr(arg.value, scope)
             if arg.name is None:
                 if positional_done:
-                    self.diags.error(arg.span, "syntax",
-                                     "a positional argument cannot follow a named one")
+                    self.diags.error(
+                        arg.span, "syntax", "a positional argument cannot follow a named one"
+                    )
                     continue
                 if i >= len(names):
-                    self.diags.error(arg.span, "too-many-arguments",
-                                     f"{what} takes at most {len(names)} positional argument"
-                                     f"{'s' if len(names) != 1 else ''}"
-                                     + (f" ({', '.join(names)})" if names else ""))
+                    self.diags.error(
+                        arg.span,
+                        "too-many-arguments",
+                        f"{what} takes at most {len(names)} positional argument"
+                        f"{'s' if len(names) != 1 else ''}"
+                        + (f" ({', '.join(names)})" if names else ""),
+                    )
                     continue
                 name = names[i]
             else:
                 positional_done = True
                 name = arg.name
                 if name not in names and name not in extra:
-                    self.diags.error(arg.span, "unknown-argument",
-                                     f"{what} has no parameter `{name}`"
-                                     + did_you_mean(name, names + list(extra)))
+                    self.diags.error(
+                        arg.span,
+                        "unknown-argument",
+                        f"{what} has no parameter `{name}`"
+                        + did_you_mean(name, names + list(extra)),
+                    )
                     continue
             if name in bound:
-                self.diags.error(arg.span, "duplicate-argument",
-                                 f"`{name}` is given twice to {what}")
+                self.diags.error(
+                    arg.span, "duplicate-argument", f"`{name}` is given twice to {what}"
+                )
                 continue
             bound[name] = S.Arg(span=arg.span, name=name, value=value)
         missing = [p for p, required in params if required and p not in bound]
         if missing:
-            self.diags.error(at, "missing-argument",
-                             f"{what} needs {', '.join(f'`{m}`' for m in missing)}")
+            self.diags.error(
+                at, "missing-argument", f"{what} needs {', '.join(f'`{m}`' for m in missing)}"
+            )
         return tuple(bound.values())
 
     # -- blocks
@@ -444,9 +544,12 @@ class _FileResolver:
         params = []
         for p in block.params:
             if p.name == IN_CHANNELS:
-                self.diags.error(p.span, "bad-name",
-                                 f"`{IN_CHANNELS}` is implicit: every block receives the channel "
-                                 "count of its input under that name")
+                self.diags.error(
+                    p.span,
+                    "bad-name",
+                    f"`{IN_CHANNELS}` is implicit: every block receives the channel "
+                    "count of its input under that name",
+                )
                 continue
             self._name_ok(p.name, "parameter", p.span)
             if p.name in scope:
@@ -467,43 +570,63 @@ class _FileResolver:
         shortcut = block.shortcut
         if shortcut is not None:
             if self._name_ok(shortcut.name, "layer", shortcut.span) and shortcut.name in declared:
-                self.diags.error(shortcut.span, "duplicate-name",
-                                 f"`{shortcut.name}` is already a layer of {owner}")
+                self.diags.error(
+                    shortcut.span,
+                    "duplicate-name",
+                    f"`{shortcut.name}` is already a layer of {owner}",
+                )
             cond = self._expr(shortcut.condition, scope) if shortcut.condition else None
             if shortcut.source is not None and shortcut.source not in declared:
-                self.diags.error(shortcut.source_span or shortcut.span, "unknown-name",
-                                 f"`{shortcut.source}` is not a layer of {owner}'s main path"
-                                 + did_you_mean(shortcut.source, declared),
-                                 hint="`shortcut NAME from LAYER` reads the output of a layer "
-                                 "declared in `main`")
+                self.diags.error(
+                    shortcut.source_span or shortcut.span,
+                    "unknown-name",
+                    f"`{shortcut.source}` is not a layer of {owner}'s main path"
+                    + did_you_mean(shortcut.source, declared),
+                    hint="`shortcut NAME from LAYER` reads the output of a layer "
+                    "declared in `main`",
+                )
             elif shortcut.source is not None:
                 self._check_not_overwritten(main, declared, shortcut.source, owner)
             layers = self._layers(shortcut.layers, scope, {}, owner, named=False)
             shortcut = shortcut.model_copy(update={"condition": cond, "layers": layers})
             if block.merge is None:
-                self.diags.error(shortcut.span, "shortcut-without-merge",
-                                 f"{owner} has a shortcut but no `merge add` (or `merge mul`) "
-                                 "to join it")
+                self.diags.error(
+                    shortcut.span,
+                    "shortcut-without-merge",
+                    f"{owner} has a shortcut but no `merge add` (or `merge mul`) to join it",
+                )
         post = self._layers(block.post, scope, declared, owner)
-        return block.model_copy(update={
-            "params": tuple(params), "expansion": expansion, "lets": tuple(lets), "main": main,
-            "shortcut": shortcut, "post": post})
+        return block.model_copy(
+            update={
+                "params": tuple(params),
+                "expansion": expansion,
+                "lets": tuple(lets),
+                "main": main,
+                "shortcut": shortcut,
+                "post": post,
+            }
+        )
 
-    def _check_not_overwritten(self, main, declared: dict[str, S.Layer], source: str,
-                               owner: str) -> None:
+    def _check_not_overwritten(
+        self, main, declared: dict[str, S.Layer], source: str, owner: str
+    ) -> None:
         """The layer after a shortcut's `from` layer must not change that output in place."""
-        index = next(i for i, layer in enumerate(main)
-                     if layer.kind != "reuse" and layer.name == source)
+        index = next(
+            i for i, layer in enumerate(main) if layer.kind != "reuse" and layer.name == source
+        )
         if index + 1 >= len(main):
             return
         after = main[index + 1]
         target = declared.get(after.name) if after.kind == "reuse" else after
         inplace = target.arg("inplace") if target is not None and target.kind == "op" else None
         if isinstance(inplace, S.Bool) and inplace.value:
-            self.diags.error(after.span, "overwrites-shortcut-input",
-                             f"`{after.name}` changes `{source}`'s output in place, but "
-                             f"{owner}'s shortcut reads that output",
-                             hint=f"declare `{after.name}` with `inplace=false`")
+            self.diags.error(
+                after.span,
+                "overwrites-shortcut-input",
+                f"`{after.name}` changes `{source}`'s output in place, but "
+                f"{owner}'s shortcut reads that output",
+                hint=f"declare `{after.name}` with `inplace=false`",
+            )
 
     def _check_block_recursion(self, block: S.Block) -> None:
         def callees(b: S.Block):
@@ -520,8 +643,11 @@ class _FileResolver:
             current, via = todo.pop()
             for call in callees(current):
                 if call.callee == block.name:
-                    self.diags.error((via or call).span, "recursive-block",
-                                     f"block `{block.name}` contains itself")
+                    self.diags.error(
+                        (via or call).span,
+                        "recursive-block",
+                        f"block `{block.name}` contains itself",
+                    )
                     return
                 if call.callee not in seen and call.callee in self.blocks:
                     seen.add(call.callee)
@@ -533,8 +659,11 @@ class _FileResolver:
         if net.class_name:
             self._name_ok(net.class_name, "class", net.span)
         if net.input is None:
-            self.diags.error(net.span, "missing-input",
-                             f"network `{net.name}` needs an input shape, e.g. `input 3x224x224`")
+            self.diags.error(
+                net.span,
+                "missing-input",
+                f"network `{net.name}` needs an input shape, e.g. `input 3x224x224`",
+            )
         else:
             self._check_input(net.input)
         scope: set[str] = set()
@@ -552,17 +681,28 @@ class _FileResolver:
         stages = []
         for stage in net.stages:
             if self._name_ok(stage.name, "layer", stage.span) and stage.name in declared:
-                self.diags.error(stage.span, "duplicate-name",
-                                 f"`{stage.name}` is already a layer of {owner}")
+                self.diags.error(
+                    stage.span, "duplicate-name", f"`{stage.name}` is already a layer of {owner}"
+                )
             declared.setdefault(stage.name, S.Layer(span=stage.span, kind="seq", name=stage.name))
             stages.append(self._stage(stage, scope))
         head = self._layers(net.head, scope, declared, owner)
-        return net.model_copy(update={"params": tuple(params), "lets": tuple(lets), "stem": stem,
-                                      "stages": tuple(stages), "head": head})
+        return net.model_copy(
+            update={
+                "params": tuple(params),
+                "lets": tuple(lets),
+                "stem": stem,
+                "stages": tuple(stages),
+                "head": head,
+            }
+        )
 
     def _check_input(self, shape: S.InputShape) -> None:
-        for label, v in (("channels", shape.channels), ("height", shape.height),
-                         ("width", shape.width)):
+        for label, v in (
+            ("channels", shape.channels),
+            ("height", shape.height),
+            ("width", shape.width),
+        ):
             if v < 1:
                 self.diags.error(shape.span, "bad-input", f"input {label} must be at least 1")
             elif v > LIMITS.max_spatial * 16:
@@ -572,19 +712,33 @@ class _FileResolver:
         repeats = self._expr(stage.repeats, scope)
         block = self.blocks.get(stage.block)
         if block is None:
-            self.diags.error(stage.block_span, "unknown-block", f"unknown block `{stage.block}`"
-                             + did_you_mean(stage.block, self.blocks))
+            self.diags.error(
+                stage.block_span,
+                "unknown-block",
+                f"unknown block `{stage.block}`" + did_you_mean(stage.block, self.blocks),
+            )
             return stage.model_copy(update={"repeats": repeats})
         for arg in stage.args:
             if arg.name in STAGE_SET:
-                self.diags.error(arg.span, "stage-sets-argument",
-                                 f"a stage sets `{arg.name}` itself"
-                                 + ("; write `dilate=true` to trade this stage's stride for "
-                                    "dilation" if arg.name == "dilation" else ""))
-        settable = [(p.name, p.default is None) for p in block.params
-                    if p.name not in STAGE_SET]
-        args = self._bind([a for a in stage.args if a.name not in STAGE_SET], settable,
-                          f"block `{block.name}`", stage.block_span, scope, STAGE_KEYWORDS)
+                self.diags.error(
+                    arg.span,
+                    "stage-sets-argument",
+                    f"a stage sets `{arg.name}` itself"
+                    + (
+                        "; write `dilate=true` to trade this stage's stride for dilation"
+                        if arg.name == "dilation"
+                        else ""
+                    ),
+                )
+        settable = [(p.name, p.default is None) for p in block.params if p.name not in STAGE_SET]
+        args = self._bind(
+            [a for a in stage.args if a.name not in STAGE_SET],
+            settable,
+            f"block `{block.name}`",
+            stage.block_span,
+            scope,
+            STAGE_KEYWORDS,
+        )
         return stage.model_copy(update={"repeats": repeats, "args": args})
 
     def _derived(self, net: S.Network) -> S.Network | None:
@@ -593,10 +747,13 @@ class _FileResolver:
         call = net.base
         base = self.networks.get(call.callee)
         if base is None:
-            self.diags.error(call.callee_span, "unknown-network",
-                             f"unknown network `{call.callee}`"
-                             + did_you_mean(call.callee, self.networks)
-                             + ("" if self.networks else "; import the file that defines it"))
+            self.diags.error(
+                call.callee_span,
+                "unknown-network",
+                f"unknown network `{call.callee}`"
+                + did_you_mean(call.callee, self.networks)
+                + ("" if self.networks else "; import the file that defines it"),
+            )
             return None
         params = [(p.name, False) for p in base.params]
         args = self._bind(call.args, params, f"network `{base.name}`", call.callee_span, set())
@@ -605,5 +762,12 @@ class _FileResolver:
             p.model_copy(update={"default": given[p.name].value}) if p.name in given else p
             for p in base.params
         )
-        return base.model_copy(update={"name": net.name, "params": new_params, "span": net.span,
-                                       "base": call, "source_file": net.source_file})
+        return base.model_copy(
+            update={
+                "name": net.name,
+                "params": new_params,
+                "span": net.span,
+                "base": call,
+                "source_file": net.source_file,
+            }
+        )

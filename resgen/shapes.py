@@ -110,14 +110,22 @@ def analyse(spec: S.Spec, input_shape: tuple[int | None, int, int] | None = None
     return analysis
 
 
-def _with_instantiation_notes(diagnostics: list[Diagnostic],
-                              network: S.Network) -> list[Diagnostic]:
+def _with_instantiation_notes(
+    diagnostics: list[Diagnostic], network: S.Network
+) -> list[Diagnostic]:
     """An error inside a block points at the block's definition, perhaps in a library; a note
     adds the line of the user's spec that put the block there (its stage, or its layer)."""
-    sites = {stage.name: (stage.span, f"stage `{stage.name}` of {stage.block} blocks")
-             for stage in network.stages}
-    sites.update({layer.name: (layer.span, f"layer `{layer.name}`, a {layer.callee}")
-                  for layer in network.stem + network.head if layer.kind == "block"})
+    sites = {
+        stage.name: (stage.span, f"stage `{stage.name}` of {stage.block} blocks")
+        for stage in network.stages
+    }
+    sites.update(
+        {
+            layer.name: (layer.span, f"layer `{layer.name}`, a {layer.callee}")
+            for layer in network.stem + network.head
+            if layer.kind == "block"
+        }
+    )
     noted = []
     for d in diagnostics:
         site = sites.get(d.layer.split(".")[0]) if d.layer else None
@@ -129,13 +137,16 @@ def _with_instantiation_notes(diagnostics: list[Diagnostic],
 
 
 def _contains(outer: Span, inner: Span) -> bool:
-    return outer.file == inner.file and (outer.line, outer.column) <= (
-        inner.line, inner.column) and (inner.end_line, inner.end_column) <= (
-        outer.end_line, outer.end_column)
+    return (
+        outer.file == inner.file
+        and (outer.line, outer.column) <= (inner.line, inner.column)
+        and (inner.end_line, inner.end_column) <= (outer.end_line, outer.end_column)
+    )
 
 
 # ---------------------------------------------------------------------------------------------
 # Per-axis window arithmetic (conv and pools), shared by inference, messages and the size search
+
 
 def _at(value, axis: int) -> int:
     return value[axis] if isinstance(value, tuple) else value
@@ -143,9 +154,13 @@ def _at(value, axis: int) -> int:
 
 def _window_params(args: dict, axis: int) -> tuple[int, int, int, int, bool]:
     """kernel, stride, padding, dilation, ceil_mode of a conv or pool along one axis."""
-    return (_at(args["kernel"], axis), _at(args.get("stride", 1), axis),
-            _at(args.get("padding", 0), axis), _at(args.get("dilation", 1), axis),
-            bool(args.get("ceil_mode", False)))
+    return (
+        _at(args["kernel"], axis),
+        _at(args.get("stride", 1), axis),
+        _at(args.get("padding", 0), axis),
+        _at(args.get("dilation", 1), axis),
+        bool(args.get("ceil_mode", False)),
+    )
 
 
 def window_out(n: int, k: int, s: int, p: int, d: int, ceil: bool) -> int:
@@ -226,13 +241,22 @@ class _Inference:
             found = self._axes[id(args)] = (_window_params(args, 0), _window_params(args, 1))
         return found
 
-    def report(self, node: str, attrs: dict, code: str, message: str, span: Span | None = None,
-               hint: str | None = None, severity: str = "error", layer: str | None = None,
-               kind: str = "", sizes_only: bool = False):
+    def report(
+        self,
+        node: str,
+        attrs: dict,
+        code: str,
+        message: str,
+        span: Span | None = None,
+        hint: str | None = None,
+        severity: str = "error",
+        layer: str | None = None,
+        kind: str = "",
+        sizes_only: bool = False,
+    ):
         if attrs["tainted"] and _may_be_a_consequence(code, node in self.channel_tainted):
             return  # of an error reported upstream: only the cause is reported
-        if severity == "error" and not (code in ("too-small", "padding-too-large")
-                                        or sizes_only):
+        if severity == "error" and not (code in ("too-small", "padding-too-large") or sizes_only):
             self.channel_errors.add(node)  # later channel counts are guesses too
         if severity == "error" and attrs.get("error") is None:
             attrs["error"] = message
@@ -257,13 +281,17 @@ class _Inference:
             incoming = preds[node]
             if self.channel_tainted and any(p in self.channel_tainted for p in incoming):
                 self.channel_tainted.add(node)
-            if (self.size_tainted and op != "adaptive_avgpool"
-                    and any(p in self.size_tainted for p in incoming)):
+            if (
+                self.size_tainted
+                and op != "adaptive_avgpool"
+                and any(p in self.size_tainted for p in incoming)
+            ):
                 self.size_tainted.add(node)
             # Downstream of a reported error shapes go on (from the main path) but are tainted:
             # they report nothing, so one mistake gives its own error and not its consequences.
             tainted = attrs["tainted"] = not attrs["known"] or any(
-                nodes[p]["tainted"] for p in incoming)
+                nodes[p]["tainted"] for p in incoming
+            )
             if op in ("add", "mul"):
                 self.merge(node, attrs, incoming, nodes)
                 attrs["tainted"] = tainted or attrs["error"] is not None
@@ -286,11 +314,23 @@ class _Inference:
             memo = self._memo.get(key)
             if memo is None:
                 out = self.infer(node, attrs, op, shape, nodes, pred)
-                self._memo[key] = (out, attrs["params"], attrs["buffers"], attrs["macs"],
-                                   attrs["error"], node in self.channel_errors)
+                self._memo[key] = (
+                    out,
+                    attrs["params"],
+                    attrs["buffers"],
+                    attrs["macs"],
+                    attrs["error"],
+                    node in self.channel_errors,
+                )
             else:  # the same layer on the same input: its messages were reported already
-                (out, attrs["params"], attrs["buffers"], attrs["macs"], attrs["error"],
-                 channel_error) = memo
+                (
+                    out,
+                    attrs["params"],
+                    attrs["buffers"],
+                    attrs["macs"],
+                    attrs["error"],
+                    channel_error,
+                ) = memo
                 if channel_error:
                     self.channel_errors.add(node)
             attrs["out_shape"] = out
@@ -318,19 +358,28 @@ class _Inference:
         if op == "linear":
             return self.linear(node, attrs, args, shape, nodes, pred)
         if len(shape) != 3:
-            self.report(node, attrs, "not-spatial", f"{op} needs a C x H x W input, but it gets "
-                        f"the flat {show_shape(shape)}",
-                        hint="move it before the `flatten`")
+            self.report(
+                node,
+                attrs,
+                "not-spatial",
+                f"{op} needs a C x H x W input, but it gets the flat {show_shape(shape)}",
+                hint="move it before the `flatten`",
+            )
             return None
         channels = shape[0]
         if op == "batchnorm":
             given = args.get("channels")
             if given is not None and given != channels:
-                self.report(node, attrs, "channels", f"batchnorm is declared for {given} "
-                            f"channels but its input {show_shape(shape)} has {channels}",
-                            span=attrs["arg_spans"].get("channels"),
-                            hint=f"write `batchnorm` (channels follow the input) or "
-                            f"`batchnorm({channels})`")
+                self.report(
+                    node,
+                    attrs,
+                    "channels",
+                    f"batchnorm is declared for {given} "
+                    f"channels but its input {show_shape(shape)} has {channels}",
+                    span=attrs["arg_spans"].get("channels"),
+                    hint=f"write `batchnorm` (channels follow the input) or "
+                    f"`batchnorm({channels})`",
+                )
             attrs["params"] = 2 * channels
             attrs["buffers"] = 2 * channels + 1
             return shape
@@ -351,11 +400,16 @@ class _Inference:
             groups = args["groups"]
             for label, value in (("input", channels), ("output", out_channels)):
                 if value % groups:
-                    self.report(node, attrs, "groups", f"{label} channels {value} are not "
-                                f"divisible by groups={groups} ({value} / {groups} leaves "
-                                f"{value % groups})", span=attrs["arg_spans"].get("groups"),
-                                hint="groups must divide both the input and the output "
-                                "channels")
+                    self.report(
+                        node,
+                        attrs,
+                        "groups",
+                        f"{label} channels {value} are not "
+                        f"divisible by groups={groups} ({value} / {groups} leaves "
+                        f"{value % groups})",
+                        span=attrs["arg_spans"].get("groups"),
+                        hint="groups must divide both the input and the output channels",
+                    )
                     break
         else:
             self.pool_padding(node, attrs, op, args)
@@ -371,21 +425,31 @@ class _Inference:
             label = "height" if axis == 0 else "width"
             if out < 1:
                 worked = arithmetic(n, k, s, p, d, ceil)
-                self.report(node, attrs, "too-small", f"output {label} {worked} is below 1: "
-                            f"the {op} input {show_shape(shape)} is too small "
-                            f"for kernel {k}" + (f", dilation {d}" if d > 1 else "")
-                            + (f", stride {s}" if s > 1 else ""), hint=SIZE_HINT)
+                self.report(
+                    node,
+                    attrs,
+                    "too-small",
+                    f"output {label} {worked} is below 1: "
+                    f"the {op} input {show_shape(shape)} is too small "
+                    f"for kernel {k}"
+                    + (f", dilation {d}" if d > 1 else "")
+                    + (f", stride {s}" if s > 1 else ""),
+                    hint=SIZE_HINT,
+                )
                 return None
             lost = 0 if ceil else dropped_rows(n, k, s, p, d)
             if lost:
                 rows = "row" if axis == 0 else "column"
-                dropped.append(f"{label}: {arithmetic(n, k, s, p, d, ceil)}: the last {lost} "
-                               f"input {rows}{'s' * (lost > 1)} of {n} "
-                               f"{'is' if lost == 1 else 'are'} never read")
+                dropped.append(
+                    f"{label}: {arithmetic(n, k, s, p, d, ceil)}: the last {lost} "
+                    f"input {rows}{'s' * (lost > 1)} of {n} "
+                    f"{'is' if lost == 1 else 'are'} never read"
+                )
             sizes.append(out)
         if dropped:
-            self.report(node, attrs, "dropped-rows", "; ".join(dropped), severity="warning",
-                        hint=SIZE_HINT)
+            self.report(
+                node, attrs, "dropped-rows", "; ".join(dropped), severity="warning", hint=SIZE_HINT
+            )
         if op == "conv":
             attrs["macs"] = out_channels * sizes[0] * sizes[1] * per_output
         return (out_channels, sizes[0], sizes[1])
@@ -394,11 +458,16 @@ class _Inference:
         """Zero channels appended (split before and after): the count may only grow."""
         channels, wanted = shape[0], args["channels"]
         if wanted < channels:
-            self.report(node, attrs, "channels", f"pad_channels({wanted}) would shrink its "
-                        f"input {show_shape(shape)} from {channels} channels to {wanted}; "
-                        "padding only adds channels", span=attrs["arg_spans"].get("channels"),
-                        hint=f"pad to at least {channels} channels, or project with "
-                        f"`conv({wanted}, 1)`")
+            self.report(
+                node,
+                attrs,
+                "channels",
+                f"pad_channels({wanted}) would shrink its "
+                f"input {show_shape(shape)} from {channels} channels to {wanted}; "
+                "padding only adds channels",
+                span=attrs["arg_spans"].get("channels"),
+                hint=f"pad to at least {channels} channels, or project with `conv({wanted}, 1)`",
+            )
             return None
         return (wanted, shape[1], shape[2])
 
@@ -408,16 +477,27 @@ class _Inference:
             limit = (d * (k - 1) + 1) // 2 if op == "maxpool" else k // 2
             if p > limit:
                 kernel = f"{k}" if d == 1 else f"{d}*({k}-1) + 1 = {d * (k - 1) + 1}"
-                self.report(node, attrs, "padding-too-large", f"padding {p} is more than half "
-                            f"the {'effective ' if d > 1 else ''}kernel {kernel} (at most "
-                            f"{limit}); PyTorch refuses it", span=attrs["arg_spans"].get(
-                                "padding"), hint=f"use padding <= {limit}")
+                self.report(
+                    node,
+                    attrs,
+                    "padding-too-large",
+                    f"padding {p} is more than half "
+                    f"the {'effective ' if d > 1 else ''}kernel {kernel} (at most "
+                    f"{limit}); PyTorch refuses it",
+                    span=attrs["arg_spans"].get("padding"),
+                    hint=f"use padding <= {limit}",
+                )
                 return
 
     def linear(self, node: str, attrs: dict, args: dict, shape: Shape, nodes, pred):
         if len(shape) != 1:
-            self.report(node, attrs, "not-flat", f"linear needs a flat input, but it gets "
-                        f"{show_shape(shape)}", hint="put `flatten` before it")
+            self.report(
+                node,
+                attrs,
+                "not-flat",
+                f"linear needs a flat input, but it gets {show_shape(shape)}",
+                hint="put `flatten` before it",
+            )
             return None
         features = shape[0]
         given = args.get("in_features")
@@ -426,11 +506,16 @@ class _Inference:
             worked = ""
             if source["op"] == "flatten" and source["in_shape"] is not None:
                 worked = f" = {' x '.join(str(v) for v in source['in_shape'])}"
-            self.report(node, attrs, "in-features", f"linear is declared with in_features="
-                        f"{given} but its input has {features}{worked} features",
-                        span=attrs["arg_spans"].get("in_features"),
-                        hint="drop `in_features` (it follows the input) or make the input "
-                        f"{given} wide, e.g. with adaptive_avgpool before flatten")
+            self.report(
+                node,
+                attrs,
+                "in-features",
+                f"linear is declared with in_features="
+                f"{given} but its input has {features}{worked} features",
+                span=attrs["arg_spans"].get("in_features"),
+                hint="drop `in_features` (it follows the input) or make the input "
+                f"{given} wide, e.g. with adaptive_avgpool before flatten",
+            )
         out = args["features"]
         attrs["params"] = features * out + (out if args["bias"] else 0)
         attrs["macs"] = features * out
@@ -450,10 +535,10 @@ class _Inference:
         # Stride and receptive field come from the inputs that still have spatial extent: a
         # squeeze-excite gate (global pool, 1x1 convs) scales the block input's positions, it
         # does not erase them. Only when every input is global is the merge global.
-        spatial = [g for g in (self.geometry.get(main), self.geometry.get(other))
-                   if g is not None]
-        self.geometry[node] = tuple(map(max, *spatial)) if len(spatial) == 2 else (
-            spatial[0] if spatial else None)
+        spatial = [g for g in (self.geometry.get(main), self.geometry.get(other)) if g is not None]
+        self.geometry[node] = (
+            tuple(map(max, *spatial)) if len(spatial) == 2 else (spatial[0] if spatial else None)
+        )
         if main_shape is None or other_shape is None or not attrs["known"]:
             return
         result = _merged(attrs["op"], main_shape, other_shape)
@@ -473,17 +558,28 @@ class _Inference:
                 why.extend(_explain(step, nodes[step], block, spatial))
         if not spatial and role == "identity":
             why.append(f"the identity keeps the block input's {other_shape[0]} channels")
-        message = (f"main path gives {show_shape(main_shape)} but {side} gives "
-                   f"{show_shape(other_shape)}" + (f"; {'; '.join(why)}" if why else ""))
+        message = (
+            f"main path gives {show_shape(main_shape)} but {side} gives "
+            f"{show_shape(other_shape)}" + (f"; {'; '.join(why)}" if why else "")
+        )
         if spatial:
             hint = SIZE_HINT
         elif role == "identity":
-            hint = ("add a projection (`shortcut downsample when ... { conv(C, 1) batchnorm }`) "
-                    "or make the main path end with the input's channels")
+            hint = (
+                "add a projection (`shortcut downsample when ... { conv(C, 1) batchnorm }`) "
+                "or make the main path end with the input's channels"
+            )
         else:
             hint = "make the shortcut's conv produce the main path's channels"
-        self.report(node, attrs, "merge-mismatch", message, hint=hint, layer=block,
-                    sizes_only=spatial and main_shape[0] == other_shape[0])
+        self.report(
+            node,
+            attrs,
+            "merge-mismatch",
+            message,
+            hint=hint,
+            layer=block,
+            sizes_only=spatial and main_shape[0] == other_shape[0],
+        )
 
     # -- totals
     def finish(self) -> Analysis:
@@ -501,36 +597,62 @@ class _Inference:
                 # follow the channels only, which a size mismatch keeps; anything else is a
                 # guess, or missing when there is no shape at all.
                 macs_exact = False
-                if (attrs["in_shape"] is None or not attrs["known"]
-                        or not self._params_follow(node, op)):
+                if (
+                    attrs["in_shape"] is None
+                    or not attrs["known"]
+                    or not self._params_follow(node, op)
+                ):
                     params_exact = False
             params += attrs["params"]
             buffers += attrs["buffers"]
             macs += attrs["macs"]
-            layers.append(LayerInfo(node, attrs["op"], attrs["out_shape"], attrs["params"],
-                                    attrs["macs"], attrs["span"], attrs["stage"],
-                                    attrs["block"], attrs["in_shape"], attrs["buffers"],
-                                    attrs["branch"], attrs["module"]))
+            layers.append(
+                LayerInfo(
+                    node,
+                    attrs["op"],
+                    attrs["out_shape"],
+                    attrs["params"],
+                    attrs["macs"],
+                    attrs["span"],
+                    attrs["stage"],
+                    attrs["block"],
+                    attrs["in_shape"],
+                    attrs["buffers"],
+                    attrs["branch"],
+                    attrs["module"],
+                )
+            )
         stages = self.stage_infos(layers)
         sizes = input_sizes(graph, self.axes)
         if sizes.smallest is not None:
             smallest = f"{sizes.smallest[0]}x{sizes.smallest[1]}"
             self.diagnostics = [
-                replace(d, hint=f"{d.hint}; the smallest input this network accepts is "
-                        f"{smallest}") if d.code == "too-small" else d
-                for d in self.diagnostics]
+                replace(d, hint=f"{d.hint}; the smallest input this network accepts is {smallest}")
+                if d.code == "too-small"
+                else d
+                for d in self.diagnostics
+            ]
         diagnostics = sorted(self.diagnostics, key=Diagnostic.sort_key)
         last = next((s for s in reversed(stages) if s.name != "head"), None)
         return Analysis(
-            graph=graph, diagnostics=diagnostics, input=lowering.input,
-            output=nodes[OUTPUT]["out_shape"], params=params, buffers=buffers, macs=macs,
-            layers=layers, stages=stages,
+            graph=graph,
+            diagnostics=diagnostics,
+            input=lowering.input,
+            output=nodes[OUTPUT]["out_shape"],
+            params=params,
+            buffers=buffers,
+            macs=macs,
+            layers=layers,
+            stages=stages,
             ok=not any(d.severity == "error" for d in diagnostics),
             network=lowering.network.name,
             output_stride=last.output_stride if last else None,
             receptive_field=last.receptive_field if last else None,
-            input_sizes=sizes, block_types=lowering.block_types,
-            params_exact=params_exact, macs_exact=macs_exact)
+            input_sizes=sizes,
+            block_types=lowering.block_types,
+            params_exact=params_exact,
+            macs_exact=macs_exact,
+        )
 
     def _params_follow(self, node: str, op: str) -> bool:
         """Whether a tainted node's parameter count is still the model's: conv and batch norm
@@ -543,10 +665,17 @@ class _Inference:
     def stage_infos(self, layers: list[LayerInfo]) -> list[StageInfo]:
         entries = {e.name: e for e in self.lowering.stages}
         order = ["stem", *entries, "head"]
-        infos = {name: StageInfo(name, entries[name].block if name in entries else None,
-                                 entries[name].repeats if name in entries else 1, None, None,
-                                 blocks=list(entries[name].blocks) if name in entries else [])
-                 for name in order}
+        infos = {
+            name: StageInfo(
+                name,
+                entries[name].block if name in entries else None,
+                entries[name].repeats if name in entries else 1,
+                None,
+                None,
+                blocks=list(entries[name].blocks) if name in entries else [],
+            )
+            for name in order
+        }
         last_node: dict[str, str] = {}
         for layer in layers:
             info = infos[layer.stage]
@@ -607,7 +736,7 @@ def _explain(node: str, attrs: dict, block: str | None, spatial: bool) -> list[s
     before, after = attrs["in_shape"], attrs["out_shape"]
     if before is None or after is None or before == after:
         return []
-    name = node[len(block) + 1:] if block and node.startswith(block + ".") else node
+    name = node[len(block) + 1 :] if block and node.startswith(block + ".") else node
     args = attrs["args"]
     if spatial and attrs["op"] in _WINDOWED and before[1:] != after[1:]:
         parts = []
@@ -624,14 +753,19 @@ def _explain(node: str, attrs: dict, block: str | None, spatial: bool) -> list[s
 # ---------------------------------------------------------------------------------------------
 # Input sizes: the network's spatial chain re-run over many sizes, per axis
 
+
 def input_sizes(graph: nx.DiGraph, axes=None) -> InputSizes:
-    program = _spatial_program(graph, axes or (lambda a: (_window_params(a, 0),
-                                                          _window_params(a, 1))))
+    program = _spatial_program(
+        graph, axes or (lambda a: (_window_params(a, 0), _window_params(a, 1)))
+    )
     results = [_search_axis(program, axis) for axis in (0, 1)]
-    smallest = (None if any(r[0] is None for r in results)
-                else (results[0][0], results[1][0]))
-    return InputSizes(smallest, (results[0][1], results[1][1]), (results[0][2], results[1][2]),
-                      (results[0][3], results[1][3]))
+    smallest = None if any(r[0] is None for r in results) else (results[0][0], results[1][0])
+    return InputSizes(
+        smallest,
+        (results[0][1], results[1][1]),
+        (results[0][2], results[1][2]),
+        (results[0][3], results[1][3]),
+    )
 
 
 def _spatial_program(graph: nx.DiGraph, axes) -> list[tuple]:
@@ -663,8 +797,10 @@ def _spatial_program(graph: nx.DiGraph, axes) -> list[tuple]:
             program.append((op, inputs))
         elif op in _WINDOWED:
             per_axis = axes(args)
-            if all(s == 1 and 2 * p == d * (k - 1) and (op == "conv" or p <= k // 2)
-                   for k, s, p, d, _ in per_axis):
+            if all(
+                s == 1 and 2 * p == d * (k - 1) and (op == "conv" or p <= k // 2)
+                for k, s, p, d, _ in per_axis
+            ):
                 slot[node] = inputs[0]  # size-preserving for every input size
                 continue
             program.append(("window", inputs, per_axis))
@@ -736,8 +872,12 @@ def _search_axis(program: list[tuple], axis: int):
     if first is None:
         none = f"none up to {n}"
         return None, none, none, none
-    return (first, _describe(results, 0, period), _describe(results, 1, period),
-            _describe(results, 2, period))
+    return (
+        first,
+        _describe(results, 0, period),
+        _describe(results, 1, period),
+        _describe(results, 2, period),
+    )
 
 
 def _describe(results: list[tuple], which: int, period: int) -> str:
@@ -747,8 +887,11 @@ def _describe(results: list[tuple], which: int, period: int) -> str:
     if not members:
         return f"none up to {total}"
     if total < 2 * period:
-        return f"from {members[0]}: " + ", ".join(map(str, members[:8])) + (
-            ", ..." if len(members) > 8 else "")
+        return (
+            f"from {members[0]}: "
+            + ", ".join(map(str, members[:8]))
+            + (", ..." if len(members) > 8 else "")
+        )
     tail = range(total - period + 1, total + 1)
     residues = sorted({n % period for n in tail if results[n - 1][which]})
     if not residues:  # only some small sizes
@@ -771,5 +914,8 @@ def _describe(results: list[tuple], which: int, period: int) -> str:
         return f"multiples of {period}" + (f" from {begin}" if begin > period else "")
     if len(member) == 1:
         return f"{period}k + {residues[0]} (from {begin})"
-    return (f"n mod {period} in {{{', '.join(map(str, residues))}}} (from {begin})"
-            if len(member) <= 8 else f"{len(member)} of every {period} sizes from {begin}")
+    return (
+        f"n mod {period} in {{{', '.join(map(str, residues))}}} (from {begin})"
+        if len(member) <= 8
+        else f"{len(member)} of every {period} sizes from {begin}"
+    )

@@ -22,6 +22,7 @@ class Node(BaseModel):
 # ---------------------------------------------------------------------------------------------
 # Expressions
 
+
 class Int(Node):
     kind: Literal["int"] = "int"
     value: int
@@ -82,6 +83,7 @@ Expr = Annotated[
 # ---------------------------------------------------------------------------------------------
 # Layers
 
+
 class Arg(Node):
     """One argument of a call. `name` is None for a positional argument until `resolve` binds it."""
 
@@ -118,6 +120,7 @@ class Layer(Node):
 
 # ---------------------------------------------------------------------------------------------
 # Definitions
+
 
 class Param(Node):
     name: str

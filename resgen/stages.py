@@ -30,30 +30,41 @@ class StagePlan:
         return self.first if index == 0 else self.rest
 
 
-def plan_stage(stage: S.Stage, block: S.Block, env: Mapping[str, Value],
-               dilation: int) -> StagePlan:
+def plan_stage(
+    stage: S.Stage, block: S.Block, env: Mapping[str, Value], dilation: int
+) -> StagePlan:
     """Apply the stage rule. `env` holds network parameters and lets; raises EvalError."""
     repeats = E.evaluate(stage.repeats, env)
     if not isinstance(repeats, int) or isinstance(repeats, bool) or repeats < 1:
-        raise EvalError(stage.repeats.span, f"a stage repeats its block at least once, not "
-                        f"{E.show(repeats)}", "bad-repeats")
+        raise EvalError(
+            stage.repeats.span,
+            f"a stage repeats its block at least once, not {E.show(repeats)}",
+            "bad-repeats",
+        )
     dilate_expr = stage.arg("dilate")
     dilate = E.evaluate(dilate_expr, env) if dilate_expr is not None else False
     if not isinstance(dilate, bool):
-        raise EvalError(dilate_expr.span, f"`dilate` is true or false, not {E.show(dilate)}",
-                        "type")
+        raise EvalError(
+            dilate_expr.span, f"`dilate` is true or false, not {E.show(dilate)}", "type"
+        )
     common = {a.name: a.value for a in stage.args if a.name not in ("stride", "dilate")}
     stride_expr = stage.arg("stride")
     first, rest = dict(common), dict(common)
     after = dilation
     if dilate:
         if stride_expr is None:
-            raise EvalError(stage.span, "`dilate=true` replaces the stage's stride, but the "
-                            "stage has no `stride`", "bad-dilate")
+            raise EvalError(
+                stage.span,
+                "`dilate=true` replaces the stage's stride, but the stage has no `stride`",
+                "bad-dilate",
+            )
         stride = E.evaluate(stride_expr, env)
         if not isinstance(stride, int) or isinstance(stride, bool) or stride < 1:
-            raise EvalError(stride_expr.span, "a dilated stage needs one integer stride, not "
-                            f"{E.show(stride)}", "bad-dilate")
+            raise EvalError(
+                stride_expr.span,
+                f"a dilated stage needs one integer stride, not {E.show(stride)}",
+                "bad-dilate",
+            )
         after = dilation * stride
         first["stride"] = E.literal(1, stride_expr.span)
     elif stride_expr is not None:
@@ -62,8 +73,12 @@ def plan_stage(stage: S.Stage, block: S.Block, env: Mapping[str, Value],
         first["dilation"] = E.literal(dilation, stage.span)
         rest["dilation"] = E.literal(after, stage.span)
     elif after != 1 or dilation != 1:
-        raise EvalError(stage.block_span, f"block `{block.name}` has no `dilation` parameter, "
-                        f"so this stage cannot run at dilation {max(after, dilation)}",
-                        "bad-dilate", hint="add `dilation = 1` to the block's parameters and use "
-                        "it for the padding and dilation of its 3x3 convolutions")
+        raise EvalError(
+            stage.block_span,
+            f"block `{block.name}` has no `dilation` parameter, "
+            f"so this stage cannot run at dilation {max(after, dilation)}",
+            "bad-dilate",
+            hint="add `dilation = 1` to the block's parameters and use "
+            "it for the padding and dilation of its 3x3 convolutions",
+        )
     return StagePlan(repeats, first, rest, after)

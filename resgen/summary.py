@@ -33,6 +33,7 @@ class Row:
 # ---------------------------------------------------------------------------------------------
 # Rows
 
+
 def rows(analysis: Analysis, depth: int = DEFAULT_DEPTH) -> list[Row]:
     """The table's rows down to `depth`, each group's counts summed over its layers."""
     stage_info = {s.name: s for s in analysis.stages}
@@ -43,15 +44,24 @@ def rows(analysis: Analysis, depth: int = DEFAULT_DEPTH) -> list[Row]:
         for level, key in enumerate(chain, start=1):
             row = groups.get(key)
             if row is None:
-                row = groups[key] = Row(key, _group_op(key, level, stage_info, analysis),
-                                        None, 0, 0, level)
+                row = groups[key] = Row(
+                    key, _group_op(key, level, stage_info, analysis), None, 0, 0, level
+                )
                 result.append(row)
             row.params += layer.params
             row.macs += layer.macs
             row.out = layer.out
         if len(chain) + 1 <= depth:
-            result.append(Row(layer.name, describe_op(layer, analysis), layer.out,
-                              layer.params, layer.macs, len(chain) + 1))
+            result.append(
+                Row(
+                    layer.name,
+                    describe_op(layer, analysis),
+                    layer.out,
+                    layer.params,
+                    layer.macs,
+                    len(chain) + 1,
+                )
+            )
     for name, info in stage_info.items():
         if name in groups:
             groups[name].out = info.out_shape
@@ -63,8 +73,7 @@ def _block_chain(layer: LayerInfo, block_types: dict[str, str]) -> list[str]:
     if layer.block is None:
         return []
     parts = layer.block.split(".")
-    return [p for p in (".".join(parts[:i]) for i in range(1, len(parts) + 1))
-            if p in block_types]
+    return [p for p in (".".join(parts[:i]) for i in range(1, len(parts) + 1)) if p in block_types]
 
 
 def _group_op(key: str, level: int, stages: dict, analysis: Analysis) -> str:
@@ -85,8 +94,12 @@ def describe_op(layer: LayerInfo, analysis: Analysis) -> str:
     if op in ("conv", "maxpool", "avgpool") and "kernel" in args:
         parts = [op, _size(args["kernel"])]
         stride_default = 1 if op == "conv" else args["kernel"]  # pools: stride = kernel
-        for key, short, default in (("stride", "s", stride_default), ("padding", "p", 0),
-                                    ("dilation", "d", 1), ("groups", "g", 1)):
+        for key, short, default in (
+            ("stride", "s", stride_default),
+            ("padding", "p", 0),
+            ("dilation", "d", 1),
+            ("groups", "g", 1),
+        ):
             value = args.get(key, default)
             if value != default:
                 parts.append(f"{short}{_compact(value)}")
@@ -113,6 +126,7 @@ def _size(value) -> str:
 # ---------------------------------------------------------------------------------------------
 # Text
 
+
 def human(n: int) -> str:
     """One rule for every row: 1234567 -> 1.23M, 1152 -> 1.15K; plain digits below 1000."""
     for unit, scale in (("G", 10**9), ("M", 10**6), ("K", 10**3)):
@@ -131,8 +145,15 @@ def render(analysis: Analysis, depth: int = DEFAULT_DEPTH) -> str:
     table = [("Layer", "Op", "Output shape", "Params", "MACs")]
     for row in rows(analysis, depth):
         indent = "  " * (row.depth - 1)
-        table.append((indent + row.name, row.op, show_shape(row.out), f"{row.params:,}",
-                      human(row.macs) if row.macs else "-"))
+        table.append(
+            (
+                indent + row.name,
+                row.op,
+                show_shape(row.out),
+                f"{row.params:,}",
+                human(row.macs) if row.macs else "-",
+            )
+        )
     widths = [max(len(r[i]) for r in table) for i in range(5)]
     align = ("<", "<", "<", ">", ">")
 
@@ -153,34 +174,52 @@ def totals(analysis: Analysis) -> list[tuple[str, str]]:
     partial = " (partial: the spec has errors)"
     items = [
         ("Params", f"{analysis.params:,}" + ("" if analysis.params_exact else partial)),
-        ("Buffers", f"{analysis.buffers:,} (batch norm running statistics and counters)"
-                    + ("" if analysis.params_exact else partial)),
-        ("MACs", f"{analysis.macs / 1e9:.3f} G = {analysis.macs:,} ({MAC_CONVENTION})"
-                 + ("" if analysis.macs_exact else partial)),
+        (
+            "Buffers",
+            f"{analysis.buffers:,} (batch norm running statistics and counters)"
+            + ("" if analysis.params_exact else partial),
+        ),
+        (
+            "MACs",
+            f"{analysis.macs / 1e9:.3f} G = {analysis.macs:,} ({MAC_CONVENTION})"
+            + ("" if analysis.macs_exact else partial),
+        ),
         ("Input", show_shape(analysis.input)),
         ("Output", show_shape(analysis.output)),
         ("Output stride", f"{_pair_text(analysis.output_stride, '-')} (after {last})"),
-        ("Receptive field", f"{_pair_text(analysis.receptive_field, 'whole input')} "
-                            f"(after {last})"),
+        (
+            "Receptive field",
+            f"{_pair_text(analysis.receptive_field, 'whole input')} (after {last})",
+        ),
     ]
-    per_stage = [f"{s.name} {_pair_text(s.output_stride, '-')}/"
-                 f"{_pair_text(s.receptive_field, 'all')}"
-                 for s in analysis.stages if s.name != "head"]
+    per_stage = [
+        f"{s.name} {_pair_text(s.output_stride, '-')}/{_pair_text(s.receptive_field, 'all')}"
+        for s in analysis.stages
+        if s.name != "head"
+    ]
     items.append(("Stride/field", ", ".join(per_stage) + " (per stage)"))
     sizes = analysis.input_sizes
     if sizes is not None:
-        items.append(("Smallest input", "none found" if sizes.smallest is None
-                      else f"{sizes.smallest[0]}x{sizes.smallest[1]} (H x W)"))
-        for label, pair in (("Accepted sizes", sizes.accepted),
-                            ("No rows dropped", sizes.no_dropped_rows),
-                            ("Evenly divided", sizes.exact)):
-            items.append((label, pair[0] if pair[0] == pair[1]
-                          else f"H: {pair[0]}; W: {pair[1]}"))
+        items.append(
+            (
+                "Smallest input",
+                "none found"
+                if sizes.smallest is None
+                else f"{sizes.smallest[0]}x{sizes.smallest[1]} (H x W)",
+            )
+        )
+        for label, pair in (
+            ("Accepted sizes", sizes.accepted),
+            ("No rows dropped", sizes.no_dropped_rows),
+            ("Evenly divided", sizes.exact),
+        ):
+            items.append((label, pair[0] if pair[0] == pair[1] else f"H: {pair[0]}; W: {pair[1]}"))
     return items
 
 
 # ---------------------------------------------------------------------------------------------
 # JSON
+
 
 def to_json(analysis: Analysis) -> dict:
     sizes = analysis.input_sizes
@@ -195,26 +234,43 @@ def to_json(analysis: Analysis) -> dict:
         "macs_exact": analysis.macs_exact,
         "mac_convention": MAC_CONVENTION,
         "output_stride": list(analysis.output_stride) if analysis.output_stride else None,
-        "receptive_field": (list(analysis.receptive_field) if analysis.receptive_field
-                            else None),
-        "input_sizes": None if sizes is None else {
+        "receptive_field": (list(analysis.receptive_field) if analysis.receptive_field else None),
+        "input_sizes": None
+        if sizes is None
+        else {
             "smallest": list(sizes.smallest) if sizes.smallest else None,
             "accepted": list(sizes.accepted),
             "no_dropped_rows": list(sizes.no_dropped_rows),
             "exact": list(sizes.exact),
         },
-        "stages": [{
-            "name": s.name, "block": s.block, "repeats": s.repeats,
-            "in": _listed(s.in_shape), "out": _listed(s.out_shape), "params": s.params,
-            "buffers": s.buffers, "macs": s.macs,
-            "output_stride": _listed(s.output_stride),
-            "receptive_field": _listed(s.receptive_field),
-        } for s in analysis.stages],
-        "layers": [{
-            "name": layer.name, "op": layer.op, "out": _listed(layer.out),
-            "params": layer.params, "macs": layer.macs, "buffers": layer.buffers,
-            "stage": layer.stage, "block": layer.block,
-        } for layer in analysis.layers],
+        "stages": [
+            {
+                "name": s.name,
+                "block": s.block,
+                "repeats": s.repeats,
+                "in": _listed(s.in_shape),
+                "out": _listed(s.out_shape),
+                "params": s.params,
+                "buffers": s.buffers,
+                "macs": s.macs,
+                "output_stride": _listed(s.output_stride),
+                "receptive_field": _listed(s.receptive_field),
+            }
+            for s in analysis.stages
+        ],
+        "layers": [
+            {
+                "name": layer.name,
+                "op": layer.op,
+                "out": _listed(layer.out),
+                "params": layer.params,
+                "macs": layer.macs,
+                "buffers": layer.buffers,
+                "stage": layer.stage,
+                "block": layer.block,
+            }
+            for layer in analysis.layers
+        ],
         "diagnostics": [d.as_dict() for d in analysis.diagnostics],
     }
 
@@ -224,6 +280,7 @@ def _listed(value) -> list | None:
 
 
 # ---------------------------------------------------------------------------------------------
+
 
 def cmd_summary(args) -> int:
     loader = loader_for(args)

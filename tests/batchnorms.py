@@ -11,8 +11,9 @@ import torch
 
 
 @torch.no_grad()
-def randomise_batchnorms(model: torch.nn.Module, seed: int = 0, weight=(0.5, 1.5),
-                         var=(0.5, 1.5), shift: float = 0.1) -> None:
+def randomise_batchnorms(
+    model: torch.nn.Module, seed: int = 0, weight=(0.5, 1.5), var=(0.5, 1.5), shift: float = 0.1
+) -> None:
     """Weights and running variances uniform in the given ranges; biases and running means
     normal with standard deviation `shift`. Deep nets want narrower ranges to stay finite."""
     generator = torch.Generator().manual_seed(seed)

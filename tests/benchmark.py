@@ -64,8 +64,9 @@ def bench_whole_process(repeats: int, out_dir: Path) -> None:
     py = sys.executable
     spec = str(SPECS / "resnet152.arch")
     check = whole_process([py, "-m", "resgen", "check", spec], repeats, ROOT)
-    build = whole_process([py, "-m", "resgen", "build", spec, "-o", str(out_dir),
-                           "--no-diagram"], repeats, ROOT)
+    build = whole_process(
+        [py, "-m", "resgen", "build", spec, "-o", str(out_dir), "--no-diagram"], repeats, ROOT
+    )
     torchinfo_cmd = (
         "import torch, torchvision, torchinfo; torch.set_num_threads(2); "
         "torchinfo.summary(torchvision.models.resnet152(), (1, 3, 224, 224), verbose=0)"
@@ -73,13 +74,16 @@ def bench_whole_process(repeats: int, out_dir: Path) -> None:
     reference = whole_process([py, "-c", torchinfo_cmd], max(3, repeats // 2), ROOT)
     row("resgen check specs/resnet152.arch", f"{check[0]:.3f} s", f"{check[1]} MiB")
     row("resgen build specs/resnet152.arch", f"{build[0]:.3f} s", f"{build[1]} MiB")
-    row("torchinfo.summary(resnet152) (reference)", f"{reference[0]:.3f} s",
-        f"{reference[1]} MiB")
-    row("speed-up of check over torchinfo", f"{reference[0] / check[0]:.1f}x",
-        "target >= 10x, check <= 0.4 s")
+    row("torchinfo.summary(resnet152) (reference)", f"{reference[0]:.3f} s", f"{reference[1]} MiB")
+    row(
+        "speed-up of check over torchinfo",
+        f"{reference[0] / check[0]:.1f}x",
+        "target >= 10x, check <= 0.4 s",
+    )
     row("speed-up of build over torchinfo", f"{reference[0] / build[0]:.1f}x")
-    row("memory of check vs torchinfo", f"{check[1] / reference[1]:.2f}",
-        "target: check <= 100 MiB")
+    row(
+        "memory of check vs torchinfo", f"{check[1] / reference[1]:.2f}", "target: check <= 100 MiB"
+    )
 
 
 def bench_stages(repeats: int) -> None:
@@ -109,7 +113,8 @@ def synthetic_spec(blocks: int) -> str:
     per_stage = [blocks // 4 + (1 if i < blocks % 4 else 0) for i in range(4)]
     stages = "\n".join(
         f"    stage layer{i + 1} = {n} x BasicBlock({16 << i}{', stride=2' if i else ''})"
-        for i, n in enumerate(per_stage) if n
+        for i, n in enumerate(per_stage)
+        if n
     )
     return f"""import std.resnet
 network synthetic_{blocks} {{
@@ -131,8 +136,11 @@ def bench_scaling(tmp: Path) -> None:
         path.write_text(synthetic_spec(blocks))
         seconds = median_time(lambda p=path: shapes.analyse(load(p)), 3 if blocks < 10_000 else 1)
         note = "target <= 3 s" if blocks == 10_000 else ""
-        row(f"{blocks:>6} blocks", f"{seconds:.3f} s",
-            f"{seconds / blocks * 1e6:.0f} us/block  {note}")
+        row(
+            f"{blocks:>6} blocks",
+            f"{seconds:.3f} s",
+            f"{seconds / blocks * 1e6:.0f} us/block  {note}",
+        )
 
 
 def bench_throughput(tmp: Path, count: int) -> None:
@@ -164,8 +172,11 @@ network variant_{i} {{
     start = time.perf_counter()
     errors = sum(not shapes.analyse(load(p)).ok for p in paths)
     seconds = time.perf_counter() - start
-    row(f"{count} specs", f"{seconds:.2f} s", f"{count / seconds:.0f} specs/s (target >= 200); "
-        f"{errors} with errors")
+    row(
+        f"{count} specs",
+        f"{seconds:.2f} s",
+        f"{count / seconds:.0f} specs/s (target >= 200); {errors} with errors",
+    )
 
 
 def bench_forward(repeats: int) -> None:

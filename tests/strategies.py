@@ -65,8 +65,12 @@ def custom_block(draw, name: str, mistake: str | None = None) -> str:
     merge = draw(st.sampled_from(["add", "add", "mul", None]))
     if mistake:
         merge = draw(st.sampled_from(["add", "mul"]))
-    lines = [f"block {name}(planes, stride = 1, groups = 1, dilation = 1) {{",
-             f"    expansion {expansion}", f"    let width = planes * {widen}", "    main {"]
+    lines = [
+        f"block {name}(planes, stride = 1, groups = 1, dilation = 1) {{",
+        f"    expansion {expansion}",
+        f"    let width = planes * {widen}",
+        "    main {",
+    ]
     style = draw(st.sampled_from(["plain", "seq"]))
     # Pre-activation (ResNet v2): the projection reads the activated input (`shortcut ... from`).
     preact = merge is not None and draw(st.booleans())
@@ -75,12 +79,16 @@ def custom_block(draw, name: str, mistake: str | None = None) -> str:
     middles = draw(st.integers(1, 2))
     stride_on = draw(st.integers(0, middles))  # 0: the 1x1 reduce conv takes the stride
     if style == "seq":
-        lines.append("        reduce = seq { conv(width, 1, stride=%s, bias=false) batchnorm "
-                     "relu(inplace=true) }" % ("stride" if stride_on == 0 else "1"))
+        lines.append(
+            "        reduce = seq { conv(width, 1, stride=%s, bias=false) batchnorm "
+            "relu(inplace=true) }" % ("stride" if stride_on == 0 else "1")
+        )
         lines.append("        act = relu")
     else:
-        lines.append("        reduce = conv(width, 1, stride=%s, bias=false)"
-                     % ("stride" if stride_on == 0 else "1"))
+        lines.append(
+            "        reduce = conv(width, 1, stride=%s, bias=false)"
+            % ("stride" if stride_on == 0 else "1")
+        )
         lines.append("        bn0 = batchnorm")
         lines.append("        act = relu(inplace=true)")
     spatial_mistake_at = draw(st.integers(1, middles)) if mistake == "spatial" else None
@@ -95,8 +103,10 @@ def custom_block(draw, name: str, mistake: str | None = None) -> str:
             dilated = False
         stride = "stride" if stride_on == i else "1"
         dil = ", dilation=dilation" if dilated else ""
-        lines.append(f"        conv{i} = conv(width, {kernel}, stride={stride}, "
-                     f"padding={padding}{dil}, groups=groups, bias=false)")
+        lines.append(
+            f"        conv{i} = conv(width, {kernel}, stride={stride}, "
+            f"padding={padding}{dil}, groups=groups, bias=false)"
+        )
         if draw(st.booleans()):
             lines.append(f"        bn{i} = batchnorm")
         lines.append("        act")
@@ -171,8 +181,10 @@ def network_design(draw, mistake: str | None = None) -> str:
         width = height  # square inputs are common; keep them common here too
     stem_width = draw(st.sampled_from([4, 8, 16]))
     kernel = draw(st.sampled_from(["3", "5", "7", "(3, 5)", "(7, 3)"]))
-    stem = [f"        conv1 = conv(width, {kernel}, stride={draw(st.sampled_from([1, 2]))}, "
-            f"padding={_same_padding(kernel, False)}, bias=false)"]
+    stem = [
+        f"        conv1 = conv(width, {kernel}, stride={draw(st.sampled_from([1, 2]))}, "
+        f"padding={_same_padding(kernel, False)}, bias=false)"
+    ]
     bn = "batchnorm"
     if mistake == "batchnorm":
         bn = f"batchnorm({stem_width + draw(st.integers(1, 4))})"
@@ -185,16 +197,20 @@ def network_design(draw, mistake: str | None = None) -> str:
         padding = draw(st.integers(0, k // 2)) if height > 4 and width > 4 else k // 2
         if mistake == "pool-padding":
             padding = k // 2 + draw(st.integers(1, 2))
-        stem.append(f"        pool = {pool}({k}, stride={draw(st.sampled_from([1, 2]))}, "
-                    f"padding={padding})")
+        stem.append(
+            f"        pool = {pool}({k}, stride={draw(st.sampled_from([1, 2]))}, padding={padding})"
+        )
     if mistake == "too-small":  # an unpadded conv that needs more than the input has
         height, width = draw(st.integers(1, 6)), draw(st.integers(1, 6))
         stem.append(f"        valid = conv(width, {draw(st.sampled_from([5, 7]))})")
 
     block_names = ["BasicBlock", "Bottleneck", "Custom1", "Custom2"]
     broken = mistake in ("spatial", "channels")
-    defs = [SQUEEZE_EXCITE, draw(custom_block("Custom1", mistake if broken else None)),
-            draw(custom_block("Custom2"))]
+    defs = [
+        SQUEEZE_EXCITE,
+        draw(custom_block("Custom1", mistake if broken else None)),
+        draw(custom_block("Custom2")),
+    ]
     stages = []
     for index in range(1, draw(st.sampled_from([1, 2, 3, 0])) + 1):
         line, _ = draw(_stage(index, block_names, dilating=True))
@@ -205,8 +221,7 @@ def network_design(draw, mistake: str | None = None) -> str:
     if mistake == "groups":
         planes = draw(st.sampled_from([4, 8, 16]))
         groups = draw(st.sampled_from([3, 5, 6]))
-        stages.append(f"    stage layer{len(stages) + 1} = 1 x Custom2({planes}, "
-                      f"groups={groups})")
+        stages.append(f"    stage layer{len(stages) + 1} = 1 x Custom2({planes}, groups={groups})")
 
     size = draw(st.sampled_from(["1", "1", "(2, 1)", "(1, 3)"]))
     head = [f"        avgpool = adaptive_avgpool({size})", "        flatten = flatten"]
@@ -219,10 +234,23 @@ def network_design(draw, mistake: str | None = None) -> str:
     if draw(st.booleans()):
         head.append("        relu")  # the stem's ReLU applied again
 
-    text = ["import std.resnet", *defs, "network net {", f"    input {channels}x{height}x{width}",
-            f"    param num_classes = {draw(st.integers(1, 12))}",
-            f"    param width = {stem_width}", "    stem {", *stem, "    }", *stages,
-            "    head {", *head, "    }", "}", ""]
+    text = [
+        "import std.resnet",
+        *defs,
+        "network net {",
+        f"    input {channels}x{height}x{width}",
+        f"    param num_classes = {draw(st.integers(1, 12))}",
+        f"    param width = {stem_width}",
+        "    stem {",
+        *stem,
+        "    }",
+        *stages,
+        "    head {",
+        *head,
+        "    }",
+        "}",
+        "",
+    ]
     return "\n".join(text)
 
 
@@ -236,4 +264,5 @@ def valid_specs() -> st.SearchStrategy[str]:
 def invalid_specs() -> st.SearchStrategy[tuple[str, str]]:
     """(spec text, mistake) with one shape-level mistake in it."""
     return st.sampled_from(MISTAKES).flatmap(
-        lambda m: network_design(m).map(lambda text: (text, m)))
+        lambda m: network_design(m).map(lambda text: (text, m))
+    )

@@ -19,14 +19,38 @@ def _at_root(monkeypatch):
 
 def test_params_turn_resnet50_into_resnext50(capsys):
     # torchvision's resnext50_32x4d is resnet50 with groups=32, width_per_group=4: 25,028,904.
-    assert main(["summary", "specs/resnet50.arch", "--json",
-                 "--param", "groups=32", "--param", "width_per_group=4"]) == 0
+    assert (
+        main(
+            [
+                "summary",
+                "specs/resnet50.arch",
+                "--json",
+                "--param",
+                "groups=32",
+                "--param",
+                "width_per_group=4",
+            ]
+        )
+        == 0
+    )
     assert json.loads(capsys.readouterr().out)["params"] == 25_028_904
 
 
 def test_build_bakes_the_values_in_as_defaults(tmp_path):
-    assert main(["build", "specs/resnet18.arch", "--param", "num_classes=10", "-o",
-                 str(tmp_path), "--no-diagram"]) == 0
+    assert (
+        main(
+            [
+                "build",
+                "specs/resnet18.arch",
+                "--param",
+                "num_classes=10",
+                "-o",
+                str(tmp_path),
+                "--no-diagram",
+            ]
+        )
+        == 0
+    )
     assert "num_classes: int = 10," in (tmp_path / "resnet18.py").read_text()
 
 
@@ -38,23 +62,34 @@ def test_a_param_that_breaks_the_network_is_reported(capsys):
     assert "note: `layer1.0.conv1` comes from stage `layer1`" in err
 
 
-@pytest.mark.parametrize("option, code, column", [
-    ("widht_per_group=4", "unknown-argument", 5),
-    ("groups=(", "unexpected-eof", 14),
-    ("groups=other", "unknown-name", 14),
-    ("groups=rund(1.5)", "unknown-function", 14),
-    ("groups=1 block Z() { main { c = conv(1, 1) } }", "syntax", 1),
-])
+@pytest.mark.parametrize(
+    "option, code, column",
+    [
+        ("widht_per_group=4", "unknown-argument", 5),
+        ("groups=(", "unexpected-eof", 14),
+        ("groups=other", "unknown-name", 14),
+        ("groups=rund(1.5)", "unknown-function", 14),
+        ("groups=1 block Z() { main { c = conv(1, 1) } }", "syntax", 1),
+    ],
+)
 def test_bad_params_are_located_in_the_option(capsys, option, code, column):
     assert main(["check", "specs/resnet50.arch", "--param", option, "--json"]) == 1
     (record,) = json.loads(capsys.readouterr().out)
     name = option.split("=")[0]
     assert (record["file"], record["line"], record["column"], record["code"]) == (
-        f"--param {name}", 1, column, code)
+        f"--param {name}",
+        1,
+        column,
+        code,
+    )
 
 
 def test_a_param_given_twice_is_an_error(capsys):
-    assert main(["check", "specs/resnet50.arch", "--param", "groups=2", "--param", "groups=3",
-                 "--json"]) == 1
+    assert (
+        main(
+            ["check", "specs/resnet50.arch", "--param", "groups=2", "--param", "groups=3", "--json"]
+        )
+        == 1
+    )
     (record,) = json.loads(capsys.readouterr().out)
     assert record["code"] == "duplicate-argument"

@@ -77,8 +77,11 @@ def _hooked_shapes(model, input_shape):
     handles = []
     for path, module in model.named_modules():
         if path and not list(module.children()):
-            handles.append(module.register_forward_hook(
-                lambda _m, _i, out, path=path: seen[path].append(tuple(out.shape[1:]))))
+            handles.append(
+                module.register_forward_hook(
+                    lambda _m, _i, out, path=path: seen[path].append(tuple(out.shape[1:]))
+                )
+            )
     with torch.no_grad():
         model.eval()(torch.zeros(1, *input_shape, device="meta"))
     for handle in handles:
@@ -86,11 +89,14 @@ def _hooked_shapes(model, input_shape):
     return seen
 
 
-@pytest.mark.parametrize("name, kwargs", [
-    ("resnet18", {}),
-    ("resnet50", {}),
-    ("resnet50_dilated", {"replace_stride_with_dilation": [False, True, True]}),
-])
+@pytest.mark.parametrize(
+    "name, kwargs",
+    [
+        ("resnet18", {}),
+        ("resnet50", {}),
+        ("resnet50_dilated", {"replace_stride_with_dilation": [False, True, True]}),
+    ],
+)
 def test_layer_shapes_match_torch_forward_hooks(name, kwargs):
     torch = pytest.importorskip("torch")
     torchvision = pytest.importorskip("torchvision")

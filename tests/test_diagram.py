@@ -128,22 +128,43 @@ def shape(s) -> str:
 # ---------------------------------------------------------------------------------------------
 # The three levels, rendered
 
+
 @needs_dot
 def test_stages_level_draws_one_node_per_stage_with_counts(resnet50):
     spec, analysis = resnet50
     svg = svg_of(spec, analysis, "stages")
-    assert list(svg.nodes) == ["input", "stem", "layer1", "layer2", "layer3", "layer4", "head",
-                               "output"]
+    assert list(svg.nodes) == [
+        "input",
+        "stem",
+        "layer1",
+        "layer2",
+        "layer3",
+        "layer4",
+        "head",
+        "output",
+    ]
     layer3 = Svg.text(svg.nodes["layer3"])
-    for part in ("layer3", "Bottleneck ×6", "512→1024 ch", "stride 2", "28×28→14×14",
-                 "params 7.10M", "MACs 1.46G"):
+    for part in (
+        "layer3",
+        "Bottleneck ×6",
+        "512→1024 ch",
+        "stride 2",
+        "28×28→14×14",
+        "params 7.10M",
+        "MACs 1.46G",
+    ):
         assert part in layer3, part
     assert "3×224×224 → 64×56×56" in Svg.text(svg.nodes["stem"])
     # Every edge carries the tensor shape; the ones leaving a downsampling stage are bold, "/2".
-    expected = {("input", "stem"): "3×224×224", ("stem", "layer1"): "64×56×56 /4",
-                ("layer1", "layer2"): "256×56×56", ("layer2", "layer3"): "512×28×28 /2",
-                ("layer3", "layer4"): "1024×14×14 /2", ("layer4", "head"): "2048×7×7 /2",
-                ("head", "output"): "1000"}
+    expected = {
+        ("input", "stem"): "3×224×224",
+        ("stem", "layer1"): "64×56×56 /4",
+        ("layer1", "layer2"): "256×56×56",
+        ("layer2", "layer3"): "512×28×28 /2",
+        ("layer3", "layer4"): "1024×14×14 /2",
+        ("layer4", "head"): "2048×7×7 /2",
+        ("head", "output"): "1000",
+    }
     assert set(svg.edges) == {edge_title(*k) for k in expected}
     for (u, v), label in expected.items():
         edge = svg.edges[edge_title(u, v)]
@@ -210,6 +231,7 @@ def test_layers_level_draws_exactly_the_shape_graph(resnet50):
 # ---------------------------------------------------------------------------------------------
 # Broken specs
 
+
 @needs_dot
 @pytest.mark.parametrize("detail", diagram.DETAILS)
 def test_a_broken_variant_is_drawn_with_its_error_in_red(broken, tmp_path, capsys, detail):
@@ -223,8 +245,11 @@ def test_a_broken_variant_is_drawn_with_its_error_in_red(broken, tmp_path, capsy
     graph = analysis.graph
     failing = [n for n in graph if graph.nodes[n]["error"]]
     assert failing == ["layer1.0.add"] and len(analysis.errors) == 1
-    expected = {"layers": failing, "blocks": [graph.nodes[n]["block"] for n in failing],
-                "stages": [graph.nodes[n]["stage"] for n in failing]}[detail]
+    expected = {
+        "layers": failing,
+        "blocks": [graph.nodes[n]["block"] for n in failing],
+        "stages": [graph.nodes[n]["stage"] for n in failing],
+    }[detail]
     red = sorted(n for n, g in svg.nodes.items() if RED in Svg.strokes(g))
     assert red == sorted(set(expected))
     text = Svg.text(svg.nodes[expected[0]])
@@ -240,8 +265,9 @@ def test_a_broken_variant_is_drawn_with_its_error_in_red(broken, tmp_path, capsy
     assert "84.2k params ·" in title and "MACs (partial: the spec has errors)" in title
     # No "/n" from tainted sizes: only the untainted stem/layer1 entry could carry one.
     marks = [t for t, g in svg.edges.items() if "/" in Svg.text(g)]
-    assert all(not graph.nodes[t.split("->")[0]].get("tainted")
-               for t in marks if t.split("->")[0] in graph)
+    assert all(
+        not graph.nodes[t.split("->")[0]].get("tainted") for t in marks if t.split("->")[0] in graph
+    )
     if detail == "layers":  # both sides of the disagreement, with their shapes
         assert Svg.text(svg.edges["layer1.0.bn2->layer1.0.add"]).split()[0] == "16×62×62"
         assert Svg.text(svg.edges["relu->layer1.0.add"]).split()[0] == "16×64×64"
@@ -278,12 +304,14 @@ def test_an_error_that_belongs_to_no_node_is_drawn_apart(resnet50):
 # ---------------------------------------------------------------------------------------------
 # Determinism and speed
 
+
 def test_same_input_gives_identical_dot(resnet50):
     spec, analysis = resnet50
     for detail in diagram.DETAILS:
         first = diagram.to_dot(spec, analysis, detail)
-        assert first == diagram.to_dot(load(SPECS / "resnet50.arch"),
-                                       analyse(load(SPECS / "resnet50.arch")), detail)
+        assert first == diagram.to_dot(
+            load(SPECS / "resnet50.arch"), analyse(load(SPECS / "resnet50.arch")), detail
+        )
 
 
 def test_dot_is_identical_across_hash_seeds(tmp_path):
@@ -291,10 +319,25 @@ def test_dot_is_identical_across_hash_seeds(tmp_path):
     for seed in ("0", "1", "4242"):
         out = tmp_path / f"seed{seed}.dot"
         env = {**os.environ, "PYTHONHASHSEED": seed}
-        proc = subprocess.run([sys.executable, "-m", "resgen", "diagram",
-                               str(SPECS / "resnext50_32x4d.arch"), "--detail", "layers",
-                               "--format", "dot", "-o", str(out)],
-                              env=env, capture_output=True, text=True, cwd=tmp_path)
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "resgen",
+                "diagram",
+                str(SPECS / "resnext50_32x4d.arch"),
+                "--detail",
+                "layers",
+                "--format",
+                "dot",
+                "-o",
+                str(out),
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
+        )
         assert proc.returncode == 0, proc.stderr
         outputs.add(out.read_bytes())
     assert len(outputs) == 1
@@ -310,22 +353,30 @@ def test_resnet152_layers_dot_builds_well_under_a_second():
 
 
 def test_no_torch_import():
-    code = ("import sys; from resgen import diagram; from resgen.resolve import load; "
-            "from resgen.shapes import analyse; s = load('specs/resnet18.arch'); "
-            "diagram.to_dot(s, analyse(s), 'layers'); assert 'torch' not in sys.modules")
+    code = (
+        "import sys; from resgen import diagram; from resgen.resolve import load; "
+        "from resgen.shapes import analyse; s = load('specs/resnet18.arch'); "
+        "diagram.to_dot(s, analyse(s), 'layers'); assert 'torch' not in sys.modules"
+    )
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
 
 
 # ---------------------------------------------------------------------------------------------
 # Files, the command line and a missing `dot`
 
+
 def run_without_dot(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
     """`python -m resgen ...` with a PATH on which there is no `dot`."""
     empty = tmp_path / "empty-path"
     empty.mkdir(exist_ok=True)
     env = {**os.environ, "PATH": str(empty)}
-    return subprocess.run([sys.executable, "-m", "resgen", *args], env=env, cwd=tmp_path,
-                          capture_output=True, text=True)
+    return subprocess.run(
+        [sys.executable, "-m", "resgen", *args],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
 
 
 def test_without_dot_the_dot_file_is_written_and_only_images_fail(tmp_path):
@@ -345,8 +396,9 @@ def test_without_dot_the_dot_file_is_written_and_only_images_fail(tmp_path):
     assert (tmp_path / "resnet18.stages.dot").exists()
 
 
-def test_build_diagrams_without_dot_write_the_dot_and_do_not_fail(tmp_path, monkeypatch, capsys,
-                                                                  resnet50):
+def test_build_diagrams_without_dot_write_the_dot_and_do_not_fail(
+    tmp_path, monkeypatch, capsys, resnet50
+):
     spec, analysis = resnet50
     monkeypatch.setenv("PATH", str(tmp_path))  # no dot here
     written = diagram.write_build_diagrams(spec, analysis, tmp_path, "resnet50")
@@ -367,8 +419,7 @@ def test_build_diagrams_write_dot_and_svg_atomically(tmp_path, resnet50):
 
 
 @needs_dot
-@pytest.mark.parametrize("fmt, magic", [("svg", b"<?xml"), ("png", b"\x89PNG"),
-                                        ("pdf", b"%PDF")])
+@pytest.mark.parametrize("fmt, magic", [("svg", b"<?xml"), ("png", b"\x89PNG"), ("pdf", b"%PDF")])
 def test_default_output_name_in_the_current_directory(tmp_path, monkeypatch, fmt, magic):
     monkeypatch.chdir(tmp_path)
     assert main(["diagram", str(SPECS / "resnet18.arch"), "--format", fmt]) == 0
@@ -376,8 +427,25 @@ def test_default_output_name_in_the_current_directory(tmp_path, monkeypatch, fmt
 
 
 def test_output_directory_and_input_override(tmp_path):
-    assert main(["diagram", str(SPECS / "resnet18.arch"), "--format", "dot", "--detail",
-                 "blocks", "--rankdir", "LR", "--input", "512x384", "-o", str(tmp_path)]) == 0
+    assert (
+        main(
+            [
+                "diagram",
+                str(SPECS / "resnet18.arch"),
+                "--format",
+                "dot",
+                "--detail",
+                "blocks",
+                "--rankdir",
+                "LR",
+                "--input",
+                "512x384",
+                "-o",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
     source = (tmp_path / "resnet18.blocks.dot").read_text()
     assert "rankdir=LR" in source and "3×512×384" in source and "512×16×12" in source
 
@@ -398,18 +466,24 @@ def test_a_file_without_a_network_is_a_spec_error(tmp_path, capsys):
     assert "no-network" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("op, args, text", [
-    ("conv", {"kernel": 3, "stride": 2, "padding": 1}, "conv 3×3 s2 p1"),
-    ("conv", {"kernel": (1, 7), "padding": (0, 3), "groups": 32, "dilation": 2},
-     "conv 1×7 p0×3 d2 g32"),
-    ("conv", {"kernel": 1}, "conv 1×1"),
-    ("maxpool", {"kernel": 3, "padding": 1}, "maxpool 3×3 s3 p1"),
-    ("avgpool", {"kernel": 2, "stride": 1}, "avgpool 2×2"),
-    ("adaptive_avgpool", {"size": (1, 1)}, "adaptive avgpool to 1×1"),
-    ("linear", {"features": 10}, "linear 10"),
-    ("dropout", {"p": 0.2}, "dropout p=0.2"),
-    ("batchnorm", {}, "batchnorm"),
-])
+@pytest.mark.parametrize(
+    "op, args, text",
+    [
+        ("conv", {"kernel": 3, "stride": 2, "padding": 1}, "conv 3×3 s2 p1"),
+        (
+            "conv",
+            {"kernel": (1, 7), "padding": (0, 3), "groups": 32, "dilation": 2},
+            "conv 1×7 p0×3 d2 g32",
+        ),
+        ("conv", {"kernel": 1}, "conv 1×1"),
+        ("maxpool", {"kernel": 3, "padding": 1}, "maxpool 3×3 s3 p1"),
+        ("avgpool", {"kernel": 2, "stride": 1}, "avgpool 2×2"),
+        ("adaptive_avgpool", {"size": (1, 1)}, "adaptive avgpool to 1×1"),
+        ("linear", {"features": 10}, "linear 10"),
+        ("dropout", {"p": 0.2}, "dropout p=0.2"),
+        ("batchnorm", {}, "batchnorm"),
+    ],
+)
 def test_op_text(op, args, text):
     assert diagram.op_text(op, args) == text
 
@@ -429,8 +503,11 @@ def test_tainted_stages_get_no_stride_and_the_title_counts_checks_errors(tmp_pat
     # carried on for the drawing. Before: "10 errors" (one per instance) against check's 1,
     # and stage strides such as "stride 4×3" made from broken sizes.
     path = tmp_path / "padding0.arch"
-    path.write_text(BROKEN.replace("conv2 = conv(planes, 5, padding=1", "conv2 = conv(planes, "
-                                   "3, padding=0").replace("input 3x64x64", "input 3x48x64"))
+    path.write_text(
+        BROKEN.replace(
+            "conv2 = conv(planes, 5, padding=1", "conv2 = conv(planes, 3, padding=0"
+        ).replace("input 3x64x64", "input 3x48x64")
+    )
     spec = load(path)
     analysis = analyse(spec)
     assert len(analysis.errors) == 1

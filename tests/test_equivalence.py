@@ -79,6 +79,7 @@ def test_zero_init_residual_zeroes_the_last_batchnorm():
 # ---------------------------------------------------------------------------------------------
 # Beyond eager mode
 
+
 def _reference_pair(stem):
     factory, kwargs, _ = CASES[stem]
     torch.manual_seed(0)

@@ -20,9 +20,13 @@ ROOT = Path(__file__).resolve().parent.parent
 SPECS = ROOT / "specs"
 
 # n, Table 6 "# params" as printed (M), digits the paper rounds to.
-TABLE6 = {"cifar_resnet20": (3, 0.27, 2), "cifar_resnet32": (5, 0.46, 2),
-          "cifar_resnet44": (7, 0.66, 2), "cifar_resnet56": (9, 0.85, 2),
-          "cifar_resnet110": (18, 1.7, 1)}
+TABLE6 = {
+    "cifar_resnet20": (3, 0.27, 2),
+    "cifar_resnet32": (5, 0.46, 2),
+    "cifar_resnet44": (7, 0.66, 2),
+    "cifar_resnet56": (9, 0.85, 2),
+    "cifar_resnet110": (18, 1.7, 1),
+}
 
 
 @pytest.mark.parametrize("stem", sorted(TABLE6))
@@ -61,8 +65,9 @@ class BasicBlock(nn.Module):
 
     def __init__(self, in_planes, planes, stride=1, option="A"):
         super().__init__()
-        self.conv1 = nn.Conv2d(in_planes, planes, kernel_size=3, stride=stride, padding=1,
-                               bias=False)
+        self.conv1 = nn.Conv2d(
+            in_planes, planes, kernel_size=3, stride=stride, padding=1, bias=False
+        )
         self.bn1 = nn.BatchNorm2d(planes)
         self.conv2 = nn.Conv2d(planes, planes, kernel_size=3, stride=1, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(planes)
@@ -70,13 +75,18 @@ class BasicBlock(nn.Module):
         if stride != 1 or in_planes != planes:
             if option == "A":
                 # "For CIFAR10 ResNet paper uses option A."
-                self.shortcut = LambdaLayer(lambda x: F.pad(
-                    x[:, :, ::2, ::2], (0, 0, 0, 0, planes // 4, planes // 4), "constant", 0))
+                self.shortcut = LambdaLayer(
+                    lambda x: F.pad(
+                        x[:, :, ::2, ::2], (0, 0, 0, 0, planes // 4, planes // 4), "constant", 0
+                    )
+                )
             elif option == "B":
                 self.shortcut = nn.Sequential(
-                    nn.Conv2d(in_planes, self.expansion * planes, kernel_size=1, stride=stride,
-                              bias=False),
-                    nn.BatchNorm2d(self.expansion * planes))
+                    nn.Conv2d(
+                        in_planes, self.expansion * planes, kernel_size=1, stride=stride, bias=False
+                    ),
+                    nn.BatchNorm2d(self.expansion * planes),
+                )
 
     def forward(self, x):
         out = F.relu(self.bn1(self.conv1(x)))
@@ -117,6 +127,7 @@ def reference(n: int, option: str = "A") -> ResNet:
 
 
 # ---------------------------------------------------------------------------------------------
+
 
 def _model(stem: str):
     from resgen.build import import_source
@@ -189,8 +200,8 @@ def test_pad_channels_split_and_counts(tmp_path, c, channels):
     y = net(x)
     before = (channels - c) // 2
     assert y.shape == (2, channels, 8, 8)
-    assert torch.equal(y[:, before:before + c], x)
-    assert not y[:, :before].any() and not y[:, before + c:].any()
+    assert torch.equal(y[:, before : before + c], x)
+    assert not y[:, :before].any() and not y[:, before + c :].any()
     if channels - c == 16:  # the reference's planes // 4 on each side
         assert torch.equal(y, F.pad(x, (0, 0, 0, 0, channels // 4, channels // 4)))
 
@@ -201,7 +212,7 @@ def test_pad_channels_refuses_to_shrink(tmp_path):
     [error] = analysis.errors
     assert error.code == "channels" and "shrink" in error.message
     line = PAD.format(c=32, channels=16).split("\n")[error.span.line - 1]
-    assert line[error.span.column - 1:error.span.end_column - 1] == "16"
+    assert line[error.span.column - 1 : error.span.end_column - 1] == "16"
 
 
 def test_helper_class_only_where_used():
@@ -217,4 +228,3 @@ def test_generated_code_verifies():
         spec = load(SPECS / f"{stem}.arch")
         differences, checked = verify(spec, analyse(spec))
         assert not differences and checked > 50
-

@@ -32,14 +32,17 @@ class PreActBlock(nn.Module):
     def __init__(self, in_planes, planes, stride=1):
         super().__init__()
         self.bn1 = nn.BatchNorm2d(in_planes)
-        self.conv1 = nn.Conv2d(in_planes, planes, kernel_size=3, stride=stride, padding=1,
-                               bias=False)
+        self.conv1 = nn.Conv2d(
+            in_planes, planes, kernel_size=3, stride=stride, padding=1, bias=False
+        )
         self.bn2 = nn.BatchNorm2d(planes)
         self.conv2 = nn.Conv2d(planes, planes, kernel_size=3, stride=1, padding=1, bias=False)
         if stride != 1 or in_planes != self.expansion * planes:
             self.shortcut = nn.Sequential(
-                nn.Conv2d(in_planes, self.expansion * planes, kernel_size=1, stride=stride,
-                          bias=False))
+                nn.Conv2d(
+                    in_planes, self.expansion * planes, kernel_size=1, stride=stride, bias=False
+                )
+            )
 
     def forward(self, x):
         out = F.relu(self.bn1(x))
@@ -57,14 +60,15 @@ class PreActBottleneck(nn.Module):
         self.bn1 = nn.BatchNorm2d(in_planes)
         self.conv1 = nn.Conv2d(in_planes, planes, kernel_size=1, bias=False)
         self.bn2 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, kernel_size=3, stride=stride, padding=1,
-                               bias=False)
+        self.conv2 = nn.Conv2d(planes, planes, kernel_size=3, stride=stride, padding=1, bias=False)
         self.bn3 = nn.BatchNorm2d(planes)
         self.conv3 = nn.Conv2d(planes, self.expansion * planes, kernel_size=1, bias=False)
         if stride != 1 or in_planes != self.expansion * planes:
             self.shortcut = nn.Sequential(
-                nn.Conv2d(in_planes, self.expansion * planes, kernel_size=1, stride=stride,
-                          bias=False))
+                nn.Conv2d(
+                    in_planes, self.expansion * planes, kernel_size=1, stride=stride, bias=False
+                )
+            )
 
     def forward(self, x):
         out = F.relu(self.bn1(x))
@@ -106,8 +110,10 @@ class PreActResNet(nn.Module):
         return self.fc(out)
 
 
-CASES = {"preact_resnet18": (PreActBlock, [2, 2, 2, 2]),
-         "preact_resnet50": (PreActBottleneck, [3, 4, 6, 3])}
+CASES = {
+    "preact_resnet18": (PreActBlock, [2, 2, 2, 2]),
+    "preact_resnet50": (PreActBottleneck, [3, 4, 6, 3]),
+}
 
 
 def _generated(path: Path, name: str):
@@ -173,7 +179,7 @@ def _write(tmp_path, **fields) -> Path:
 
 def _error_text(path: Path, error) -> str:
     line = path.read_text().split("\n")[error.span.line - 1]
-    return line[error.span.column - 1:error.span.end_column - 1]
+    return line[error.span.column - 1 : error.span.end_column - 1]
 
 
 def test_unknown_source_is_located(tmp_path):
@@ -200,8 +206,11 @@ def test_source_layer_is_used_in_forward(tmp_path):
     shortcut conv is built for its channel count."""
     path = _write(tmp_path, source="conv1", after="bn2 = batchnorm conv2 = conv(planes, 1)")
     # conv1 already halves the size and makes 16 channels, so the projection keeps the size.
-    path.write_text(path.read_text().replace("conv(planes, 1, stride=stride, bias=false)",
-                                             "conv(planes, 1, bias=false)"))
+    path.write_text(
+        path.read_text().replace(
+            "conv(planes, 1, stride=stride, bias=false)", "conv(planes, 1, bias=false)"
+        )
+    )
     analysis = analyse(load(path))
     assert analysis.ok, analysis.diagnostics
     assert analysis.graph.nodes["layer1.0.proj.0"]["in_shape"] == (16, 8, 8)

@@ -34,143 +34,436 @@ RESNET50 = (Path(__file__).resolve().parents[1] / "specs" / "resnet50.arch").rea
 
 CASES = [
     # ---- syntax -------------------------------------------------------------------------------
-    ("unexpected-token", net("    stem { conv1 = conv(8, 3) ) }"),
-     "syntax", 3, 31, "unexpected `)`"),
-    ("missing-brace-before-next-item",
-     "block B() {\n    main { r = relu }\n\nnetwork n { input 3x8x8 }\n",
-     "syntax", 4, 1, "unexpected `network`; expected"),
-    ("missing-brace-at-eof", "block B() {\n    main { r = relu }\n\n\n",
-     "unexpected-eof", 2, 21, "unexpected end of file; expected"),
+    (
+        "unexpected-token",
+        net("    stem { conv1 = conv(8, 3) ) }"),
+        "syntax",
+        3,
+        31,
+        "unexpected `)`",
+    ),
+    (
+        "missing-brace-before-next-item",
+        "block B() {\n    main { r = relu }\n\nnetwork n { input 3x8x8 }\n",
+        "syntax",
+        4,
+        1,
+        "unexpected `network`; expected",
+    ),
+    (
+        "missing-brace-at-eof",
+        "block B() {\n    main { r = relu }\n\n\n",
+        "unexpected-eof",
+        2,
+        21,
+        "unexpected end of file; expected",
+    ),
     ("eof-mid-expression", "let a = (1 +\n", "unexpected-eof", 1, 12, "end of file"),
     ("eof-after-crlf", "let a = 1\r\nlet b = (\r\n", "unexpected-eof", 2, 9, "end of file"),
     ("unterminated-string", 'import "blocks.arch\n', "syntax", 1, 8, "unterminated string"),
     ("bad-character", "let a = 3 $ 4\n", "syntax", 1, 11, "unexpected character '$'"),
     ("bad-character-unicode", "let a = 3 × 4\n", "syntax", 1, 11, "unexpected character '×'"),
-    ("keyword-as-layer-name", net("    stem {\n        act = relu\n        import = relu\n    }"),
-     "syntax", 5, 9, "`import` is a keyword here"),
+    (
+        "keyword-as-layer-name",
+        net("    stem {\n        act = relu\n        import = relu\n    }"),
+        "syntax",
+        5,
+        9,
+        "`import` is a keyword here",
+    ),
     ("input-needs-three-sizes", "network n {\n    input 3x224\n}\n", "syntax", 3, 1, "`x`"),
-    ("positional-after-named", net("    stem { c = conv(8, kernel=3, 1) }"),
-     "syntax", 3, 34, "positional argument cannot follow a named one"),
+    (
+        "positional-after-named",
+        net("    stem { c = conv(8, kernel=3, 1) }"),
+        "syntax",
+        3,
+        34,
+        "positional argument cannot follow a named one",
+    ),
     # ---- names ----------------------------------------------------------------------------------
     ("python-keyword-layer", net("    stem { if = relu }"), "bad-name", 3, 12, "Python keyword"),
-    ("module-attribute-forward", net("    stem { forward = relu }"),
-     "bad-name", 3, 12, "would replace nn.Module.forward"),
-    ("module-attribute-training", block("    main { training = relu }"),
-     "bad-name", 2, 12, "nn.Module.training"),
-    ("dunder-parameter", block("    main { r = relu }", params="__x"),
-     "bad-name", 1, 9, "underscore"),
-    ("python-keyword-block", "block class() {\n    main { r = relu }\n}\n",
-     "bad-name", 1, 1, "`class` is a Python keyword"),
+    (
+        "module-attribute-forward",
+        net("    stem { forward = relu }"),
+        "bad-name",
+        3,
+        12,
+        "would replace nn.Module.forward",
+    ),
+    (
+        "module-attribute-training",
+        block("    main { training = relu }"),
+        "bad-name",
+        2,
+        12,
+        "nn.Module.training",
+    ),
+    (
+        "dunder-parameter",
+        block("    main { r = relu }", params="__x"),
+        "bad-name",
+        1,
+        9,
+        "underscore",
+    ),
+    (
+        "python-keyword-block",
+        "block class() {\n    main { r = relu }\n}\n",
+        "bad-name",
+        1,
+        1,
+        "`class` is a Python keyword",
+    ),
     ("let-shadows-builtin", "let int = 3\n", "bad-name", 1, 1, "would shadow `int`"),
-    ("in-channels-as-parameter", block("    main { r = relu }", params="in_channels, planes"),
-     "bad-name", 1, 9, "`in_channels` is implicit"),
-    ("duplicate-layer",
-     block("    main {\n        c = conv(planes, 3)\n        c = conv(planes, 3)\n    }"),
-     "duplicate-name", 4, 9, "layer `c` is already declared"),
-    ("duplicate-block", "block B() {\n    main { r = relu }\n}\n" * 2,
-     "duplicate-name", 4, 1, "block `B` is already defined"),
-    ("duplicate-parameter", block("    main { r = relu }", params="planes, planes"),
-     "duplicate-name", 1, 17, "parameter `planes` appears twice"),
+    (
+        "in-channels-as-parameter",
+        block("    main { r = relu }", params="in_channels, planes"),
+        "bad-name",
+        1,
+        9,
+        "`in_channels` is implicit",
+    ),
+    (
+        "duplicate-layer",
+        block("    main {\n        c = conv(planes, 3)\n        c = conv(planes, 3)\n    }"),
+        "duplicate-name",
+        4,
+        9,
+        "layer `c` is already declared",
+    ),
+    (
+        "duplicate-block",
+        "block B() {\n    main { r = relu }\n}\n" * 2,
+        "duplicate-name",
+        4,
+        1,
+        "block `B` is already defined",
+    ),
+    (
+        "duplicate-parameter",
+        block("    main { r = relu }", params="planes, planes"),
+        "duplicate-name",
+        1,
+        17,
+        "parameter `planes` appears twice",
+    ),
     ("duplicate-file-let", "let a = 1\nlet a = 2\n", "duplicate-name", 2, 1, "already defined"),
-    ("unknown-name-did-you-mean", block("    main { c = conv(plnes, 3) }"),
-     "unknown-name", 2, 21, "did you mean `planes`"),
-    ("unknown-op-did-you-mean", net("    stem { conv1 = convv(8, 3) }"),
-     "unknown-op", 3, 20, "unknown layer type `convv` (did you mean `conv`?)"),
-    ("unknown-block-did-you-mean",
-     net("    stage layer1 = 2 x Bottlenek(8)", "import std.resnet\n"),
-     "unknown-block", 4, 24, "did you mean `Bottleneck`"),
-    ("reuse-stateful", block("    main {\n        bn = batchnorm\n        bn\n    }"),
-     "reuse-stateful", 4, 9, "`bn` has parameters"),
-    ("reuse-undeclared", block("    main {\n        c = conv(planes, 3)\n        relu\n    }"),
-     "unknown-name", 4, 9, "`relu` is not a layer declared earlier"),
-    ("recursive-block", "block A() {\n    main { a = A }\n}\n",
-     "recursive-block", 2, 12, "contains itself"),
+    (
+        "unknown-name-did-you-mean",
+        block("    main { c = conv(plnes, 3) }"),
+        "unknown-name",
+        2,
+        21,
+        "did you mean `planes`",
+    ),
+    (
+        "unknown-op-did-you-mean",
+        net("    stem { conv1 = convv(8, 3) }"),
+        "unknown-op",
+        3,
+        20,
+        "unknown layer type `convv` (did you mean `conv`?)",
+    ),
+    (
+        "unknown-block-did-you-mean",
+        net("    stage layer1 = 2 x Bottlenek(8)", "import std.resnet\n"),
+        "unknown-block",
+        4,
+        24,
+        "did you mean `Bottleneck`",
+    ),
+    (
+        "reuse-stateful",
+        block("    main {\n        bn = batchnorm\n        bn\n    }"),
+        "reuse-stateful",
+        4,
+        9,
+        "`bn` has parameters",
+    ),
+    (
+        "reuse-undeclared",
+        block("    main {\n        c = conv(planes, 3)\n        relu\n    }"),
+        "unknown-name",
+        4,
+        9,
+        "`relu` is not a layer declared earlier",
+    ),
+    (
+        "recursive-block",
+        "block A() {\n    main { a = A }\n}\n",
+        "recursive-block",
+        2,
+        12,
+        "contains itself",
+    ),
     # a block in its own shortcut used to recurse until Python's stack ran out
-    ("recursive-block-in-shortcut",
-     "block A() {\n    main { c = conv(4, 1) }\n    shortcut s { A() }\n    merge add\n}\n",
-     "recursive-block", 3, 18, "contains itself"),
+    (
+        "recursive-block-in-shortcut",
+        "block A() {\n    main { c = conv(4, 1) }\n    shortcut s { A() }\n    merge add\n}\n",
+        "recursive-block",
+        3,
+        18,
+        "contains itself",
+    ),
     # ---- arguments ------------------------------------------------------------------------------
-    ("unknown-argument", net("    stem { r = relu(inplce=true) }"),
-     "unknown-argument", 3, 21, "no parameter `inplce` (did you mean `inplace`?)"),
-    ("duplicate-argument", net("    stem { c = conv(8, 3, kernel=3) }"),
-     "duplicate-argument", 3, 27, "`kernel` is given twice"),
-    ("missing-argument", net("    stem { c = conv(kernel=3) }"),
-     "missing-argument", 3, 16, "`conv` needs `channels`"),
-    ("too-many-arguments", net("    stem { r = relu(true, false) }"),
-     "too-many-arguments", 3, 27, "at most 1 positional argument"),
-    ("stage-missing-block-argument", net("    stage layer1 = 2 x BasicBlock(stride=2)",
-                                         "import std.resnet\n"),
-     "missing-argument", 4, 24, "needs `planes`"),
-    ("stage-sets-dilation", net("    stage layer1 = 2 x BasicBlock(8, dilation=2)",
-                                "import std.resnet\n"),
-     "stage-sets-argument", 4, 38, "write `dilate=true`"),
-    ("stage-sets-in-channels", net("    stage layer1 = 2 x BasicBlock(8, in_channels=3)",
-                                   "import std.resnet\n"),
-     "stage-sets-argument", 4, 38, "a stage sets `in_channels` itself"),
+    (
+        "unknown-argument",
+        net("    stem { r = relu(inplce=true) }"),
+        "unknown-argument",
+        3,
+        21,
+        "no parameter `inplce` (did you mean `inplace`?)",
+    ),
+    (
+        "duplicate-argument",
+        net("    stem { c = conv(8, 3, kernel=3) }"),
+        "duplicate-argument",
+        3,
+        27,
+        "`kernel` is given twice",
+    ),
+    (
+        "missing-argument",
+        net("    stem { c = conv(kernel=3) }"),
+        "missing-argument",
+        3,
+        16,
+        "`conv` needs `channels`",
+    ),
+    (
+        "too-many-arguments",
+        net("    stem { r = relu(true, false) }"),
+        "too-many-arguments",
+        3,
+        27,
+        "at most 1 positional argument",
+    ),
+    (
+        "stage-missing-block-argument",
+        net("    stage layer1 = 2 x BasicBlock(stride=2)", "import std.resnet\n"),
+        "missing-argument",
+        4,
+        24,
+        "needs `planes`",
+    ),
+    (
+        "stage-sets-dilation",
+        net("    stage layer1 = 2 x BasicBlock(8, dilation=2)", "import std.resnet\n"),
+        "stage-sets-argument",
+        4,
+        38,
+        "write `dilate=true`",
+    ),
+    (
+        "stage-sets-in-channels",
+        net("    stage layer1 = 2 x BasicBlock(8, in_channels=3)", "import std.resnet\n"),
+        "stage-sets-argument",
+        4,
+        38,
+        "a stage sets `in_channels` itself",
+    ),
     # ---- block and network structure -----------------------------------------------------------
-    ("shortcut-without-merge", block("    main { r = relu }\n    shortcut down { identity }"),
-     "shortcut-without-merge", 3, 5, "no `merge add`"),
-    ("unknown-merge", block("    main { r = relu }\n    merge cat"),
-     "unknown-merge", 3, 11, "unknown merge `cat`"),
-    ("duplicate-main", block("    main { r = relu }\n    main { s = relu }"),
-     "duplicate-section", 3, 5, "`main` appears twice in block `B` (first at line 2)"),
-    ("duplicate-input", "network n {\n    input 3x8x8\n    input 3x8x8\n}\n",
-     "duplicate-section", 3, 5, "`input` appears twice"),
+    (
+        "shortcut-without-merge",
+        block("    main { r = relu }\n    shortcut down { identity }"),
+        "shortcut-without-merge",
+        3,
+        5,
+        "no `merge add`",
+    ),
+    (
+        "unknown-merge",
+        block("    main { r = relu }\n    merge cat"),
+        "unknown-merge",
+        3,
+        11,
+        "unknown merge `cat`",
+    ),
+    (
+        "duplicate-main",
+        block("    main { r = relu }\n    main { s = relu }"),
+        "duplicate-section",
+        3,
+        5,
+        "`main` appears twice in block `B` (first at line 2)",
+    ),
+    (
+        "duplicate-input",
+        "network n {\n    input 3x8x8\n    input 3x8x8\n}\n",
+        "duplicate-section",
+        3,
+        5,
+        "`input` appears twice",
+    ),
     ("empty-block", "block B() {\n    expansion 1\n}\n", "empty-block", 1, 1, "no `main` layers"),
-    ("network-without-input", "network n {\n    head { f = flatten }\n}\n",
-     "missing-input", 1, 1, "needs an input shape"),
+    (
+        "network-without-input",
+        "network n {\n    head { f = flatten }\n}\n",
+        "missing-input",
+        1,
+        1,
+        "needs an input shape",
+    ),
     ("input-zero", "network n {\n    input 0x8x8\n}\n", "bad-input", 2, 5, "at least 1"),
-    ("two-networks", "network a {\n    input 3x8x8\n}\nnetwork b {\n    input 3x8x8\n}\n",
-     "multiple-networks", 4, 1, "`a` is already defined at line 1"),
+    (
+        "two-networks",
+        "network a {\n    input 3x8x8\n}\nnetwork b {\n    input 3x8x8\n}\n",
+        "multiple-networks",
+        4,
+        1,
+        "`a` is already defined at line 1",
+    ),
     # ---- imports and derived networks -----------------------------------------------------------
-    ("import-not-found", 'let a = 1\nimport "nope.arch"\n', "import-not-found", 2, 1,
-     "cannot read"),
-    ("import-directory", {"main.arch": 'import "sub"\n', "sub/x.arch": ""},
-     "import-not-found", 1, 1, "is a directory"),
-    ("unknown-std-module", "import std.resnt\n", "import-not-found", 1, 1,
-     "no module `std.resnt` in the standard library (did you mean `resnet`?)"),
-    ("unknown-library", "import torchvision.models\n", "import-not-found", 1, 1,
-     "the standard library is `std.resnet`"),
-    ("derived-unknown-base",
-     {"main.arch": 'import "resnet50.arch"\nnetwork r = resnet51(groups=2)\n',
-      "resnet50.arch": RESNET50},
-     "unknown-network", 2, 13, "unknown network `resnet51` (did you mean `resnet50`?)"),
-    ("derived-without-import", "network r = resnet50(groups=2)\n",
-     "unknown-network", 1, 13, "import the file that defines it"),
-    ("derived-unknown-param",
-     {"main.arch": 'import "resnet50.arch"\nnetwork r = resnet50(grups=32)\n',
-      "resnet50.arch": RESNET50},
-     "unknown-argument", 2, 22, "no parameter `grups` (did you mean `groups`?)"),
-    ("same-block-from-two-imports",
-     {"main.arch": 'import "one.arch"\nimport "two.arch"\n',
-      "one.arch": "block X() {\n    main { r = relu }\n}\n",
-      "two.arch": "block X() {\n    main { s = relu }\n}\n"},
-     "duplicate-name", 2, 1, "is already imported from"),
-    ("error-in-imported-file",
-     {"main.arch": 'import "lib.arch"\n', "lib.arch": "let a = 1\nlet b = $\n"},
-     "syntax", 2, 9, "unexpected character"),
+    (
+        "import-not-found",
+        'let a = 1\nimport "nope.arch"\n',
+        "import-not-found",
+        2,
+        1,
+        "cannot read",
+    ),
+    (
+        "import-directory",
+        {"main.arch": 'import "sub"\n', "sub/x.arch": ""},
+        "import-not-found",
+        1,
+        1,
+        "is a directory",
+    ),
+    (
+        "unknown-std-module",
+        "import std.resnt\n",
+        "import-not-found",
+        1,
+        1,
+        "no module `std.resnt` in the standard library (did you mean `resnet`?)",
+    ),
+    (
+        "unknown-library",
+        "import torchvision.models\n",
+        "import-not-found",
+        1,
+        1,
+        "the standard library is `std.resnet`",
+    ),
+    (
+        "derived-unknown-base",
+        {
+            "main.arch": 'import "resnet50.arch"\nnetwork r = resnet51(groups=2)\n',
+            "resnet50.arch": RESNET50,
+        },
+        "unknown-network",
+        2,
+        13,
+        "unknown network `resnet51` (did you mean `resnet50`?)",
+    ),
+    (
+        "derived-without-import",
+        "network r = resnet50(groups=2)\n",
+        "unknown-network",
+        1,
+        13,
+        "import the file that defines it",
+    ),
+    (
+        "derived-unknown-param",
+        {
+            "main.arch": 'import "resnet50.arch"\nnetwork r = resnet50(grups=32)\n',
+            "resnet50.arch": RESNET50,
+        },
+        "unknown-argument",
+        2,
+        22,
+        "no parameter `grups` (did you mean `groups`?)",
+    ),
+    (
+        "same-block-from-two-imports",
+        {
+            "main.arch": 'import "one.arch"\nimport "two.arch"\n',
+            "one.arch": "block X() {\n    main { r = relu }\n}\n",
+            "two.arch": "block X() {\n    main { s = relu }\n}\n",
+        },
+        "duplicate-name",
+        2,
+        1,
+        "is already imported from",
+    ),
+    (
+        "error-in-imported-file",
+        {"main.arch": 'import "lib.arch"\n', "lib.arch": "let a = 1\nlet b = $\n"},
+        "syntax",
+        2,
+        9,
+        "unexpected character",
+    ),
     # ---- bytes ----------------------------------------------------------------------------------
-    ("non-utf8", {"main.arch": b"let a = 1\nlet b = \xff\n"}, "encoding", 2, 9,
-     "byte 0xff is not valid UTF-8"),
-    ("non-utf8-column-counts-characters", {"main.arch": "# éé \udcff".encode("utf-8",
-                                                                           "surrogateescape")},
-     "encoding", 1, 6, "byte 0xff"),
+    (
+        "non-utf8",
+        {"main.arch": b"let a = 1\nlet b = \xff\n"},
+        "encoding",
+        2,
+        9,
+        "byte 0xff is not valid UTF-8",
+    ),
+    (
+        "non-utf8-column-counts-characters",
+        {"main.arch": "# éé \udcff".encode("utf-8", "surrogateescape")},
+        "encoding",
+        1,
+        6,
+        "byte 0xff",
+    ),
     ("nul-byte", {"main.arch": b"let a = 1\nlet\x00 b = 2\n"}, "encoding", 2, 4, "NUL byte"),
     # ---- limits (each of these crashed the front end before it was bounded) ---------------------
-    ("nesting-limit", "let a = " + "(" * 70 + "1" + ")" * 70 + "\n", "limit", 1, 73,
-     "nesting deeper than 64"),
-    ("long-operator-chain", "let a = " + " + ".join(["1"] * 5000) + "\n", "limit", 1, 9,
-     "expression nested deeper than 100 operators"),
-    ("long-not-chain", "let a = " + "not " * 5000 + "true\n", "limit", 1, 409,
-     "nested deeper than 100"),
-    ("huge-integer-literal", "let a = " + "9" * 5000 + "\n", "limit", 1, 9,
-     "integer literal over the limit"),
-    ("huge-input-size", "network n {\n    input 3x" + "9" * 5000 + "x8\n}\n", "limit", 2, 13,
-     "integer literal over the limit"),
+    (
+        "nesting-limit",
+        "let a = " + "(" * 70 + "1" + ")" * 70 + "\n",
+        "limit",
+        1,
+        73,
+        "nesting deeper than 64",
+    ),
+    (
+        "long-operator-chain",
+        "let a = " + " + ".join(["1"] * 5000) + "\n",
+        "limit",
+        1,
+        9,
+        "expression nested deeper than 100 operators",
+    ),
+    (
+        "long-not-chain",
+        "let a = " + "not " * 5000 + "true\n",
+        "limit",
+        1,
+        409,
+        "nested deeper than 100",
+    ),
+    (
+        "huge-integer-literal",
+        "let a = " + "9" * 5000 + "\n",
+        "limit",
+        1,
+        9,
+        "integer literal over the limit",
+    ),
+    (
+        "huge-input-size",
+        "network n {\n    input 3x" + "9" * 5000 + "x8\n}\n",
+        "limit",
+        2,
+        13,
+        "integer literal over the limit",
+    ),
     ("huge-float-literal", "let a = 1e999\n", "limit", 1, 9, "too large for a number"),
-    ("let-chain-blowup", "let a0 = 2\n" + "".join(f"let a{i} = a{i - 1} * a{i - 1}\n"
-                                                  for i in range(1, 30)),
-     "limit", 16, 11, "expression too large once lets are substituted"),
+    (
+        "let-chain-blowup",
+        "let a0 = 2\n" + "".join(f"let a{i} = a{i - 1} * a{i - 1}\n" for i in range(1, 30)),
+        "limit",
+        16,
+        11,
+        "expression too large once lets are substituted",
+    ),
 ]
 
 
@@ -193,8 +486,11 @@ def _errors(path: Path) -> list:
     return info.value.diagnostics
 
 
-@pytest.mark.parametrize(("files", "code", "line", "column", "fragment"),
-                         [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+@pytest.mark.parametrize(
+    ("files", "code", "line", "column", "fragment"),
+    [c[1:] for c in CASES],
+    ids=[c[0] for c in CASES],
+)
 def test_error_is_located(tmp_path, files, code, line, column, fragment):
     diags = _errors(_write(tmp_path, files))
     first = diags[0]
@@ -211,15 +507,21 @@ def test_case_count():
 
 
 def test_errors_in_imported_file_point_into_it(tmp_path):
-    path = _write(tmp_path, {"main.arch": 'import "lib.arch"\n',
-                             "lib.arch": "let a = 1\nlet b = $\n"})
+    path = _write(
+        tmp_path, {"main.arch": 'import "lib.arch"\n', "lib.arch": "let a = 1\nlet b = $\n"}
+    )
     (diag,) = _errors(path)
     assert Path(diag.span.file).name == "lib.arch"
 
 
 def test_import_cycle_is_located_at_the_import(tmp_path):
-    path = _write(tmp_path, {"main.arch": '# a\nimport "other.arch"\n',
-                             "other.arch": 'let x1 = 1\n\nimport "main.arch"\n'})
+    path = _write(
+        tmp_path,
+        {
+            "main.arch": '# a\nimport "other.arch"\n',
+            "other.arch": 'let x1 = 1\n\nimport "main.arch"\n',
+        },
+    )
     (diag,) = _errors(path)
     assert diag.code == "import-cycle"
     assert Path(diag.span.file).name == "other.arch"
@@ -240,11 +542,15 @@ def test_all_errors_reported_sorted_by_position(tmp_path):
         "        forward = relu\n"  # 6:9 bad-name
         "    }\n"
         "    stage layer1 = 2 x BasicBlok(8)",  # 8:24 unknown-block
-        "import std.resnet\n")
+        "import std.resnet\n",
+    )
     diags = _errors(_write(tmp_path, source))
     assert [(d.span.line, d.span.column, d.code) for d in diags] == [
-        (5, 13, "unknown-op"), (6, 18, "unknown-argument"), (7, 9, "bad-name"),
-        (9, 24, "unknown-block")]
+        (5, 13, "unknown-op"),
+        (6, 18, "unknown-argument"),
+        (7, 9, "bad-name"),
+        (9, 24, "unknown-block"),
+    ]
 
 
 def test_diagnostics_sort_across_constructs(tmp_path):
@@ -255,8 +561,9 @@ def test_diagnostics_sort_across_constructs(tmp_path):
     assert positions == sorted(positions) and len(diags) == 3
 
 
-@pytest.mark.parametrize("source", ["", "\n\n", "# only a comment\n",
-                                    "block B() {\n    main { r = relu }\n}\n"])
+@pytest.mark.parametrize(
+    "source", ["", "\n\n", "# only a comment\n", "block B() {\n    main { r = relu }\n}\n"]
+)
 def test_file_without_network_is_fine(tmp_path, source, capsys):
     path = _write(tmp_path, source)
     assert load(path).network is None
@@ -287,12 +594,14 @@ def test_inexact_division_and_overflow_are_eval_errors():
 
 # ---- the printed format and exit codes --------------------------------------------------------
 
+
 def test_printed_format(tmp_path, capsys):
     path = _write(tmp_path, net("    stem { conv1 = convv(8, 3) }"))
     assert main(["check", str(path)]) == 1
     err = capsys.readouterr().err.splitlines()
-    assert err[0] == (f"{path}:3:20: error: unknown layer type `convv` (did you mean `conv`?) "
-                      "[unknown-op]")
+    assert err[0] == (
+        f"{path}:3:20: error: unknown layer type `convv` (did you mean `conv`?) [unknown-op]"
+    )
     assert err[1] == "    3 |     stem { conv1 = convv(8, 3) }"
     assert err[2] == "      |                    ^~~~~"
     # the caret sits under the exact span
@@ -305,16 +614,21 @@ def test_printed_format_with_hint(tmp_path, capsys):
     err = capsys.readouterr().err.splitlines()
     assert err[0].startswith(f"{path}:4:9: error: `bn` has parameters")
     assert err[0].endswith("[reuse-stateful]")
-    assert err[1:] == ["    4 |         bn", "      |         ^~", "      = hint: declare a new "
-                       "layer with its own name"]
+    assert err[1:] == [
+        "    4 |         bn",
+        "      |         ^~",
+        "      = hint: declare a new layer with its own name",
+    ]
 
 
 def test_printed_format_of_bad_byte_quotes_the_line(tmp_path, capsys):
     path = _write(tmp_path, {"main.arch": b"let a = 1\nlet b = \xff\n"})
     assert main(["check", str(path)]) == 1
     err = capsys.readouterr().err.splitlines()
-    assert err[0] == f"{path}:2:9: error: byte 0xff is not valid UTF-8; specs are UTF-8 text " \
-                     "[encoding]"
+    assert (
+        err[0] == f"{path}:2:9: error: byte 0xff is not valid UTF-8; specs are UTF-8 text "
+        "[encoding]"
+    )
     assert err[2] == "      |         ^"
 
 
@@ -338,14 +652,24 @@ def test_json_output(tmp_path, capsys):
     assert main(["check", "--json", str(path)]) == 1
     (record,) = json.loads(capsys.readouterr().out)
     assert (record["line"], record["column"], record["end_column"], record["code"]) == (
-        1, 11, 12, "syntax")
+        1,
+        11,
+        12,
+        "syntax",
+    )
 
 
-@pytest.mark.parametrize("text, hint", [
-    ("import std.resnet\nnetwork n {\n    input 3x32x32\n    stage layer1 = BasicBlock(16)\n}\n",
-     "a stage reads `stage NAME = REPEATS x Block(arguments)`"),
-    ("network n {\n    input 3x32\n}\n", "an input shape reads `input C x H x W`"),
-])
+@pytest.mark.parametrize(
+    "text, hint",
+    [
+        (
+            "import std.resnet\nnetwork n {\n    input 3x32x32\n"
+            "    stage layer1 = BasicBlock(16)\n}\n",
+            "a stage reads `stage NAME = REPEATS x Block(arguments)`",
+        ),
+        ("network n {\n    input 3x32\n}\n", "an input shape reads `input C x H x W`"),
+    ],
+)
 def test_a_forgotten_x_gets_the_statement_form_as_a_hint(tmp_path, text, hint):
     path = tmp_path / "x.arch"
     path.write_text(text)

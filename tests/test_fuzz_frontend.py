@@ -26,16 +26,44 @@ from resgen.resolve import UsageError, load
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = [p.read_bytes() for p in sorted((ROOT / "specs").glob("*.arch"))] + [
-    f.read_bytes() for f in resources.files("resgen.stdlib").iterdir() if f.name.endswith(".arch")]
+    f.read_bytes() for f in resources.files("resgen.stdlib").iterdir() if f.name.endswith(".arch")
+]
 TOKEN = re.compile(rb"[A-Za-z_][A-Za-z0-9_]*|[0-9]+|\s+|.", re.S)
-PIECES = sorted({t for s in SOURCES for t in TOKEN.findall(s)} | {
-    b'"', b"#", b"(", b")", b"{", b"}", b"//", b"/", b"x", b"seq", b"from", b"\n", b"\xff",
-    b"\x00", b"\r", b"\t", "é".encode(), b"99999999999999999999999"})
+PIECES = sorted(
+    {t for s in SOURCES for t in TOKEN.findall(s)}
+    | {
+        b'"',
+        b"#",
+        b"(",
+        b")",
+        b"{",
+        b"}",
+        b"//",
+        b"/",
+        b"x",
+        b"seq",
+        b"from",
+        b"\n",
+        b"\xff",
+        b"\x00",
+        b"\r",
+        b"\t",
+        "é".encode(),
+        b"99999999999999999999999",
+    }
+)
 
-FUZZ = settings(max_examples=int(os.environ.get("RESGEN_FUZZ_EXAMPLES", "60")),
-                derandomize=True, deadline=None, database=None,
-                suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                       HealthCheck.too_slow, HealthCheck.data_too_large])
+FUZZ = settings(
+    max_examples=int(os.environ.get("RESGEN_FUZZ_EXAMPLES", "60")),
+    derandomize=True,
+    deadline=None,
+    database=None,
+    suppress_health_check=[
+        HealthCheck.function_scoped_fixture,
+        HealthCheck.too_slow,
+        HealthCheck.data_too_large,
+    ],
+)
 
 
 @pytest.fixture
@@ -65,6 +93,7 @@ def check_never_crashes(workdir: Path, data: bytes) -> None:
 
 # ---- (a) random text and bytes ----------------------------------------------------------------
 
+
 @FUZZ
 @given(st.text(max_size=400))
 def test_random_text(workdir, text):
@@ -86,11 +115,16 @@ def test_token_soup(workdir, pieces):
 
 # ---- (b) mutations of every shipped spec ------------------------------------------------------
 
-_EDIT = st.tuples(st.sampled_from(["delete", "duplicate", "swap", "insert", "replace", "byte",
-                                   "truncate", "number"]),
-                  st.floats(0, 1), st.floats(0, 1), st.sampled_from(PIECES),
-                  st.integers(0, 255), st.sampled_from([b"0", b"1", b"2", b"3", b"7", b"64",
-                                                        b"1000", b"65536"]))
+_EDIT = st.tuples(
+    st.sampled_from(
+        ["delete", "duplicate", "swap", "insert", "replace", "byte", "truncate", "number"]
+    ),
+    st.floats(0, 1),
+    st.floats(0, 1),
+    st.sampled_from(PIECES),
+    st.integers(0, 255),
+    st.sampled_from([b"0", b"1", b"2", b"3", b"7", b"64", b"1000", b"65536"]),
+)
 
 
 def mutate(source: bytes, edits) -> bytes:
@@ -131,7 +165,7 @@ def test_every_source_survives_single_token_deletions(workdir, index):
     """Delete 8 evenly spaced tokens of every spec, one at a time."""
     tokens = TOKEN.findall(SOURCES[index])
     for k in range(7, len(tokens), max(1, len(tokens) // 8)):
-        check_never_crashes(workdir, b"".join(tokens[:k] + tokens[k + 1:]))
+        check_never_crashes(workdir, b"".join(tokens[:k] + tokens[k + 1 :]))
 
 
 # ---- (c) huge and unterminated inputs ---------------------------------------------------------
@@ -139,8 +173,9 @@ def test_every_source_survives_single_token_deletions(workdir, index):
 HUGE = {
     "long-line": b"let a = 1" + b" " * 900_000 + b"+ 2\n",
     "over-size-limit": b"#" * 1_100_000,
-    "30k-tokens": b"block B() {\n    main {\n" + b"".join(
-        b"        r%d = relu\n" % i for i in range(10_000)) + b"    }\n}\n",
+    "30k-tokens": b"block B() {\n    main {\n"
+    + b"".join(b"        r%d = relu\n" % i for i in range(10_000))
+    + b"    }\n}\n",
     "100k-token-expression": b"let a = " + b" + ".join([b"1"] * 50_000) + b"\n",
     "nested-parens-10k": b"let a = " + b"(" * 10_000 + b"1" + b")" * 10_000 + b"\n",
     "nested-braces-10k": b"block B() {" + b"{" * 10_000 + b"}" * 10_000 + b"}",
@@ -149,15 +184,32 @@ HUGE = {
     "long-name": b"let " + b"a" * 500_000 + b" = 1\n",
     "huge-integer": b"let a = " + b"9" * 100_000 + b"\n",
     "many-errors": b"".join(b"let a%d = nope%d\n" % (i, i) for i in range(2_000)),
-    "let-chain": b"let a0 = 2\n" + b"".join(b"let a%d = a%d * a%d\n" % (i, i - 1, i - 1)
-                                           for i in range(1, 300)),
+    "let-chain": b"let a0 = 2\n"
+    + b"".join(b"let a%d = a%d * a%d\n" % (i, i - 1, i - 1) for i in range(1, 300)),
 }
-UNTERMINATED = [b'import "', b"import std.", b"let a = (", b"let a = 1 +", b"block B(",
-                b"block B(planes = ", b"block B() {", b"block B() { main {",
-                b"block B() { main { c = conv(", b"block B() { main { c = seq {",
-                b"block B() { shortcut s when", b"network n {", b"network n { input 3x",
-                b"network n { stage s = 2 x", b"network n =", b"network n = base(",
-                b"# comment", b"\xef\xbb\xbf", b"\r\n\r\n", b"}", b")"]
+UNTERMINATED = [
+    b'import "',
+    b"import std.",
+    b"let a = (",
+    b"let a = 1 +",
+    b"block B(",
+    b"block B(planes = ",
+    b"block B() {",
+    b"block B() { main {",
+    b"block B() { main { c = conv(",
+    b"block B() { main { c = seq {",
+    b"block B() { shortcut s when",
+    b"network n {",
+    b"network n { input 3x",
+    b"network n { stage s = 2 x",
+    b"network n =",
+    b"network n = base(",
+    b"# comment",
+    b"\xef\xbb\xbf",
+    b"\r\n\r\n",
+    b"}",
+    b")",
+]
 
 
 @pytest.mark.parametrize("name", HUGE)

@@ -45,10 +45,18 @@ SECONDS = 1.0  # CPU time per command and input (wall time varies with the machi
 LOCATED = re.compile(r"^\S.*:\d+:\d+: error: ", re.M)
 NO_NETWORK = re.compile(r"defines no network")  # a library of blocks: nothing to draw or build
 
-FUZZ = settings(derandomize=True, deadline=None, database=None, print_blob=True,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
-                                       HealthCheck.filter_too_much,
-                                       HealthCheck.function_scoped_fixture])
+FUZZ = settings(
+    derandomize=True,
+    deadline=None,
+    database=None,
+    print_blob=True,
+    suppress_health_check=[
+        HealthCheck.too_slow,
+        HealthCheck.data_too_large,
+        HealthCheck.filter_too_much,
+        HealthCheck.function_scoped_fixture,
+    ],
+)
 
 
 class Hang(Exception):
@@ -72,10 +80,12 @@ def time_limit(seconds: float):
 
 
 def _commands(spec: Path, out: Path) -> list[list[str]]:
-    return [["check", str(spec)],
-            ["summary", "--json", str(spec)],
-            ["diagram", "--format", "dot", "-o", str(out / "diagram.dot"), str(spec)],
-            ["build", "-o", str(out / "build"), str(spec)]]
+    return [
+        ["check", str(spec)],
+        ["summary", "--json", str(spec)],
+        ["diagram", "--format", "dot", "-o", str(out / "diagram.dot"), str(spec)],
+        ["build", "-o", str(out / "build"), str(spec)],
+    ]
 
 
 def run_pipeline(spec: Path, out: Path, capsys, fuzzing: bool = True) -> list[int]:
@@ -85,7 +95,7 @@ def run_pipeline(spec: Path, out: Path, capsys, fuzzing: bool = True) -> list[in
     text = spec.read_bytes()[:2000]
     for argv in _commands(spec, out):
         for _attempt in range(2):  # once more when slow: a slow input is slow twice, a GC pause
-            capsys.readouterr()    # or a first import is not
+            capsys.readouterr()  # or a first import is not
             start = time.process_time()
             with time_limit(10 * SECONDS):  # a hard stop; the real bound is checked below
                 try:
@@ -101,8 +111,9 @@ def run_pipeline(spec: Path, out: Path, capsys, fuzzing: bool = True) -> list[in
         assert "Traceback" not in captured.err + captured.out, where
         assert elapsed < SECONDS, f"{elapsed:.2f} s: {where}"
         if code == 1:
-            assert LOCATED.search(captured.err) or NO_NETWORK.search(captured.err), \
+            assert LOCATED.search(captured.err) or NO_NETWORK.search(captured.err), (
                 f"no located error: {where}"
+            )
         if argv[0] == "summary" and captured.out.strip():
             json.loads(captured.out)
         codes.append(code)
@@ -132,13 +143,52 @@ def workdir(tmp_path_factory) -> Path:
 GRAMMAR = Lark((ROOT / "resgen" / "grammar.lark").read_text(), parser="lalr", start="start")
 
 # Names the language knows, so generated programs get past name resolution now and then.
-KNOWN_NAMES = ["conv", "batchnorm", "relu", "sigmoid", "maxpool", "avgpool", "adaptive_avgpool",
-               "flatten", "linear", "dropout", "identity", "BasicBlock", "Bottleneck", "std",
-               "resnet", "in_channels", "planes", "stride", "dilation", "groups", "expansion",
-               "kernel", "padding", "channels", "features", "bias", "inplace", "layer1", "net",
-               "dilate", "base_width", "num_classes", "p", "size", "x"]
-SAFE_IMPORTS = ['"resnet50.arch"', '"resnet18.arch"', '"missing.arch"', '"out"', '""',
-                '"../fuzz/resnet34.arch"', '"mutant.arch"']
+KNOWN_NAMES = [
+    "conv",
+    "batchnorm",
+    "relu",
+    "sigmoid",
+    "maxpool",
+    "avgpool",
+    "adaptive_avgpool",
+    "flatten",
+    "linear",
+    "dropout",
+    "identity",
+    "BasicBlock",
+    "Bottleneck",
+    "std",
+    "resnet",
+    "in_channels",
+    "planes",
+    "stride",
+    "dilation",
+    "groups",
+    "expansion",
+    "kernel",
+    "padding",
+    "channels",
+    "features",
+    "bias",
+    "inplace",
+    "layer1",
+    "net",
+    "dilate",
+    "base_width",
+    "num_classes",
+    "p",
+    "size",
+    "x",
+]
+SAFE_IMPORTS = [
+    '"resnet50.arch"',
+    '"resnet18.arch"',
+    '"missing.arch"',
+    '"out"',
+    '""',
+    '"../fuzz/resnet34.arch"',
+    '"mutant.arch"',
+]
 
 
 def _terminals() -> dict[str, st.SearchStrategy[str]]:
@@ -149,16 +199,19 @@ def _terminals() -> dict[str, st.SearchStrategy[str]]:
         pattern = terminal.pattern
         if pattern.type == "str":
             explicit[terminal.name] = st.just(pattern.value + " ")
-    explicit.update({
-        "NAME": st.one_of(st.sampled_from(KNOWN_NAMES),
-                          st.from_regex(r"[A-Za-z_][A-Za-z0-9_]{0,6}", fullmatch=True))
-        .map(lambda s: s + " "),
-        "INT": st.one_of(st.integers(0, 70), st.integers(0, 1 << 64)).map(lambda v: f"{v} "),
-        "FLOAT": st.sampled_from(["0.5 ", "1e3 ", "2. ", "1e999 ", "0.0 "]),
-        "STRING": st.sampled_from(SAFE_IMPORTS).map(lambda s: s + " "),
-        "COMMENT": st.just("# c\n"),
-        "COMPARE": st.sampled_from(["== ", "!= ", "<= ", ">= ", "< ", "> "]),
-    })
+    explicit.update(
+        {
+            "NAME": st.one_of(
+                st.sampled_from(KNOWN_NAMES),
+                st.from_regex(r"[A-Za-z_][A-Za-z0-9_]{0,6}", fullmatch=True),
+            ).map(lambda s: s + " "),
+            "INT": st.one_of(st.integers(0, 70), st.integers(0, 1 << 64)).map(lambda v: f"{v} "),
+            "FLOAT": st.sampled_from(["0.5 ", "1e3 ", "2. ", "1e999 ", "0.0 "]),
+            "STRING": st.sampled_from(SAFE_IMPORTS).map(lambda s: s + " "),
+            "COMMENT": st.just("# c\n"),
+            "COMPARE": st.sampled_from(["== ", "!= ", "<= ", ">= ", "< ", "> "]),
+        }
+    )
     for terminal in GRAMMAR.terminals:  # whitespace and anything else left to its regex
         if terminal.name not in explicit and terminal.name in GRAMMAR.ignore_tokens:
             explicit[terminal.name] = st.just(" ")
@@ -179,14 +232,47 @@ def test_grammar_programs(workdir, capsys, text):
 # ---------------------------------------------------------------------------------------------
 # Mutations of real specs
 
-TOKEN = re.compile(rb"[A-Za-z_][A-Za-z0-9_]*|[0-9]+(?:\.[0-9]*)?|\s+|#[^\n]*|\"[^\"\n]*\"|.",
-                   re.S)
+TOKEN = re.compile(rb"[A-Za-z_][A-Za-z0-9_]*|[0-9]+(?:\.[0-9]*)?|\s+|#[^\n]*|\"[^\"\n]*\"|.", re.S)
 SOURCES = [(p.name, p.read_bytes()) for p in SPECS] + [
-    (f"std_{p.name}", p.read_bytes()) for p in STDLIB]
-INSERTS = [b"(", b")", b"{", b"}", b",", b"=", b"x", b"0", b"-1", b"99999999999999999999",
-           b"1e400", b"//", b"/", b"*", b"\n", b"\"", b"#", b"\x00", b"\xff", b"\xe2\x80\xa8",
-           b"\t", b"conv", b"seq", b"block", b"network", b"stage", b"let", b"import", b"true",
-           b"in_channels", b"not", b"(1, 2)", b"\r", b"\xef\xbb\xbf", b"\xd0\xb0"]
+    (f"std_{p.name}", p.read_bytes()) for p in STDLIB
+]
+INSERTS = [
+    b"(",
+    b")",
+    b"{",
+    b"}",
+    b",",
+    b"=",
+    b"x",
+    b"0",
+    b"-1",
+    b"99999999999999999999",
+    b"1e400",
+    b"//",
+    b"/",
+    b"*",
+    b"\n",
+    b'"',
+    b"#",
+    b"\x00",
+    b"\xff",
+    b"\xe2\x80\xa8",
+    b"\t",
+    b"conv",
+    b"seq",
+    b"block",
+    b"network",
+    b"stage",
+    b"let",
+    b"import",
+    b"true",
+    b"in_channels",
+    b"not",
+    b"(1, 2)",
+    b"\r",
+    b"\xef\xbb\xbf",
+    b"\xd0\xb0",
+]
 
 
 @st.composite
@@ -222,6 +308,7 @@ def test_mutated_specs(workdir, capsys, data):
 # ---------------------------------------------------------------------------------------------
 # Regression inputs and out-of-process runs
 
+
 @pytest.mark.parametrize("crasher", CRASHERS, ids=[p.name for p in CRASHERS])
 def test_crashers_stay_fixed(crasher, workdir, capsys):
     spec = workdir / crasher.name
@@ -244,9 +331,14 @@ def test_command_line_process(case, tmp_path):
     spec.write_bytes(SUBPROCESS_CASES[case])
     expected = 0 if case == "valid" else 1
     for argv in _commands(spec, tmp_path):
-        result = subprocess.run([sys.executable, "-m", "resgen", *argv], capture_output=True,
-                                text=True, timeout=60, cwd=tmp_path,
-                                env={**os.environ, "PYTHONPATH": str(ROOT)})
+        result = subprocess.run(
+            [sys.executable, "-m", "resgen", *argv],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=tmp_path,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )
         assert result.returncode == expected, (argv, result.stderr)
         assert "Traceback" not in result.stderr
         if expected:

@@ -31,7 +31,8 @@ def test_golden_is_current(spec):
     assert golden.is_file(), f"{golden.relative_to(ROOT)} is missing; {REGENERATE}"
     expected = generate(f"specs/{spec.name}")
     assert golden.read_text(encoding="utf-8") == expected, (
-        f"{golden.relative_to(ROOT)} is out of date; {REGENERATE}")
+        f"{golden.relative_to(ROOT)} is out of date; {REGENERATE}"
+    )
 
 
 @pytest.mark.parametrize("spec", SPECS, ids=lambda p: p.stem)
@@ -41,7 +42,8 @@ def test_golden_diagram_is_current(spec):
     loaded = load(f"specs/{spec.name}")
     expected = diagram.to_dot(loaded, shapes.analyse(loaded))
     assert golden.read_text(encoding="utf-8") == expected, (
-        f"{golden.relative_to(ROOT)} is out of date; {REGENERATE}")
+        f"{golden.relative_to(ROOT)} is out of date; {REGENERATE}"
+    )
     assert golden.with_suffix(".svg").is_file()
 
 

@@ -31,16 +31,31 @@ from resgen.resolve import Loader  # noqa: E402
 from resgen.shapes import analyse  # noqa: E402
 
 # Diagnostic codes that mean "torch would fail on this tensor shape".
-SHAPE_CODES = frozenset({"too-small", "merge-mismatch", "groups", "padding-too-large",
-                         "in-features", "channels", "not-spatial", "not-flat"})
+SHAPE_CODES = frozenset(
+    {
+        "too-small",
+        "merge-mismatch",
+        "groups",
+        "padding-too-large",
+        "in-features",
+        "channels",
+        "not-spatial",
+        "not-flat",
+    }
+)
 # `batchnorm(64)` and `linear(10, in_features=512)` declare what they expect; the generated code
 # builds from the actual input, so torch runs what resgen refuses as self-contradictory.
 DECLARED = frozenset({"in-features", "channels"})
 MERGES = ("add", "mul")
 _CALL = re.compile(r"^(.*)#(\d+)$")
 
-ORACLE = settings(derandomize=True, deadline=None, database=None, print_blob=True,
-                  suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+ORACLE = settings(
+    derandomize=True,
+    deadline=None,
+    database=None,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 
 
 @pytest.fixture(scope="module")
@@ -72,19 +87,23 @@ class _Trace:
         self.handles = []
         for name, module in net.named_modules():
             if name:
-                self.handles += [module.register_forward_pre_hook(self._pre(name)),
-                                 module.register_forward_hook(self._post(name))]
+                self.handles += [
+                    module.register_forward_pre_hook(self._pre(name)),
+                    module.register_forward_hook(self._post(name)),
+                ]
 
     def _pre(self, name):
         def hook(_module, args):
             self.active.append(name)
             self.inputs.setdefault(name, []).append(tuple(args[0].shape[1:]))
+
         return hook
 
     def _post(self, name):
         def hook(_module, _args, output):
             self.active.pop()
             self.outputs.setdefault(name, []).append(tuple(output.shape[1:]))
+
         return hook
 
     def remove(self):
@@ -155,8 +174,11 @@ def _agrees_when_accepted(spec, analysis, text: str) -> None:
             seen = _nth(trace.outputs, layer.name)
             assert _nth(trace.inputs, layer.name) == tuple(layer.in_shape), layer.name + where
         assert seen == tuple(layer.out), f"{layer.name}: predicted {layer.out}, torch {seen}{where}"
-    predicted_modules = {_module_of(analysis.graph, layer.name) for layer in analysis.layers
-                         if layer.op not in MERGES}
+    predicted_modules = {
+        _module_of(analysis.graph, layer.name)
+        for layer in analysis.layers
+        if layer.op not in MERGES
+    }
     leaves = {name for name, m in net.named_modules() if name and not list(m.children())}
     assert predicted_modules == leaves, where
     assert analysis.params == sum(p.numel() for p in net.parameters()), where
@@ -197,8 +219,9 @@ def _agrees_when_rejected(spec, analysis, text: str) -> None:
             net(torch.randn(1, *analysis.input))
     except RuntimeError as err:
         failed = trace.active[-1] if trace.active else None
-        assert failed in flagged, f"torch failed in {failed} ({err}), resgen flagged {flagged}" \
-            + where
+        assert failed in flagged, (
+            f"torch failed in {failed} ({err}), resgen flagged {flagged}" + where
+        )
     else:
         pytest.fail(f"resgen rejected a spec that torch runs{where}")
     finally:

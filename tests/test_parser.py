@@ -29,6 +29,7 @@ def let_value(source: str) -> S.Expr:
 
 # ---- the shipped specs ------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("path", SPECS, ids=[p.stem for p in SPECS])
 def test_every_spec_loads(path):
     spec = load(path)
@@ -50,16 +51,30 @@ def test_stdlib_loads_and_parses():
     spec = load(STDLIB)
     assert spec.network is None
     bottleneck = spec.blocks["Bottleneck"]
-    assert [p.name for p in bottleneck.params] == ["planes", "stride", "groups", "base_width",
-                                                   "dilation"]
+    assert [p.name for p in bottleneck.params] == [
+        "planes",
+        "stride",
+        "groups",
+        "base_width",
+        "dilation",
+    ]
     assert [layer.name for layer in bottleneck.main] == [
-        "conv1", "bn1", "relu", "conv2", "bn2", "relu", "conv3", "bn3"]
+        "conv1",
+        "bn1",
+        "relu",
+        "conv2",
+        "bn2",
+        "relu",
+        "conv3",
+        "bn3",
+    ]
     assert [layer.kind for layer in bottleneck.main][5] == "reuse"
     assert bottleneck.merge == "add" and [layer.kind for layer in bottleneck.post] == ["reuse"]
     assert bottleneck.shortcut.name == "downsample"
     assert [layer.callee for layer in bottleneck.shortcut.layers] == ["conv", "batchnorm"]
     assert E.source_text(bottleneck.shortcut.condition) == (
-        "(stride != 1) or (in_channels != (planes * expansion))")
+        "(stride != 1) or (in_channels != (planes * expansion))"
+    )
 
 
 def test_resolved_arguments_are_named():
@@ -67,7 +82,12 @@ def test_resolved_arguments_are_named():
     conv1 = spec.network.stem[0]
     assert conv1.kind == "op"
     assert {a.name: E.source_text(a.value) for a in conv1.args} == {
-        "channels": "64", "kernel": "7", "stride": "2", "padding": "3", "bias": "false"}
+        "channels": "64",
+        "kernel": "7",
+        "stride": "2",
+        "padding": "3",
+        "bias": "false",
+    }
     layer2 = spec.network.stages[1]
     assert [a.name for a in layer2.args] == ["planes", "stride", "groups", "base_width"]
 
@@ -125,22 +145,26 @@ def test_expression_span_covers_brackets():
 
 # ---- expressions ------------------------------------------------------------------------------
 
-@pytest.mark.parametrize(("source", "tree"), [
-    ("1 + 2 * 3", "1 + (2 * 3)"),
-    ("(1 + 2) * 3", "(1 + 2) * 3"),
-    ("a - b - c", "(a - b) - c"),
-    ("a - (b - c)", "a - (b - c)"),
-    ("a / b // c * d", "((a / b) // c) * d"),
-    ("-a * b", "-a * b"),
-    ("-(a * b)", "-(a * b)"),
-    ("a + 1 == b * 2", "(a + 1) == (b * 2)"),
-    ("not a == b", "not (a == b)"),
-    ("not a and b or c", "((not a) and b) or c"),
-    ("a or b and c", "a or (b and c)"),
-    ("stride != 1 or c != p * e", "(stride != 1) or (c != (p * e))"),
-    ("(3, 5)", "(3, 5)"),
-    ("(k, k + 2)", "(k, k + 2)"),
-])
+
+@pytest.mark.parametrize(
+    ("source", "tree"),
+    [
+        ("1 + 2 * 3", "1 + (2 * 3)"),
+        ("(1 + 2) * 3", "(1 + 2) * 3"),
+        ("a - b - c", "(a - b) - c"),
+        ("a - (b - c)", "a - (b - c)"),
+        ("a / b // c * d", "((a / b) // c) * d"),
+        ("-a * b", "-a * b"),
+        ("-(a * b)", "-(a * b)"),
+        ("a + 1 == b * 2", "(a + 1) == (b * 2)"),
+        ("not a == b", "not (a == b)"),
+        ("not a and b or c", "((not a) and b) or c"),
+        ("a or b and c", "a or (b and c)"),
+        ("stride != 1 or c != p * e", "(stride != 1) or (c != (p * e))"),
+        ("(3, 5)", "(3, 5)"),
+        ("(k, k + 2)", "(k, k + 2)"),
+    ],
+)
 def test_precedence(source, tree):
     value = let_value(source)
     assert _explicit(value) == tree
@@ -153,8 +177,10 @@ def _explicit(expr) -> str:
         inner = f"({inner})" if isinstance(expr.operand, S.BinOp | S.UnaryOp) else inner
         return f"not {inner}" if expr.op == "not" else f"-{inner}"
     if isinstance(expr, S.BinOp):
-        sides = [_explicit(s) if not isinstance(s, S.BinOp | S.UnaryOp) else f"({_explicit(s)})"
-                 for s in (expr.left, expr.right)]
+        sides = [
+            _explicit(s) if not isinstance(s, S.BinOp | S.UnaryOp) else f"({_explicit(s)})"
+            for s in (expr.left, expr.right)
+        ]
         if isinstance(expr.left, S.UnaryOp) and expr.left.op == "-":
             sides[0] = _explicit(expr.left)
         return f"{sides[0]} {expr.op} {sides[1]}"
@@ -163,20 +189,23 @@ def _explicit(expr) -> str:
     return E.source_text(expr)
 
 
-@pytest.mark.parametrize(("source", "python"), [
-    ("1 + 2 * 3", "1 + 2 * 3"),
-    ("(a + b) * c", "(a + b) * c"),
-    ("a - (b - c)", "a - (b - c)"),
-    ("a / b", "a // b"),  # exact division: resgen checked it divides
-    ("a // b", "a // b"),
-    ("-(a + b)", "-(a + b)"),
-    ("not (a and b)", "not (a and b)"),
-    ("(a < b) == c", "(a < b) == c"),  # not the chain `a < b == c`
-    ("a == (b < c)", "a == (b < c)"),
-    ("(2, k)", "(2, k)"),
-    ("true and false", "True and False"),
-    ("1.5e-3 * a", "0.0015 * a"),
-])
+@pytest.mark.parametrize(
+    ("source", "python"),
+    [
+        ("1 + 2 * 3", "1 + 2 * 3"),
+        ("(a + b) * c", "(a + b) * c"),
+        ("a - (b - c)", "a - (b - c)"),
+        ("a / b", "a // b"),  # exact division: resgen checked it divides
+        ("a // b", "a // b"),
+        ("-(a + b)", "-(a + b)"),
+        ("not (a and b)", "not (a and b)"),
+        ("(a < b) == c", "(a < b) == c"),  # not the chain `a < b == c`
+        ("a == (b < c)", "a == (b < c)"),
+        ("(2, k)", "(2, k)"),
+        ("true and false", "True and False"),
+        ("1.5e-3 * a", "0.0015 * a"),
+    ],
+)
 def test_to_python(source, python):
     assert E.to_python(let_value(source)) == python
 
@@ -191,12 +220,19 @@ _atoms = st.sampled_from(["a", "b", "c", "1", "2", "7", "t", "f", "true", "false
 
 def _exprs():
     def extend(inner):
-        binary = st.tuples(inner, st.sampled_from(
-            ["+", "-", "*", "/", "//", "==", "!=", "<", ">=", "and", "or"]), inner)
-        return (binary.map(lambda t: f"{t[0]} {t[1]} {t[2]}")
-                | binary.map(lambda t: f"({t[0]} {t[1]} {t[2]})")
-                | inner.map(lambda s: f"-{s}") | inner.map(lambda s: f"not {s}")
-                | inner.map(lambda s: f"({s})"))
+        binary = st.tuples(
+            inner,
+            st.sampled_from(["+", "-", "*", "/", "//", "==", "!=", "<", ">=", "and", "or"]),
+            inner,
+        )
+        return (
+            binary.map(lambda t: f"{t[0]} {t[1]} {t[2]}")
+            | binary.map(lambda t: f"({t[0]} {t[1]} {t[2]})")
+            | inner.map(lambda s: f"-{s}")
+            | inner.map(lambda s: f"not {s}")
+            | inner.map(lambda s: f"({s})")
+        )
+
     return st.recursive(_atoms, extend, max_leaves=8)
 
 
@@ -245,13 +281,15 @@ def test_pairs():
 
 def test_file_lets_are_substituted_and_folded(tmp_path):
     path = tmp_path / "lets.arch"
-    path.write_text("let base = 16\nlet wide = base * 4\n"
-                    "block B() {\n    main { c = conv(wide + 1, 3) }\n}\n")
+    path.write_text(
+        "let base = 16\nlet wide = base * 4\nblock B() {\n    main { c = conv(wide + 1, 3) }\n}\n"
+    )
     conv = load(path).blocks["B"].main[0]
     assert conv.arg("channels") == S.Int(span=conv.arg("channels").span, value=65)
 
 
 # ---- syntax details ---------------------------------------------------------------------------
+
 
 def test_comments_anywhere():
     source = """# leading comment
@@ -280,20 +318,26 @@ block B( # inside parameters
 
 def test_keywords_are_names_where_a_name_is_expected():
     # The contextual lexer reserves a keyword only where it can appear.
-    spec = parse_text("block B(input, stage) {\n    main { class = conv(input, 1)\n"
-                      "        head = relu }\n}\n")
+    spec = parse_text(
+        "block B(input, stage) {\n    main { class = conv(input, 1)\n        head = relu }\n}\n"
+    )
     assert [layer.name for layer in spec.blocks[0].main] == ["class", "head"]
 
 
 def test_seq_layers(tmp_path):
     path = tmp_path / "seq.arch"
-    path.write_text("network n {\n    input 3x32x32\n    stem {\n"
-                    "        conv1 = seq { conv(8, 3) batchnorm relu(inplace=true) }\n"
-                    "        act = relu\n    }\n}\n")
+    path.write_text(
+        "network n {\n    input 3x32x32\n    stem {\n"
+        "        conv1 = seq { conv(8, 3) batchnorm relu(inplace=true) }\n"
+        "        act = relu\n    }\n}\n"
+    )
     conv1, act = load(path).network.stem
     assert conv1.kind == "seq" and conv1.name == "conv1"
     assert [(i.kind, i.name, i.callee) for i in conv1.items] == [
-        ("op", None, "conv"), ("op", None, "batchnorm"), ("op", None, "relu")]
+        ("op", None, "conv"),
+        ("op", None, "batchnorm"),
+        ("op", None, "relu"),
+    ]
     assert conv1.items[2].arg("inplace").value is True
     assert act.kind == "op"
 
@@ -341,14 +385,16 @@ network n {
 
 # ---- imports ----------------------------------------------------------------------------------
 
+
 def test_imports_are_relative_to_the_importing_file(tmp_path, monkeypatch):
     (tmp_path / "nets" / "lib").mkdir(parents=True)
-    (tmp_path / "nets" / "main.arch").write_text('import "lib/a.arch"\n'
-                                                 "network n {\n    input 3x8x8\n"
-                                                 "    stage s = 1 x Deep(4)\n}\n")
+    (tmp_path / "nets" / "main.arch").write_text(
+        'import "lib/a.arch"\nnetwork n {\n    input 3x8x8\n    stage s = 1 x Deep(4)\n}\n'
+    )
     (tmp_path / "nets" / "lib" / "a.arch").write_text('import "b.arch"\n')  # lib/b.arch
     (tmp_path / "nets" / "lib" / "b.arch").write_text(
-        "block Deep(planes) {\n    main { c = conv(planes, 1) }\n}\n")
+        "block Deep(planes) {\n    main { c = conv(planes, 1) }\n}\n"
+    )
     (tmp_path / "elsewhere").mkdir()
     monkeypatch.chdir(tmp_path / "elsewhere")
     spec = load(tmp_path / "nets" / "main.arch")
@@ -366,8 +412,9 @@ def test_diamond_imports_load_once(tmp_path, monkeypatch):
     (tmp_path / "base.arch").write_text("block Base() {\n    main { r = relu }\n}\n")
     (tmp_path / "left.arch").write_text('import "base.arch"\n')
     (tmp_path / "right.arch").write_text('import "./base.arch"\nimport std.resnet\n')
-    (tmp_path / "main.arch").write_text('import "left.arch"\nimport "right.arch"\n'
-                                        "import std.resnet\n")
+    (tmp_path / "main.arch").write_text(
+        'import "left.arch"\nimport "right.arch"\nimport std.resnet\n'
+    )
     parsed = []
 
     def counting_parse(text, path):
@@ -380,18 +427,25 @@ def test_diamond_imports_load_once(tmp_path, monkeypatch):
     # The standard library is parsed at most once per process (an earlier test may have done it).
     assert parsed.count("resnet.arch") <= 1
     assert sorted(p for p in parsed if p != "resnet.arch") == [
-        "base.arch", "left.arch", "main.arch", "right.arch"]
+        "base.arch",
+        "left.arch",
+        "main.arch",
+        "right.arch",
+    ]
     assert {"Base", "BasicBlock", "Bottleneck"} <= set(spec.blocks)
     assert len(loader.sources) == 5  # every file's text is kept, to quote in messages
 
 
 # ---- the language reference -------------------------------------------------------------------
 
+
 def _readme_examples() -> list[tuple[str | None, str]]:
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     reference = readme.split("<!-- language reference below -->", 1)[1]
-    return [(m.group(1), m.group(2))
-            for m in re.finditer(r"^```arch(?: file=(\S+))?\n(.*?)^```$", reference, re.M | re.S)]
+    return [
+        (m.group(1), m.group(2))
+        for m in re.finditer(r"^```arch(?: file=(\S+))?\n(.*?)^```$", reference, re.M | re.S)
+    ]
 
 
 def test_reference_has_examples():
@@ -433,15 +487,19 @@ def test_reference_fragments_parse():
 
 # ---- functions in expressions -----------------------------------------------------------------
 
-@pytest.mark.parametrize("source, env, value", [
-    ("int(64 * m)", {"m": 0.75}, 48),
-    ("int(-2.5)", {}, -2),  # Python's int: towards zero
-    ("round(2.5)", {}, 2),  # Python's round: half to even, as the generated code computes
-    ("round(96 * m)", {"m": 1.5}, 144),
-    ("max(8, int(64 * m + 4) // 8 * 8)", {"m": 0.1}, 8),  # timm's make_divisible
-    ("max(8, int(64 * m + 4) // 8 * 8)", {"m": 0.75}, 48),
-    ("min(a, b, 3)", {"a": 5, "b": 4}, 3),
-])
+
+@pytest.mark.parametrize(
+    "source, env, value",
+    [
+        ("int(64 * m)", {"m": 0.75}, 48),
+        ("int(-2.5)", {}, -2),  # Python's int: towards zero
+        ("round(2.5)", {}, 2),  # Python's round: half to even, as the generated code computes
+        ("round(96 * m)", {"m": 1.5}, 144),
+        ("max(8, int(64 * m + 4) // 8 * 8)", {"m": 0.1}, 8),  # timm's make_divisible
+        ("max(8, int(64 * m + 4) // 8 * 8)", {"m": 0.75}, 48),
+        ("min(a, b, 3)", {"a": 5, "b": 4}, 3),
+    ],
+)
 def test_functions_evaluate_like_python(source, env, value):
     expr = let_value(source)
     assert E.evaluate(expr, env) == value
@@ -449,11 +507,14 @@ def test_functions_evaluate_like_python(source, env, value):
     assert E.evaluate(let_value(E.source_text(expr)), env) == value  # messages quote it right
 
 
-@pytest.mark.parametrize("source, message", [
-    ("int(1, 2)", "`int` takes 1 argument"),
-    ("max(1)", "`max` takes two or more arguments"),
-    ("round(true)", "`round` needs numbers, got a boolean"),
-])
+@pytest.mark.parametrize(
+    "source, message",
+    [
+        ("int(1, 2)", "`int` takes 1 argument"),
+        ("max(1)", "`max` takes two or more arguments"),
+        ("round(true)", "`round` needs numbers, got a boolean"),
+    ],
+)
 def test_function_misuse_is_located(source, message):
     with pytest.raises(E.EvalError, match=re.escape(message)) as info:
         E.evaluate(let_value(source), {})

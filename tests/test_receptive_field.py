@@ -30,8 +30,11 @@ def measured(model, stage: str) -> tuple[int, int]:
         for name, module in list(model.named_modules()):
             if isinstance(module, torch.nn.MaxPool2d):
                 parent = model.get_submodule(name.rpartition(".")[0]) if "." in name else model
-                setattr(parent, name.rpartition(".")[2], torch.nn.AvgPool2d(
-                    module.kernel_size, module.stride, module.padding))
+                setattr(
+                    parent,
+                    name.rpartition(".")[2],
+                    torch.nn.AvgPool2d(module.kernel_size, module.stride, module.padding),
+                )
             elif isinstance(module, torch.nn.Conv2d):
                 module.weight.abs_()
     x = torch.ones(1, 3, SIZE, SIZE, requires_grad=True)
@@ -45,11 +48,14 @@ def measured(model, stage: str) -> tuple[int, int]:
     return SIZE // out.shape[2], int(rows.max() - rows.min() + 1)
 
 
-@pytest.mark.parametrize("name, factory, kwargs", [
-    ("resnet18", "resnet18", {}),
-    ("resnet50", "resnet50", {}),
-    ("resnet50_dilated", "resnet50", {"replace_stride_with_dilation": [False, True, True]}),
-])
+@pytest.mark.parametrize(
+    "name, factory, kwargs",
+    [
+        ("resnet18", "resnet18", {}),
+        ("resnet50", "resnet50", {}),
+        ("resnet50_dilated", "resnet50", {"replace_stride_with_dilation": [False, True, True]}),
+    ],
+)
 def test_stride_and_receptive_field_match_torch(name, factory, kwargs):
     torch.manual_seed(0)
     analysis = analyse(load(SPECS / f"{name}.arch"), (None, SIZE, SIZE))

@@ -46,43 +46,59 @@ def _error(capsys, path: Path, code: str, *extra: str) -> str:
 
 HOSTILE = {
     # name: (spec, "error" | "ok")
-    "import-call": ('network n { input 3x8x8 stem { c = __import__("os").system("x") } }',
-                    "error"),
+    "import-call": ('network n { input 3x8x8 stem { c = __import__("os").system("x") } }', "error"),
     "dunder-layer": ("network n { input 3x8x8 stem { __class__ = conv(4, 3) } }", "error"),
-    "dunder-param": ("network n { input 3x8x8 param __init__ = 1 stem { c = conv(4, 3) } }",
-                     "error"),
-    "underscore-block": ("block _B(p = 1) { main { c = conv(4, 1) } }\n"
-                         "network n { input 3x8x8 stem { b = _B() } }", "error"),
+    "dunder-param": (
+        "network n { input 3x8x8 param __init__ = 1 stem { c = conv(4, 3) } }",
+        "error",
+    ),
+    "underscore-block": (
+        "block _B(p = 1) { main { c = conv(4, 1) } }\nnetwork n { input 3x8x8 stem { b = _B() } }",
+        "error",
+    ),
     "cyrillic-a": ("network n { input 3x8x8 stem { c\u0430 = conv(4, 3) } }", "error"),
     "cyrillic-network": ("network n\u0430 { input 3x8x8 stem { c = conv(4, 3) } }", "error"),
     "fullwidth": ("network n { input 3x8x8 stem { \uff43 = conv(4, 3) } }", "error"),
     "keyword-layer": ("network n { input 3x8x8 stem { None = conv(4, 3) } }", "error"),
     "soft-keyword": ("network n { input 3x8x8 stem { match = conv(4, 3) } }", "error"),
-    "keyword-param": ("network n { input 3x8x8 param lambda = 1 stem { c = conv(4, 3) } }",
-                      "error"),
-    "block-nn": ("block nn(p = 1) { main { c = conv(4, 1) } }\n"
-                 "network n { input 3x8x8 stem { b = nn() } }", "error"),
-    "block-torch": ("block torch(p = 1) { main { c = conv(4, 1) } }\n"
-                    "network n { input 3x8x8 stem { b = torch() } }", "error"),
-    "param-torch": ("network n { input 3x8x8 param torch = 1 stem { c = conv(4, 3) } }",
-                    "error"),
+    "keyword-param": (
+        "network n { input 3x8x8 param lambda = 1 stem { c = conv(4, 3) } }",
+        "error",
+    ),
+    "block-nn": (
+        "block nn(p = 1) { main { c = conv(4, 1) } }\nnetwork n { input 3x8x8 stem { b = nn() } }",
+        "error",
+    ),
+    "block-torch": (
+        "block torch(p = 1) { main { c = conv(4, 1) } }\n"
+        "network n { input 3x8x8 stem { b = torch() } }",
+        "error",
+    ),
+    "param-torch": ("network n { input 3x8x8 param torch = 1 stem { c = conv(4, 3) } }", "error"),
     "let-nn": ("network n { input 3x8x8 let nn = 1 stem { c = conv(4, 3) } }", "error"),
     "layer-forward": ("network n { input 3x8x8 stem { forward = conv(4, 3) } }", "error"),
     "layer-training": ("network n { input 3x8x8 stem { training = relu } }", "error"),
     "layer-state-dict": ("network n { input 3x8x8 stem { state_dict = relu } }", "error"),
     "class-tensor": ("network n { input 3x8x8 class Tensor stem { c = conv(4, 3) } }", "error"),
     "network-self": ("network self { input 3x8x8 stem { c = conv(4, 3) } }", "error"),
-    "param-builtin": ("network n { input 3x8x8 param range = 1 stem { c = conv(4, 3) } }",
-                      "error"),
-    "block-param-self": ("block B(self = 1) { main { c = conv(4, 1) } }\n"
-                         "network n { input 3x8x8 stem { b = B() } }", "error"),
-    "block-param-x": ("block B(x = 1) { main { c = conv(4, 1) } }\n"
-                      "network n { input 3x8x8 stem { b = B() } }", "error"),
+    "param-builtin": ("network n { input 3x8x8 param range = 1 stem { c = conv(4, 3) } }", "error"),
+    "block-param-self": (
+        "block B(self = 1) { main { c = conv(4, 1) } }\nnetwork n { input 3x8x8 stem { b = B() } }",
+        "error",
+    ),
+    "block-param-x": (
+        "block B(x = 1) { main { c = conv(4, 1) } }\nnetwork n { input 3x8x8 stem { b = B() } }",
+        "error",
+    ),
     "quote-in-name": ('network n { input 3x8x8 stem { c" = conv(4, 3) } }', "error"),
-    "newline-string": ('import "a\nimport os"\nnetwork n { input 3x8x8 stem { c = conv(4, 3) } }',
-                       "error"),
-    "string-code": ('import "x.arch\\"); __import__(\\"os"\n'
-                    "network n { input 3x8x8 stem { c = conv(4, 3) } }", "error"),
+    "newline-string": (
+        'import "a\nimport os"\nnetwork n { input 3x8x8 stem { c = conv(4, 3) } }',
+        "error",
+    ),
+    "string-code": (
+        'import "x.arch\\"); __import__(\\"os"\nnetwork n { input 3x8x8 stem { c = conv(4, 3) } }',
+        "error",
+    ),
     "backslash": ("network n { input 3x8x8 stem { c\\ = conv(4, 3) } }", "error"),
     "semicolon": ("network n { input 3x8x8 stem { c = conv(4, 3); import os } }", "error"),
     # Harmless: attributes of the module, never Python names in scope.
@@ -120,9 +136,20 @@ def test_hostile_names(case, tmp_path, capsys):
         model(torch.zeros(1, 3, 8, 8))
 
 
-@pytest.mark.parametrize("name", ['a"""b', "x\nimport os\nos.system('exit 3')\n#",
-                                  "back\\slash\\", "q'uote", "new\rline", "tab\there",
-                                  "sep\u2028arator", "\ufeffbom", "é\u0301"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        'a"""b',
+        "x\nimport os\nos.system('exit 3')\n#",
+        "back\\slash\\",
+        "q'uote",
+        "new\rline",
+        "tab\there",
+        "sep\u2028arator",
+        "\ufeffbom",
+        "é\u0301",
+    ],
+)
 def test_hostile_file_names_stay_in_the_header_comment(name, tmp_path, capsys):
     """The spec path is the one string of the user's that reaches the module (its header)."""
     spec = tmp_path / f"{name}.arch"
@@ -162,10 +189,14 @@ def test_import_of_a_device_is_refused(tmp_path):
     spec = tmp_path / "net.arch"
     spec.write_text('import "/dev/zero"\n' + OK_NET.format(body="stem { c = conv(4, 3) }"))
     try:
-        result = subprocess.run([sys.executable, "-m", "resgen", "check", str(spec)],
-                                capture_output=True, text=True, timeout=3)
+        result = subprocess.run(
+            [sys.executable, "-m", "resgen", "check", str(spec)],
+            capture_output=True,
+            text=True,
+            timeout=3,
+        )
     except subprocess.TimeoutExpired:
-        pytest.fail("resgen check hangs on import \"/dev/zero\"")
+        pytest.fail('resgen check hangs on import "/dev/zero"')
     assert result.returncode == 1 and "error:" in result.stderr
 
 
@@ -223,7 +254,7 @@ REFUSED = {
     "starred-call": "[*[eval]][0]('1')",
     "alias-chain": "from torch import nn\nm = nn\nm.modules.module.torch.hub.load('a/b', 'c')",
     "method-named-exec": "from torch import nn\nclass A(nn.Module):\n    def exec(self):\n"
-                         "        return 1\nexec('1')",
+    "        return 1\nexec('1')",
     "rebind-nn": "from torch import nn\nnn = 3",
     "import-alias": "import torch as os",
     "while": "from torch import nn\nwhile True:\n    pass",
@@ -250,17 +281,20 @@ def test_hostile_template_writes_nothing(tmp_path, capsys):
         (templates / name).write_text((ROOT / "templates" / name).read_text())
     module = (ROOT / "templates" / "module.py.jinja").read_text()
     (templates / "module.py.jinja").write_text(
-        module + "\nimport torch\n\ntorch.os.system('touch " + str(tmp_path / "pwned") + "')\n")
+        module + "\nimport torch\n\ntorch.os.system('touch " + str(tmp_path / "pwned") + "')\n"
+    )
     spec = tmp_path / "net.arch"
     spec.write_text(OK_NET.format(body="stem { c = conv(4, 3) }"))
     out = tmp_path / "out"
-    status, _ = _run(capsys, "build", "--no-diagram", "--templates", str(templates), "-o",
-                     str(out), str(spec))
+    status, _ = _run(
+        capsys, "build", "--no-diagram", "--templates", str(templates), "-o", str(out), str(spec)
+    )
     assert status == 1 and not (out / "net.py").exists()
 
 
 # ---------------------------------------------------------------------------------------------
 # Limits
+
 
 @pytest.fixture
 def limits(monkeypatch):
@@ -319,9 +353,14 @@ def test_limit_import_depth(tmp_path, capsys):
 
 
 def test_limit_repeats_is_fast(tmp_path, capsys):
-    spec = _spec(tmp_path, "import std.resnet\n" + OK_NET.format(
-        body=f"stem {{ c = conv(4, 3) }} stage layer1 = {Limits().max_repeats + 1} x "
-        "BasicBlock(4)"))
+    spec = _spec(
+        tmp_path,
+        "import std.resnet\n"
+        + OK_NET.format(
+            body=f"stem {{ c = conv(4, 3) }} stage layer1 = {Limits().max_repeats + 1} x "
+            "BasicBlock(4)"
+        ),
+    )
     start = time.perf_counter()
     _error(capsys, spec, "limit")
     assert time.perf_counter() - start < 2
@@ -329,9 +368,14 @@ def test_limit_repeats_is_fast(tmp_path, capsys):
 
 def test_limit_blocks(tmp_path, capsys, limits):
     limits(max_blocks=50)
-    spec = _spec(tmp_path, "import std.resnet\n" + OK_NET.format(
-        body="stem { c = conv(4, 3) } stage layer1 = 30 x BasicBlock(4) "
-        "stage layer2 = 30 x BasicBlock(4)"))
+    spec = _spec(
+        tmp_path,
+        "import std.resnet\n"
+        + OK_NET.format(
+            body="stem { c = conv(4, 3) } stage layer1 = 30 x BasicBlock(4) "
+            "stage layer2 = 30 x BasicBlock(4)"
+        ),
+    )
     assert "layer2" in _error(capsys, spec, "limit")
 
 
@@ -345,23 +389,35 @@ def test_limit_blocks_counts_nested_blocks(tmp_path, capsys):
 
 def test_limit_layers(tmp_path, capsys, limits):
     limits(max_layers=40)
-    spec = _spec(tmp_path, OK_NET.format(
-        body="stem { " + " ".join(f"r{i} = relu" for i in range(60)) + " }"))
+    spec = _spec(
+        tmp_path, OK_NET.format(body="stem { " + " ".join(f"r{i} = relu" for i in range(60)) + " }")
+    )
     _error(capsys, spec, "limit")
 
 
 def test_limit_channels(tmp_path, capsys):
     too_many = Limits().max_channels + 1
-    _error(capsys, _spec(tmp_path, OK_NET.format(body=f"stem {{ c = conv({too_many}, 1) }}")),
-           "bad-argument")
-    _error(capsys, _spec(tmp_path, f"network n {{ input {too_many}x8x8 stem {{ r = relu }} }}",
-                         "wide.arch"), "limit")
+    _error(
+        capsys,
+        _spec(tmp_path, OK_NET.format(body=f"stem {{ c = conv({too_many}, 1) }}")),
+        "bad-argument",
+    )
+    _error(
+        capsys,
+        _spec(tmp_path, f"network n {{ input {too_many}x8x8 stem {{ r = relu }} }}", "wide.arch"),
+        "limit",
+    )
 
 
 def test_limit_kernel(tmp_path, capsys):
     big = Limits().max_kernel + 1
-    for args in (f"{big}", f"(1, {big})", f"3, stride={big}", f"3, dilation={big}",
-                 f"3, padding={big}"):
+    for args in (
+        f"{big}",
+        f"(1, {big})",
+        f"3, stride={big}",
+        f"3, dilation={big}",
+        f"3, padding={big}",
+    ):
         spec = _spec(tmp_path, OK_NET.format(body=f"stem {{ c = conv(4, {args}) }}"))
         _error(capsys, spec, "bad-argument")
 
@@ -379,8 +435,11 @@ def test_limit_int(tmp_path, capsys):
     _error(capsys, _spec(tmp_path, f"let a = {big}\n"), "limit")
     _error(capsys, _spec(tmp_path, f"let a = {'9' * 5000}\n", "digits.arch"), "limit")
     half = Limits().max_int // 2 + 1
-    spec = _spec(tmp_path, OK_NET.format(body=f"let a = {half} * 2 stem {{ c = conv(a, 1) }}"),
-                 "product.arch")
+    spec = _spec(
+        tmp_path,
+        OK_NET.format(body=f"let a = {half} * 2 stem {{ c = conv(a, 1) }}"),
+        "product.arch",
+    )
     _error(capsys, spec, "limit")
 
 
@@ -397,15 +456,24 @@ def test_limit_expression_size(tmp_path, capsys):
 def test_limit_expression_depth(tmp_path, capsys):
     depth = Limits().max_expression_depth + 1
     _error(capsys, _spec(tmp_path, f"let a = {'- ' * depth}1\n"), "limit")
-    _error(capsys, _spec(tmp_path, "let a = " + " + ".join(["1"] * (depth + 1)) + "\n",
-                         "sum.arch"), "limit")
+    _error(
+        capsys,
+        _spec(tmp_path, "let a = " + " + ".join(["1"] * (depth + 1)) + "\n", "sum.arch"),
+        "limit",
+    )
 
 
 ENV_CASES = {
-    "RESGEN_MAX_REPEATS": ("import std.resnet\n" + OK_NET.format(
-        body="stem { c = conv(4, 3) } stage layer1 = 3 x BasicBlock(4)"), "2"),
-    "RESGEN_MAX_BLOCKS": ("import std.resnet\n" + OK_NET.format(
-        body="stem { c = conv(4, 3) } stage layer1 = 3 x BasicBlock(4)"), "2"),
+    "RESGEN_MAX_REPEATS": (
+        "import std.resnet\n"
+        + OK_NET.format(body="stem { c = conv(4, 3) } stage layer1 = 3 x BasicBlock(4)"),
+        "2",
+    ),
+    "RESGEN_MAX_BLOCKS": (
+        "import std.resnet\n"
+        + OK_NET.format(body="stem { c = conv(4, 3) } stage layer1 = 3 x BasicBlock(4)"),
+        "2",
+    ),
     "RESGEN_MAX_LAYERS": (OK_NET.format(body="stem { a = relu b = relu c = relu }"), "2"),
     "RESGEN_MAX_CHANNELS": (OK_NET.format(body="stem { c = conv(65, 1) }"), "64"),
     "RESGEN_MAX_KERNEL": (OK_NET.format(body="stem { c = conv(4, 5) }"), "3"),
@@ -431,8 +499,15 @@ def test_environment_overrides_a_limit(variable, tmp_path):
     clean = {k: v for k, v in os.environ.items() if not k.startswith("RESGEN_")}
     results = []
     for env in (clean, {**clean, variable: value}):
-        results.append(subprocess.run([sys.executable, "-m", "resgen", "check", str(spec)],
-                                      capture_output=True, text=True, timeout=60, env=env))
+        results.append(
+            subprocess.run(
+                [sys.executable, "-m", "resgen", "check", str(spec)],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                env=env,
+            )
+        )
     default, lowered = results
     assert default.returncode == 0, default.stderr
     assert lowered.returncode == 1 and "limit" in lowered.stderr, lowered.stderr
@@ -441,10 +516,12 @@ def test_environment_overrides_a_limit(variable, tmp_path):
 # ---------------------------------------------------------------------------------------------
 # Output files
 
-TINY = ("import std.resnet\nnetwork tiny {\n    input 3x32x20\n    stem { conv1 = conv(8, 3, "
-        "padding=1) bn1 = batchnorm relu = relu(inplace=true) }\n    stage layer1 = 2 x "
-        "BasicBlock(8)\n    stage layer2 = 1 x Bottleneck(4, stride=2)\n    head { avgpool = "
-        "adaptive_avgpool(1) flatten = flatten fc = linear(10) }\n}\n")
+TINY = (
+    "import std.resnet\nnetwork tiny {\n    input 3x32x20\n    stem { conv1 = conv(8, 3, "
+    "padding=1) bn1 = batchnorm relu = relu(inplace=true) }\n    stage layer1 = 2 x "
+    "BasicBlock(8)\n    stage layer2 = 1 x Bottleneck(4, stride=2)\n    head { avgpool = "
+    "adaptive_avgpool(1) flatten = flatten fc = linear(10) }\n}\n"
+)
 BROKEN = TINY.replace("input 3x32x20", "input 3x32x20").replace("conv(8, 3,", "conv(8, 99,")
 
 
@@ -525,9 +602,14 @@ def test_output_is_identical_across_hash_seeds(tmp_path):
     for seed in ("0", "1", "2"):
         out = tmp_path / f"out{seed}"
         env = {**os.environ, "PYTHONHASHSEED": seed}
-        result = subprocess.run([sys.executable, "-m", "resgen", "build", "-o", str(out),
-                                 str(spec)], capture_output=True, text=True, timeout=120, env=env,
-                                cwd=tmp_path)
+        result = subprocess.run(
+            [sys.executable, "-m", "resgen", "build", "-o", str(out), str(spec)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=env,
+            cwd=tmp_path,
+        )
         assert result.returncode == 0, result.stderr
         outputs.append({p.name: p.read_bytes() for p in sorted(out.iterdir())})
     assert set(outputs[0]) >= {"net.py", "net.dot"}

@@ -49,13 +49,20 @@ def at(diag: Diagnostic, text: str, needle: str, nth: int = 0) -> None:
     assert (diag.span.line, diag.span.column) == where(text, needle, nth), diag
 
 
-def block_net(main: str, *, shortcut: str = "", when: str = "stride != 1 or in_channels != "
-              "planes", stages: str = "stage layer1 = 2 x B(64)\n    stage layer2 = 2 x B(128, "
-              "stride=2)", input_: str = "3x56x56", stem: str = "conv1 = conv(64, 3, padding=1)",
-              head: str = "avgpool = adaptive_avgpool(1) flatten = flatten fc = linear(10)",
-              merge: str = "merge add") -> str:
-    shortcut_text = (f"    shortcut downsample when {when} {{\n        {shortcut}\n    }}\n"
-                     if shortcut else "")
+def block_net(
+    main: str,
+    *,
+    shortcut: str = "",
+    when: str = "stride != 1 or in_channels != planes",
+    stages: str = "stage layer1 = 2 x B(64)\n    stage layer2 = 2 x B(128, stride=2)",
+    input_: str = "3x56x56",
+    stem: str = "conv1 = conv(64, 3, padding=1)",
+    head: str = "avgpool = adaptive_avgpool(1) flatten = flatten fc = linear(10)",
+    merge: str = "merge add",
+) -> str:
+    shortcut_text = (
+        f"    shortcut downsample when {when} {{\n        {shortcut}\n    }}\n" if shortcut else ""
+    )
     return f"""block B(planes, stride = 1) {{
     expansion 1
     main {{
@@ -78,9 +85,9 @@ PROJECTION = "conv(planes, 1, stride=stride, bias=false) batchnorm"
 # ---------------------------------------------------------------------------------------------
 # The error cases (at least 15): location, layer path, numbers
 
+
 def test_wrong_padding_breaks_the_identity_merge(tmp_path):
-    text = block_net("conv1 = conv(planes, 3, padding=0) bn1 = batchnorm",
-                     shortcut=PROJECTION)
+    text = block_net("conv1 = conv(planes, 3, padding=0) bn1 = batchnorm", shortcut=PROJECTION)
     analysis, _ = run(tmp_path, text)
     diag = only(analysis, "merge-mismatch")
     at(diag, text, "merge add")
@@ -92,9 +99,12 @@ def test_wrong_padding_breaks_the_identity_merge(tmp_path):
 
 
 def test_stride_without_projection(tmp_path):
-    text = block_net("conv1 = conv(planes, 3, stride=stride, padding=1) bn1 = batchnorm",
-                     shortcut=PROJECTION, when="in_channels != planes",
-                     stages="stage layer1 = 2 x B(64, stride=2)")
+    text = block_net(
+        "conv1 = conv(planes, 3, stride=stride, padding=1) bn1 = batchnorm",
+        shortcut=PROJECTION,
+        when="in_channels != planes",
+        stages="stage layer1 = 2 x B(64, stride=2)",
+    )
     analysis, _ = run(tmp_path, text)
     diag = only(analysis, "merge-mismatch")
     at(diag, text, "merge add")
@@ -104,9 +114,12 @@ def test_stride_without_projection(tmp_path):
 
 
 def test_wrong_kernel_the_issue_example(tmp_path):
-    text = block_net("conv1 = conv(planes, 1) conv2 = conv(planes, 5, stride=stride, "
-                     "padding=1) bn2 = batchnorm", shortcut=PROJECTION,
-                     stages="stage layer2 = 2 x B(512, stride=2)", stem="conv1 = conv(256, 1)")
+    text = block_net(
+        "conv1 = conv(planes, 1) conv2 = conv(planes, 5, stride=stride, padding=1) bn2 = batchnorm",
+        shortcut=PROJECTION,
+        stages="stage layer2 = 2 x B(512, stride=2)",
+        stem="conv1 = conv(256, 1)",
+    )
     analysis, _ = run(tmp_path, text)
     diag = only(analysis, "merge-mismatch")
     at(diag, text, "merge add")
@@ -117,8 +130,11 @@ def test_wrong_kernel_the_issue_example(tmp_path):
 
 
 def test_channels_differ_from_the_identity(tmp_path):
-    text = block_net("conv1 = conv(planes * 2, 3, padding=1) bn1 = batchnorm",
-                     shortcut=PROJECTION, stages="stage layer1 = 2 x B(64)")
+    text = block_net(
+        "conv1 = conv(planes * 2, 3, padding=1) bn1 = batchnorm",
+        shortcut=PROJECTION,
+        stages="stage layer1 = 2 x B(64)",
+    )
     analysis, _ = run(tmp_path, text)
     diag = only(analysis, "merge-mismatch")
     at(diag, text, "merge add")
@@ -129,8 +145,10 @@ def test_channels_differ_from_the_identity(tmp_path):
 
 
 def test_shortcut_projection_with_wrong_stride(tmp_path):
-    text = block_net("conv1 = conv(planes, 3, stride=stride, padding=1) bn1 = batchnorm",
-                     shortcut="conv(planes, 1, bias=false) batchnorm")
+    text = block_net(
+        "conv1 = conv(planes, 3, stride=stride, padding=1) bn1 = batchnorm",
+        shortcut="conv(planes, 1, bias=false) batchnorm",
+    )
     analysis, _ = run(tmp_path, text)
     diag = only(analysis, "merge-mismatch")
     at(diag, text, "merge add")
@@ -152,9 +170,12 @@ def test_groups_do_not_divide_the_output_channels(tmp_path):
 
 
 def test_groups_in_a_block_instance_point_at_the_block_definition(tmp_path):
-    text = block_net("conv1 = conv(planes, 3, padding=1, groups=4) bn1 = batchnorm",
-                     shortcut=PROJECTION, stem="conv1 = conv(6, 3, padding=1)",
-                     stages="stage layer1 = 3 x B(64)")
+    text = block_net(
+        "conv1 = conv(planes, 3, padding=1, groups=4) bn1 = batchnorm",
+        shortcut=PROJECTION,
+        stem="conv1 = conv(6, 3, padding=1)",
+        stages="stage layer1 = 3 x B(64)",
+    )
     analysis, _ = run(tmp_path, text)
     diag = only(analysis, "groups")
     at(diag, text, "groups=4")
@@ -163,8 +184,11 @@ def test_groups_in_a_block_instance_point_at_the_block_definition(tmp_path):
 
 
 def test_dilation_without_matching_padding(tmp_path):
-    text = block_net("conv1 = conv(planes, 3, padding=1, dilation=2) bn1 = batchnorm",
-                     shortcut=PROJECTION, stages="stage layer1 = 2 x B(64)")
+    text = block_net(
+        "conv1 = conv(planes, 3, padding=1, dilation=2) bn1 = batchnorm",
+        shortcut=PROJECTION,
+        stages="stage layer1 = 2 x B(64)",
+    )
     analysis, _ = run(tmp_path, text)
     diag = only(analysis, "merge-mismatch")
     at(diag, text, "merge add")
@@ -260,10 +284,14 @@ def test_avgpool_padding_rule_uses_the_kernel(tmp_path):
 
 
 def test_ceil_mode_pool_against_a_floor_projection(tmp_path):
-    text = block_net("pool = avgpool(2, stride=2, ceil_mode=true) conv1 = conv(planes, 1)",
-                     shortcut="conv(planes, 2, stride=2)", input_="3x57x57",
-                     stem="conv1 = conv(16, 1)", stages="stage layer1 = 1 x B(16)",
-                     when="true")
+    text = block_net(
+        "pool = avgpool(2, stride=2, ceil_mode=true) conv1 = conv(planes, 1)",
+        shortcut="conv(planes, 2, stride=2)",
+        input_="3x57x57",
+        stem="conv1 = conv(16, 1)",
+        stages="stage layer1 = 1 x B(16)",
+        when="true",
+    )
     analysis, _ = run(tmp_path, text)
     diag = only(analysis, "merge-mismatch")
     at(diag, text, "merge add")
@@ -293,8 +321,9 @@ network net {
 
 
 def test_bad_repeats_is_located(tmp_path):
-    text = block_net("conv1 = conv(planes, 3, padding=1)", shortcut=PROJECTION,
-                     stages="stage layer1 = 0 x B(64)")
+    text = block_net(
+        "conv1 = conv(planes, 3, padding=1)", shortcut=PROJECTION, stages="stage layer1 = 0 x B(64)"
+    )
     analysis, _ = run(tmp_path, text)
     diag = only(analysis, "bad-repeats")
     at(diag, text, "0 x B")
@@ -336,8 +365,11 @@ def test_conv_after_flatten_and_linear_before_it(tmp_path):
 
 
 def test_a_block_error_repeating_in_every_instance_is_reported_once(tmp_path):
-    text = block_net("conv1 = conv(planes, 3, padding=0) bn1 = batchnorm",
-                     shortcut=PROJECTION, stages="stage layer1 = 8 x B(64)")
+    text = block_net(
+        "conv1 = conv(planes, 3, padding=0) bn1 = batchnorm",
+        shortcut=PROJECTION,
+        stages="stage layer1 = 8 x B(64)",
+    )
     analysis, _ = run(tmp_path, text)
     assert len(analysis.errors) == 1
     assert analysis.graph.nodes["layer1.0.add"]["error"]
@@ -359,12 +391,14 @@ def test_dropped_rows_are_a_warning_not_an_error(tmp_path):
 
 
 def test_check_json_reports_location_and_layer(tmp_path):
-    text = block_net("conv1 = conv(planes, 3, padding=0) bn1 = batchnorm",
-                     shortcut=PROJECTION)
+    text = block_net("conv1 = conv(planes, 3, padding=0) bn1 = batchnorm", shortcut=PROJECTION)
     path = tmp_path / "bad.arch"
     path.write_text(text)
-    proc = subprocess.run([sys.executable, "-m", "resgen", "check", "--json", str(path)],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "resgen", "check", "--json", str(path)],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 1
     import json
 
@@ -372,12 +406,22 @@ def test_check_json_reports_location_and_layer(tmp_path):
     record = next(r for r in records if r["code"] == "merge-mismatch")
     assert (record["line"], record["column"]) == where(text, "merge add")
     assert record["layer"] == "layer1.0" and record["severity"] == "error"
-    assert {"file", "line", "column", "end_line", "end_column", "severity", "code", "message",
-            "layer"} <= set(record)
+    assert {
+        "file",
+        "line",
+        "column",
+        "end_line",
+        "end_column",
+        "severity",
+        "code",
+        "message",
+        "layer",
+    } <= set(record)
 
 
 # ---------------------------------------------------------------------------------------------
 # The graph
+
 
 def test_graph_node_ids_edges_and_attributes():
     analysis = analyse(Loader().load(SPECS / "resnet50.arch"))
@@ -385,8 +429,15 @@ def test_graph_node_ids_edges_and_attributes():
     nodes = list(graph.nodes)
     assert nodes[:6] == ["input", "conv1", "bn1", "relu", "maxpool", "layer1.0.conv1"]
     assert nodes[-1] == "output"
-    for node in ("layer1.0.downsample.0", "layer1.0.downsample.1", "layer1.0.add",
-                 "layer1.0.relu#2", "layer1.0.relu#3", "layer4.2.conv3", "fc"):
+    for node in (
+        "layer1.0.downsample.0",
+        "layer1.0.downsample.1",
+        "layer1.0.add",
+        "layer1.0.relu#2",
+        "layer1.0.relu#3",
+        "layer4.2.conv3",
+        "fc",
+    ):
         assert node in graph
     assert "layer1.1.downsample.0" not in graph
     roles = {(u, v): d["role"] for u, v, d in graph.edges(data=True)}
@@ -456,18 +507,30 @@ def test_input_override_and_spec_channels(tmp_path):
 # ---------------------------------------------------------------------------------------------
 # Input analysis: output stride, receptive field, accepted sizes
 
-@pytest.mark.parametrize("name, stride, field", [
-    ("resnet18", 32, 435), ("resnet50", 32, 427), ("resnet50_dilated", 8, 427),
-    ("resnet101", 32, 971),
-])
+
+@pytest.mark.parametrize(
+    "name, stride, field",
+    [
+        ("resnet18", 32, 435),
+        ("resnet50", 32, 427),
+        ("resnet50_dilated", 8, 427),
+        ("resnet101", 32, 971),
+    ],
+)
 def test_output_stride_and_receptive_field(name, stride, field):
     analysis = analyse(Loader().load(SPECS / f"{name}.arch"))
     assert analysis.output_stride == (stride, stride)
     assert analysis.receptive_field == (field, field)
     stem = analysis.stages[0]
     assert stem.name == "stem" and stem.output_stride == (4, 4) and stem.receptive_field == (11, 11)
-    assert [s.name for s in analysis.stages] == ["stem", "layer1", "layer2", "layer3", "layer4",
-                                                 "head"]
+    assert [s.name for s in analysis.stages] == [
+        "stem",
+        "layer1",
+        "layer2",
+        "layer3",
+        "layer4",
+        "head",
+    ]
     assert analysis.stages[-1].receptive_field is None  # after the global pool
 
 
@@ -496,9 +559,12 @@ def test_smallest_input_and_dropped_rows_without_padding(tmp_path):
 
 def test_merge_constrains_accepted_sizes(tmp_path):
     # main: 3x3 stride 2 padding 1; shortcut: 2x2 stride 2. They agree only for even sizes.
-    text = block_net("conv1 = conv(planes, 3, stride=stride, padding=1) bn1 = batchnorm",
-                     shortcut="conv(planes, 2, stride=stride)",
-                     stages="stage layer1 = 1 x B(16, stride=2)", stem="conv1 = conv(16, 1)")
+    text = block_net(
+        "conv1 = conv(planes, 3, stride=stride, padding=1) bn1 = batchnorm",
+        shortcut="conv(planes, 2, stride=stride)",
+        stages="stage layer1 = 1 x B(16, stride=2)",
+        stem="conv1 = conv(16, 1)",
+    )
     analysis, _ = run(tmp_path, text)
     assert analysis.ok
     assert analysis.input_sizes.accepted[0] == "multiples of 2"
@@ -510,6 +576,7 @@ def test_merge_constrains_accepted_sizes(tmp_path):
 
 # ---------------------------------------------------------------------------------------------
 # Arithmetic against torch (tests may import torch; resgen must not)
+
 
 def test_window_arithmetic_matches_torch():
     torch = pytest.importorskip("torch")
@@ -533,8 +600,7 @@ def test_window_arithmetic_matches_torch():
                     weight = torch.zeros(1, 1, k, 1)
                     expected = window_out(n, k, s, 1, d, False)
                     if expected >= 1:
-                        out = F.conv2d(x, weight, stride=(s, 1), padding=(1, 0),
-                                       dilation=(d, 1))
+                        out = F.conv2d(x, weight, stride=(s, 1), padding=(1, 0), dilation=(d, 1))
                         assert out.shape[2] == expected
 
 
@@ -553,6 +619,7 @@ def test_worked_arithmetic_text():
 # ---------------------------------------------------------------------------------------------
 # Whole specs and speed
 
+
 @pytest.mark.parametrize("path", sorted(SPECS.glob("*.arch")), ids=lambda p: p.stem)
 def test_reference_specs_have_no_diagnostics(path):
     analysis = analyse(Loader().load(path))
@@ -562,17 +629,20 @@ def test_reference_specs_have_no_diagnostics(path):
 
 
 def test_torch_is_not_imported():
-    code = ("import sys; from resgen.resolve import load; from resgen.shapes import analyse; "
-            "from resgen import summary; analyse(load('specs/resnet50.arch')); "
-            "print('torch' in sys.modules)")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          cwd=ROOT)
+    code = (
+        "import sys; from resgen.resolve import load; from resgen.shapes import analyse; "
+        "from resgen import summary; analyse(load('specs/resnet50.arch')); "
+        "print('torch' in sys.modules)"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert proc.stdout.strip() == "False", proc.stderr
 
 
 def test_ten_thousand_blocks_analyse_quickly(tmp_path):
-    stages = "\n".join(f"    stage layer{i + 1} = 2500 x BasicBlock({16 << i}"
-                       f"{', stride=2' if i else ''})" for i in range(4))
+    stages = "\n".join(
+        f"    stage layer{i + 1} = 2500 x BasicBlock({16 << i}{', stride=2' if i else ''})"
+        for i in range(4)
+    )
     text = f"""import std.resnet
 network big {{
     input 3x64x64
@@ -594,7 +664,9 @@ network big {{
 def test_shortcut_layers_thread_their_own_channels(tmp_path):
     # Review finding: every shortcut layer was lowered with the block input's channel count, so a
     # block used after a projection conv saw 8 channels instead of 16 and a false error followed.
-    analysis, _ = run(tmp_path, """
+    analysis, _ = run(
+        tmp_path,
+        """
 block Gate() {
     main { c = conv(in_channels, 1) }
 }
@@ -609,7 +681,8 @@ network n {
     stage layer1 = 1 x B(16)
     head { p = adaptive_avgpool(1)  f = flatten  fc = linear(10) }
 }
-""")
+""",
+    )
     assert analysis.ok, analysis.diagnostics
     node = analysis.graph.nodes["layer1.0.proj.1.c"]
     assert node["in_shape"] == (16, 32, 32) and node["params"] == 16 * 16 + 16
@@ -642,12 +715,14 @@ network n {
 # ---------------------------------------------------------------------------------------------
 # Squeeze-excite gates keep stride and receptive field; errors report their cause only
 
+
 def test_squeeze_excite_keeps_stride_and_receptive_field():
     se = analyse(Loader().load(SPECS / "seresnet50.arch"))
     plain = analyse(Loader().load(SPECS / "resnet50.arch"))
     assert se.ok and se.output_stride == (32, 32) and se.receptive_field == (427, 427)
     assert [(s.name, s.output_stride, s.receptive_field) for s in se.stages] == [
-        (s.name, s.output_stride, s.receptive_field) for s in plain.stages]
+        (s.name, s.output_stride, s.receptive_field) for s in plain.stages
+    ]
     assert se.stages[1].output_stride == (4, 4)  # layer1
     # The gate's own nodes are global (1x1 after the pool); the merge takes the spatial side.
     assert se.graph.nodes["layer1.0.se.mul"]["out_shape"] == (256, 56, 56)
@@ -704,8 +779,11 @@ def test_only_the_root_cause_is_reported_and_later_shapes_are_tainted(tmp_path):
     # Shapes go on from the main path, for the diagram and the summary, marked as tainted.
     assert nodes["layer1.0.add"]["out_shape"] == (96, 46, 62)
     assert nodes["layer2.0.conv1"]["out_shape"] is not None and nodes["layer2.0.conv1"]["tainted"]
-    assert all(nodes[n]["tainted"] for n in nodes
-               if n.startswith(("layer2", "layer3", "layer4", "avgpool", "fc", "output")))
+    assert all(
+        nodes[n]["tainted"]
+        for n in nodes
+        if n.startswith(("layer2", "layer3", "layer4", "avgpool", "fc", "output"))
+    )
     assert not any(nodes[n]["tainted"] for n in ("conv1", "maxpool", "layer1.0.bn2"))
     # layer4's sizes run out (no shape at all): what is counted is partial.
     assert not analysis.params_exact and not analysis.macs_exact
@@ -714,7 +792,8 @@ def test_only_the_root_cause_is_reported_and_later_shapes_are_tainted(tmp_path):
 def test_a_merge_of_a_tainted_input_is_tainted(tmp_path):
     text = BLOCK_PADDING_0.replace("bn2 = batchnorm\n", "bn2 = batchnorm(7)\n").replace(
         "conv(planes * expansion, 1, stride=stride, bias=false)",
-        "conv(planes * expansion, 1, stride=stride, groups=5, bias=false)")
+        "conv(planes * expansion, 1, stride=stride, groups=5, bias=false)",
+    )
     analysis, _ = run(tmp_path, text)
     # bn2's error taints layer1.0's merge (its size mismatch is not reported on top) and so
     # everything after it, layer2.0's shortcut with groups=5 included.
@@ -726,13 +805,18 @@ def test_a_merge_of_a_tainted_input_is_tainted(tmp_path):
 
 
 def test_errors_in_two_branches_of_one_block_are_both_reported(tmp_path):
-    text = BLOCK_PADDING_0.replace(
-        "conv2 = conv(planes, 3, padding=0, bias=false)",
-        "conv2 = conv(planes, 3, padding=1, bias=false)").replace(
-        "bn2 = batchnorm\n", "bn2 = batchnorm(7)\n").replace(
-        "conv(planes * expansion, 1, stride=stride, bias=false)",
-        "conv(planes * expansion, 1, stride=stride, groups=5, bias=false)").replace(
-        "stage layer1 = 2 x MyBlock(96)", "stage layer1 = 2 x MyBlock(100)")
+    text = (
+        BLOCK_PADDING_0.replace(
+            "conv2 = conv(planes, 3, padding=0, bias=false)",
+            "conv2 = conv(planes, 3, padding=1, bias=false)",
+        )
+        .replace("bn2 = batchnorm\n", "bn2 = batchnorm(7)\n")
+        .replace(
+            "conv(planes * expansion, 1, stride=stride, bias=false)",
+            "conv(planes * expansion, 1, stride=stride, groups=5, bias=false)",
+        )
+        .replace("stage layer1 = 2 x MyBlock(96)", "stage layer1 = 2 x MyBlock(100)")
+    )
     analysis, _ = run(tmp_path, text)
     # layer1.0 projects 96 -> 100 channels: the main path's batchnorm and the shortcut's conv
     # each have their own mistake, neither downstream of the other; the merge of the two
@@ -745,7 +829,8 @@ def test_errors_in_two_branches_of_one_block_are_both_reported(tmp_path):
 
 def test_params_stay_exact_when_only_sizes_are_wrong(tmp_path):
     text = BLOCK_PADDING_0.replace("stage layer3 = 2 x MyBlock(256, stride=2)\n", "").replace(
-        "stage layer4 = 2 x MyBlock(512, stride=2)\n", "")
+        "stage layer4 = 2 x MyBlock(512, stride=2)\n", ""
+    )
     broken, _ = run(tmp_path, text)
     fixed, _ = run(tmp_path, text.replace("padding=0", "padding=1"))
     assert not broken.ok and fixed.ok
@@ -757,7 +842,9 @@ def test_params_stay_exact_when_only_sizes_are_wrong(tmp_path):
 def test_an_independent_argument_error_after_a_size_error_is_still_reported(tmp_path):
     # Review finding: tainting hid a groups error in the head behind a size-only merge mismatch
     # in layer1; groups depend on channels, which that mismatch does not change.
-    analysis, path = run(tmp_path, """
+    analysis, path = run(
+        tmp_path,
+        """
 block B(planes) {
     main { conv1 = conv(planes, 3, stride=2, padding=1, bias=false) }
     merge add
@@ -769,7 +856,8 @@ network n {
     stage layer1 = 1 x B(64)
     head { conv2 = conv(60, kernel=1, groups=7) avgpool = adaptive_avgpool(1) }
 }
-""")
+""",
+    )
     codes = sorted((d.code, d.layer) for d in analysis.errors)
     assert codes == [("groups", "conv2"), ("merge-mismatch", "layer1.0")]
     assert not analysis.params_exact  # torch cannot even build this conv

@@ -26,11 +26,13 @@ def test_summary_table_is_collapsed_per_stage(capsys):
     assert code == 0
     lines = out.splitlines()
     assert lines[0] == "resnet50"
-    for stage, op, shape in (("stem", "4 layers", "64x56x56"),
-                             ("layer1", "3 x Bottleneck", "256x56x56"),
-                             ("layer3", "6 x Bottleneck", "1024x14x14"),
-                             ("layer4", "3 x Bottleneck", "2048x7x7"),
-                             ("head", "3 layers", "1000")):
+    for stage, op, shape in (
+        ("stem", "4 layers", "64x56x56"),
+        ("layer1", "3 x Bottleneck", "256x56x56"),
+        ("layer3", "6 x Bottleneck", "1024x14x14"),
+        ("layer4", "3 x Bottleneck", "2048x7x7"),
+        ("head", "3 layers", "1000"),
+    ):
         row = next(line for line in lines if line.startswith(stage + " "))
         assert op in row and shape in row
     assert "layer1.0" not in out
@@ -61,8 +63,14 @@ def test_summary_json_schema(capsys):
     assert data["input_sizes"]["exact"] == ["multiples of 32", "multiples of 32"]
     layers = data["layers"]
     assert {"name", "op", "out", "params", "macs"} <= set(layers[0])
-    assert layers[0] == {**layers[0], "name": "conv1", "op": "conv", "out": [64, 112, 112],
-                         "params": 9408, "macs": 118_013_952}
+    assert layers[0] == {
+        **layers[0],
+        "name": "conv1",
+        "op": "conv",
+        "out": [64, 112, 112],
+        "params": 9408,
+        "macs": 118_013_952,
+    }
     assert sum(layer["params"] for layer in layers) == data["params"]
     assert sum(layer["macs"] for layer in layers) == data["macs"]
     assert [s["name"] for s in data["stages"]][:2] == ["stem", "layer1"]
