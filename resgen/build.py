@@ -20,11 +20,11 @@ from pathlib import Path
 
 from resgen import codegen
 from resgen import spec as S
-from resgen.cli import EXIT_OK, EXIT_SPEC_ERROR, EXIT_USAGE, loader_for
-from resgen.diagnostics import SpecError, print_diagnostics
-from resgen.graph import module_and_call
+from resgen.diagnostics import SpecError
+from resgen.graph import OUTPUT, module_and_call
 from resgen.output import foreign, write_atomic
 from resgen.resolve import Loader
+from resgen.text import shape_text
 
 # ---------------------------------------------------------------------------------------------
 # API
@@ -86,43 +86,13 @@ def import_source(source: str, name: str) -> types.ModuleType:
 # resgen build
 
 
-def _checked(loader: Loader, path: str, input_shape):
+def checked(loader: Loader, path: str, input_shape=None):
     """The spec and its analysis; SpecError when the spec has any error."""
     spec = loader.load(path)
     analysis = analyse(spec, input_shape)
     if not analysis.ok:
         raise SpecError(analysis.diagnostics)
     return spec, analysis
-
-
-def cmd_build(args) -> int:
-    out_dir = Path(args.output)
-    status = EXIT_OK
-    for path in args.specs:
-        loader = loader_for(args)
-        try:
-            spec, analysis = _checked(loader, path, args.input)
-            source = codegen.generate(spec, analysis, templates=args.templates)
-        except SpecError as err:
-            print_diagnostics(err.diagnostics, loader.sources)
-            status = EXIT_SPEC_ERROR
-            continue
-        stem = Path(path).stem
-        target = out_dir / f"{stem}.py"
-        problem = write_generated(target, source, force=args.force)
-        if problem:  # the user's own file is in the way: a usage error, like a bad path
-            print(f"resgen: error: {problem}", file=sys.stderr)
-            status = max(status, EXIT_USAGE)
-            continue
-        print(f"{path} -> {target}")
-        if not args.no_diagram:  # the stages diagram beside the module
-            from resgen import diagram
-
-            paths = diagram.build_diagram_paths(out_dir, stem)
-            if not args.force and any(foreign(p) for p in paths):
-                status = max(status, EXIT_USAGE)  # the refusal is said on stderr
-            diagram.write_build_diagrams(spec, analysis, out_dir, stem, force=args.force)
-    return status
 
 
 def write_generated(target: Path, source: str, force: bool = False) -> str | None:
@@ -154,33 +124,6 @@ class Difference:
 
     def __str__(self) -> str:
         return f"{self.where}: predicted {self.predicted}, torch gives {self.actual}"
-
-
-def cmd_verify(args) -> int:
-    status = EXIT_OK
-    for path in args.specs:
-        loader = loader_for(args)
-        try:
-            spec, analysis = _checked(loader, path, args.input)
-            differences, checked = verify(spec, analysis)
-        except SpecError as err:
-            print_diagnostics(err.diagnostics, loader.sources)
-            status = EXIT_SPEC_ERROR
-            continue
-        if differences:
-            status = EXIT_SPEC_ERROR
-            print(
-                f"{path}: {len(differences)} difference{'s' * (len(differences) != 1)} "
-                f"between the prediction and torch:"
-            )
-            for d in differences:
-                print(f"  {d}")
-        else:
-            print(
-                f"{path}: ok ({checked} layer outputs, {analysis.params:,} parameters, "
-                f"output {_shape(analysis.output)} at input {_shape(analysis.input)})"
-            )
-    return status
 
 
 def verify(spec: S.Spec, analysis) -> tuple[list[Difference], int]:
@@ -223,17 +166,18 @@ def verify(spec: S.Spec, analysis) -> tuple[list[Difference], int]:
             h.remove()
 
     differences: list[Difference] = []
-    checked = 0
+    compared = 0
     for layer in analysis.layers:
-        actual = _observed(layer, analysis.graph, inputs, outputs)
+        merge = analysis.nodes[layer.name].kind == "merge"
+        actual = _observed(layer.name, merge, analysis, inputs, outputs)
         if actual is None:
-            if layer.op in ("add", "mul"):
+            if merge:
                 continue  # a merge feeding something no hook sees
             differences.append(Difference(layer.name, _shape(layer.out), "no such layer output"))
         elif tuple(layer.out) != actual:
             differences.append(Difference(layer.name, _shape(layer.out), _shape(actual)))
         else:
-            checked += 1
+            compared += 1
     for what, predicted, actual in (
         ("parameters", analysis.params, sum(p.numel() for p in net.parameters())),
         ("buffers", analysis.buffers, sum(b.numel() for b in net.buffers())),
@@ -244,17 +188,17 @@ def verify(spec: S.Spec, analysis) -> tuple[list[Difference], int]:
         differences.append(
             Difference("output", _shape(analysis.output), _shape(tuple(output.shape[1:])))
         )
-    return differences, checked
+    return differences, compared
 
 
-def _observed(layer, graph, inputs, outputs) -> tuple[int, ...] | None:
+def _observed(name: str, merge: bool, analysis, inputs, outputs) -> tuple[int, ...] | None:
     """The shape torch produced for a predicted layer output. A merge (`layer1.0.add`) is not a
     module: it is seen as the input of the layer after it, or as its block's output."""
-    if layer.op not in ("add", "mul"):
-        return _nth(outputs, layer.name)
-    block = graph.nodes[layer.name].get("block") if layer.name in graph.nodes else None
-    for successor in graph.successors(layer.name) if layer.name in graph.nodes else ():
-        if graph.nodes[successor].get("block") == block and successor not in ("output",):
+    if not merge:
+        return _nth(outputs, name)
+    block = analysis.nodes[name].block
+    for successor in analysis.graph.successors(name):
+        if analysis.nodes[successor].block == block and successor != OUTPUT:
             return _nth(inputs, successor)
     return _nth(outputs, block) if block else None
 
@@ -266,14 +210,13 @@ def _nth(seen: dict[str, list[tuple[int, ...]]], node: str) -> tuple[int, ...] |
 
 
 def _shape(shape: Sequence[int] | None) -> str:
-    return "x".join(map(str, shape)) if shape is not None else "none"
+    return shape_text(shape, unknown="none")
 
 
 __all__ = [
     "analyse",
+    "checked",
     "build_module",
-    "cmd_build",
-    "cmd_verify",
     "generate",
     "import_source",
     "load",

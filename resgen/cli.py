@@ -10,9 +10,10 @@ import json
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
-from resgen.diagnostics import Diagnostic, SpecError, print_diagnostics
-from resgen.resolve import Loader, UsageError
+from resgen.diagnostics import Diagnostic, SpecError, UsageError, print_diagnostics
+from resgen.resolve import Loader
 
 EXIT_OK, EXIT_SPEC_ERROR, EXIT_USAGE = 0, 1, 2
 
@@ -111,6 +112,10 @@ def report(diagnostics: Sequence[Diagnostic], loader: Loader) -> None:
     print_diagnostics(diagnostics, loader.sources)
 
 
+# ---------------------------------------------------------------------------------------------
+# The commands: each imports what it needs, so `resgen check` loads no torch, Jinja or Graphviz.
+
+
 def cmd_check(args) -> int:
     status = EXIT_OK
     records = []
@@ -150,34 +155,155 @@ def _check_one(loader: Loader, path: str, input_shape):
     return analyse(spec, input_shape).diagnostics
 
 
-def _dispatch(args) -> int:
-    if args.command == "check":
-        return cmd_check(args)
-    if args.command == "summary":
-        from resgen.summary import cmd_summary
+def cmd_summary(args) -> int:
+    from resgen.shapes import analyse
+    from resgen.summary import DEFAULT_DEPTH, render, to_json
 
-        return cmd_summary(args)
-    if args.command in ("build", "verify"):
-        from resgen import build
+    loader = loader_for(args)
+    try:
+        analysis = analyse(loader.load(args.spec), args.input)  # no network: a no-network error
+    except SpecError as err:
+        report(err.diagnostics, loader)
+        return EXIT_SPEC_ERROR
+    if analysis.diagnostics:
+        report(analysis.diagnostics, loader)
+    if args.json:
+        print(json.dumps(to_json(analysis), indent=2))
+    else:
+        depth = DEFAULT_DEPTH if args.depth is None else args.depth
+        print(render(analysis, depth))
+    return EXIT_OK if analysis.ok else EXIT_SPEC_ERROR
 
-        return build.cmd_build(args) if args.command == "build" else build.cmd_verify(args)
-    if args.command == "diagram":
-        from resgen.diagram import cmd_diagram
 
-        return cmd_diagram(args)
-    raise AssertionError(args.command)
+def cmd_build(args) -> int:
+    from resgen import codegen, diagram
+    from resgen.build import checked, write_generated
+    from resgen.output import foreign
+
+    out_dir = Path(args.output)
+    status = EXIT_OK
+    for path in args.specs:
+        loader = loader_for(args)
+        try:
+            spec, analysis = checked(loader, path, args.input)
+            source = codegen.generate(spec, analysis, templates=args.templates)
+        except SpecError as err:
+            report(err.diagnostics, loader)
+            status = EXIT_SPEC_ERROR
+            continue
+        stem = Path(path).stem
+        target = out_dir / f"{stem}.py"
+        problem = write_generated(target, source, force=args.force)
+        if problem:  # the user's own file is in the way: a usage error, like a bad path
+            print(f"resgen: error: {problem}", file=sys.stderr)
+            status = max(status, EXIT_USAGE)
+            continue
+        print(f"{path} -> {target}")
+        if not args.no_diagram:  # the stages diagram beside the module
+            paths = diagram.build_diagram_paths(out_dir, stem)
+            if not args.force and any(foreign(p) for p in paths):
+                status = max(status, EXIT_USAGE)  # the refusal is said on stderr
+            diagram.write_build_diagrams(spec, analysis, out_dir, stem, force=args.force)
+    return status
+
+
+def cmd_verify(args) -> int:
+    from resgen.build import checked, verify
+    from resgen.text import shape_text
+
+    status = EXIT_OK
+    for path in args.specs:
+        loader = loader_for(args)
+        try:
+            spec, analysis = checked(loader, path, args.input)
+            differences, compared = verify(spec, analysis)
+        except SpecError as err:
+            report(err.diagnostics, loader)
+            status = EXIT_SPEC_ERROR
+            continue
+        if differences:
+            status = EXIT_SPEC_ERROR
+            print(
+                f"{path}: {len(differences)} difference{'s' * (len(differences) != 1)} "
+                f"between the prediction and torch:"
+            )
+            for d in differences:
+                print(f"  {d}")
+        else:
+            print(
+                f"{path}: ok ({compared} layer outputs, {analysis.params:,} parameters, "
+                f"output {shape_text(analysis.output, unknown='none')} at input "
+                f"{shape_text(analysis.input)})"
+            )
+    return status
+
+
+def cmd_diagram(args) -> int:
+    from resgen import diagram
+    from resgen.output import foreign, write_atomic
+    from resgen.shapes import analyse
+
+    out = diagram.output_path(args.spec, args.detail, args.format, args.output)
+    implied = diagram.KNOWN_SUFFIXES.get(out.suffix.lower())
+    if implied is not None and implied != args.format:
+        print(
+            f"resgen: error: {out} looks like {implied}, but the format is {args.format}: "
+            f"pass --format {implied}",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    loader = loader_for(args)
+    try:
+        spec = loader.load(args.spec)
+        analysis = analyse(spec, args.input)
+    except SpecError as err:  # not even a graph to draw
+        report(err.diagnostics, loader)
+        return EXIT_SPEC_ERROR
+    report(analysis.diagnostics, loader)
+    status = EXIT_OK if analysis.ok else EXIT_SPEC_ERROR
+    source = diagram.to_dot(spec, analysis, args.detail, args.rankdir)
+    # PNG and PDF carry no mark to recognise our own files by: those are replaced.
+    if args.format in ("dot", "svg") and not args.force and foreign(out):
+        print(diagram.not_overwriting(out), file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        if args.format == "dot":
+            write_atomic(out, source.encode("utf-8"))
+        else:
+            try:
+                image = diagram.render(source, args.format)
+            except diagram.GraphvizMissing:
+                dot_path = out.with_suffix(".dot")
+                if not args.force and foreign(dot_path):
+                    print(diagram.not_overwriting(dot_path), file=sys.stderr)
+                    return EXIT_USAGE
+                write_atomic(dot_path, source.encode("utf-8"))
+                print(diagram.missing_dot_line(dot_path, out), file=sys.stderr)
+                return EXIT_USAGE
+            write_atomic(out, image)
+    except (OSError, RuntimeError) as err:
+        print(f"resgen: error: cannot write {out}: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    print(f"wrote {out}")
+    return status
+
+
+COMMANDS = {
+    "check": cmd_check,
+    "summary": cmd_summary,
+    "build": cmd_build,
+    "verify": cmd_verify,
+    "diagram": cmd_diagram,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return _dispatch(args)
+        return COMMANDS[args.command](args)
     except UsageError as err:
         print(f"resgen: error: {err}", file=sys.stderr)
         return EXIT_USAGE
-    except SpecError as err:  # a command that stopped at the first failing spec
-        print_diagnostics(err.diagnostics, getattr(err, "sources", {}))
-        return EXIT_SPEC_ERROR
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:  # `resgen summary ... | head`: the reader left; say nothing more

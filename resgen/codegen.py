@@ -16,13 +16,24 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from resgen import codes, ops
 from resgen import expr as E
 from resgen import spec as S
-from resgen.diagnostics import Diagnostic, Span, SpecError
+from resgen.diagnostics import Diagnostic, SpecError
 from resgen.graph import application_id
 from resgen.guard import UnsafeCode, check_source
-from resgen.ops import OPS, REQUIRED
+from resgen.names import IN_CHANNELS
+from resgen.ops.layers import FLAT
 from resgen.output import PY_MARK
+from resgen.plan import (
+    BlockPlan,
+    Channels,
+    NetworkPlan,
+    Step,
+    block_out,
+    channels_after,
+    elaborate,
+)
 from resgen.render import (
     Atom,
     Call,
@@ -36,27 +47,11 @@ from resgen.render import (
     ident,
     literal,
 )
-from resgen.stages import plan_stage
+from resgen.stages import apply_stage_rule
+from resgen.text import shape_text
 
 GENERATED_MARK = PY_MARK
 MODULE_TEMPLATE = "module.py.jinja"
-
-# torch.nn arguments passed by position, after the incoming channel count (torchvision's style:
-# nn.Conv2d(64, 128, kernel_size=3, ...), nn.Linear(2048, num_classes)).
-POSITIONAL = {
-    "conv": ("channels",),
-    "linear": ("features",),
-    "adaptive_avgpool": ("size",),
-    "pad_channels": ("channels",),
-}
-
-# Layer kinds whose output channel count is an argument of the layer (the ops table says which).
-CHANNEL_ARGUMENT = {name: op.out_channels for name, op in OPS.items() if op.out_channels}
-
-
-# The "channel count" after a flatten inside a block: not expressible in the block's code.
-_FLATTENED = S.Ref(span=Span("<flatten>", 1, 1, 1, 1), name="<flattened features>")
-
 
 # ---------------------------------------------------------------------------------------------
 # The view the templates render
@@ -103,25 +98,22 @@ class BlockView:
     layers: list[LayerView]  # main path
     main: list[StepView]
     shortcut: ShortcutView | None
-    merge: str | None
+    merge_line: str | None  # `out += identity`: the merge op's statement
+    identity_first: bool  # `identity = x` before the main path
     post_layers: list[LayerView]
     post: list[StepView]
-
-    @property
-    def identity_first(self) -> bool:
-        """`identity = x` up front: the merge sees x unless a shortcut always replaces it. A
-        gate (`merge mul` without a shortcut) reads `x * out` instead, as squeeze-excite does."""
-        if self.merge == "mul" and self.shortcut is None:
-            return False
-        return self.merge is not None and (
-            self.shortcut is None or self.shortcut.condition is not None
-        )
 
 
 @dataclass
 class ZeroInitView:
     block: str
     weight: str  # `module.bn3.weight`
+
+
+@dataclass
+class InitView:
+    cls: str  # `nn.Conv2d`
+    lines: tuple[str, ...]  # statements on `module`, from the op's declaration
 
 
 @dataclass
@@ -133,6 +125,7 @@ class NetworkView:
     layers: list[LayerView]
     steps: list[StepView]
     zero_init: list[ZeroInitView]
+    inits: list[InitView]
 
 
 @dataclass
@@ -142,6 +135,13 @@ class ModuleView:
     blocks: list[BlockView]
     network: NetworkView
     helpers: tuple[str, ...] = ()  # templates of helper modules (ops with `helper`), in use order
+    imports: tuple[str, ...] = ()  # import lines of plugin ops
+
+    @property
+    def import_lines(self) -> list[str]:
+        """torch's import and any plugin's, sorted by module as isort (ruff) would."""
+        lines = {"from torch import Tensor, nn", *self.imports}
+        return sorted(lines, key=lambda line: line.split()[1])
 
     @property
     def header_noqa(self) -> str:
@@ -163,24 +163,24 @@ def generate(
     """
     if spec.network is None:
         raise SpecError(
-            [Diagnostic(spec.span, "no-network", f"{spec.path} defines no network to generate")]
+            [Diagnostic(spec.span, codes.NO_NETWORK, f"{spec.path} defines no network to generate")]
         )
     if analysis is None:
         analysis = _analyse(spec)
-    if analysis is not None and not analysis.ok:
+    if not analysis.ok:
         raise SpecError(analysis.diagnostics)
     try:
         view = _ModuleBuilder(spec, analysis, _source_label(source or display_path(spec.path)))
         view = view.build()
         text = environment(templates).get_template(MODULE_TEMPLATE).render(module=view)
     except CodeError as err:
-        raise SpecError([Diagnostic(spec.network.span, "codegen", str(err))]) from None
+        raise SpecError([Diagnostic(spec.network.span, codes.CODEGEN, str(err))]) from None
     except E.EvalError as err:
         raise SpecError([Diagnostic(err.span, err.code, err.message, hint=err.hint)]) from None
     try:
         check_source(text)
     except UnsafeCode as err:  # only a user's --templates can get here
-        raise SpecError([Diagnostic(spec.network.span, "unsafe-code", str(err))]) from None
+        raise SpecError([Diagnostic(spec.network.span, codes.UNSAFE_CODE, str(err))]) from None
     return text
 
 
@@ -300,14 +300,14 @@ def _same(a: S.Expr, b: S.Expr | None) -> bool:
 class _ModuleBuilder:
     def __init__(self, spec: S.Spec, analysis, source: str):
         self.spec, self.analysis, self.source = spec, analysis, source
+        self.plan: NetworkPlan = elaborate(spec)
         self.net: S.Network = spec.network
-        self.blocks: dict[str, S.Block] = spec.blocks
-        self.used_blocks: list[str] = []  # dependency order: a block after the blocks it uses
         self.helpers: dict[str, str] = {}  # helper class -> its template, for ops not in torch.nn
+        self.imports: dict[str, None] = {}  # import lines plugin ops need, in use order
 
     def build(self) -> ModuleView:
         network = self._network()
-        blocks = [self._block(self.blocks[name]) for name in self.used_blocks]
+        blocks = [self._block(plan) for plan in self.plan.blocks.values()]
         names = [b.name for b in blocks] + [network.class_name, network.factory, *self.helpers]
         clash = sorted({n for n in names if names.count(n) > 1} | ({"nn", "Tensor"} & set(names)))
         if clash:
@@ -315,118 +315,77 @@ class _ModuleBuilder:
                 f"the generated module would define `{clash[0]}` twice; give the "
                 "network a different `class` or name"
             )
-        return ModuleView(self.source, self._doc(), blocks, network, tuple(self.helpers.values()))
-
-    # -- channels, symbolically
-    def _use_block(self, name: str) -> S.Block:
-        block = self.blocks[name]
-        if name not in self.used_blocks:
-            shortcut = block.shortcut.layers if block.shortcut else ()
-            for layer in _walk_layers(block.main + block.post + shortcut):
-                if layer.kind == "block":
-                    self._use_block(layer.callee)
-            if name not in self.used_blocks:
-                self.used_blocks.append(name)
-        return block
-
-    def _block_env(
-        self, block: S.Block, in_channels: S.Expr, args: Mapping[str, S.Expr]
-    ) -> dict[str, S.Expr]:
-        """Block-scope names as expressions of the caller's scope."""
-        env: dict[str, S.Expr] = {"in_channels": in_channels}
-        for p in block.params:
-            given = args.get(p.name)
-            env[p.name] = given if given is not None else E.substitute(p.default, env.get)
-        if block.expansion is not None:
-            env["expansion"] = E.substitute(block.expansion, env.get)
-        for let in block.lets:
-            env[let.name] = E.substitute(let.value, env.get)
-        return env
-
-    def _block_out(self, block: S.Block, in_channels: S.Expr, args: Mapping[str, S.Expr]) -> S.Expr:
-        inner = self._channels(block.main + block.post, S.Ref(span=block.span, name="in_channels"))
-        return E.substitute(inner, self._block_env(block, in_channels, args).get)
-
-    def _channels(self, layers: Iterable[S.Layer], channels: S.Expr) -> S.Expr:
-        for layer in layers:
-            channels = self._layer_channels(layer, channels)
-        return channels
-
-    def _layer_channels(self, layer: S.Layer, channels: S.Expr) -> S.Expr:
-        if layer.kind == "op" and layer.callee in CHANNEL_ARGUMENT:
-            return layer.arg(CHANNEL_ARGUMENT[layer.callee])
-        if layer.kind == "op" and layer.callee == "flatten":
-            # C x H x W features: H and W are only known per instance, so only the network
-            # (which _network_layer handles with the analysed shape) can say how many.
-            return _FLATTENED
-        if layer.kind == "block":
-            return self._block_out(self.blocks[layer.callee], channels, _args(layer))
-        if layer.kind == "seq":
-            return self._channels(layer.items, channels)
-        return channels
+        return ModuleView(
+            self.source,
+            self._doc(),
+            blocks,
+            network,
+            tuple(self.helpers.values()),
+            tuple(self.imports),
+        )
 
     # -- layers
     def _build(
-        self, layer: S.Layer, channels: S.Expr, scope: _Scope, node: str | None = None
+        self, step: Step, channels: Channels, scope: _Scope, node: str | None = None
     ) -> Code:
         """The constructor call of one layer that receives `channels` channels. `node` is the
         layer's graph node at network level (None inside a block), where a flatten's size is
         known from the analysis."""
-        if layer.kind == "seq":
-            items = []
-            for index, item in enumerate(layer.items):
-                item_node = f"{node}.{index}" if node is not None else None
-                items.append(self._build(item, channels, scope, item_node))
-                channels = (
-                    self._after(item, channels, item_node)
-                    if item_node is not None
-                    else self._layer_channels(item, channels)
-                )
-            return Call("nn.Sequential", tuple(items))
-        if layer.kind == "block":
-            block = self._use_block(layer.callee)
-            return Call(
-                ident(block.name),
-                (scope.atom(channels), *_block_arguments(block, _args(layer), scope)),
-            )
-        if layer.kind != "op":
-            raise CodeError(f"layer `{layer.name}` of kind {layer.kind} cannot be built")
-        op = OPS[layer.callee]
+        if step.kind == "seq":
+            return self._sequential(step.items, channels, scope, node)
+        if step.kind == "block":
+            plan = self.plan.blocks[step.block]
+            arguments = _block_arguments(plan.block, step.args, scope)
+            return Call(ident(plan.name), (scope.atom(channels), *arguments))
+        if step.kind != "op":
+            raise CodeError(f"layer `{step.attr}` of kind {step.kind} cannot be built")
+        op, emit = step.op, step.op.emit
         args: list[Code] = []
-        if op.input_channels is not None:
-            if channels is _FLATTENED:
+        if emit.in_channels is not None:
+            if channels is FLAT:
                 raise E.EvalError(
-                    layer.span,
-                    f"`{layer.callee}` after `flatten` inside a block: "
-                    "its input size depends on H x W, which a block's code cannot "
-                    "know",
-                    "flatten-in-block",
+                    step.span,
+                    f"`{op.name}` after `flatten` inside a block: its input size depends on "
+                    "H x W, which a block's code cannot know",
+                    codes.FLATTEN_IN_BLOCK,
                     hint="put flatten and what follows it in the network's head",
                 )
             args.append(scope.atom(channels))
-        given = _args(layer)
-        positional = POSITIONAL.get(op.name, ())
-        for name in positional:
-            if name in given:
-                args.append(scope.atom(given[name]))
+        for name in emit.positional:
+            if name in step.args:
+                args.append(scope.atom(step.args[name]))
         for p in op.params:
-            value = given.get(p.name)
-            if value is None or p.name in positional or p.torch is None:
+            value = step.args.get(p.name)
+            if value is None or p.name in emit.positional or p.torch is None:
                 continue
             if (
-                p.default is not REQUIRED
+                p.fixed_default
                 and _constant(value) == p.default
                 and (type(_constant(value)) is type(p.default))
             ):
                 continue  # torchvision does not spell out defaults
             args.append(Keyword(ident(p.torch), scope.atom(value)))
-        if op.helper is not None:  # a small module the generated file defines (PadChannels)
-            self.helpers[ident(op.torch_class)] = op.helper
-            return Call(ident(op.torch_class), tuple(args))
-        return Call(f"nn.{dotted(op.torch_class)}", tuple(args))
+        if emit.helper is not None:  # a small module the generated file defines (PadChannels)
+            self.helpers[ident(emit.cls)] = emit.helper
+        self.imports.update(dict.fromkeys(emit.imports))
+        return Call(dotted(emit.cls), tuple(args))
+
+    def _sequential(self, steps, channels: Channels, scope: _Scope, node: str | None) -> Code:
+        """`nn.Sequential(...)` of unnamed layers (a `seq` or a shortcut), channels flowing."""
+        items = []
+        for index, item in enumerate(steps):
+            item_node = f"{node}.{index}" if node is not None else None
+            items.append(self._build(item, channels, scope, item_node))
+            channels = (
+                self._after(item, channels, item_node)
+                if item_node is not None
+                else channels_after(item, channels, self.plan.blocks)
+            )
+        return Call("nn.Sequential", tuple(items))
 
     # -- blocks
-    def _block(self, block: S.Block) -> BlockView:
+    def _block(self, plan: BlockPlan) -> BlockView:
+        block = plan.block
         expansion_value = _constant(block.expansion)
         constant_expansion = block.expansion is not None and expansion_value is not None
         scope = _Scope({"expansion": "self.expansion"} if constant_expansion else {})
@@ -435,34 +394,32 @@ class _ModuleBuilder:
         if block.expansion is not None and not constant_expansion:
             expansion_local = scope.code(block.expansion)
         layers, main = [], []
-        channels: S.Expr = S.Ref(span=block.span, name="in_channels")
-        sc = block.shortcut
-        source: tuple[int, S.Expr] | None = None  # `from LAYER`: its step and channels
-        for layer in block.main:
-            channels = self._block_layer(layer, channels, scope, layers, main)
-            if (
-                sc is not None
-                and sc.source is not None
-                and source is None
-                and layer.kind != "reuse"
-                and layer.name == sc.source
-            ):
+        channels: Channels = S.Ref(span=block.span, name=IN_CHANNELS)
+        sc = plan.shortcut
+        source: tuple[int, Channels] | None = None  # `from LAYER`: its step and channels
+        for index, step in enumerate(plan.main):
+            channels = self._block_layer(step, channels, scope, layers, main)
+            if sc is not None and sc.source is not None and index == plan.cut - 1:
                 source = (len(main) - 1, channels)
         shortcut = None
         if sc is not None:
-            start = S.Ref(span=sc.span, name="in_channels") if source is None else source[1]
-            build = self._build(
-                S.Layer(span=sc.span, kind="seq", name=sc.name, items=sc.layers), start, scope
-            )
+            start = S.Ref(span=sc.span, name=IN_CHANNELS) if source is None else source[1]
+            build = self._sequential(sc.steps, start, scope, None)
             condition = scope.code(sc.condition) if sc.condition is not None else None
-            shortcut = ShortcutView(ident(sc.name), condition, build)
+            shortcut = ShortcutView(ident(sc.attr), condition, build)
             if source is not None:
                 shortcut.after, shortcut.input = source[0], "shortcut_input"
         post_layers: list[LayerView] = []
         post: list[StepView] = []
-        for layer in block.post:
-            channels = self._block_layer(layer, channels, scope, post_layers, post)
+        for step in plan.post:
+            channels = self._block_layer(step, channels, scope, post_layers, post)
         lets = _lets(block.lets, scope)
+        merge = plan.merge
+        inline = merge is not None and merge.inline is not None and shortcut is None
+        if merge is None:
+            merge_line = None
+        else:
+            merge_line = merge.inline if inline else merge.statement
         return BlockView(
             name=ident(block.name),
             expansion=literal(expansion_value) if constant_expansion else None,
@@ -472,134 +429,148 @@ class _ModuleBuilder:
             layers=layers,
             main=main,
             shortcut=shortcut,
-            merge=block.merge,
+            merge_line=merge_line,
+            # `identity = x` up front: the merge sees x unless a shortcut always replaces it (or
+            # the merge reads x itself, as squeeze-excite's `out = x * out` does).
+            identity_first=merge is not None
+            and not inline
+            and (shortcut is None or shortcut.condition is not None),
             post_layers=post_layers,
             post=post,
         )
 
     def _block_layer(
         self,
-        layer: S.Layer,
-        channels: S.Expr,
+        step: Step,
+        channels: Channels,
         scope: _Scope,
         layers: list[LayerView],
         steps: list[StepView],
-    ) -> S.Expr:
-        if layer.kind == "reuse":
-            steps.append(StepView(f"self.{ident(layer.callee or layer.name)}"))
+    ) -> Channels:
+        if step.kind == "reuse":
+            steps.append(StepView(f"self.{ident(step.target)}"))
             return channels
-        attr = ident(layer.name)
-        layers.append(LayerView(attr, self._build(layer, channels, scope)))
+        attr = ident(step.attr)
+        layers.append(LayerView(attr, self._build(step, channels, scope)))
         steps.append(StepView(f"self.{attr}"))
-        return self._layer_channels(layer, channels)
+        return channels_after(step, channels, self.plan.blocks)
 
     # -- network
     def _network(self) -> NetworkView:
         net = self.net
         scope = _Scope()
         params = _params(net.params, scope, [])
-        env = _network_env(net)
+        env, _ = self.plan.scope.values({}, lambda expr, values, _: E.evaluate(expr, values))
         layers: list[LayerView] = []
         steps: list[StepView] = []
-        channels: S.Expr = E.literal(self._input()[0], net.span)
+        channels: Channels = E.literal(self.analysis.input[0], net.span)
         applied: dict[str, int] = {}
-        for layer in net.stem:
-            channels = self._network_layer(layer, channels, scope, layers, steps, applied)
+        for step in self.plan.stem:
+            channels = self._network_layer(step, channels, scope, layers, steps, applied)
         dilation = 1
-        for stage in net.stages:
-            block = self._use_block(stage.block)
-            plan = plan_stage(stage, block, env, dilation)
-            dilation = plan.dilation_after
-            build, channels = self._stage(stage, block, plan, channels, scope)
+        for stage in self.plan.stages:
+            plan = self.plan.blocks[stage.block]
+            rule = apply_stage_rule(stage, plan.block, env, dilation)
+            dilation = rule.dilation_after
+            build, channels = self._stage(stage, plan, rule, channels, scope)
             info = self._stage_info(stage.name)
-            comment = None
-            if info is not None:
-                comment = (
-                    f"{stage.name}: {_repeats_text(stage, plan)} x {block.name}, "
-                    f"{_shape(info.in_shape)} -> {_shape(info.out_shape)}"
-                )
-            layers.append(LayerView(ident(stage.name), build, comment))
-            steps.append(
-                StepView(
-                    f"self.{ident(stage.name)}",
-                    _shape(info.out_shape) if info is not None else None,
-                )
+            comment = (
+                f"{stage.name}: {_repeats_text(stage, rule)} x {plan.name}, "
+                f"{shape_text(info.in_shape)} -> {shape_text(info.out_shape)}"
             )
-        for layer in net.head:
-            channels = self._network_layer(layer, channels, scope, layers, steps, applied)
-        zero_init = [
-            z for name in self.used_blocks if (z := _zero_init(self.blocks[name])) is not None
-        ]
+            layers.append(LayerView(ident(stage.name), build, comment))
+            steps.append(StepView(f"self.{ident(stage.name)}", shape_text(info.out_shape)))
+        for step in self.plan.head:
+            channels = self._network_layer(step, channels, scope, layers, steps, applied)
+        zero_init = [z for plan in self.plan.blocks.values() if (z := _zero_init(plan))]
         has_zero_param = any(p.name == "zero_init_residual" for p in net.params)
         if zero_init and not has_zero_param:
             params.append(ParamView("zero_init_residual", "bool", "False"))
         lets = _lets(net.lets, scope)
         class_name = ident(net.python_class)
-        return NetworkView(class_name, ident(net.name), params, lets, layers, steps, zero_init)
+        return NetworkView(
+            class_name,
+            ident(net.name),
+            params,
+            lets,
+            layers,
+            steps,
+            zero_init,
+            self._inits(),
+        )
 
-    def _input(self) -> tuple[int, int, int]:
-        if self.analysis is not None:
-            return tuple(self.analysis.input)
-        return self.net.input.as_tuple()
+    def _inits(self) -> list[InitView]:
+        """The network's initialisation loop: one branch per op in use that declares one, in the
+        registry's order (torchvision's: convolutions, then batch norms)."""
+        used = set()
+        for steps in (self.plan.stem, self.plan.head, *_block_paths(self.plan.blocks.values())):
+            used.update(_ops_in(steps))
+        return [
+            InitView(op.emit.cls, op.emit.init)
+            for op in ops.registered()
+            if op in used and op.emit is not None and op.emit.init
+        ]
 
     def _network_layer(
         self,
-        layer: S.Layer,
-        channels: S.Expr,
+        step: Step,
+        channels: Channels,
         scope: _Scope,
         layers: list[LayerView],
         steps: list[StepView],
         applied: dict[str, int],
-    ) -> S.Expr:
-        target = layer.callee if layer.kind == "reuse" else layer.name
+    ) -> Channels:
+        target = step.target if step.kind == "reuse" else step.path
         applied[target] = applied.get(target, 0) + 1
         node = application_id(target, applied[target])
-        if layer.kind == "seq" and layer.items:  # an nn.Sequential: its last layer's output
-            node = f"{target}.{len(layer.items) - 1}"
-        out_shape = self._node_shape(node)
-        steps.append(StepView(f"self.{ident(target)}", _shape(out_shape) if out_shape else None))
-        if layer.kind == "reuse":
+        if step.kind == "seq" and step.items:  # an nn.Sequential: its last layer's output
+            node = f"{target}.{len(step.items) - 1}"
+        out_shape = self._shape_of(node, "out_shape")
+        steps.append(
+            StepView(f"self.{ident(target)}", shape_text(out_shape) if out_shape else None)
+        )
+        if step.kind == "reuse":
             return channels
-        layers.append(LayerView(ident(layer.name), self._build(layer, channels, scope, target)))
-        return self._after(layer, channels, target)
+        layers.append(LayerView(ident(step.attr), self._build(step, channels, scope, target)))
+        return self._after(step, channels, target)
 
-    def _after(self, layer: S.Layer, channels: S.Expr, node: str) -> S.Expr:
+    def _after(self, step: Step, channels: Channels, node: str) -> Channels:
         """The channel count after a network-level layer: as in a block, except that a flatten
         gives C x H x W features, H and W from the shape engine."""
-        if layer.kind == "seq":
-            for index, item in enumerate(layer.items):
+        if step.kind == "seq":
+            for index, item in enumerate(step.items):
                 channels = self._after(item, channels, f"{node}.{index}")
             return channels
-        after = self._layer_channels(layer, channels)
-        if after is not _FLATTENED:
+        after = channels_after(step, channels, self.plan.blocks)
+        if after is not FLAT:
             return after
-        in_shape = self._node_shape(node, "in_shape")
+        in_shape = self._shape_of(node, "in_shape")
         if in_shape is None or len(in_shape) != 3:
             raise E.EvalError(
-                layer.span, "cannot tell the size of `flatten`'s input", "flatten-size"
+                step.span, "cannot tell the size of `flatten`'s input", codes.FLATTEN_SIZE
             )
         area = in_shape[1] * in_shape[2]
         return (
             channels
             if area == 1
             else E.fold(
-                S.BinOp(span=layer.span, op="*", left=channels, right=E.literal(area, layer.span))
+                S.BinOp(span=step.span, op="*", left=channels, right=E.literal(area, step.span))
             )
         )
 
     def _stage(
-        self, stage: S.Stage, block: S.Block, plan, channels: S.Expr, scope: _Scope
-    ) -> tuple[Code, S.Expr]:
+        self, stage: S.Stage, plan: BlockPlan, rule, channels: Channels, scope: _Scope
+    ) -> tuple[Code, Channels]:
         """`nn.Sequential(first, *[rest for _ in range(n - 1)])`, or each block written out when
         the blocks after the first do not all look alike (their input grows, say)."""
-        name = ident(block.name)
-        first = Call(name, (scope.atom(channels), *_block_arguments(block, plan.first, scope)))
-        out = self._block_out(block, channels, plan.first)
+        name = ident(plan.name)
+        first = Call(name, (scope.atom(channels), *_block_arguments(plan.block, rule.first, scope)))
+        out = block_out(plan, channels, rule.first)
         items: list[Code] = [first]
         repeats_free = bool(E.free_refs(stage.repeats))
-        if plan.repeats > 1 or repeats_free:
-            rest = Call(name, (scope.atom(out), *_block_arguments(block, plan.rest, scope)))
-            after = self._block_out(block, out, plan.rest)
+        if rule.repeats > 1 or repeats_free:
+            rest = Call(name, (scope.atom(out), *_block_arguments(plan.block, rule.rest, scope)))
+            after = block_out(plan, out, rule.rest)
             if E.to_python(after) == E.to_python(out):
                 if repeats_free and str(rest) == str(first):
                     items = [Starred(Repeated(first, scope.code(stage.repeats)))]
@@ -614,11 +585,11 @@ class _ModuleBuilder:
                     )
                     items.append(Starred(Repeated(rest, count)))
                 elif str(rest) == str(first):
-                    items = [Starred(Repeated(first, str(plan.repeats)))]
-                elif plan.repeats == 2:
+                    items = [Starred(Repeated(first, str(rule.repeats)))]
+                elif rule.repeats == 2:
                     items.append(rest)
                 else:
-                    items.append(Starred(Repeated(rest, str(plan.repeats - 1))))
+                    items.append(Starred(Repeated(rest, str(rule.repeats - 1))))
             elif repeats_free:
                 raise CodeError(
                     f"stage `{stage.name}` changes its channel count from block to "
@@ -626,38 +597,34 @@ class _ModuleBuilder:
                 )
             else:
                 current = out
-                for _ in range(plan.repeats - 1):
+                for _ in range(rule.repeats - 1):
                     items.append(
                         Call(
-                            name, (scope.atom(current), *_block_arguments(block, plan.rest, scope))
+                            name,
+                            (scope.atom(current), *_block_arguments(plan.block, rule.rest, scope)),
                         )
                     )
-                    current = self._block_out(block, current, plan.rest)
+                    current = block_out(plan, current, rule.rest)
                 after = current
             out = after
         return Call("nn.Sequential", tuple(items)), out
 
     # -- analysis lookups
-    def _node_shape(self, node: str, which: str = "out_shape") -> tuple | None:
-        if self.analysis is None or node not in self.analysis.graph.nodes:
-            return None
-        shape = self.analysis.graph.nodes[node].get(which)
+    def _shape_of(self, node: str, which: str) -> tuple | None:
+        result = self.analysis.shapes.get(node)
+        shape = getattr(result, which) if result is not None else None
         return tuple(shape) if shape else None
 
     def _stage_info(self, name: str):
-        if self.analysis is None:
-            return None
-        return next((s for s in self.analysis.stages if s.name == name), None)
+        return next(s for s in self.analysis.stages if s.name == name)
 
     def _doc(self) -> list[str]:
         net, a = self.net, self.analysis
         lines = [f"{net.name}: {net.python_class}, generated by resgen."]
-        if a is None:
-            return lines
-        output = _shape(a.output) if a.output else "?"
+        output = shape_text(a.output)
         lines += [
             "",
-            f"Input {_shape(a.input)} -> output {output}, at the default arguments:",
+            f"Input {shape_text(a.input)} -> output {output}, at the default arguments:",
             f"{a.params:,} parameters, {a.macs:,} multiply-accumulates "
             f"({a.macs / 1e9:.2f} GMACs) per image.",
         ]
@@ -665,7 +632,9 @@ class _ModuleBuilder:
             rows = [("stage", "blocks", "output", "params", "MACs")]
             for s in a.stages:
                 blocks = f"{s.repeats} x {s.block}" if s.block else "-"
-                rows.append((s.name, blocks, _shape(s.out_shape), f"{s.params:,}", f"{s.macs:,}"))
+                rows.append(
+                    (s.name, blocks, shape_text(s.out_shape), f"{s.params:,}", f"{s.macs:,}")
+                )
             widths = [max(len(r[i]) for r in rows) for i in range(5)]
             lines.append("")
             for r in rows:
@@ -680,23 +649,19 @@ class _ModuleBuilder:
         return lines
 
 
-def _network_env(net: S.Network) -> dict[str, E.Value]:
-    env: dict[str, E.Value] = {}
-    for p in net.params:
-        env[p.name] = E.evaluate(p.default, env)
-    for let in net.lets:
-        env[let.name] = E.evaluate(let.value, env)
-    return env
+def _block_paths(plans: Iterable[BlockPlan]) -> Iterable[tuple[Step, ...]]:
+    for plan in plans:
+        yield plan.main
+        yield plan.post
+        if plan.shortcut is not None:
+            yield plan.shortcut.steps
 
 
-def _args(layer: S.Layer) -> dict[str, S.Expr]:
-    return {a.name: a.value for a in layer.args}
-
-
-def _walk_layers(layers: Iterable[S.Layer]) -> Iterable[S.Layer]:
-    for layer in layers:
-        yield layer
-        yield from _walk_layers(layer.items)
+def _ops_in(steps: Iterable[Step]) -> Iterable[ops.Op]:
+    for step in steps:
+        if step.op is not None:
+            yield step.op
+        yield from _ops_in(step.items)
 
 
 def _block_arguments(block: S.Block, given: Mapping[str, S.Expr], scope: _Scope) -> list[Code]:
@@ -716,30 +681,26 @@ def _block_arguments(block: S.Block, given: Mapping[str, S.Expr], scope: _Scope)
     return args
 
 
-def _zero_init(block: S.Block) -> ZeroInitView | None:
-    """The last batchnorm of a residual (`merge add`) block's main path: zeroing its weight
-    starts the block as an identity, as torchvision's zero_init_residual does."""
-    if block.merge != "add":
+def _zero_init(plan: BlockPlan) -> ZeroInitView | None:
+    """The last layer of a residual block's main path whose op has a `zero_init` parameter (the
+    last batch norm): zeroing it starts the block as an identity, as torchvision's
+    zero_init_residual does."""
+    if plan.merge is None or not plan.merge.residual:
         return None
-    for layer in reversed(block.main):
-        if layer.kind == "op" and layer.callee == "batchnorm":
-            return ZeroInitView(ident(block.name), f"module.{ident(layer.name)}.weight")
-        if layer.kind == "seq":
-            for index in reversed(range(len(layer.items))):
-                item = layer.items[index]
-                if item.kind == "op" and item.callee == "batchnorm":
-                    return ZeroInitView(
-                        ident(block.name), f"module.{ident(layer.name)}[{index}].weight"
-                    )
+    for step in reversed(plan.main):
+        if step.op is not None and step.op.zero_init:
+            return ZeroInitView(ident(plan.name), f"module.{ident(step.attr)}.{step.op.zero_init}")
+        for index in reversed(range(len(step.items))):
+            item = step.items[index]
+            if item.op is not None and item.op.zero_init:
+                return ZeroInitView(
+                    ident(plan.name), f"module.{ident(step.attr)}[{index}].{item.op.zero_init}"
+                )
     return None
 
 
-def _repeats_text(stage: S.Stage, plan) -> str:
-    return E.source_text(stage.repeats) if E.free_refs(stage.repeats) else str(plan.repeats)
-
-
-def _shape(shape: Iterable[int] | None) -> str:
-    return "x".join(str(d) for d in shape) if shape is not None else "?"
+def _repeats_text(stage: S.Stage, rule) -> str:
+    return E.source_text(stage.repeats) if E.free_refs(stage.repeats) else str(rule.repeats)
 
 
 # Names callers may want without reaching into the builder.

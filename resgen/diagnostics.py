@@ -35,7 +35,7 @@ class Span:
 @dataclass(frozen=True)
 class Diagnostic:
     span: Span
-    code: str  # a stable kebab-case kind, e.g. "unknown-name", "shape-mismatch"
+    code: str  # a resgen.codes.Code: a stable kebab-case kind, e.g. "unknown-name"
     message: str
     severity: Severity = "error"
     layer: str | None = None  # dotted module path, when the problem belongs to a layer
@@ -43,6 +43,9 @@ class Diagnostic:
     # Related places, printed after the error: e.g. the stage line that instantiated the block
     # whose definition (perhaps in a library) the error points at.
     notes: tuple[tuple[Span, str], ...] = ()
+    # The graph node (resgen.graph) the problem was found at, when the shape engine found it:
+    # the diagram draws the error on that node. `layer` may name the enclosing block instead.
+    node: str | None = None
 
     def sort_key(self) -> tuple:
         return (self.span.file, self.span.line, self.span.column, self.code, self.message)
@@ -102,8 +105,10 @@ class Diagnostics:
         if self.has_errors:
             raise SpecError(self.items)
 
-    def sorted(self) -> list[Diagnostic]:
-        return sorted(self.items, key=Diagnostic.sort_key)
+
+class UsageError(Exception):
+    """Not a spec problem: a missing file, a directory, an unreadable path, a broken plugin
+    (exit code 2)."""
 
 
 def did_you_mean(name: str, candidates: Iterable[str]) -> str:

@@ -36,10 +36,10 @@ from pathlib import Path
 
 import graphviz
 
-from resgen.cli import EXIT_OK, EXIT_SPEC_ERROR, EXIT_USAGE, loader_for
-from resgen.diagnostics import SpecError, print_diagnostics
-from resgen.ops import FROM_INPUT, OPS, REQUIRED
+from resgen.graph import INPUT, MAIN, OUTPUT, SHORTCUT, SKIP, Node
+from resgen.ops.base import FAMILIES, MERGE, Merge
 from resgen.output import DOT_MARK, MARK, SVG_MARK, foreign, write_atomic
+from resgen.text import axis_text, count_text, shape_text, size_text
 
 DETAILS = ("stages", "blocks", "layers")
 IMAGE_FORMATS = ("svg", "png", "pdf")
@@ -51,15 +51,8 @@ _SVG_MARK = SVG_MARK.encode()
 
 FONT = "Helvetica"
 INK, MUTED, RED = "#333333", "#777777", "#cc1f1a"
-# (fill, border) per op family: the fill says what a node does at a glance.
+# (fill, border) of what is not a layer; a layer takes its op's family colours (resgen.ops).
 COLOURS = {
-    "conv": ("#dbe8f6", "#4b77a9"),
-    "norm": ("#ddefdb", "#4f8f4a"),
-    "act": ("#fbf0c4", "#a8891e"),
-    "pool": ("#e8def4", "#7657a3"),
-    "linear": ("#fbe3d0", "#b46a32"),
-    "other": ("#f0f0f0", "#8a8a8a"),
-    "merge": ("#d9d9d9", "#666666"),
     "io": ("#ffffff", INK),
     "stage": ("#e6eef7", "#4b77a9"),
     "block": ("#e6eef7", "#4b77a9"),
@@ -67,22 +60,8 @@ COLOURS = {
     "stem": ("#f0f0f0", "#8a8a8a"),
     "error": ("#fde2df", RED),
 }
-FAMILY = {
-    "conv": "conv",
-    "batchnorm": "norm",
-    "relu": "act",
-    "sigmoid": "act",
-    "maxpool": "pool",
-    "avgpool": "pool",
-    "adaptive_avgpool": "pool",
-    "linear": "linear",
-    "add": "merge",
-    "mul": "merge",
-    "input": "io",
-    "output": "io",
-}
-SHORTCUT_BLUE, IDENTITY_GREY = "#4b77a9", "#8c8c8c"
-ROLE_RANK = {"main": 0, "shortcut": 1, "identity": 2}  # which edge speaks for a collapsed pair
+SHORTCUT_BLUE, SKIP_GREY = "#4b77a9", "#8c8c8c"
+ROLE_RANK = {MAIN: 0, SHORTCUT: 1, SKIP: 2}  # which edge speaks for a collapsed pair
 WRAP = 46  # characters per label line
 
 
@@ -111,7 +90,7 @@ def _plain(text: object) -> graphviz.quoting.NoHtml:
 
 
 def _shape(shape) -> str:
-    return "?" if shape is None else "×".join(str(d) for d in shape)
+    return shape_text(shape, "×")
 
 
 def _hw(shape) -> tuple[int, int] | None:
@@ -119,75 +98,7 @@ def _hw(shape) -> tuple[int, int] | None:
 
 
 def _count(n) -> str:
-    """Three significant figures: 950, 9.54k, 15.0M, 4.09G."""
-    if n is None:
-        return "?"
-    for scale, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if abs(n) >= scale:
-            value = n / scale
-            digits = 0 if abs(value) >= 99.95 else 1 if abs(value) >= 9.995 else 2
-            return f"{value:.{digits}f}{suffix}"
-    return str(n)
-
-
-def _size(v) -> str:
-    """A kernel or output size: 3 -> 3×3, (1, 7) -> 1×7."""
-    if isinstance(v, (tuple, list)) and len(v) == 2:
-        return f"{v[0]}×{v[1]}"
-    return "?" if v is None else f"{v}×{v}"
-
-
-def _axis(v) -> str:
-    if isinstance(v, (tuple, list)) and len(v) == 2:
-        return str(v[0]) if v[0] == v[1] else f"{v[0]}×{v[1]}"
-    return str(v)
-
-
-def _is(v, default) -> bool:
-    return v == default or (isinstance(v, (tuple, list)) and all(x == default for x in v))
-
-
-def op_text(op: str | None, args: dict | None) -> str:
-    """`conv 3×3 s2 p1 g32`: what a layer does; stride, padding, dilation and groups are shown
-    when they differ from 1, 0, 1, 1."""
-    spec = OPS.get(op or "")
-    a = (
-        {
-            p.name: p.default
-            for p in spec.params
-            if p.default is not REQUIRED and p.default is not FROM_INPUT
-        }
-        if spec
-        else {}
-    )
-    a.update(args or {})
-    if op == "conv":
-        extra = [
-            f"{key}{_axis(a[name])}"
-            for name, key, default in (
-                ("stride", "s", 1),
-                ("padding", "p", 0),
-                ("dilation", "d", 1),
-                ("groups", "g", 1),
-            )
-            if name in a and not _is(a[name], default)
-        ]
-        return " ".join([f"conv {_size(a.get('kernel'))}", *extra])
-    if op in ("maxpool", "avgpool"):
-        a.setdefault("stride", a.get("kernel"))
-        extra = [
-            f"{key}{_axis(a[name])}"
-            for name, key, default in (("stride", "s", 1), ("padding", "p", 0))
-            if name in a and not _is(a[name], default)
-        ]
-        return " ".join([f"{op} {_size(a.get('kernel'))}", *extra])
-    if op == "adaptive_avgpool":
-        return f"adaptive avgpool to {_size(a.get('size'))}"
-    if op == "linear":
-        return f"linear {a.get('features', '?')}"
-    if op == "dropout":
-        return f"dropout p={a.get('p')}"
-    return op or "?"
+    return count_text(n, "short")
 
 
 def _chain(items: list[str], width: int = WRAP) -> list[str]:
@@ -244,21 +155,21 @@ def _top_block(block: str | None, stage: str) -> str | None:
     return ".".join(parts[:2]) if parts[0] == stage and len(parts) >= 2 else block
 
 
-def _place(node: str, d: dict, detail: str) -> tuple[str, str, tuple[str, ...]]:
-    op, stage = d.get("op"), d.get("stage")
-    if op in ("input", "output"):
-        return node, op, ()
-    block = _top_block(d.get("block"), stage) if stage not in (None, "stem", "head") else None
+def _place(node: Node, detail: str) -> tuple[str, str, tuple[str, ...]]:
+    stage = node.stage
+    if node.kind in (INPUT, OUTPUT):
+        return node.id, node.kind, ()
+    block = _top_block(node.block, stage) if stage not in (None, "stem", "head") else None
     if detail == "layers":
-        return node, "layer", tuple(c for c in (stage, block) if c)
+        return node.id, "layer", tuple(c for c in (stage, block) if c)
     if stage is None:
-        return node, "layer", ()
+        return node.id, "layer", ()
     if stage in ("stem", "head"):
         return stage, stage, ()
     if detail == "stages" or block is None:
         return stage, "stage", ()
-    if d.get("branch") == "shortcut":
-        module = d.get("module") or node
+    if node.branch == SHORTCUT:
+        module = node.module or node.id
         prefix = module.rsplit(".", 1)[0] if module.startswith(block + ".") else module
         return (prefix if prefix != block else block + ".shortcut"), "shortcut", (stage,)
     return block, "block", (stage,)
@@ -267,28 +178,25 @@ def _place(node: str, d: dict, detail: str) -> tuple[str, str, tuple[str, ...]]:
 def _error_messages(analysis) -> tuple[dict[str, list[str]], list[str]]:
     """Error text per graph node, and the errors that belong to no node.
 
-    A node's `error` attribute places an error; its diagnostic (matched by message, since its
-    `layer` may name the enclosing block) adds the source location. Other diagnostics go to the
-    node their `layer` names, or, naming none, are drawn apart."""
-    graph = analysis.graph
-    per_node: dict[str, list[str]] = {}
-    by_message: dict[str, str] = {}
-    for node, d in graph.nodes(data=True):
-        if d.get("error"):
-            per_node[node] = [_clean(d["error"])]
-            by_message.setdefault(str(d["error"]), node)
+    The shape engine's first error at a node is drawn on it; the diagnostic it reported there
+    (which names the node) adds the source location. Other diagnostics go to the node they name,
+    or to the layer they name, or, naming none in the graph, are drawn apart."""
+    per_node = {n: [_clean(r.error)] for n, r in analysis.shapes.items() if r.error}
     loose: list[str] = []
-    for diag in analysis.diagnostics:
-        if diag.severity != "error":
-            continue
+    for diag in analysis.errors:
         text = f"{diag.message} ({Path(diag.span.file).name}:{diag.span.line})"
-        node = by_message.pop(diag.message, None)
-        if node is not None:
-            per_node[node] = [text if m == _clean(diag.message) else m for m in per_node[node]]
-        elif diag.layer is not None and diag.layer in graph:
-            per_node.setdefault(diag.layer, []).append(text)
-        else:
+        node = diag.node if diag.node in analysis.nodes else None
+        if node is None and diag.layer in analysis.nodes:
+            node = diag.layer
+        if node is None:
             loose.append(text)
+            continue
+        messages = per_node.setdefault(node, [])
+        plain = _clean(diag.message)
+        if plain in messages:
+            messages[messages.index(plain)] = text
+        else:
+            messages.append(text)
     return per_node, loose
 
 
@@ -305,12 +213,12 @@ def digraph(spec, analysis, detail: str = "stages", rankdir: str = "TB") -> grap
 
     groups: dict[str, _Group] = {}
     group_of: dict[str, str] = {}
-    for node, d in graph.nodes(data=True):
-        gid, kind, clusters = _place(node, d, detail)
+    for node_id, node in analysis.nodes.items():
+        gid, kind, clusters = _place(node, detail)
         group = groups.setdefault(gid, _Group(gid, kind, clusters))
-        group.nodes.append(node)
-        group.errors.extend(node_errors.get(node, ()))
-        group_of[node] = gid
+        group.nodes.append(node_id)
+        group.errors.extend(node_errors.get(node_id, ()))
+        group_of[node_id] = gid
 
     # Collapse graph edges onto groups; the first pair wins its place, the main role its style.
     edges: dict[tuple[str, str], tuple[str, str]] = {}
@@ -318,7 +226,7 @@ def digraph(spec, analysis, detail: str = "stages", rankdir: str = "TB") -> grap
         key = (group_of[u], group_of[v])
         if key[0] == key[1]:
             continue
-        role = d.get("role") or "main"
+        role = d.get("role") or MAIN
         if key not in edges or ROLE_RANK.get(role, 0) < ROLE_RANK.get(edges[key][0], 0):
             edges[key] = (role, u)
 
@@ -350,7 +258,12 @@ def digraph(spec, analysis, detail: str = "stages", rankdir: str = "TB") -> grap
         margin="0.14,0.06",
     )
     dot.attr(
-        "edge", fontname=FONT, fontsize="8", fontcolor="#555555", color="#555555", arrowsize="0.6"
+        "edge",
+        fontname=FONT,
+        fontsize="8",
+        fontcolor="#555555",
+        color="#555555",
+        arrowsize="0.6",
     )
 
     stage_info = {s.name: s for s in analysis.stages}
@@ -366,7 +279,7 @@ def digraph(spec, analysis, detail: str = "stages", rankdir: str = "TB") -> grap
     def emit(g: graphviz.Digraph, path: tuple[str, ...]) -> None:
         for item in tree[path]:
             if isinstance(item, _Group):
-                _node(g, item, graph, stage_info)
+                _node(g, item, analysis, stage_info)
                 continue
             with g.subgraph(name="cluster_" + item[-1]) as sub:
                 sub.attr(**_cluster_style(item, tree, analysis, stage_info))
@@ -374,7 +287,7 @@ def digraph(spec, analysis, detail: str = "stages", rankdir: str = "TB") -> grap
 
     emit(dot, ())
     for (gu, gv), (role, u) in edges.items():
-        _edge(dot, groups[gu], groups[gv], role, u, graph)
+        _edge(dot, groups[gu], groups[gv], role, u, analysis)
     if loose_errors:
         fill, line = COLOURS["error"]
         dot.node(
@@ -393,17 +306,15 @@ def to_dot(spec, analysis, detail: str = "stages", rankdir: str = "TB") -> str:
     return f"{head}\n{DOT_MARK}\n{rest}"  # inside the graph: line 1 stays `digraph`
 
 
-def _sum(graph, nodes: list[str], key: str) -> int:
-    return sum(graph.nodes[n].get(key) or 0 for n in nodes)
+def _sum(analysis, nodes: list[str], key: str) -> int:
+    return sum(getattr(analysis.shapes[n], key) for n in nodes)
 
 
-def _in_out(group: _Group, graph, stage_info) -> tuple:
+def _in_out(group: _Group, analysis, stage_info) -> tuple:
     info = stage_info.get(group.id) if group.kind in ("stem", "head", "stage") else None
     if info is not None:
         return info.in_shape, info.out_shape
-    return graph.nodes[group.nodes[0]].get("in_shape"), graph.nodes[group.nodes[-1]].get(
-        "out_shape"
-    )
+    return analysis.shapes[group.nodes[0]].in_shape, analysis.shapes[group.nodes[-1]].out_shape
 
 
 def _transition(shape_in, shape_out) -> str:
@@ -416,31 +327,30 @@ def _transition(shape_in, shape_out) -> str:
     channels = (
         f"{shape_in[0]}→{shape_out[0]} ch" if shape_in[0] != shape_out[0] else f"{shape_in[0]} ch"
     )
-    size = f"{_size(hw_in)}→{_size(hw_out)}" if hw_in != hw_out else _size(hw_in)
+    size = f"{size_text(hw_in)}→{size_text(hw_out)}" if hw_in != hw_out else size_text(hw_in)
     return f"{channels} · {size}"
 
 
-def _node(g: graphviz.Digraph, group: _Group, graph, stage_info) -> None:
-    first = graph.nodes[group.nodes[0]]
+def _node(g: graphviz.Digraph, group: _Group, analysis, stage_info) -> None:
+    first = analysis.nodes[group.nodes[0]]
     kind = group.kind
     attrs: dict[str, str] = {}
-    shape_in, shape_out = _in_out(group, graph, stage_info)
+    shape_in, shape_out = _in_out(group, analysis, stage_info)
     cost = (
-        f"params {_count(_sum(graph, group.nodes, 'params'))} · "
-        f"MACs {_count(_sum(graph, group.nodes, 'macs'))}"
+        f"params {_count(_sum(analysis, group.nodes, 'params'))} · "
+        f"MACs {_count(_sum(analysis, group.nodes, 'macs'))}"
     )
-    if kind in ("input", "output"):
-        rows = [
-            ("title", kind),
-            ("text", _shape(first.get("out_shape" if kind == "input" else "in_shape"))),
-        ]
-        family = "io"
+    if kind in (INPUT, OUTPUT):
+        result = analysis.shapes[first.id]
+        shown = result.out_shape if kind == INPUT else result.in_shape
+        rows = [("title", kind), ("text", _shape(shown))]
+        colours = COLOURS["io"]
     elif kind == "layer":
-        op = first.get("op")
-        family = FAMILY.get(op, "other")
-        shown = _short_name(group.id, first)
-        if family == "merge" and not group.errors:
-            rows = [("title", "+" if op == "add" else "×")]
+        family = first.op.family
+        colours = (family.fill, family.border)
+        shown = _short_name(first)
+        if isinstance(first.op, Merge) and not group.errors:
+            rows = [("title", first.op.glyph)]
             attrs = {
                 "shape": "circle",
                 "style": "filled",
@@ -449,28 +359,26 @@ def _node(g: graphviz.Digraph, group: _Group, graph, stage_info) -> None:
                 "fontsize": "12",
             }
         else:
-            text = op_text(op, first.get("args"))
-            if "#" in group.id:
-                text += " (again)"
+            text = first.label()
             rows = [("title", shown)]
             if text != shown:  # `relu = relu` says it once
-                rows.append(("small" if family == "merge" else "text", text))
+                rows.append(("small" if isinstance(first.op, Merge) else "text", text))
     elif kind == "stage":
         info = stage_info.get(group.id)
-        family = "stage"
+        colours = COLOURS["stage"]
         head = f"<b>{_esc(group.id)}</b>"
         if info is not None and info.block:
             head += f" · {_esc(info.block)} ×{_esc(info.repeats)}"
         rows = [
             ("html", head),
-            ("text", _stage_line(group, graph, shape_in, shape_out)),
+            ("text", _stage_line(group, analysis, shape_in, shape_out)),
             ("text", _stage_cost(info) or cost),
         ]
         if info is not None and info.output_stride and info.out_shape is not None:
-            rows.append(("small", f"output stride {_axis(info.output_stride)}"))
+            rows.append(("small", f"output stride {axis_text(info.output_stride)}"))
     elif kind in ("stem", "head"):
-        family = "stem"
-        steps = [op_text(graph.nodes[n].get("op"), graph.nodes[n].get("args")) for n in group.nodes]
+        colours = COLOURS["stem"]
+        steps = [analysis.nodes[n].label() for n in group.nodes]
         rows = [
             ("title", kind),
             *(("small", line) for line in _chain(steps)),
@@ -478,7 +386,7 @@ def _node(g: graphviz.Digraph, group: _Group, graph, stage_info) -> None:
             ("text", _stage_cost(stage_info.get(kind)) or cost),
         ]
     elif kind == "block":
-        family = "block"
+        colours = COLOURS["block"]
         stage = group.clusters[0] if group.clusters else ""
         info = stage_info.get(stage)
         head = f"<b>{_esc(group.id)}</b>"
@@ -486,15 +394,15 @@ def _node(g: graphviz.Digraph, group: _Group, graph, stage_info) -> None:
             head += f" · {_esc(info.block)}"
         rows = [("html", head), ("text", _transition(shape_in, shape_out)), ("small", cost)]
     else:  # a projection shortcut at the blocks level
-        family = "shortcut"
-        steps = [op_text(graph.nodes[n].get("op"), graph.nodes[n].get("args")) for n in group.nodes]
+        colours = COLOURS["shortcut"]
+        steps = [analysis.nodes[n].label() for n in group.nodes]
         rows = [
             ("title", group.id.rsplit(".", 1)[-1]),
             *(("small", line) for line in _chain(steps)),
             ("small", cost),
         ]
         attrs = {"style": "rounded,filled,dashed"}
-    fill, line = COLOURS[family]
+    fill, line = colours
     if group.errors:
         fill, line = COLOURS["error"]
         rows += [("error", e) for e in group.errors[:3]]
@@ -502,9 +410,8 @@ def _node(g: graphviz.Digraph, group: _Group, graph, stage_info) -> None:
             rows.append(("error", f"(+{len(group.errors) - 3} more)"))
         attrs["penwidth"] = "2"
         attrs["fontcolor"] = RED
-    span = first.get("span")
-    where = f" ({span})" if span is not None and kind == "layer" else ""
-    if kind != "shortcut" and first.get("branch") != "shortcut":
+    where = f" ({first.span})" if kind == "layer" else ""
+    if kind != "shortcut" and first.branch != SHORTCUT:
         attrs["group"] = "spine"  # dot keeps one group in a straight line: the main path
     g.node(
         group.id,
@@ -516,30 +423,26 @@ def _node(g: graphviz.Digraph, group: _Group, graph, stage_info) -> None:
     )
 
 
-def _short_name(node: str, d: dict) -> str:
+def _short_name(node: Node) -> str:
     """The name inside its block (`conv2`, `downsample.0`), without the `#2` of a reuse."""
-    name = (d.get("module") or node).split("#")[0]
-    block = _top_block(d.get("block"), d.get("stage"))
+    name = (node.module or node.id).split("#")[0]
+    block = _top_block(node.block, node.stage)
     if block and name.startswith(block + "."):
         name = name[len(block) + 1 :]
     return name
 
 
-def _stage_line(group: _Group, graph, shape_in, shape_out) -> str:
+def _stage_line(group: _Group, analysis, shape_in, shape_out) -> str:
     """`512→1024 ch · stride 2 · 28×28→14×14` (or `· dilation 2` for a dilated stage)."""
     text = _transition(shape_in, shape_out)
     # Sizes after an error are the main path's, carried on for the drawing: no stride from them.
-    tainted = any(graph.nodes[n].get("tainted") for n in group.nodes)
+    tainted = any(analysis.shapes[n].tainted for n in group.nodes)
     ratio = None if tainted else _ratio(shape_in, shape_out)
     if ratio:
         channels, _, size = text.partition(" · ")
         text = f"{channels} · stride {ratio[1:]} · {size}"
     dilation = max(
-        (
-            _max_axis((graph.nodes[n].get("args") or {}).get("dilation", 1))
-            for n in group.nodes
-            if graph.nodes[n].get("op") == "conv"
-        ),
+        (max(w.dilation for w in windows) for windows in _windows(analysis, group.nodes)),
         default=1,
     )
     if dilation > 1:
@@ -547,9 +450,14 @@ def _stage_line(group: _Group, graph, shape_in, shape_out) -> str:
     return text
 
 
-def _max_axis(v) -> int:
-    values = v if isinstance(v, (tuple, list)) else (v,)
-    return max((x for x in values if isinstance(x, int)), default=1)
+def _windows(analysis, node_ids: list[str]):
+    """The per-axis windows of the known convolutions and pools among `node_ids`."""
+    for node_id in node_ids:
+        node = analysis.nodes[node_id]
+        if node.op is not None and node.known:
+            spatial = node.op.spatial(node.args)
+            if isinstance(spatial, tuple):
+                yield spatial
 
 
 def _stage_cost(info) -> str | None:
@@ -569,27 +477,24 @@ def _ratio(shape_in, shape_out) -> str | None:
     return f"/{rh}" if rh == rw else f"/{rh}×{rw}"
 
 
-def _edge(g: graphviz.Digraph, src: _Group, dst: _Group, role: str, u: str, graph) -> None:
-    tensor = graph.nodes[u].get("out_shape")
+def _edge(g: graphviz.Digraph, src: _Group, dst: _Group, role: str, u: str, analysis) -> None:
+    result, node = analysis.shapes[u], analysis.nodes[u]
+    tensor = result.out_shape
     attrs: dict[str, str] = {}
     ratio = None
-    # A drop in resolution is marked on the edge leaving what dropped it; the head's global
-    # pooling is a reduction, not a stride.
-    if (
-        src.kind not in ("head", "input")
-        and graph.nodes[u].get("op") != "adaptive_avgpool"
-        and not graph.nodes[u].get("tainted")
-    ):  # sizes after an error mean nothing
-        src_in = graph.nodes[src.nodes[0]].get("in_shape")
+    # A drop in resolution is marked on the edge leaving what dropped it; pooling to a fixed
+    # size (the head's global pool) is a reduction, not a stride.
+    if src.kind not in ("head", INPUT) and not result.tainted and not node.fixes_size:
+        src_in = analysis.shapes[src.nodes[0]].in_shape
         ratio = _ratio(src_in, tensor)
     label = "&#160;" + _esc(_shape(tensor))  # a space keeps the text off the line
     if ratio:
         label += f"  <b>{_esc(ratio)}</b>"
         attrs["penwidth"] = "2.2"
-    if role == "shortcut":
+    if role == SHORTCUT:
         attrs.update(style="dashed", color=SHORTCUT_BLUE)
-    elif role == "identity":
-        attrs.update(style="dashed", color=IDENTITY_GREY)
+    elif role == SKIP:
+        attrs.update(style="dashed", color=SKIP_GREY)
     if dst.errors:
         attrs.update(color=RED, fontcolor=RED)
     g.edge(src.id, dst.id, label=f"<{label}>", **attrs)
@@ -615,7 +520,7 @@ def _cluster_style(path: tuple[str, ...], tree, analysis, stage_info) -> dict[st
             "fontsize": "10",
             "penwidth": "1.5",
         }
-    block_type = getattr(analysis, "block_types", {}).get(key)  # beyond the contract: optional
+    block_type = analysis.block_types.get(key)
     label = _esc(key) + (f" · {_esc(block_type)}" if block_type else "")
     return {
         "label": f"<{label}>",
@@ -639,36 +544,30 @@ def _walk(tree, path):
 def _legend(detail: str, errors: int) -> list[tuple[str, str]]:
     """(key cell, description) pairs for the encodings used at this level of detail."""
 
-    def swatch(family: str, text: str = "") -> str:
-        fill, line = COLOURS[family]
+    def swatch(fill: str, line: str, text: str = "") -> str:
         return f'<td bgcolor="{fill}" color="{line}" border="1" width="28">{text}</td>'
 
     def stroke(glyph: str, colour: str, text: str = "") -> str:
         return f'<td><font color="{colour}">{glyph}</font>{text}</td>'
 
     if detail == "layers":
-        rows = [
-            (swatch("conv"), "convolution (s, p, d, g unless 1, 0, 1, 1)"),
-            (swatch("norm"), "normalisation"),
-            (swatch("act"), "activation"),
-            (swatch("pool"), "pooling"),
-            (swatch("linear"), "linear"),
-            (swatch("other"), "flatten, dropout, identity"),
-            (swatch("merge", "+"), "merge of main path and shortcut"),
-        ]
+        rows = [(swatch(f.fill, f.border, "+" if f is MERGE else ""), f.legend) for f in FAMILIES]
     elif detail == "blocks":
         rows = [
-            (swatch("block"), "block (no shortcut node: adds its input)"),
-            (swatch("shortcut"), "projection shortcut"),
+            (swatch(*COLOURS["block"]), "block (no shortcut node: adds its input)"),
+            (swatch(*COLOURS["shortcut"]), "projection shortcut"),
         ]
     else:
-        rows = [(swatch("stage"), "stage: block × repeats"), (swatch("stem"), "stem, head")]
+        rows = [
+            (swatch(*COLOURS["stage"]), "stage: block × repeats"),
+            (swatch(*COLOURS["stem"]), "stem, head"),
+        ]
     rows.append((stroke("───", "#555555"), "tensor shape C×H×W"))
     rows.append((stroke("━━", "#555555", " <b>/n</b>"), "resolution divided by n"))
     if detail != "stages":
         rows.append((stroke("╌╌╌", SHORTCUT_BLUE), "projection shortcut path"))
     if detail == "layers":
-        rows.append((stroke("╌╌╌", IDENTITY_GREY), "identity shortcut"))
+        rows.append((stroke("╌╌╌", SKIP_GREY), "identity shortcut"))
     rows.append((stroke("───", RED), "shape error (red, with message)"))
     if errors:
         rows.append(("<td>?</td>", "after an error: sizes carried on (? if unknown), no /n"))
@@ -681,10 +580,8 @@ def _label(name: str, analysis, errors: int, detail: str) -> str:
     parts = [
         f'<font point-size="14"><b>{_esc(name)}</b></font>',
         f"input {_shape(analysis.input)}",
-        f"{_count(analysis.params)} params"
-        + ("" if getattr(analysis, "params_exact", True) else partial),
-        f"{_count(analysis.macs)} MACs"
-        + ("" if getattr(analysis, "macs_exact", True) else partial),
+        f"{_count(analysis.params)} params" + ("" if analysis.params_exact else partial),
+        f"{_count(analysis.macs)} MACs" + ("" if analysis.macs_exact else partial),
     ]
     if errors:
         parts.append(f'<font color="{RED}"><b>{errors} error{"s" * (errors != 1)}</b></font>')
@@ -724,14 +621,14 @@ def render(source: str, fmt: str) -> bytes:
     return proc.stdout
 
 
-def _not_overwriting(path: Path) -> str:
+def not_overwriting(path: Path) -> str:
     return (
         f"resgen: error: not overwriting {path}: resgen did not generate it (no "
         f"'{MARK}' mark); use --force to replace it"
     )
 
 
-def _missing_dot_line(dot_path: Path, image: Path) -> str:
+def missing_dot_line(dot_path: Path, image: Path) -> str:
     return (
         f"resgen: Graphviz's `dot` was not found, so wrote {dot_path} instead of {image}; "
         f"{INSTALL_HINT}"
@@ -753,7 +650,7 @@ def write_build_diagrams(spec, analysis, out_dir, stem: str, force: bool = False
     dot_path, svg_path = build_diagram_paths(out_dir, stem)
     kept = [p for p in (dot_path, svg_path) if not force and foreign(p)]
     for path in kept:
-        print(_not_overwriting(path), file=sys.stderr)
+        print(not_overwriting(path), file=sys.stderr)
     if dot_path in kept:
         return []
     write_atomic(dot_path, source.encode("utf-8"))
@@ -762,7 +659,7 @@ def write_build_diagrams(spec, analysis, out_dir, stem: str, force: bool = False
     try:
         write_atomic(svg_path, render(source, "svg"))
     except GraphvizMissing:
-        print(_missing_dot_line(dot_path, svg_path), file=sys.stderr)
+        print(missing_dot_line(dot_path, svg_path), file=sys.stderr)
         return [dot_path]
     except RuntimeError as err:
         print(f"resgen: {svg_path} not drawn: {err}", file=sys.stderr)
@@ -780,52 +677,3 @@ def output_path(spec_path: str, detail: str, fmt: str, output: str | None) -> Pa
         return Path(default)
     path = Path(output)
     return path / default if path.is_dir() else path
-
-
-def cmd_diagram(args) -> int:
-    from resgen.shapes import analyse
-
-    out = output_path(args.spec, args.detail, args.format, args.output)
-    implied = KNOWN_SUFFIXES.get(out.suffix.lower())
-    if implied is not None and implied != args.format:
-        print(
-            f"resgen: error: {out} looks like {implied}, but the format is {args.format}: "
-            f"pass --format {implied}",
-            file=sys.stderr,
-        )
-        return EXIT_USAGE
-    loader = loader_for(args)
-    try:
-        spec = loader.load(args.spec)
-        analysis = analyse(spec, args.input)
-    except SpecError as err:  # not even a graph to draw
-        print_diagnostics(err.diagnostics, loader.sources)
-        return EXIT_SPEC_ERROR
-    print_diagnostics(analysis.diagnostics, loader.sources)
-    status = EXIT_OK if analysis.ok else EXIT_SPEC_ERROR
-    source = to_dot(spec, analysis, args.detail, args.rankdir)
-    force = getattr(args, "force", False)
-    # PNG and PDF carry no mark to recognise our own files by: those are replaced.
-    if args.format in ("dot", "svg") and not force and foreign(out):
-        print(_not_overwriting(out), file=sys.stderr)
-        return EXIT_USAGE
-    try:
-        if args.format == "dot":
-            write_atomic(out, source.encode("utf-8"))
-        else:
-            try:
-                image = render(source, args.format)
-            except GraphvizMissing:
-                dot_path = out.with_suffix(".dot")
-                if not force and foreign(dot_path):
-                    print(_not_overwriting(dot_path), file=sys.stderr)
-                    return EXIT_USAGE
-                write_atomic(dot_path, source.encode("utf-8"))
-                print(_missing_dot_line(dot_path, out), file=sys.stderr)
-                return EXIT_USAGE
-            write_atomic(out, image)
-    except (OSError, RuntimeError) as err:
-        print(f"resgen: error: cannot write {out}: {err}", file=sys.stderr)
-        return EXIT_USAGE
-    print(f"wrote {out}")
-    return status

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator, Mapping
 
+from resgen import codes
 from resgen import spec as S
 from resgen.diagnostics import Span
 from resgen.limits import LIMITS
@@ -17,7 +18,9 @@ Value = int | float | bool | tuple
 
 
 class EvalError(Exception):
-    def __init__(self, span: Span, message: str, code: str = "expression", hint: str | None = None):
+    def __init__(
+        self, span: Span, message: str, code: str = codes.EXPRESSION, hint: str | None = None
+    ):
         super().__init__(message)
         self.span, self.message, self.code, self.hint = span, message, code, hint
 
@@ -96,22 +99,22 @@ def evaluate(expr: S.Expr, env: Mapping[str, Value]) -> Value:
         return expr.value
     if isinstance(expr, S.Ref):
         if expr.name not in env:
-            raise EvalError(expr.span, f"unknown name `{expr.name}`", "unknown-name")
+            raise EvalError(expr.span, f"unknown name `{expr.name}`", codes.UNKNOWN_NAME)
         return env[expr.name]
     if isinstance(expr, S.Pair):
         h, w = evaluate(expr.h, env), evaluate(expr.w, env)
         for part, v in ((expr.h, h), (expr.w, w)):
             if not _is_int(v):
-                raise EvalError(part.span, f"a pair holds integers, not {type_name(v)}", "type")
+                raise EvalError(part.span, f"a pair holds integers, not {type_name(v)}", codes.TYPE)
         return (h, w)
     if isinstance(expr, S.UnaryOp):
         v = evaluate(expr.operand, env)
         if expr.op == "not":
             if not isinstance(v, bool):
-                raise EvalError(expr.span, f"`not` needs a boolean, got {type_name(v)}", "type")
+                raise EvalError(expr.span, f"`not` needs a boolean, got {type_name(v)}", codes.TYPE)
             return not v
         if not _is_number(v):
-            raise EvalError(expr.span, f"`-` needs a number, got {type_name(v)}", "type")
+            raise EvalError(expr.span, f"`-` needs a number, got {type_name(v)}", codes.TYPE)
         return -v
     if isinstance(expr, S.Func):
         return _call(expr, [evaluate(a, env) for a in expr.args])
@@ -126,23 +129,25 @@ FUNCTIONS = {"int": 1, "round": 1, "min": None, "max": None}
 def _call(expr: S.Func, values: list[Value]) -> Value:
     arity = FUNCTIONS.get(expr.name)
     if expr.name not in FUNCTIONS:  # resolve reports unknown functions; this is a safety net
-        raise EvalError(expr.span, f"unknown function `{expr.name}`", "unknown-name")
+        raise EvalError(expr.span, f"unknown function `{expr.name}`", codes.UNKNOWN_NAME)
     if (len(values) != arity) if arity else len(values) < 2:
         wanted = f"{arity} argument" if arity else "two or more arguments"
-        raise EvalError(expr.span, f"`{expr.name}` takes {wanted}", "type")
+        raise EvalError(expr.span, f"`{expr.name}` takes {wanted}", codes.TYPE)
     for arg, v in zip(expr.args, values, strict=True):
         if not _is_number(v):
-            raise EvalError(arg.span, f"`{expr.name}` needs numbers, got {type_name(v)}", "type")
+            raise EvalError(
+                arg.span, f"`{expr.name}` needs numbers, got {type_name(v)}", codes.TYPE
+            )
     if expr.name in ("int", "round"):
         (v,) = values
         if not math.isfinite(v):
-            raise EvalError(expr.span, f"`{expr.name}` of {show(v)}", "limit")
+            raise EvalError(expr.span, f"`{expr.name}` of {show(v)}", codes.LIMIT)
         result = int(v) if expr.name == "int" else round(v)
         if abs(result) > LIMITS.max_int:
             raise EvalError(
                 expr.span,
                 f"`{source_text(expr)}` is beyond the integer limit {LIMITS.max_int}",
-                "limit",
+                codes.LIMIT,
             )
         return result
     return min(values) if expr.name == "min" else max(values)
@@ -153,20 +158,22 @@ def _binop(expr: S.BinOp, env: Mapping[str, Value]) -> Value:
     left = evaluate(expr.left, env)
     if op in ("and", "or"):  # short-circuit like Python
         if not isinstance(left, bool):
-            raise EvalError(expr.left.span, f"`{op}` needs booleans, got {type_name(left)}", "type")
+            raise EvalError(
+                expr.left.span, f"`{op}` needs booleans, got {type_name(left)}", codes.TYPE
+            )
         if (op == "and" and not left) or (op == "or" and left):
             return left
         right = evaluate(expr.right, env)
         if not isinstance(right, bool):
             raise EvalError(
-                expr.right.span, f"`{op}` needs booleans, got {type_name(right)}", "type"
+                expr.right.span, f"`{op}` needs booleans, got {type_name(right)}", codes.TYPE
             )
         return right
     right = evaluate(expr.right, env)
     if op in ("==", "!="):
         if type_name(left) != type_name(right) and not (_is_number(left) and _is_number(right)):
             raise EvalError(
-                expr.span, f"cannot compare {type_name(left)} with {type_name(right)}", "type"
+                expr.span, f"cannot compare {type_name(left)} with {type_name(right)}", codes.TYPE
             )
         return (left == right) if op == "==" else (left != right)
     for side, v in ((expr.left, left), (expr.right, right)):
@@ -174,7 +181,7 @@ def _binop(expr: S.BinOp, env: Mapping[str, Value]) -> Value:
             raise EvalError(
                 side.span,
                 f"`{op}` needs numbers, got {type_name(v)} (`{source_text(side)}` = {show(v)})",
-                "type",
+                codes.TYPE,
             )
     if op == "<":
         return left < right
@@ -188,19 +195,19 @@ def _binop(expr: S.BinOp, env: Mapping[str, Value]) -> Value:
         raise EvalError(
             expr.right.span,
             f"division by zero: `{source_text(expr.right)}` is 0",
-            "division-by-zero",
+            codes.DIVISION_BY_ZERO,
         )
     try:
         result = _arithmetic(expr, left, right)
     except OverflowError:  # an int too large to mix with a float
         raise EvalError(
-            expr.span, f"`{source_text(expr)}` is too large to compute", "limit"
+            expr.span, f"`{source_text(expr)}` is too large to compute", codes.LIMIT
         ) from None
     if _is_int(result) and abs(result) > LIMITS.max_int:
         raise EvalError(
             expr.span,
             f"`{source_text(expr)}` = {result} is beyond the integer limit {LIMITS.max_int}",
-            "limit",
+            codes.LIMIT,
         )
     return result
 
@@ -221,7 +228,7 @@ def _arithmetic(expr: S.BinOp, left, right) -> Value:
                 expr.span,
                 f"`{source_text(expr)}` is {left} / {right}, which leaves a remainder of "
                 f"{left % right}; an integer is needed here",
-                "inexact-division",
+                codes.INEXACT_DIVISION,
                 hint="write `//` to round down on purpose, or pick values that divide evenly",
             )
         result = left // right
@@ -230,7 +237,7 @@ def _arithmetic(expr: S.BinOp, left, right) -> Value:
             expr.span,
             f"`/` divides integers exactly; `{source_text(expr)}` "
             f"divides {show(left)} by {show(right)}",
-            "type",
+            codes.TYPE,
             hint="for a fraction multiply by a decimal instead, e.g. `p * 0.5`",
         )
     return result

@@ -13,7 +13,7 @@ from __future__ import annotations
 import ast
 from collections.abc import Iterable
 
-from resgen.ops import OPS
+from resgen import ops
 from resgen.render import CodeError
 
 
@@ -26,19 +26,29 @@ ALLOWED_IMPORTS = {
     "torch": {"Tensor", "nn"},
     "typing": {"Any", "Optional"},
 }
-# Dotted paths into torch that generated code may touch (every prefix of one is fine too).
-TORCH_PATHS = frozenset(
-    {f"nn.{op.torch_class}" for op in OPS.values() if op.torch_class}
-    | {
-        "nn.Module",
-        "nn.Sequential",
-        "nn.init.kaiming_normal_",
-        "nn.init.constant_",
-        "nn.functional.pad",
-        "torch.Tensor",
-    }
-)
-_TORCH_PREFIXES = frozenset(p.rsplit(".", i)[0] for p in TORCH_PATHS for i in range(p.count(".")))
+# Paths into torch that resgen's own code uses, whatever the ops: the module classes it builds
+# on and the init function of zero_init_residual. Each op adds what its declaration emits.
+STRUCTURAL_PATHS = frozenset({"nn.Module", "nn.Sequential", "nn.init.constant_", "torch.Tensor"})
+
+
+def allowed() -> tuple[frozenset[str], dict[str, set[str]]]:
+    """The torch paths and the imports generated code may use: resgen's own, plus exactly what
+    the registered ops (plugins' too) declare in their `emit`."""
+    paths = set(STRUCTURAL_PATHS)
+    imports = {module: set(names) for module, names in ALLOWED_IMPORTS.items()}
+    for op in ops.registered():
+        emit = op.emit
+        if emit is None:
+            continue
+        if emit.cls.startswith("nn."):
+            paths.add(emit.cls)
+        paths.update(emit.uses)
+        for line in emit.imports:
+            module, _, names = line.removeprefix("from ").partition(" import ")
+            imports.setdefault(module.strip(), set()).update(n.strip() for n in names.split(","))
+    return frozenset(paths), imports
+
+
 BUILTIN_CALLS = frozenset(
     {"super", "range", "isinstance", "len", "int", "bool", "float", "round", "min", "max"}
 )
@@ -128,16 +138,22 @@ def _call_problem(call: ast.Call, defined: set[str]) -> str | None:
 
 
 def _problems(tree: ast.Module) -> Iterable[str]:
+    paths, imports = allowed()
+    prefixes = frozenset(p.rsplit(".", i)[0] for p in paths for i in range(p.count(".")))
     # Top-level definitions only: a method named `exec` must not make `exec(...)` callable.
+    # Plugin classes a registered op declares it imports are callable too.
     defined = {n.name for n in tree.body if isinstance(n, ast.ClassDef | ast.FunctionDef)}
+    defined |= {
+        name for module, names in imports.items() if module not in ALLOWED_IMPORTS for name in names
+    }
     for node in ast.walk(tree):
         line = f"line {getattr(node, 'lineno', '?')}"
         if not isinstance(node, _NODES):
             yield f"{line}: {type(node).__name__}"
         elif isinstance(node, ast.ImportFrom):
-            allowed = ALLOWED_IMPORTS.get(node.module or "", set())
+            names = imports.get(node.module or "", set())
             for alias in node.names:
-                if node.level or alias.name not in allowed or alias.asname:
+                if node.level or alias.name not in names or alias.asname:
                     yield f"{line}: import of {node.module}.{alias.name}"
         elif isinstance(node, ast.ClassDef | ast.FunctionDef) and node.decorator_list:
             yield f"{line}: decorator"
@@ -148,7 +164,7 @@ def _problems(tree: ast.Module) -> Iterable[str]:
         elif isinstance(node, ast.Name) and node.id.startswith("__"):
             yield f"{line}: name {node.id}"
         elif isinstance(node, ast.Attribute):
-            yield from _attribute_problems(node, line)
+            yield from _attribute_problems(node, line, paths, prefixes)
         elif isinstance(node, ast.Call) and (problem := _call_problem(node, defined)):
             yield f"{line}: call to {problem}"
         elif (
@@ -159,7 +175,7 @@ def _problems(tree: ast.Module) -> Iterable[str]:
             yield f"{line}: assignment to {node.id}"
 
 
-def _attribute_problems(node: ast.Attribute, line: str) -> Iterable[str]:
+def _attribute_problems(node: ast.Attribute, line: str, paths, prefixes) -> Iterable[str]:
     if node.attr.startswith("_") and not (
         node.attr == "__init__"
         and isinstance(node.value, ast.Call)
@@ -169,5 +185,5 @@ def _attribute_problems(node: ast.Attribute, line: str) -> Iterable[str]:
         return
     path = _dotted(node)
     if path and path.split(".")[0] in ("nn", "torch"):
-        if path not in TORCH_PATHS and path not in _TORCH_PREFIXES:
+        if path not in paths and path not in prefixes:
             yield f"{line}: {path} is not a layer class or init function resgen uses"

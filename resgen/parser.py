@@ -16,6 +16,7 @@ from importlib import resources
 from lark import Lark, Token, Transformer, Tree, v_args
 from lark.exceptions import UnexpectedCharacters, UnexpectedInput, UnexpectedToken
 
+from resgen import codes
 from resgen import spec as S
 from resgen.diagnostics import Diagnostics, Span, SpecError
 from resgen.limits import LIMITS
@@ -134,7 +135,7 @@ def _syntax_error(err: UnexpectedInput, text: str, path: str) -> S.Diagnostic:
         end_line = tok.end_line or line
         end_col = tok.end_column or col + max(1, len(tok))
         message = f"unexpected {_token_text(tok)}; expected {_expected(err.expected)}"
-        code = "syntax"
+        code = codes.SYNTAX
         if tok.type != "NAME" and "NAME" in err.expected and tok in _KEYWORDISH:
             # LALR merges lookaheads, so a top-level keyword can shadow a name inside a section.
             message += f" (`{tok}` is a keyword here and cannot be used as a name)"
@@ -142,7 +143,7 @@ def _syntax_error(err: UnexpectedInput, text: str, path: str) -> S.Diagnostic:
         line, col = err.line, err.column
         end_line, end_col = line, col + 1
         char = text[err.pos_in_stream] if 0 <= err.pos_in_stream < len(text) else "?"
-        code = "syntax"
+        code = codes.SYNTAX
         if char == '"':
             message = 'unterminated string: a path must close with `"` on the same line'
         else:
@@ -156,7 +157,7 @@ def _syntax_error(err: UnexpectedInput, text: str, path: str) -> S.Diagnostic:
         message = "unexpected end of file"
         if expected:
             message += f"; expected {_expected(expected)}"
-        code = "unexpected-eof"
+        code = codes.UNEXPECTED_EOF
     return Diagnostic(
         Span(path, line, col, end_line, end_col), code, message, hint=_hint_for(err, text)
     )
@@ -232,7 +233,7 @@ def _check_nesting(text: str, path: str, diags: Diagnostics) -> None:
             if depth > LIMITS.max_nesting:
                 diags.error(
                     Span(path, line, col, line, col + 1),
-                    "limit",
+                    codes.LIMIT,
                     f"nesting deeper than {LIMITS.max_nesting} brackets",
                     hint="set RESGEN_MAX_NESTING to raise the limit",
                 )
@@ -243,7 +244,8 @@ def _check_nesting(text: str, path: str, diags: Diagnostics) -> None:
 
 # Expression rules of the grammar: chains of these make the tree deep (`1+1+...`, `not not ...`).
 _EXPRESSION_RULES = frozenset(
-    {"or_op", "and_op", "not_op", "compare", "add", "sub", "mul", "div", "floordiv", "neg", "pair"}
+    {"or_op", "and_op", "not_op", "compare", "plus", "minus", "times", "divide", "floor_divide"}
+    | {"neg", "pair"}
 )
 
 
@@ -257,7 +259,7 @@ def _check_depth(tree: Tree, path: str, diags: Diagnostics) -> None:
             if depth > LIMITS.max_expression_depth:
                 diags.error(
                     _span(path, node.meta),
-                    "limit",
+                    codes.LIMIT,
                     f"expression nested deeper than {LIMITS.max_expression_depth} operators",
                     hint="set RESGEN_MAX_EXPRESSION_DEPTH to raise the limit",
                 )
@@ -319,7 +321,7 @@ class _Builder(Transformer):
         if value > LIMITS.max_int:
             self.diags.error(
                 self._tsp(tok),
-                "limit",
+                codes.LIMIT,
                 f"integer literal over the limit {LIMITS.max_int}",
                 hint="set RESGEN_MAX_INT to raise the limit",
             )
@@ -333,7 +335,7 @@ class _Builder(Transformer):
     def float(self, meta, c):
         value = float(c[0])
         if not math.isfinite(value):
-            self.diags.error(self._sp(meta), "limit", f"`{c[0]}` is too large for a number")
+            self.diags.error(self._sp(meta), codes.LIMIT, f"`{c[0]}` is too large for a number")
             value = 0.0
         return S.Float(span=self._sp(meta), value=value)
 
@@ -364,7 +366,8 @@ class _Builder(Transformer):
 
         return method
 
-    add, sub, mul, div, floordiv = _bin("+"), _bin("-"), _bin("*"), _bin("/"), _bin("//")
+    plus, minus, times = _bin("+"), _bin("-"), _bin("*")
+    divide, floor_divide = _bin("/"), _bin("//")
     and_op, or_op = _bin("and"), _bin("or")
 
     def compare(self, meta, c):
@@ -461,7 +464,7 @@ class _Builder(Transformer):
             if key in seen and key not in repeatable:
                 self.diags.error(
                     span,
-                    "duplicate-section",
+                    codes.DUPLICATE_SECTION,
                     f"`{key}` appears twice in {owner} (first at line {seen[key].line})",
                 )
             seen.setdefault(key, span)
@@ -478,16 +481,10 @@ class _Builder(Transformer):
                 fields.setdefault(key, value)
             elif key == "shortcut":
                 fields.setdefault("shortcut", value)
-            elif key == "merge":
-                if str(value) not in ("add", "mul"):
-                    self.diags.error(
-                        self._tsp(value),
-                        "unknown-merge",
-                        f"unknown merge `{value}`; a block merges by `add` or `mul`",
-                    )
-                else:
-                    fields.setdefault("merge", str(value))
-                    fields.setdefault("merge_span", span)
+            elif key == "merge":  # resolve checks the name against the registered merges
+                fields.setdefault("merge", str(value))
+                fields.setdefault("merge_span", span)
+                fields.setdefault("merge_name_span", self._tsp(value))
         return S.Block(
             span=self._sp(meta),
             name=str(name),

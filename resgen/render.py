@@ -161,11 +161,11 @@ def expression(value: Code, indent: int) -> str:
 
 
 def environment(template_dir: str | Path | None = None) -> jinja2.Environment:
-    """Templates from `template_dir` (a user's own), else the ones shipped as resgen.templates."""
+    """The shipped templates (resgen.templates); with `template_dir`, a user's own files there
+    replace the shipped ones of the same name and the rest are inherited."""
+    loader: jinja2.BaseLoader = jinja2.FunctionLoader(_packaged_template)
     if template_dir is not None:
-        loader: jinja2.BaseLoader = jinja2.FileSystemLoader(str(template_dir))
-    else:
-        loader = jinja2.FunctionLoader(_packaged_template)
+        loader = jinja2.ChoiceLoader([jinja2.FileSystemLoader(str(template_dir)), loader])
     env = jinja2.Environment(
         loader=loader,
         undefined=jinja2.StrictUndefined,

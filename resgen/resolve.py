@@ -17,12 +17,19 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
+from resgen import codes, ops
 from resgen import expr as E
 from resgen import spec as S
-from resgen.diagnostics import Diagnostic, Diagnostics, Span, SpecError, did_you_mean
+from resgen.diagnostics import (
+    Diagnostic,
+    Diagnostics,
+    Span,
+    SpecError,
+    UsageError,
+    did_you_mean,
+)
 from resgen.limits import LIMITS
 from resgen.names import IN_CHANNELS, STAGE_SET, problem_with
-from resgen.ops import OPS, REQUIRED
 from resgen.parser import parse_text
 
 STAGE_KEYWORDS = ("dilate",)  # stage arguments that are not block parameters
@@ -31,10 +38,6 @@ STAGE_KEYWORDS = ("dilate",)  # stage arguments that are not block parameters
 # Resolved standard-library files, shared by every Loader of the process: checking a thousand
 # variants in one process parses std.resnet once, not a thousand times.
 _STD_FILES: dict[str, tuple[_File, str]] = {}
-
-
-class UsageError(Exception):
-    """Not a spec problem: a missing file, a directory, an unreadable path (exit code 2)."""
 
 
 @dataclass
@@ -90,14 +93,14 @@ class Loader:
             if name in new_defaults:
                 diags.error(
                     Span(label, 1, 5, 1, 5 + len(name)),
-                    "duplicate-argument",
+                    codes.DUPLICATE_ARGUMENT,
                     f"--param {name} is given twice",
                 )
                 continue
             if name not in known:
                 diags.error(
                     Span(label, 1, 5, 1, 5 + len(name)),
-                    "unknown-argument",
+                    codes.UNKNOWN_ARGUMENT,
                     f"network `{network.name}` has no param `{name}`"
                     + did_you_mean(name, known)
                     + ("" if known else "; it declares no params"),
@@ -110,7 +113,9 @@ class Loader:
                 continue
             if len(parsed.lets) != 1 or parsed.imports or parsed.blocks or parsed.networks:
                 diags.error(
-                    Span(label, 1, 1, 1, len(text)), "syntax", "a --param value is one expression"
+                    Span(label, 1, 1, 1, len(text)),
+                    codes.SYNTAX,
+                    "a --param value is one expression",
                 )
                 continue
             let = parsed.lets[0]
@@ -119,7 +124,7 @@ class Loader:
             if unknown:
                 diags.error(
                     unknown[0].span,
-                    "unknown-function",
+                    codes.UNKNOWN_FUNCTION,
                     f"unknown function `{unknown[0].name}`"
                     + did_you_mean(unknown[0].name, E.FUNCTIONS),
                 )
@@ -128,7 +133,7 @@ class Loader:
             if refs:
                 diags.error(
                     refs[0].span,
-                    "unknown-name",
+                    codes.UNKNOWN_NAME,
                     f"a --param value is a constant expression; `{refs[0].name}` is not known here",
                 )
                 continue
@@ -161,7 +166,7 @@ class Loader:
                 if len(data) > LIMITS.max_file_bytes:
                     self._fail(
                         at or Span(path, 1, 1, 1, 1),
-                        "limit",
+                        codes.LIMIT,
                         f"{path} is over the {LIMITS.max_file_bytes}-byte limit",
                         hint="set RESGEN_MAX_FILE_BYTES to raise it",
                     )
@@ -169,12 +174,12 @@ class Loader:
             reason = err.strerror or type(err).__name__
             if at is None:
                 raise UsageError(f"{path}: {reason.lower()}") from None
-            self._fail(at, "import-not-found", f"cannot read `{path}`: {reason.lower()}")
+            self._fail(at, codes.IMPORT_NOT_FOUND, f"cannot read `{path}`: {reason.lower()}")
         if b"\x00" in data:
             line, col = self._bad_byte(path, data, data.index(b"\x00"))
             self._fail(
                 Span(path, line, col, line, col + 1),
-                "encoding",
+                codes.ENCODING,
                 "a NUL byte: this is a binary file, not an .arch spec",
             )
         try:
@@ -183,7 +188,7 @@ class Loader:
             line, col = self._bad_byte(path, data, err.start)
             self._fail(
                 Span(path, line, col, line, col + 1),
-                "encoding",
+                codes.ENCODING,
                 f"byte 0x{data[err.start]:02x} is not valid UTF-8; specs are UTF-8 text",
             )
         text = text.removeprefix("\ufeff")
@@ -205,7 +210,7 @@ class Loader:
         key = path if path.startswith("<std>/") else os.path.abspath(path)
         if key in self._stack:
             cycle = " -> ".join(self._stack[self._stack.index(key) :] + [key])
-            self._fail(at, "import-cycle", f"import cycle: {cycle}")
+            self._fail(at, codes.IMPORT_CYCLE, f"import cycle: {cycle}")
         if key in self._files:
             return self._files[key]
         if key in _STD_FILES:  # the standard library cannot change within a process
@@ -215,7 +220,7 @@ class Loader:
         if len(self._stack) >= LIMITS.max_import_depth:
             self._fail(
                 at or Span(path, 1, 1, 1, 1),
-                "limit",
+                codes.LIMIT,
                 f"imports nested deeper than {LIMITS.max_import_depth}",
             )
         text = self.read(path, at)
@@ -236,7 +241,7 @@ class Loader:
             if parts[0] != "std" or len(parts) != 2:
                 self._fail(
                     imp.span,
-                    "import-not-found",
+                    codes.IMPORT_NOT_FOUND,
                     f"unknown library `{imp.std}`; the standard library is `std.resnet`",
                 )
             name = parts[1] + ".arch"
@@ -248,7 +253,7 @@ class Loader:
                 ]
                 self._fail(
                     imp.span,
-                    "import-not-found",
+                    codes.IMPORT_NOT_FOUND,
                     f"no module `{imp.std}` in the standard library"
                     + did_you_mean(parts[1], known),
                 )
@@ -289,7 +294,7 @@ class _FileResolver:
                     if first is not node:
                         self.diags.error(
                             imp.span,
-                            "duplicate-name",
+                            codes.DUPLICATE_NAME,
                             f"{role} `{name}` of {node.source_file} is already "
                             f"imported from {first.source_file}",
                         )
@@ -310,7 +315,7 @@ class _FileResolver:
                 if name in self.blocks:
                     self.diags.error(
                         net.span,
-                        "duplicate-name",
+                        codes.DUPLICATE_NAME,
                         f"the network's {role} `{name}` has the name of block "
                         f"`{name}`; the generated module needs both",
                         hint="name the class with `class NAME` in the network",
@@ -318,7 +323,7 @@ class _FileResolver:
             if net.python_class == net.name:
                 self.diags.error(
                     net.span,
-                    "duplicate-name",
+                    codes.DUPLICATE_NAME,
                     f"network `{net.name}` would name both its class and its factory "
                     f"function `{net.name}`",
                     hint="give the class another name with `class NAME`",
@@ -326,7 +331,7 @@ class _FileResolver:
         if len(own_nets) > 1:
             self.diags.error(
                 own_nets[1].span,
-                "multiple-networks",
+                codes.MULTIPLE_NETWORKS,
                 f"a spec file defines one network; `{own_nets[0].name}` is already "
                 f"defined at line {own_nets[0].span.line}",
                 hint="put each network in its own file and import the shared parts",
@@ -343,7 +348,9 @@ class _FileResolver:
                 else existing.span.file
             )
             self.diags.error(
-                node.span, "duplicate-name", f"{role} `{node.name}` is already defined ({where})"
+                node.span,
+                codes.DUPLICATE_NAME,
+                f"{role} `{node.name}` is already defined ({where})",
             )
             return
         table[node.name] = node
@@ -351,7 +358,7 @@ class _FileResolver:
     def _name_ok(self, name: str, role: str, span: Span) -> bool:
         problem = problem_with(name, role)
         if problem:
-            self.diags.error(span, "bad-name", problem)
+            self.diags.error(span, codes.BAD_NAME, problem)
         return problem is None
 
     # -- let and expressions
@@ -360,26 +367,26 @@ class _FileResolver:
             self._name_ok(let.name, "let", let.span)
             value = self._expr(let.value, set())  # earlier file lets are found in self.lets
             if let.name in self.lets:
-                self.diags.error(let.span, "duplicate-name", f"`{let.name}` is already defined")
+                self.diags.error(let.span, codes.DUPLICATE_NAME, f"`{let.name}` is already defined")
             self.lets[let.name] = value
 
     def _expr(self, expr: S.Expr, scope: set[str]) -> S.Expr:
         """Check every name in `expr` is in scope; substitute file-level lets."""
         if sum(1 for _ in E.walk(expr)) > LIMITS.max_expression_nodes:
-            self.diags.error(expr.span, "limit", "expression too large")
+            self.diags.error(expr.span, codes.LIMIT, "expression too large")
             return expr
         for ref in E.free_refs(expr):
             if ref.name not in scope and ref.name not in self.lets:
                 self.diags.error(
                     ref.span,
-                    "unknown-name",
+                    codes.UNKNOWN_NAME,
                     f"unknown name `{ref.name}`" + did_you_mean(ref.name, scope | set(self.lets)),
                 )
         for call in (e for e in E.walk(expr) if isinstance(e, S.Func)):
             if call.name not in E.FUNCTIONS:
                 self.diags.error(
                     call.span,
-                    "unknown-function",
+                    codes.UNKNOWN_FUNCTION,
                     f"unknown function "
                     f"`{call.name}`; expressions may call "
                     + ", ".join(f"`{f}`" for f in E.FUNCTIONS)
@@ -391,7 +398,7 @@ class _FileResolver:
         if next(itertools.islice(E.walk(result), LIMITS.max_expression_nodes, None), None):
             self.diags.error(
                 expr.span,
-                "limit",
+                codes.LIMIT,
                 "expression too large once lets are substituted",
                 hint="set RESGEN_MAX_EXPRESSION_NODES to raise the limit",
             )
@@ -404,7 +411,7 @@ class _FileResolver:
         for let in lets:
             self._name_ok(let.name, "let", let.span)
             if let.name in scope:
-                self.diags.error(let.span, "duplicate-name", f"`{let.name}` is already defined")
+                self.diags.error(let.span, codes.DUPLICATE_NAME, f"`{let.name}` is already defined")
             resolved.append(let.model_copy(update={"value": self._expr(let.value, scope)}))
             scope.add(let.name)
         return resolved
@@ -420,15 +427,15 @@ class _FileResolver:
                 if target is None:
                     self.diags.error(
                         layer.span,
-                        "unknown-name",
+                        codes.UNKNOWN_NAME,
                         f"`{layer.name}` is not a layer declared earlier in {owner}"
                         + did_you_mean(layer.name, declared)
                         + "; to add a layer write `name = op(...)`",
                     )
-                elif target.kind != "op" or not OPS[target.callee].stateless:
+                elif target.kind != "op" or not ops.lookup(target.callee).stateless:
                     self.diags.error(
                         layer.span,
-                        "reuse-stateful",
+                        codes.REUSE_STATEFUL,
                         f"`{layer.name}` has parameters; only parameter-free layers "
                         "(relu, pools, ...) can be applied again by name",
                         hint="declare a new layer with its own name",
@@ -440,7 +447,7 @@ class _FileResolver:
                     first = declared[layer.name]
                     self.diags.error(
                         layer.span,
-                        "duplicate-name",
+                        codes.DUPLICATE_NAME,
                         f"layer `{layer.name}` is already declared in {owner} "
                         f"(line {first.span.line})",
                         hint=f"write just `{layer.name}` to apply it again",
@@ -457,19 +464,22 @@ class _FileResolver:
 
     def _call(self, layer: S.Layer, scope: set[str]) -> S.Layer:
         name = layer.callee
-        if name in OPS:
-            op = OPS[name]
-            params = [(p.name, p.default is REQUIRED) for p in op.params]
+        # Ops first, as they always were; plugins' entry points are read only for a name that
+        # is neither a registered op nor a block.
+        is_block = name in self.blocks or name in self._own_block_names()
+        op = ops.lookup(name, load_plugins=not is_block)
+        if op is not None:
+            params = [(p.name, p.required) for p in op.params]
             kind = "op"
-        elif name in self.blocks or name in self._own_block_names():
+        elif is_block:
             block = self.blocks.get(name) or self._own_block(name)
             params = [(p.name, p.default is None) for p in block.params]
             kind = "block"
         else:
-            known = list(OPS) + list(self.blocks) + list(self._own_block_names())
+            known = list(ops.names()) + list(self.blocks) + list(self._own_block_names())
             self.diags.error(
                 layer.callee_span,
-                "unknown-op",
+                codes.UNKNOWN_OP,
                 f"unknown layer type `{name}`" + did_you_mean(name, known),
             )
             return layer
@@ -500,13 +510,13 @@ class _FileResolver:
             if arg.name is None:
                 if positional_done:
                     self.diags.error(
-                        arg.span, "syntax", "a positional argument cannot follow a named one"
+                        arg.span, codes.SYNTAX, "a positional argument cannot follow a named one"
                     )
                     continue
                 if i >= len(names):
                     self.diags.error(
                         arg.span,
-                        "too-many-arguments",
+                        codes.TOO_MANY_ARGUMENTS,
                         f"{what} takes at most {len(names)} positional argument"
                         f"{'s' if len(names) != 1 else ''}"
                         + (f" ({', '.join(names)})" if names else ""),
@@ -519,21 +529,21 @@ class _FileResolver:
                 if name not in names and name not in extra:
                     self.diags.error(
                         arg.span,
-                        "unknown-argument",
+                        codes.UNKNOWN_ARGUMENT,
                         f"{what} has no parameter `{name}`"
                         + did_you_mean(name, names + list(extra)),
                     )
                     continue
             if name in bound:
                 self.diags.error(
-                    arg.span, "duplicate-argument", f"`{name}` is given twice to {what}"
+                    arg.span, codes.DUPLICATE_ARGUMENT, f"`{name}` is given twice to {what}"
                 )
                 continue
             bound[name] = S.Arg(span=arg.span, name=name, value=value)
         missing = [p for p, required in params if required and p not in bound]
         if missing:
             self.diags.error(
-                at, "missing-argument", f"{what} needs {', '.join(f'`{m}`' for m in missing)}"
+                at, codes.MISSING_ARGUMENT, f"{what} needs {', '.join(f'`{m}`' for m in missing)}"
             )
         return tuple(bound.values())
 
@@ -546,14 +556,16 @@ class _FileResolver:
             if p.name == IN_CHANNELS:
                 self.diags.error(
                     p.span,
-                    "bad-name",
+                    codes.BAD_NAME,
                     f"`{IN_CHANNELS}` is implicit: every block receives the channel "
                     "count of its input under that name",
                 )
                 continue
             self._name_ok(p.name, "parameter", p.span)
             if p.name in scope:
-                self.diags.error(p.span, "duplicate-name", f"parameter `{p.name}` appears twice")
+                self.diags.error(
+                    p.span, codes.DUPLICATE_NAME, f"parameter `{p.name}` appears twice"
+                )
             default = self._expr(p.default, scope) if p.default is not None else None
             scope.add(p.name)
             params.append(p.model_copy(update={"default": default}))
@@ -566,20 +578,20 @@ class _FileResolver:
         declared: dict[str, S.Layer] = {}
         main = self._layers(block.main, scope, declared, owner)
         if not block.main:
-            self.diags.error(block.span, "empty-block", f"{owner} has no `main` layers")
+            self.diags.error(block.span, codes.EMPTY_BLOCK, f"{owner} has no `main` layers")
         shortcut = block.shortcut
         if shortcut is not None:
             if self._name_ok(shortcut.name, "layer", shortcut.span) and shortcut.name in declared:
                 self.diags.error(
                     shortcut.span,
-                    "duplicate-name",
+                    codes.DUPLICATE_NAME,
                     f"`{shortcut.name}` is already a layer of {owner}",
                 )
             cond = self._expr(shortcut.condition, scope) if shortcut.condition else None
             if shortcut.source is not None and shortcut.source not in declared:
                 self.diags.error(
                     shortcut.source_span or shortcut.span,
-                    "unknown-name",
+                    codes.UNKNOWN_NAME,
                     f"`{shortcut.source}` is not a layer of {owner}'s main path"
                     + did_you_mean(shortcut.source, declared),
                     hint="`shortcut NAME from LAYER` reads the output of a layer "
@@ -592,9 +604,16 @@ class _FileResolver:
             if block.merge is None:
                 self.diags.error(
                     shortcut.span,
-                    "shortcut-without-merge",
+                    codes.SHORTCUT_WITHOUT_MERGE,
                     f"{owner} has a shortcut but no `merge add` (or `merge mul`) to join it",
                 )
+        if block.merge is not None and ops.merge(block.merge) is None:
+            known = " or ".join(f"`{m.name}`" for m in ops.registered() if isinstance(m, ops.Merge))
+            self.diags.error(
+                block.merge_name_span or block.span,
+                codes.UNKNOWN_MERGE,
+                f"unknown merge `{block.merge}`; a block merges by {known}",
+            )
         post = self._layers(block.post, scope, declared, owner)
         return block.model_copy(
             update={
@@ -622,7 +641,7 @@ class _FileResolver:
         if isinstance(inplace, S.Bool) and inplace.value:
             self.diags.error(
                 after.span,
-                "overwrites-shortcut-input",
+                codes.OVERWRITES_SHORTCUT_INPUT,
                 f"`{after.name}` changes `{source}`'s output in place, but "
                 f"{owner}'s shortcut reads that output",
                 hint=f"declare `{after.name}` with `inplace=false`",
@@ -645,7 +664,7 @@ class _FileResolver:
                 if call.callee == block.name:
                     self.diags.error(
                         (via or call).span,
-                        "recursive-block",
+                        codes.RECURSIVE_BLOCK,
                         f"block `{block.name}` contains itself",
                     )
                     return
@@ -661,7 +680,7 @@ class _FileResolver:
         if net.input is None:
             self.diags.error(
                 net.span,
-                "missing-input",
+                codes.MISSING_INPUT,
                 f"network `{net.name}` needs an input shape, e.g. `input 3x224x224`",
             )
         else:
@@ -671,7 +690,9 @@ class _FileResolver:
         for p in net.params:
             self._name_ok(p.name, "parameter", p.span)
             if p.name in scope:
-                self.diags.error(p.span, "duplicate-name", f"parameter `{p.name}` appears twice")
+                self.diags.error(
+                    p.span, codes.DUPLICATE_NAME, f"parameter `{p.name}` appears twice"
+                )
             params.append(p.model_copy(update={"default": self._expr(p.default, scope)}))
             scope.add(p.name)
         lets = self._lets(net.lets, scope)
@@ -682,7 +703,9 @@ class _FileResolver:
         for stage in net.stages:
             if self._name_ok(stage.name, "layer", stage.span) and stage.name in declared:
                 self.diags.error(
-                    stage.span, "duplicate-name", f"`{stage.name}` is already a layer of {owner}"
+                    stage.span,
+                    codes.DUPLICATE_NAME,
+                    f"`{stage.name}` is already a layer of {owner}",
                 )
             declared.setdefault(stage.name, S.Layer(span=stage.span, kind="seq", name=stage.name))
             stages.append(self._stage(stage, scope))
@@ -704,9 +727,9 @@ class _FileResolver:
             ("width", shape.width),
         ):
             if v < 1:
-                self.diags.error(shape.span, "bad-input", f"input {label} must be at least 1")
+                self.diags.error(shape.span, codes.BAD_INPUT, f"input {label} must be at least 1")
             elif v > LIMITS.max_spatial * 16:
-                self.diags.error(shape.span, "limit", f"input {label} {v} is over the limit")
+                self.diags.error(shape.span, codes.LIMIT, f"input {label} {v} is over the limit")
 
     def _stage(self, stage: S.Stage, scope: set[str]) -> S.Stage:
         repeats = self._expr(stage.repeats, scope)
@@ -714,7 +737,7 @@ class _FileResolver:
         if block is None:
             self.diags.error(
                 stage.block_span,
-                "unknown-block",
+                codes.UNKNOWN_BLOCK,
                 f"unknown block `{stage.block}`" + did_you_mean(stage.block, self.blocks),
             )
             return stage.model_copy(update={"repeats": repeats})
@@ -722,7 +745,7 @@ class _FileResolver:
             if arg.name in STAGE_SET:
                 self.diags.error(
                     arg.span,
-                    "stage-sets-argument",
+                    codes.STAGE_SETS_ARGUMENT,
                     f"a stage sets `{arg.name}` itself"
                     + (
                         "; write `dilate=true` to trade this stage's stride for dilation"
@@ -749,7 +772,7 @@ class _FileResolver:
         if base is None:
             self.diags.error(
                 call.callee_span,
-                "unknown-network",
+                codes.UNKNOWN_NETWORK,
                 f"unknown network `{call.callee}`"
                 + did_you_mean(call.callee, self.networks)
                 + ("" if self.networks else "; import the file that defines it"),

@@ -159,8 +159,9 @@ class Block(Node):
     lets: tuple[Let, ...] = ()
     main: tuple[Layer, ...] = ()
     shortcut: Shortcut | None = None
-    merge: Literal["add", "mul"] | None = None
+    merge: str | None = None  # a registered merge (resgen.ops.merge): add, mul, ...
     merge_span: Span | None = None
+    merge_name_span: Span | None = None
     post: tuple[Layer, ...] = ()
     source_file: str = ""
 

@@ -14,38 +14,38 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from resgen import codes
 from resgen import expr as E
 from resgen import spec as S
 from resgen.expr import EvalError, Value
 
 
 @dataclass(frozen=True)
-class StagePlan:
+class StageBlocks:
+    """What the stage rule gives a stage: how many blocks, and their arguments."""
+
     repeats: int
     first: dict[str, S.Expr]  # block arguments of block 0 (network-scope expressions)
     rest: dict[str, S.Expr]  # block arguments of blocks 1 .. repeats-1
     dilation_after: int  # the network's dilation once this stage is built
 
-    def args_of(self, index: int) -> dict[str, S.Expr]:
-        return self.first if index == 0 else self.rest
 
-
-def plan_stage(
+def apply_stage_rule(
     stage: S.Stage, block: S.Block, env: Mapping[str, Value], dilation: int
-) -> StagePlan:
+) -> StageBlocks:
     """Apply the stage rule. `env` holds network parameters and lets; raises EvalError."""
     repeats = E.evaluate(stage.repeats, env)
     if not isinstance(repeats, int) or isinstance(repeats, bool) or repeats < 1:
         raise EvalError(
             stage.repeats.span,
             f"a stage repeats its block at least once, not {E.show(repeats)}",
-            "bad-repeats",
+            codes.BAD_REPEATS,
         )
     dilate_expr = stage.arg("dilate")
     dilate = E.evaluate(dilate_expr, env) if dilate_expr is not None else False
     if not isinstance(dilate, bool):
         raise EvalError(
-            dilate_expr.span, f"`dilate` is true or false, not {E.show(dilate)}", "type"
+            dilate_expr.span, f"`dilate` is true or false, not {E.show(dilate)}", codes.TYPE
         )
     common = {a.name: a.value for a in stage.args if a.name not in ("stride", "dilate")}
     stride_expr = stage.arg("stride")
@@ -56,14 +56,14 @@ def plan_stage(
             raise EvalError(
                 stage.span,
                 "`dilate=true` replaces the stage's stride, but the stage has no `stride`",
-                "bad-dilate",
+                codes.BAD_DILATE,
             )
         stride = E.evaluate(stride_expr, env)
         if not isinstance(stride, int) or isinstance(stride, bool) or stride < 1:
             raise EvalError(
                 stride_expr.span,
                 f"a dilated stage needs one integer stride, not {E.show(stride)}",
-                "bad-dilate",
+                codes.BAD_DILATE,
             )
         after = dilation * stride
         first["stride"] = E.literal(1, stride_expr.span)
@@ -77,8 +77,8 @@ def plan_stage(
             stage.block_span,
             f"block `{block.name}` has no `dilation` parameter, "
             f"so this stage cannot run at dilation {max(after, dilation)}",
-            "bad-dilate",
+            codes.BAD_DILATE,
             hint="add `dilation = 1` to the block's parameters and use "
             "it for the padding and dilation of its 3x3 convolutions",
         )
-    return StagePlan(repeats, first, rest, after)
+    return StageBlocks(repeats, first, rest, after)

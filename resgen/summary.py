@@ -10,12 +10,10 @@ macs_exact). No torch import on this path.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
-from resgen.cli import EXIT_OK, EXIT_SPEC_ERROR, loader_for
-from resgen.diagnostics import SpecError, print_diagnostics
-from resgen.shapes import MAC_CONVENTION, Analysis, LayerInfo, analyse, show_shape
+from resgen.shapes import MAC_CONVENTION, Analysis, LayerInfo
+from resgen.text import count_text, pair_text, shape_text
 
 DEFAULT_DEPTH = 1
 
@@ -87,40 +85,8 @@ def _group_op(key: str, level: int, stages: dict, analysis: Analysis) -> str:
 
 
 def describe_op(layer: LayerInfo, analysis: Analysis) -> str:
-    """`conv 3x3 s2 p1`: the op and whichever window arguments are not defaults."""
-    attrs = analysis.graph.nodes[layer.name]
-    args = attrs["args"]
-    op = layer.op
-    if op in ("conv", "maxpool", "avgpool") and "kernel" in args:
-        parts = [op, _size(args["kernel"])]
-        stride_default = 1 if op == "conv" else args["kernel"]  # pools: stride = kernel
-        for key, short, default in (
-            ("stride", "s", stride_default),
-            ("padding", "p", 0),
-            ("dilation", "d", 1),
-            ("groups", "g", 1),
-        ):
-            value = args.get(key, default)
-            if value != default:
-                parts.append(f"{short}{_compact(value)}")
-        if args.get("ceil_mode"):
-            parts.append("ceil")
-        return " ".join(parts)
-    if op == "adaptive_avgpool" and "size" in args:
-        return f"{op} {_size(args['size'])}"
-    if layer.module and layer.module != layer.name:
-        return f"{op} (again)"
-    return op
-
-
-def _compact(value) -> str:
-    return f"{value[0]},{value[1]}" if isinstance(value, tuple) else str(value)
-
-
-def _size(value) -> str:
-    if isinstance(value, tuple):
-        return f"{value[0]}x{value[1]}" if value[0] != value[1] else f"{value[0]}x{value[0]}"
-    return f"{value}x{value}"
+    """`conv 3x3 s2 p1`: the op's own label (resgen.ops), `(again)` for a reused module."""
+    return analysis.nodes[layer.name].label(times="x")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -129,16 +95,7 @@ def _size(value) -> str:
 
 def human(n: int) -> str:
     """One rule for every row: 1234567 -> 1.23M, 1152 -> 1.15K; plain digits below 1000."""
-    for unit, scale in (("G", 10**9), ("M", 10**6), ("K", 10**3)):
-        if abs(n) >= scale:
-            return f"{n / scale:.2f}{unit}"
-    return str(n)
-
-
-def _pair_text(value: tuple[int, int] | None, none: str) -> str:
-    if value is None:
-        return none
-    return str(value[0]) if value[0] == value[1] else f"{value[0]}x{value[1]}"
+    return count_text(n)
 
 
 def render(analysis: Analysis, depth: int = DEFAULT_DEPTH) -> str:
@@ -149,7 +106,7 @@ def render(analysis: Analysis, depth: int = DEFAULT_DEPTH) -> str:
             (
                 indent + row.name,
                 row.op,
-                show_shape(row.out),
+                shape_text(row.out),
                 f"{row.params:,}",
                 human(row.macs) if row.macs else "-",
             )
@@ -184,16 +141,16 @@ def totals(analysis: Analysis) -> list[tuple[str, str]]:
             f"{analysis.macs / 1e9:.3f} G = {analysis.macs:,} ({MAC_CONVENTION})"
             + ("" if analysis.macs_exact else partial),
         ),
-        ("Input", show_shape(analysis.input)),
-        ("Output", show_shape(analysis.output)),
-        ("Output stride", f"{_pair_text(analysis.output_stride, '-')} (after {last})"),
+        ("Input", shape_text(analysis.input)),
+        ("Output", shape_text(analysis.output)),
+        ("Output stride", f"{pair_text(analysis.output_stride, '-')} (after {last})"),
         (
             "Receptive field",
-            f"{_pair_text(analysis.receptive_field, 'whole input')} (after {last})",
+            f"{pair_text(analysis.receptive_field, 'whole input')} (after {last})",
         ),
     ]
     per_stage = [
-        f"{s.name} {_pair_text(s.output_stride, '-')}/{_pair_text(s.receptive_field, 'all')}"
+        f"{s.name} {pair_text(s.output_stride, '-')}/{pair_text(s.receptive_field, 'all')}"
         for s in analysis.stages
         if s.name != "head"
     ]
@@ -280,20 +237,3 @@ def _listed(value) -> list | None:
 
 
 # ---------------------------------------------------------------------------------------------
-
-
-def cmd_summary(args) -> int:
-    loader = loader_for(args)
-    try:
-        analysis = analyse(loader.load(args.spec), args.input)  # no network: a no-network error
-    except SpecError as err:
-        print_diagnostics(err.diagnostics, loader.sources)
-        return EXIT_SPEC_ERROR
-    if analysis.diagnostics:
-        print_diagnostics(analysis.diagnostics, loader.sources)
-    if args.json:
-        print(json.dumps(to_json(analysis), indent=2))
-    else:
-        depth = DEFAULT_DEPTH if args.depth is None else args.depth
-        print(render(analysis, depth))
-    return EXIT_OK if analysis.ok else EXIT_SPEC_ERROR

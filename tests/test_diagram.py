@@ -3,6 +3,7 @@ in red, identical DOT for identical input, and what happens without Graphviz's `
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import shutil
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from resgen import diagram
+from resgen import diagram, ops
 from resgen.cli import main
 from resgen.diagnostics import Diagnostic, Span
 from resgen.resolve import load
@@ -210,15 +211,15 @@ def test_layers_level_draws_exactly_the_shape_graph(resnet50):
     assert set(svg.edges) == {edge_title(u, v) for u, v in graph.edges}
     for u, v, data in graph.edges(data=True):
         edge = svg.edges[edge_title(u, v)]
-        assert Svg.text(edge).split()[0] == shape(graph.nodes[u]["out_shape"])
+        assert Svg.text(edge).split()[0] == shape(analysis.shapes[u].out_shape)
         role = data["role"]
         assert Svg.dashed(edge) == (role != "main"), (u, v)
         if role == "shortcut":
             assert diagram.SHORTCUT_BLUE in Svg.strokes(edge)
-        if role == "identity":
-            assert diagram.IDENTITY_GREY in Svg.strokes(edge)
+        if role == "skip":
+            assert diagram.SKIP_GREY in Svg.strokes(edge)
     roles = [d["role"] for _, _, d in graph.edges(data=True)]
-    assert roles.count("identity") == 12 and roles.count("shortcut") == 4 * 3
+    assert roles.count("skip") == 12 and roles.count("shortcut") == 4 * 3
     # Layer parameters, stride-2 edges and merges as their own (circle) nodes.
     assert "conv 3×3 s2 p1" in Svg.text(svg.nodes["layer2.0.conv2"])
     assert "conv 7×7 s2 p3" in Svg.text(svg.nodes["conv1"])
@@ -243,12 +244,12 @@ def test_a_broken_variant_is_drawn_with_its_error_in_red(broken, tmp_path, capsy
     # (carried on from the main path), so that merge is the only error: the root cause.
     analysis = analyse(load(broken))
     graph = analysis.graph
-    failing = [n for n in graph if graph.nodes[n]["error"]]
+    failing = [n for n in graph if analysis.shapes[n].error]
     assert failing == ["layer1.0.add"] and len(analysis.errors) == 1
     expected = {
         "layers": failing,
-        "blocks": [graph.nodes[n]["block"] for n in failing],
-        "stages": [graph.nodes[n]["stage"] for n in failing],
+        "blocks": [analysis.nodes[n].block for n in failing],
+        "stages": [analysis.nodes[n].stage for n in failing],
     }[detail]
     red = sorted(n for n, g in svg.nodes.items() if RED in Svg.strokes(g))
     assert red == sorted(set(expected))
@@ -266,7 +267,7 @@ def test_a_broken_variant_is_drawn_with_its_error_in_red(broken, tmp_path, capsy
     # No "/n" from tainted sizes: only the untainted stem/layer1 entry could carry one.
     marks = [t for t, g in svg.edges.items() if "/" in Svg.text(g)]
     assert all(
-        not graph.nodes[t.split("->")[0]].get("tainted") for t in marks if t.split("->")[0] in graph
+        not analysis.shapes[t.split("->")[0]].tainted for t in marks if t.split("->")[0] in graph
     )
     if detail == "layers":  # both sides of the disagreement, with their shapes
         assert Svg.text(svg.edges["layer1.0.bn2->layer1.0.add"]).split()[0] == "16×62×62"
@@ -278,8 +279,9 @@ def test_error_text_and_names_are_escaped(resnet50):
     spec, _ = resnet50
     analysis = analyse(spec)
     hostile = 'a <b>tag</b> & "quotes" \\N back\\slash ]> \x01 > end'
-    analysis.graph.nodes["layer1.0.conv2"]["error"] = hostile
-    analysis.graph.nodes["layer2.0.add"]["error"] = "<<table>>"
+    shapes = analysis.shapes
+    shapes["layer1.0.conv2"] = dataclasses.replace(shapes["layer1.0.conv2"], error=hostile)
+    shapes["layer2.0.add"] = dataclasses.replace(shapes["layer2.0.add"], error="<<table>>")
     source = diagram.to_dot(spec, analysis, "layers")
     assert "<b>tag</b>" not in source and "&lt;b&gt;tag&lt;/b&gt;" in source
     assert "\x01" not in source
@@ -484,8 +486,10 @@ def test_a_file_without_a_network_is_a_spec_error(tmp_path, capsys):
         ("batchnorm", {}, "batchnorm"),
     ],
 )
-def test_op_text(op, args, text):
-    assert diagram.op_text(op, args) == text
+def test_op_label(op, args, text):
+    """An op's label, as diagrams and summaries show it (defaults filled in as lowered)."""
+    declared = ops.lookup(op)
+    assert declared.label(declared.with_defaults(args)) == text
 
 
 def test_diagram_never_replaces_a_foreign_file_without_force(tmp_path):

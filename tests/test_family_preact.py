@@ -142,12 +142,13 @@ def test_matches_reference(stem):
 def test_projection_reads_the_preactivated_input():
     """The graph has the edge layer2.0.relu1 -> layer2.0.shortcut.0; the identity of a block
     without projection still comes from the block input."""
-    graph = analyse(load(SPECS / "preact_resnet18.arch")).graph
+    analysis = analyse(load(SPECS / "preact_resnet18.arch"))
+    graph = analysis.graph
     assert graph.edges["layer2.0.relu1", "layer2.0.shortcut.0"]["role"] == "shortcut"
     assert list(graph.predecessors("layer2.0.shortcut.0")) == ["layer2.0.relu1"]
     assert graph.edges["layer1.1.add", "layer2.0.bn1"]["role"] == "main"
-    assert graph.edges["layer2.0.add", "layer2.1.add"]["role"] == "identity"
-    assert graph.nodes["layer2.0.shortcut.0"]["in_shape"] == (64, 56, 56)
+    assert graph.edges["layer2.0.add", "layer2.1.add"]["role"] == "skip"
+    assert analysis.shapes["layer2.0.shortcut.0"].in_shape == (64, 56, 56)
 
 
 BLOCK = """
@@ -213,7 +214,7 @@ def test_source_layer_is_used_in_forward(tmp_path):
     )
     analysis = analyse(load(path))
     assert analysis.ok, analysis.diagnostics
-    assert analysis.graph.nodes["layer1.0.proj.0"]["in_shape"] == (16, 8, 8)
+    assert analysis.shapes["layer1.0.proj.0"].in_shape == (16, 8, 8)
     source = generate(load(path))
     assert "shortcut_input = out" in source
     assert "identity = self.proj(shortcut_input)" in source

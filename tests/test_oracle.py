@@ -121,22 +121,21 @@ def _nth(seen: dict[str, list[tuple]], node: str) -> tuple | None:
 def _merge_observed(analysis, node: str, trace: _Trace, output: tuple) -> tuple | None:
     """A merge is no module: its result is the input of the module after it, or the output of
     the block it ends (or of the network)."""
-    graph = analysis.graph
-    for successor in graph.successors(node):
-        op = graph.nodes[successor]["op"]
-        if op == "output":
+    for successor in analysis.graph.successors(node):
+        kind = analysis.nodes[successor].kind
+        if kind == "output":
             return output
-        if op not in MERGES:
+        if kind != "merge":
             return _nth(trace.inputs, successor)
-    block = graph.nodes[node]["block"]
+    block = analysis.nodes[node].block
     return _nth(trace.outputs, block) if block else None
 
 
-def _module_of(graph, node: str) -> str:
-    attrs = graph.nodes[node]
-    if attrs["op"] in MERGES:
-        return attrs["block"]
-    return attrs.get("module") or _CALL.sub(r"\1", node)
+def _module_of(analysis, node: str) -> str:
+    record = analysis.nodes[node]
+    if record.kind == "merge":
+        return record.block
+    return record.module or _CALL.sub(r"\1", node)
 
 
 def _build(spec, analysis):
@@ -175,9 +174,7 @@ def _agrees_when_accepted(spec, analysis, text: str) -> None:
             assert _nth(trace.inputs, layer.name) == tuple(layer.in_shape), layer.name + where
         assert seen == tuple(layer.out), f"{layer.name}: predicted {layer.out}, torch {seen}{where}"
     predicted_modules = {
-        _module_of(analysis.graph, layer.name)
-        for layer in analysis.layers
-        if layer.op not in MERGES
+        _module_of(analysis, layer.name) for layer in analysis.layers if layer.op not in MERGES
     }
     leaves = {name for name, m in net.named_modules() if name and not list(m.children())}
     assert predicted_modules == leaves, where
@@ -202,8 +199,7 @@ def _buildable(spec, analysis):
 
 def _agrees_when_rejected(spec, analysis, text: str) -> None:
     """Torch must fail too: in the constructor (groups), or in forward at a flagged layer."""
-    graph = analysis.graph
-    flagged = {_module_of(graph, n) for n, a in graph.nodes(data=True) if a.get("error")}
+    flagged = {_module_of(analysis, n) for n, result in analysis.shapes.items() if result.error}
     codes = {d.code for d in analysis.errors}
     if codes <= DECLARED:
         return

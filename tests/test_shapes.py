@@ -16,8 +16,9 @@ from pathlib import Path
 import pytest
 
 from resgen.diagnostics import Diagnostic
+from resgen.ops.base import arithmetic, dropped_rows, window_out
 from resgen.resolve import Loader
-from resgen.shapes import analyse, arithmetic, dropped_rows, window_out
+from resgen.shapes import analyse
 
 ROOT = Path(__file__).resolve().parents[1]
 SPECS = ROOT / "specs"
@@ -372,7 +373,7 @@ def test_a_block_error_repeating_in_every_instance_is_reported_once(tmp_path):
     )
     analysis, _ = run(tmp_path, text)
     assert len(analysis.errors) == 1
-    assert analysis.graph.nodes["layer1.0.add"]["error"]
+    assert analysis.shapes["layer1.0.add"].error
 
 
 def test_dropped_rows_are_a_warning_not_an_error(tmp_path):
@@ -443,17 +444,18 @@ def test_graph_node_ids_edges_and_attributes():
     roles = {(u, v): d["role"] for u, v, d in graph.edges(data=True)}
     assert roles[("layer1.0.downsample.1", "layer1.0.add")] == "shortcut"
     assert roles[("layer1.0.bn3", "layer1.0.add")] == "main"
-    assert roles[("layer1.0.relu#3", "layer1.1.add")] == "identity"
-    conv2 = graph.nodes["layer2.0.conv2"]
-    assert conv2["op"] == "conv" and conv2["stage"] == "layer2"
-    assert conv2["block"] == "layer2.0" and conv2["branch"] == "main"
-    assert conv2["args"]["stride"] == 2 and conv2["args"]["groups"] == 1
-    assert conv2["in_shape"] == (128, 56, 56) and conv2["out_shape"] == (128, 28, 28)
-    assert conv2["span"].file == "<std>/resnet.arch"
-    assert graph.nodes["layer1.0.relu#2"]["module"] == "layer1.0.relu"
-    assert graph.nodes["layer1.0.downsample.0"]["branch"] == "shortcut"
-    assert graph.nodes["layer1.0.relu#3"]["branch"] == "post"
-    assert graph.nodes["bn1"]["buffers"] == 2 * 64 + 1
+    assert roles[("layer1.0.relu#3", "layer1.1.add")] == "skip"
+    conv2, result = analysis.nodes["layer2.0.conv2"], analysis.shapes["layer2.0.conv2"]
+    assert graph.nodes["layer2.0.conv2"]["node"] is conv2
+    assert conv2.op.name == "conv" and conv2.stage == "layer2"
+    assert conv2.block == "layer2.0" and conv2.branch == "main"
+    assert conv2.args["stride"] == 2 and conv2.args["groups"] == 1
+    assert result.in_shape == (128, 56, 56) and result.out_shape == (128, 28, 28)
+    assert conv2.span.file == "<std>/resnet.arch"
+    assert analysis.nodes["layer1.0.relu#2"].module == "layer1.0.relu"
+    assert analysis.nodes["layer1.0.downsample.0"].branch == "shortcut"
+    assert analysis.nodes["layer1.0.relu#3"].branch == "post"
+    assert analysis.shapes["bn1"].buffers == 2 * 64 + 1
 
 
 def test_seq_items_nested_blocks_and_mul_broadcast(tmp_path):
@@ -488,9 +490,9 @@ network net {
     assert analysis.ok, analysis.diagnostics
     graph = analysis.graph
     assert ["conv1.0", "conv1.1", "conv1.2"] == [n for n in graph if n.startswith("conv1.")]
-    assert graph.nodes["layer1.0.se.fc1"]["out_shape"] == (8, 1, 1)
-    assert graph.nodes["layer1.0.se.mul"]["out_shape"] == (32, 16, 16)
-    assert graph.nodes["layer1.0.se.fc1"]["block"] == "layer1.0.se"
+    assert analysis.shapes["layer1.0.se.fc1"].out_shape == (8, 1, 1)
+    assert analysis.shapes["layer1.0.se.mul"].out_shape == (32, 16, 16)
+    assert analysis.nodes["layer1.0.se.fc1"].block == "layer1.0.se"
     assert analysis.block_types["layer1.0.se"] == "SE"
     assert analysis.output == (10,)
 
@@ -499,7 +501,7 @@ def test_input_override_and_spec_channels(tmp_path):
     spec = Loader().load(SPECS / "resnet50.arch")
     analysis = analyse(spec, (None, 512, 384))
     assert analysis.input == (3, 512, 384)
-    assert analysis.graph.nodes["layer4.2.relu#3"]["out_shape"] == (2048, 16, 12)
+    assert analysis.shapes["layer4.2.relu#3"].out_shape == (2048, 16, 12)
     analysis = analyse(spec, (1, 64, 64))
     assert analysis.input == (1, 64, 64) and analysis.params == 25_557_032 - 2 * 64 * 49
 
@@ -684,8 +686,8 @@ network n {
 """,
     )
     assert analysis.ok, analysis.diagnostics
-    node = analysis.graph.nodes["layer1.0.proj.1.c"]
-    assert node["in_shape"] == (16, 32, 32) and node["params"] == 16 * 16 + 16
+    node = analysis.shapes["layer1.0.proj.1.c"]
+    assert node.in_shape == (16, 32, 32) and node.params == 16 * 16 + 16
 
 
 def test_error_in_a_library_block_notes_the_stage_that_used_it(tmp_path, capsys):
@@ -725,7 +727,7 @@ def test_squeeze_excite_keeps_stride_and_receptive_field():
     ]
     assert se.stages[1].output_stride == (4, 4)  # layer1
     # The gate's own nodes are global (1x1 after the pool); the merge takes the spatial side.
-    assert se.graph.nodes["layer1.0.se.mul"]["out_shape"] == (256, 56, 56)
+    assert se.shapes["layer1.0.se.mul"].out_shape == (256, 56, 56)
 
 
 BLOCK_PADDING_0 = """\
@@ -773,18 +775,18 @@ def test_only_the_root_cause_is_reported_and_later_shapes_are_tainted(tmp_path):
     # Before: layer4.1.conv2 "too small" (a consequence) came first. Now: the cause alone.
     assert [(d.code, d.layer) for d in analysis.errors] == [("merge-mismatch", "layer1.0")]
     assert "96x46x62 but the identity gives 96x48x64" in analysis.errors[0].message
-    nodes = analysis.graph.nodes
-    assert [n for n in nodes if nodes[n]["error"]] == ["layer1.0.add"]
-    assert nodes["layer1.0.add"]["tainted"] and not nodes["layer1.0.conv2"]["tainted"]
+    nodes = analysis.shapes
+    assert [n for n in nodes if nodes[n].error] == ["layer1.0.add"]
+    assert nodes["layer1.0.add"].tainted and not nodes["layer1.0.conv2"].tainted
     # Shapes go on from the main path, for the diagram and the summary, marked as tainted.
-    assert nodes["layer1.0.add"]["out_shape"] == (96, 46, 62)
-    assert nodes["layer2.0.conv1"]["out_shape"] is not None and nodes["layer2.0.conv1"]["tainted"]
+    assert nodes["layer1.0.add"].out_shape == (96, 46, 62)
+    assert nodes["layer2.0.conv1"].out_shape is not None and nodes["layer2.0.conv1"].tainted
     assert all(
-        nodes[n]["tainted"]
+        nodes[n].tainted
         for n in nodes
         if n.startswith(("layer2", "layer3", "layer4", "avgpool", "fc", "output"))
     )
-    assert not any(nodes[n]["tainted"] for n in ("conv1", "maxpool", "layer1.0.bn2"))
+    assert not any(nodes[n].tainted for n in ("conv1", "maxpool", "layer1.0.bn2"))
     # layer4's sizes run out (no shape at all): what is counted is partial.
     assert not analysis.params_exact and not analysis.macs_exact
 
@@ -798,9 +800,9 @@ def test_a_merge_of_a_tainted_input_is_tainted(tmp_path):
     # bn2's error taints layer1.0's merge (its size mismatch is not reported on top) and so
     # everything after it, layer2.0's shortcut with groups=5 included.
     assert [(d.code, d.layer) for d in analysis.errors] == [("channels", "layer1.0.bn2")]
-    nodes = analysis.graph.nodes
-    assert nodes["layer1.0.add"]["tainted"] and nodes["layer1.0.add"]["error"] is None
-    assert nodes["layer2.0.downsample.0"]["tainted"]
+    nodes = analysis.shapes
+    assert nodes["layer1.0.add"].tainted and nodes["layer1.0.add"].error is None
+    assert nodes["layer2.0.downsample.0"].tainted
     assert not analysis.params_exact  # a channel error: counts after it are guesses
 
 
@@ -823,8 +825,8 @@ def test_errors_in_two_branches_of_one_block_are_both_reported(tmp_path):
     # tainted inputs says nothing more.
     codes = sorted((d.code, d.layer) for d in analysis.errors)
     assert codes == [("channels", "layer1.0.bn2"), ("groups", "layer1.0.downsample.0")]
-    assert analysis.graph.nodes["layer1.0.add"]["error"] is None
-    assert analysis.graph.nodes["layer1.0.add"]["tainted"]
+    assert analysis.shapes["layer1.0.add"].error is None
+    assert analysis.shapes["layer1.0.add"].tainted
 
 
 def test_params_stay_exact_when_only_sizes_are_wrong(tmp_path):

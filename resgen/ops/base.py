@@ -1,0 +1,391 @@
+"""What an op is: the one declaration that holds everything resgen knows about a layer type.
+
+An op is a subclass of `Op` (or of `Merge`, for the ways a block joins its paths). Its class
+attributes and methods answer every question a later stage asks, so no stage compares op names:
+
+    name, doc, params       the .arch signature (resolve binds arguments against it)
+    accepts                 the input rank it takes: C x H x W, flat, or either (shapes)
+    channels(args, c)       the output channel count (shapes numerically, codegen symbolically)
+    infer(x, args, check)   the output shape, with argument checks reported through `check`
+    spatial(args)           how it moves H and W: per-axis windows, a fixed size, or not at all
+                            (output stride, receptive field and the input-size search)
+    counts(args, x, y)      parameters, buffers and MACs, as torch and torchvision count them
+    emit                    the nn.Module it becomes, its initialisation, helper code, imports
+    label(args)             how summaries and diagrams name it; `family` gives its colour
+    stateless               no parameters or buffers: one module may be applied again by name
+    zero_init               the parameter whose zeros make the output zero (zero_init_residual)
+
+Built-in ops live in resgen.ops.layers and resgen.ops.merges; a plugin declares its own the same
+way and registers it (resgen.ops.register, or the `resgen.ops` entry-point group).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal, NamedTuple, Protocol
+
+from resgen import codes
+from resgen.codes import Code
+from resgen.limits import LIMITS
+
+Shape = tuple  # (C, H, W), or (F,) after flatten
+Args = Mapping[str, Any]  # argument name -> value (or .arch expression, for codegen)
+
+
+class _Sentinel:
+    def __init__(self, text: str):
+        self.text = text
+
+    def __repr__(self) -> str:
+        return self.text
+
+
+REQUIRED = _Sentinel("<required>")  # the argument must be given
+FROM_INPUT = _Sentinel("<from the input>")  # follows the incoming tensor; checked when given
+
+
+@dataclass(frozen=True)
+class SameAs:
+    """A default that is the value of another argument: a pool's stride is its kernel (torch)."""
+
+    name: str
+
+
+ArgType = Literal["int", "size", "bool", "float"]
+
+
+@dataclass(frozen=True)
+class Param:
+    """One parameter of an op: its .arch name, type and default, and its torch keyword.
+
+    type: "int", "size" (an int or an (h, w) pair of ints), "bool" or "float".
+    minimum: the smallest allowed value (ints and sizes default to 1, floats to no bound).
+    maximum: the largest allowed value of a float. limit: a resgen.limits field that bounds ints.
+    """
+
+    name: str
+    type: ArgType
+    default: object = REQUIRED
+    torch: str | None = None  # constructor keyword; None: the value is not passed to torch
+    doc: str = ""
+    minimum: float | None = None
+    maximum: float | None = None
+    limit: str | None = None
+
+    @property
+    def required(self) -> bool:
+        return self.default is REQUIRED
+
+    @property
+    def fixed_default(self) -> bool:
+        """A literal default (not REQUIRED, FROM_INPUT or another argument's value)."""
+        return not isinstance(self.default, _Sentinel | SameAs)
+
+    def problem(self, value: object) -> str | None:
+        """Why `value` cannot be this argument ("is an integer", "must be at least 1"), or None."""
+        if self.type == "bool":
+            return None if isinstance(value, bool) else "is true or false"
+        if self.type == "float":
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                return "is a number"
+            low, high = self.minimum, self.maximum
+            if low is not None and high is not None and not low <= value <= high:
+                return f"is between {low:g} and {high:g}"
+            if low is not None and value < low:
+                return f"must be at least {low:g}"
+            return None
+        parts = value if (self.type == "size" and isinstance(value, tuple)) else (value,)
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in parts):
+            return "is an integer or an (h, w) pair" if self.type == "size" else "is an integer"
+        lowest = 1 if self.minimum is None else self.minimum
+        if any(v < lowest for v in parts):
+            return f"must be at least {lowest:g}"
+        limit = getattr(LIMITS, self.limit) if self.limit else None
+        if limit is not None and any(v > limit for v in parts):
+            return f"is over the limit of {limit}"
+        return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Windows: the per-axis arithmetic of convolutions and pools (PyTorch's formula)
+
+# The hint for a size problem: the two rules of thumb of every ResNet paper.
+SIZE_HINT = "S=1 and K=2P+1 keep the size; K=3, P=1, S=2 halves it"
+
+
+def window_out(n: int, k: int, s: int, p: int, d: int, ceil: bool) -> int:
+    """PyTorch's output size, floor((n + 2p - d(k-1) - 1) / s) + 1, including ceil_mode's rule
+    that the last window must start inside the input or the left padding (torch.nn.MaxPool2d)."""
+    span = n + 2 * p - d * (k - 1) - 1
+    if not ceil:
+        return span // s + 1
+    out = (span + s - 1) // s + 1
+    if (out - 1) * s >= n + p:
+        out -= 1
+    return out
+
+
+def dropped_rows(n: int, k: int, s: int, p: int, d: int) -> int:
+    """Input rows after the last window that no window reads (beyond the regular gap between
+    windows when the kernel is narrower than the stride), for a floor-mode window."""
+    effective = d * (k - 1) + 1
+    span = n + 2 * p - effective
+    if span < 0 or s == 1:
+        return 0
+    return max(0, span % s - p - max(0, s - effective))
+
+
+def arithmetic(n: int, k: int, s: int, p: int, d: int, ceil: bool) -> str:
+    """`(56 + 2*1 - 5) / 2 + 1 = 27 (remainder 1 dropped)`: the output size, shown worked."""
+    inner = f"{n} + 2*{p} - {k}" if d == 1 else f"{n} + 2*{p} - {d}*({k}-1) - 1"
+    out = window_out(n, k, s, p, d, ceil)
+    span = n + 2 * p - d * (k - 1) - 1
+    if ceil:
+        text = f"ceil(({inner}) / {s}) + 1 = {out}"
+        if out != (span + s - 1) // s + 1:
+            text += " (one fewer: the last window would start in the right padding)"
+        return text
+    text = f"({inner}) / {s} + 1 = {out}"
+    if span >= 0 and span % s:
+        text += f" (remainder {span % s} dropped)"
+    return text
+
+
+class Window(NamedTuple):
+    """One axis of a convolution or pooling window."""
+
+    kernel: int
+    stride: int
+    padding: int
+    dilation: int
+    ceil: bool
+
+    def out(self, n: int) -> int:
+        return window_out(n, *self)
+
+    def keeps_size(self) -> bool:
+        """Whether every input size comes out unchanged ('same' padding at stride 1)."""
+        k, s, p, d, _ = self
+        return s == 1 and 2 * p == d * (k - 1)
+
+
+@dataclass(frozen=True)
+class Fixed:
+    """An output of a fixed H x W whatever the input (adaptive pooling). Not a tuple, so it is
+    never mistaken for a pair of windows."""
+
+    height: int
+    width: int
+
+    def __getitem__(self, axis: int) -> int:
+        return (self.height, self.width)[axis]
+
+
+def at(value, axis: int):
+    """One axis of a size: an int applies to both, a pair gives (h, w)."""
+    return value[axis] if isinstance(value, tuple) else value
+
+
+# ---------------------------------------------------------------------------------------------
+# What an op tells the rest of resgen
+
+
+class Counts(NamedTuple):
+    params: int = 0  # learnable parameters, as sum(p.numel() for p in module.parameters())
+    buffers: int = 0  # as sum(b.numel() for b in module.buffers())
+    macs: int = 0  # multiply-accumulates per image (torchvision: conv and linear only)
+
+
+NO_COUNTS = Counts()
+
+
+class Check(Protocol):
+    """How an op reports a problem while it infers a shape; the shape engine places it."""
+
+    # The C x H x W shape that a `flatten` right before this op turned into its flat input.
+    flattened: Shape | None
+
+    def error(
+        self, code: Code, message: str, *, arg: str | None = None, hint: str | None = None
+    ) -> None: ...
+
+    def warning(self, code: Code, message: str, *, hint: str | None = None) -> None: ...
+
+
+@dataclass(frozen=True)
+class Family:
+    """A kind of op, for diagrams: its fill and border colour and its legend line."""
+
+    name: str
+    fill: str
+    border: str
+    legend: str
+
+
+CONV = Family("conv", "#dbe8f6", "#4b77a9", "convolution (s, p, d, g unless 1, 0, 1, 1)")
+NORM = Family("norm", "#ddefdb", "#4f8f4a", "normalisation")
+ACT = Family("act", "#fbf0c4", "#a8891e", "activation")
+POOL = Family("pool", "#e8def4", "#7657a3", "pooling")
+LINEAR = Family("linear", "#fbe3d0", "#b46a32", "linear")
+OTHER = Family("other", "#f0f0f0", "#8a8a8a", "flatten, dropout, identity")
+MERGE = Family("merge", "#d9d9d9", "#666666", "merge of main path and shortcut")
+FAMILIES = (CONV, NORM, ACT, POOL, LINEAR, OTHER, MERGE)
+
+
+@dataclass(frozen=True)
+class Emit:
+    """The nn.Module an op becomes in generated code, and what that code needs.
+
+    cls          `nn.Conv2d`; for a helper or plugin op, the class name the module defines or
+                 imports (`PadChannels`)
+    in_channels  the constructor keyword that receives the incoming channel count; it is passed
+                 first, by position, as torchvision writes nn.Conv2d(64, 128, kernel_size=3)
+    positional   .arch parameters passed by position after it (nn.Linear(2048, num_classes))
+    helper       a template of resgen.templates that defines `cls` in the generated file, once
+    imports      import lines the generated module needs (a plugin's `from pkg import Cls`)
+    init         the network's initialisation of each module of this class (`module` is it)
+    uses         other torch paths the helper or init code touches (the AST guard allows them)
+    """
+
+    cls: str
+    in_channels: str | None = None
+    positional: tuple[str, ...] = ()
+    helper: str | None = None
+    imports: tuple[str, ...] = ()
+    init: tuple[str, ...] = ()
+    uses: tuple[str, ...] = ()
+
+
+Accepts = Literal["any", "spatial", "flat"]
+
+
+class Op:
+    """A layer type. Subclass it, set the class attributes, override what the defaults (a
+    parameter-free op that keeps its input's shape) do not fit, and register an instance."""
+
+    name: ClassVar[str] = ""
+    doc: ClassVar[str] = ""
+    params: ClassVar[tuple[Param, ...]] = ()
+    accepts: ClassVar[Accepts] = "any"
+    family: ClassVar[Family] = OTHER
+    stateless: ClassVar[bool] = False
+    emit: ClassVar[Emit | None] = None
+    zero_init: ClassVar[str | None] = None
+    # The distribution that registered this op (None for resgen's own): named in its errors.
+    plugin: str | None = None
+
+    def param(self, name: str) -> Param | None:
+        return next((p for p in self.params if p.name == name), None)
+
+    def with_defaults(self, args: Args, given: frozenset[str] | set[str] = frozenset()) -> dict:
+        """The arguments with every default filled in: literal ones, and those that follow
+        another argument (a pool's stride is its kernel). Required and FROM_INPUT ones that
+        were not given stay absent, and so do the `given` ones missing from `args` (written,
+        but their value could not be evaluated)."""
+        full = dict(args)
+        for p in self.params:
+            if p.name not in full and p.name not in given and p.fixed_default:
+                full[p.name] = p.default
+        for p in self.params:
+            follows = isinstance(p.default, SameAs) and p.default.name in full
+            if p.name not in full and p.name not in given and follows:
+                full[p.name] = full[p.default.name]
+        return {p.name: full[p.name] for p in self.params if p.name in full}
+
+    def channels(self, args: Args, c):
+        """Output channels from the arguments and the input's `c`. Called with ints by the shape
+        engine and with .arch expressions (which support + - * //) by the code generator."""
+        return c
+
+    def infer(self, x: Shape, args: Args, check: Check) -> Shape | None:
+        """The output shape for input `x` (of the rank `accepts` says); None after reporting."""
+        return x
+
+    def spatial(self, args: Args) -> tuple[Window, Window] | Fixed | None:
+        """How H and W change: a window per axis, a fixed output size, or None (unchanged)."""
+        return None
+
+    def counts(self, args: Args, x: Shape, y: Shape | None) -> Counts:
+        """Parameters, buffers and MACs for input `x`; `y` is None when inference failed."""
+        return NO_COUNTS
+
+    def label(self, args: Args, times: str = "×") -> str:
+        """A short description, e.g. `conv 3×3 s2 p1`; `times` joins the two axes of a size."""
+        return self.name
+
+    def explain(self, args: Args, x: Shape, y: Shape, spatial: bool) -> str | None:
+        """Why this layer changed the shape, for a merge mismatch: the worked arithmetic of a
+        size change, or the channel change. None when it did not change what differs."""
+        if spatial:
+            windows = self.spatial(args)
+            if isinstance(windows, tuple) and x[1:] != y[1:] and len(x) == 3:
+                h, w = (arithmetic(x[1 + axis], *windows[axis]) for axis in (0, 1))
+                same = x[1] == x[2] and windows[0] == windows[1]
+                return h if same else f"{h}, width {w}"
+            return None
+        return f"makes {y[0]} channels from {x[0]}" if x[0] != y[0] else None
+
+    def __repr__(self) -> str:
+        return f"<op {self.name}>"
+
+
+class Merge(Op):
+    """How a block joins its main path with the shortcut (or with its input, when there is no
+    projection): `merge NAME`. The generated forward() runs `statement`, where `out` is the main
+    path's output and `identity` the shortcut's (or the block input, torchvision's names); with
+    no shortcut at all, `inline` (when given) reads the block input `x` directly instead."""
+
+    family: ClassVar[Family] = MERGE
+    stateless: ClassVar[bool] = True
+    glyph: ClassVar[str] = ""
+    statement: ClassVar[str] = ""  # e.g. "out += identity"
+    inline: ClassVar[str | None] = None  # e.g. "out = x * out" (squeeze-excite's gate)
+    # The main path is added to the shortcut, so zeroing the main path's last scale makes the
+    # block an identity at initialisation (zero_init_residual, Goyal et al. 2017).
+    residual: ClassVar[bool] = False
+
+    def combine(self, main: Shape, other: Shape) -> Shape | None:
+        """The joined shape, or None when the two do not fit together."""
+        return main if main == other else None
+
+
+def is_default(value, default) -> bool:
+    """Whether an argument (an int or a per-axis pair) equals a scalar default on every axis."""
+    return value == default or (
+        isinstance(value, tuple | list) and all(v == default for v in value)
+    )
+
+
+__all__ = [
+    "ACT",
+    "CONV",
+    "FAMILIES",
+    "FROM_INPUT",
+    "LINEAR",
+    "MERGE",
+    "NORM",
+    "NO_COUNTS",
+    "OTHER",
+    "POOL",
+    "REQUIRED",
+    "Args",
+    "Check",
+    "Counts",
+    "Emit",
+    "Family",
+    "Fixed",
+    "Merge",
+    "Op",
+    "Param",
+    "SIZE_HINT",
+    "SameAs",
+    "Shape",
+    "Window",
+    "arithmetic",
+    "at",
+    "codes",
+    "dropped_rows",
+    "is_default",
+    "window_out",
+]

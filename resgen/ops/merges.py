@@ -1,0 +1,34 @@
+"""The built-in merges: how a block joins its main path with its shortcut (`merge add|mul`)."""
+
+from __future__ import annotations
+
+from resgen.ops.base import Merge
+
+
+class Add(Merge):
+    name = "add"
+    doc = "element-wise sum: the residual connection"
+    glyph = "+"
+    statement = "out += identity"
+    residual = True
+
+
+class Mul(Merge):
+    name = "mul"
+    doc = "element-wise product, broadcasting a size of 1 (squeeze-excite's gate)"
+    glyph = "×"
+    statement = "out = out * identity"
+    inline = "out = x * out"
+
+    def combine(self, main, other):
+        """Broadcasting as torch does: C x H x W times C x 1 x 1 is C x H x W."""
+        if main == other:
+            return main
+        if len(main) != len(other) or not all(
+            a == b or 1 in (a, b) for a, b in zip(main, other, strict=True)
+        ):
+            return None
+        return tuple(max(a, b) for a, b in zip(main, other, strict=True))
+
+
+BUILTIN: tuple[Merge, ...] = (Add(), Mul())

@@ -1,0 +1,287 @@
+"""Elaboration: a resolved spec becomes a typed plan, once, for every later stage to read.
+
+A `BlockPlan` is a block type taken apart: its names in the order they are bound (`in_channels`,
+parameters, `expansion`, lets), each layer as a `Step` (its op or block, its bound argument
+expressions, its module path), where the shortcut's `from` cut falls, its merge op, and its output
+channel count as an expression of its own names. The shape engine (resgen.graph) evaluates the
+plan with numbers, once per block instance; the code generator (resgen.codegen) renders the same
+plan with expressions. Neither rebuilds a block's scope or walks its layers on its own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+from resgen import expr as E
+from resgen import ops
+from resgen import spec as S
+from resgen.diagnostics import Span
+from resgen.expr import Value
+from resgen.names import IN_CHANNELS
+from resgen.ops.layers import FLAT
+
+StepKind = Literal["op", "block", "seq", "reuse"]
+Channels = S.Expr | object  # an expression, or FLAT after a flatten
+
+
+@dataclass(frozen=True, eq=False)
+class Step:
+    """One layer of a path.
+
+    kind op     a built-in or plugin op (`op`), arguments bound by parameter name
+         block  a block type used as a layer (`block` names it): a submodule
+         seq    an nn.Sequential of unnamed `items` (paths conv1.0, conv1.1, ...)
+         reuse  a parameter-free module declared earlier (`target`), applied again
+    `attr` is the attribute the module is stored under (None for the items of a seq or shortcut);
+    `path` is its module path inside the owner (`conv1`, `downsample.0`, `conv1.2`), so a node id
+    is the instance's prefix plus `path`.
+    """
+
+    kind: StepKind
+    attr: str | None
+    path: str
+    span: Span
+    layer: S.Layer
+    op: ops.Op | None = None
+    block: str | None = None
+    args: Mapping[str, S.Expr] = field(default_factory=dict)
+    items: tuple[Step, ...] = ()
+    target: str | None = None
+
+
+@dataclass(frozen=True)
+class Binding:
+    """A name of a block or network scope and how it gets its value: `given` (in_channels, or a
+    parameter the caller may set; `expr` is then its default, None when required) or computed
+    from `expr` (expansion, lets)."""
+
+    name: str
+    expr: S.Expr | None
+    given: bool
+
+
+@dataclass(frozen=True)
+class Scope:
+    """The names of a block (or the network) in the order they are bound: each sees the ones
+    before it. One order, two evaluations: with numbers for an instance, with expressions for
+    generated code."""
+
+    bindings: tuple[Binding, ...]
+
+    def values(
+        self,
+        given: Mapping[str, Value | None],
+        evaluate: Callable[[S.Expr, Mapping[str, Value], set[str]], Value | None],
+    ) -> tuple[dict[str, Value], set[str]]:
+        """Every name's value for one instance, and the names that could not be evaluated.
+        `given` holds the caller's arguments (None: failed upstream); `evaluate(expr, values,
+        failed)` sees the names bound so far, reports its own failures and returns None."""
+        env: dict[str, Value] = {}
+        failed: set[str] = set()
+        for b in self.bindings:
+            if b.given and b.name in given:
+                value = given[b.name]
+            elif b.expr is not None:
+                value = evaluate(b.expr, env, failed)
+            else:
+                value = None  # a missing argument: resolve reported it
+            if value is None:
+                failed.add(b.name)
+            else:
+                env[b.name] = value
+        return env, failed
+
+    def exprs(self, given: Mapping[str, S.Expr]) -> dict[str, S.Expr]:
+        """Every name as an expression of the caller's names (defaults and lets substituted)."""
+        env: dict[str, S.Expr] = {}
+        for b in self.bindings:
+            if b.given and b.name in given:
+                env[b.name] = given[b.name]
+            elif b.expr is not None:
+                env[b.name] = E.substitute(b.expr, env.get)
+        return env
+
+
+@dataclass(frozen=True)
+class ShortcutPlan:
+    attr: str
+    condition: S.Expr | None  # None: always present
+    steps: tuple[Step, ...]
+    source: str | None  # `from LAYER`: the main-path layer whose output it reads
+    span: Span
+
+
+@dataclass(frozen=True)
+class BlockPlan:
+    """A block type, elaborated. Forward: out = post(merge(main(x), shortcut(s) or x)), where
+    `s` is the output of main[:cut] (the block input x when the shortcut has no `from`)."""
+
+    name: str
+    block: S.Block
+    scope: Scope
+    main: tuple[Step, ...]
+    cut: int
+    shortcut: ShortcutPlan | None
+    merge: ops.Merge | None
+    post: tuple[Step, ...]
+    out_channels: Channels  # in terms of the block's own names
+    uses: tuple[str, ...]  # block types used as layers inside it, first use first
+
+    @property
+    def span(self) -> Span:
+        return self.block.span
+
+    @property
+    def merge_span(self) -> Span:
+        return self.block.merge_span or self.block.span
+
+
+@dataclass(frozen=True)
+class NetworkPlan:
+    """The network: its scope (params, lets), stem, stages and head, and every block type it
+    uses, elaborated, in dependency order (a block after the blocks it uses)."""
+
+    network: S.Network
+    scope: Scope
+    stem: tuple[Step, ...]
+    stages: tuple[S.Stage, ...]
+    head: tuple[Step, ...]
+    blocks: dict[str, BlockPlan]
+
+    @property
+    def name(self) -> str:
+        return self.network.name
+
+
+def elaborate(spec: S.Spec) -> NetworkPlan:
+    """The plan of the spec's network (which must exist: callers check `spec.network`)."""
+    net = spec.network
+    plans: dict[str, BlockPlan] = {}
+
+    def use(name: str) -> None:
+        if name not in plans and name in spec.blocks:  # resolve refused recursive blocks
+            plans[name] = _block_plan(spec.blocks[name], plans, use)
+
+    stem = _steps(net.stem, "")
+    head = _steps(net.head, "", declared=_declared(stem))
+    for name in (*_uses(stem), *(s.block for s in net.stages), *_uses(head)):
+        use(name)
+    scope = Scope(
+        tuple(Binding(p.name, p.default, True) for p in net.params)
+        + tuple(Binding(let.name, let.value, False) for let in net.lets)
+    )
+    return NetworkPlan(net, scope, stem, net.stages, head, plans)
+
+
+def _block_plan(block: S.Block, plans: dict[str, BlockPlan], use) -> BlockPlan:
+    """Elaborate one block type; `use` elaborates the block types it contains first, so their
+    plans (and output channels) exist when this one's channels are worked out."""
+    scope = Scope(
+        (Binding(IN_CHANNELS, None, True),)
+        + tuple(Binding(p.name, p.default, True) for p in block.params)
+        + ((Binding("expansion", block.expansion, False),) if block.expansion is not None else ())
+        + tuple(Binding(let.name, let.value, False) for let in block.lets)
+    )
+    main = _steps(block.main, "")
+    post = _steps(block.post, "", declared=_declared(main))  # main and post share names
+    sc = block.shortcut
+    cut = len(main)
+    shortcut = None
+    if sc is not None:
+        if sc.source is not None:
+            cut = next(
+                (i + 1 for i, s in enumerate(main) if s.kind != "reuse" and s.attr == sc.source),
+                cut,
+            )
+        items = tuple(_step(item, None, f"{sc.name}.{i}", {}) for i, item in enumerate(sc.layers))
+        shortcut = ShortcutPlan(sc.name, sc.condition, items, sc.source, sc.span)
+    uses = _uses(main + post + (shortcut.steps if shortcut else ()))
+    for inner in uses:
+        use(inner)
+    out = channels_through(main + post, S.Ref(span=block.span, name=IN_CHANNELS), plans)
+    return BlockPlan(
+        name=block.name,
+        block=block,
+        scope=scope,
+        main=main,
+        cut=cut,
+        shortcut=shortcut,
+        merge=ops.merge(block.merge) if block.merge is not None else None,
+        post=post,
+        out_channels=out,
+        uses=tuple(uses),
+    )
+
+
+def _declared(steps: Iterable[Step]) -> dict[str, str]:
+    return {s.attr: s.path for s in steps if s.kind != "reuse" and s.attr is not None}
+
+
+def _steps(layers: Sequence[S.Layer], prefix: str, declared: dict | None = None) -> tuple:
+    """A path's layers as steps; a bare name is a reuse of the module declared under it (in
+    this path or, for `post`, in `main`: they share names)."""
+    declared = dict(declared or {})
+    steps = []
+    for layer in layers:
+        step = _step(layer, layer.name, prefix + (layer.name or ""), declared)
+        if step.kind != "reuse":
+            declared.setdefault(layer.name, step.path)
+        steps.append(step)
+    return tuple(steps)
+
+
+def _step(layer: S.Layer, attr: str | None, path: str, declared: Mapping[str, str]) -> Step:
+    if layer.kind == "reuse":
+        target = declared.get(layer.name, path)
+        return Step("reuse", attr, path, layer.span, layer, target=target)
+    args = {a.name: a.value for a in layer.args}
+    if layer.kind == "seq":
+        items = tuple(_step(item, None, f"{path}.{i}", {}) for i, item in enumerate(layer.items))
+        return Step("seq", attr, path, layer.span, layer, items=items)
+    if layer.kind == "block":
+        return Step("block", attr, path, layer.span, layer, block=layer.callee, args=args)
+    op = ops.lookup(layer.callee)
+    if layer.kind != "op" or op is None:
+        raise AssertionError(f"unresolved layer `{layer.callee}` reached elaboration")
+    return Step("op", attr, path, layer.span, layer, op=op, args=args)
+
+
+def _uses(steps: Iterable[Step]) -> list[str]:
+    found: list[str] = []
+    for step in steps:
+        if step.kind == "block" and step.block not in found:
+            found.append(step.block)
+        found += [b for b in _uses(step.items) if b not in found]
+    return found
+
+
+# ---------------------------------------------------------------------------------------------
+# Channels, symbolically
+
+
+def channels_after(step: Step, c: Channels, blocks: Mapping[str, BlockPlan]) -> Channels:
+    """The channel count after `step` given `c` before it, as an expression of the caller's
+    names (FLAT after a flatten). Each op's own rule (Op.channels) decides."""
+    if step.kind == "op":
+        return step.op.channels(step.args, c)
+    if step.kind == "seq":
+        return channels_through(step.items, c, blocks)
+    if step.kind == "block":
+        return block_out(blocks[step.block], c, step.args)
+    return c  # a reuse applies a parameter-free module: the count stays
+
+
+def channels_through(steps: Iterable[Step], c: Channels, blocks) -> Channels:
+    for step in steps:
+        c = channels_after(step, c, blocks)
+    return c
+
+
+def block_out(plan: BlockPlan, c: Channels, args: Mapping[str, S.Expr]) -> Channels:
+    """A block's output channels for input `c` and the caller's arguments `args`."""
+    if plan.out_channels is FLAT or c is FLAT:
+        return FLAT
+    env = plan.scope.exprs({IN_CHANNELS: c, **args})
+    return E.substitute(plan.out_channels, env.get)
