@@ -4,6 +4,7 @@ Not collected by pytest (the file name does not start with test_). Run from the 
 
     python3 tests/benchmark.py            # about 3 minutes on a 2-core machine
     python3 tests/benchmark.py --quick    # fewer repetitions, for a smoke run
+    python3 tests/benchmark.py --ab REV   # per-stage timings of commit REV vs the working tree
 
 Every ratio compares two things measured in this same run, on this machine, so the numbers move
 together when the machine is slower or busier.
@@ -12,6 +13,7 @@ together when the machine is slower or busier.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import random
 import statistics
@@ -107,6 +109,80 @@ def bench_stages(repeats: int) -> None:
     }
     for label, fn in timings.items():
         row(label, f"{median_time(fn, repeats) * 1000:.1f} ms")
+
+
+# One round of the per-stage timings, run in a child process against one checkout (A/B runs).
+_STAGE_ROUND = r"""
+import json, statistics, sys, time
+from resgen import codegen, diagram, graph, shapes
+from resgen.parser import parse_text
+from resgen.resolve import load
+
+path, repeats = sys.argv[1], int(sys.argv[2])
+text = open(path).read()
+parse_text(text, path)
+spec = load(path)
+analysis = shapes.analyse(spec)
+stages = {
+    "parse": lambda: parse_text(text, path),
+    "load": lambda: load(path),
+    "lower": lambda: graph.lower(spec),
+    "analyse": lambda: shapes.analyse(spec),
+    "generate": lambda: codegen.generate(spec, analysis),
+    "dot (layers)": lambda: diagram.to_dot(spec, analysis, detail="layers"),
+}
+samples = {}
+for name, fn in stages.items():
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    samples[name] = times
+print(json.dumps(samples))
+"""
+
+
+def _checkout(rev: str, into: Path) -> Path:
+    """`rev` (or the working tree for "WORKTREE") as an importable copy: the package with its
+    templates inside it, as the wheel ships them, so nothing resolves to another checkout."""
+    import shutil
+
+    tree = into / "tree"
+    if rev == "WORKTREE":
+        shutil.copytree(ROOT, tree, ignore=shutil.ignore_patterns(".git", "__pycache__"))
+    else:
+        tree.mkdir(parents=True)
+        archive = subprocess.run(["git", "archive", rev], cwd=ROOT, capture_output=True, check=True)
+        subprocess.run(["tar", "-x"], cwd=tree, input=archive.stdout, check=True)
+    overlay = into / "overlay"
+    shutil.copytree(tree / "resgen", overlay / "resgen")
+    shutil.copytree(tree / "templates", overlay / "resgen" / "templates", dirs_exist_ok=True)
+    return overlay
+
+
+def bench_ab(base: str, rounds: int, repeats: int, tmp: Path) -> None:
+    """Per-stage timings of `base` (A) and the working tree (B), interleaved round by round in
+    one run so machine load hits both alike; prints medians and the ratio B/A per stage."""
+    section(f"A/B per stage, specs/resnet152.arch: A = {base}, B = working tree (median)")
+    overlays = {"A": _checkout(base, tmp / "A"), "B": _checkout("WORKTREE", tmp / "B")}
+    spec = str(SPECS / "resnet152.arch")
+    samples: dict[str, dict[str, list[float]]] = {"A": {}, "B": {}}
+    for _ in range(rounds):
+        for label, overlay in overlays.items():
+            env = {**os.environ, "PYTHONPATH": str(overlay)}
+            out = subprocess.run(
+                [sys.executable, "-c", _STAGE_ROUND, spec, str(repeats)],
+                env=env,
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
+            for stage, times in json.loads(out).items():
+                samples[label].setdefault(stage, []).extend(times)
+    for stage in samples["A"]:
+        a, b = (statistics.median(samples[k][stage]) for k in ("A", "B"))
+        row(stage, f"{a * 1000:.2f} / {b * 1000:.2f} ms", f"B/A = {b / a:.3f}")
 
 
 def synthetic_spec(blocks: int) -> str:
@@ -210,7 +286,16 @@ def bench_forward(repeats: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer repetitions")
+    parser.add_argument(
+        "--ab",
+        metavar="REV",
+        help="only compare per-stage timings of commit REV with the working tree, interleaved",
+    )
     args = parser.parse_args()
+    if args.ab:
+        with tempfile.TemporaryDirectory() as tmp_name:
+            bench_ab(args.ab, 3 if args.quick else 10, 5 if args.quick else 15, Path(tmp_name))
+        return
     repeats = 3 if args.quick else 9
     print(f"resgen benchmark: python {sys.version.split()[0]}, {os.cpu_count()} CPUs")
     with tempfile.TemporaryDirectory() as tmp_name:
