@@ -12,6 +12,7 @@ unless they depend on a network parameter.
 
 from __future__ import annotations
 
+import keyword
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,13 +23,14 @@ from resgen import spec as S
 from resgen.diagnostics import Diagnostic, SpecError
 from resgen.graph import application_id
 from resgen.guard import UnsafeCode, check_source
-from resgen.names import IN_CHANNELS
+from resgen.names import IN_CHANNELS, STAGE_INDEX
 from resgen.ops.layers import FLAT
 from resgen.output import PY_MARK
 from resgen.plan import (
     BlockPlan,
     Channels,
     NetworkPlan,
+    StagePlan,
     Step,
     block_out,
     channels_after,
@@ -51,6 +53,7 @@ from resgen.stages import apply_stage_rule
 from resgen.text import shape_text
 
 GENERATED_MARK = PY_MARK
+ORDERED_DICT = "from collections import OrderedDict"
 MODULE_TEMPLATE = "module.py.jinja"
 
 # ---------------------------------------------------------------------------------------------
@@ -71,6 +74,11 @@ class LayerView:
     attr: str
     build: Code
     comment: str | None = None
+    local: bool = False  # a local of __init__ (a stage built before its container), not self.
+
+    @property
+    def target(self) -> str:
+        return self.attr if self.local else f"self.{self.attr}"
 
 
 @dataclass
@@ -86,6 +94,7 @@ class ShortcutView:
     build: Code
     after: int | None = None  # `from LAYER`: index of the main step whose output it reads
     input: str = "x"  # the forward-local the shortcut is applied to
+    first: bool = False  # registered before the main path's layers (written first in the block)
 
 
 @dataclass
@@ -139,14 +148,24 @@ class ModuleView:
 
     @property
     def import_lines(self) -> list[str]:
-        """torch's import and any plugin's, sorted by module as isort (ruff) would."""
+        """The standard library's imports, a blank line, then torch's and any plugin's, each
+        group sorted by module, as isort (ruff) lays them out."""
         lines = {"from torch import Tensor, nn", *self.imports}
-        return sorted(lines, key=lambda line: line.split()[1])
+        stdlib = sorted((line for line in lines if line.split()[1] in _STDLIB), key=_module)
+        others = sorted((line for line in lines if line.split()[1] not in _STDLIB), key=_module)
+        return [*stdlib, *([""] if stdlib else []), *others]
 
     @property
     def header_noqa(self) -> str:
         """A spec whose file name alone overflows the header line."""
         return "  # noqa: E501" if len(self.source) > HEADER_PATH_ROOM else ""
+
+
+_STDLIB = frozenset({"collections"})  # modules generated code imports from the standard library
+
+
+def _module(line: str) -> str:
+    return line.split()[1]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -371,16 +390,23 @@ class _ModuleBuilder:
         return Call(dotted(emit.cls), tuple(args))
 
     def _sequential(self, steps, channels: Channels, scope: _Scope, node: str | None) -> Code:
-        """`nn.Sequential(...)` of unnamed layers (a `seq` or a shortcut), channels flowing."""
+        """`nn.Sequential(...)` of the layers of a `seq` or a shortcut, channels flowing; named
+        layers go in an OrderedDict, as torchvision writes them (keys `downsample.conv`)."""
         items = []
-        for index, item in enumerate(steps):
-            item_node = f"{node}.{index}" if node is not None else None
+        for item in steps:
+            item_node = f"{node}.{item.key}" if node is not None else None
             items.append(self._build(item, channels, scope, item_node))
             channels = (
                 self._after(item, channels, item_node)
                 if item_node is not None
                 else channels_after(item, channels, self.plan.blocks)
             )
+        if steps and steps[0].attr is not None:
+            self.imports[ORDERED_DICT] = None
+            named = tuple(
+                Keyword(ident(s.attr), code) for s, code in zip(steps, items, strict=True)
+            )
+            return Call("nn.Sequential", (Call("OrderedDict", named),))
         return Call("nn.Sequential", tuple(items))
 
     # -- blocks
@@ -406,7 +432,7 @@ class _ModuleBuilder:
             start = S.Ref(span=sc.span, name=IN_CHANNELS) if source is None else source[1]
             build = self._sequential(sc.steps, start, scope, None)
             condition = scope.code(sc.condition) if sc.condition is not None else None
-            shortcut = ShortcutView(ident(sc.attr), condition, build)
+            shortcut = ShortcutView(ident(sc.attr), condition, build, first=block.shortcut_first)
             if source is not None:
                 shortcut.after, shortcut.input = source[0], "shortcut_input"
         post_layers: list[LayerView] = []
@@ -463,23 +489,37 @@ class _ModuleBuilder:
         env, _ = self.plan.scope.values({}, lambda expr, values, _: E.evaluate(expr, values))
         layers: list[LayerView] = []
         steps: list[StepView] = []
-        channels: Channels = E.literal(self.analysis.input[0], net.span)
+        channels = self._input_channels(env)
         applied: dict[str, int] = {}
         for step in self.plan.stem:
             channels = self._network_layer(step, channels, scope, layers, steps, applied)
         dilation = 1
-        for stage in self.plan.stages:
+        containers = _Containers(self.plan.stages)
+        for index, stage_plan in enumerate(self.plan.stages):
+            stage = stage_plan.stage
             plan = self.plan.blocks[stage.block]
             rule = apply_stage_rule(stage, plan.block, env, dilation)
             dilation = rule.dilation_after
-            build, channels = self._stage(stage, plan, rule, channels, scope)
+            build, channels = self._stage(stage_plan, plan, rule, channels, scope)
             info = self._stage_info(stage.name)
             comment = (
                 f"{stage.name}: {_repeats_text(stage, rule)} x {plan.name}, "
                 f"{shape_text(info.in_shape)} -> {shape_text(info.out_shape)}"
             )
-            layers.append(LayerView(ident(stage.name), build, comment))
-            steps.append(StepView(f"self.{ident(stage.name)}", shape_text(info.out_shape)))
+            if len(stage.path) == 1:  # an attribute of the network, as torchvision's layer1
+                layers.append(LayerView(ident(stage.name), build, comment))
+                steps.append(StepView(f"self.{ident(stage.name)}", shape_text(info.out_shape)))
+                continue
+            # In a container (`stages.0`): built into a local, the container once complete.
+            local = containers.local(index, {p.name for p in net.params} | scope.used)
+            layers.append(LayerView(local, build, comment, local=True))
+            top = containers.completed(index, local)
+            if top is not None:
+                attr, code = top
+                layers.append(LayerView(ident(attr), code))
+                steps.append(StepView(f"self.{ident(attr)}", shape_text(info.out_shape)))
+                if containers.uses_ordered_dict:
+                    self.imports[ORDERED_DICT] = None
         for step in self.plan.head:
             channels = self._network_layer(step, channels, scope, layers, steps, applied)
         zero_init = [z for plan in self.plan.blocks.values() if (z := _zero_init(plan))]
@@ -524,7 +564,7 @@ class _ModuleBuilder:
         applied[target] = applied.get(target, 0) + 1
         node = application_id(target, applied[target])
         if step.kind == "seq" and step.items:  # an nn.Sequential: its last layer's output
-            node = f"{target}.{len(step.items) - 1}"
+            node = f"{target}.{step.items[-1].key}"
         out_shape = self._shape_of(node, "out_shape")
         steps.append(
             StepView(f"self.{ident(target)}", shape_text(out_shape) if out_shape else None)
@@ -538,8 +578,8 @@ class _ModuleBuilder:
         """The channel count after a network-level layer: as in a block, except that a flatten
         gives C x H x W features, H and W from the shape engine."""
         if step.kind == "seq":
-            for index, item in enumerate(step.items):
-                channels = self._after(item, channels, f"{node}.{index}")
+            for item in step.items:
+                channels = self._after(item, channels, f"{node}.{item.key}")
             return channels
         after = channels_after(step, channels, self.plan.blocks)
         if after is not FLAT:
@@ -558,11 +598,45 @@ class _ModuleBuilder:
             )
         )
 
+    def _input_channels(self, env) -> Channels:
+        """The input's channel count as the generated class takes it: the spec's expression
+        (`in_chans`, a parameter of the class) unless --input replaced it with a number."""
+        analysed = self.analysis.input[0]
+        spec_input = self.net.input
+        if spec_input is not None and E.free_refs(spec_input.channels):
+            try:
+                if E.evaluate(spec_input.channels, env) == analysed:
+                    return spec_input.channels
+            except E.EvalError:
+                pass
+        return E.literal(analysed, self.net.span)
+
     def _stage(
+        self, stage_plan: StagePlan, plan: BlockPlan, rule, channels: Channels, scope: _Scope
+    ) -> tuple[Code, Channels]:
+        """The stage's module: its blocks (below), inside `nn.Sequential(OrderedDict(...))`
+        after the stage's own layers when it has any (`in blocks`)."""
+        stage = stage_plan.stage
+        own: list[Code] = []
+        for step in stage_plan.layers:
+            node = f"{stage.name}.{step.path}"
+            own.append(Keyword(ident(step.attr), self._build(step, channels, scope, node)))
+            channels = self._after(step, channels, node)
+        blocks, channels = self._stage_blocks(stage, plan, rule, channels, scope)
+        if stage.container is None:
+            return blocks, channels
+        self.imports[ORDERED_DICT] = None
+        children = (*own, Keyword(ident(stage.container), blocks))
+        return Call("nn.Sequential", (Call("OrderedDict", children),)), channels
+
+    def _stage_blocks(
         self, stage: S.Stage, plan: BlockPlan, rule, channels: Channels, scope: _Scope
     ) -> tuple[Code, Channels]:
         """`nn.Sequential(first, *[rest for _ in range(n - 1)])`, or each block written out when
-        the blocks after the first do not all look alike (their input grows, say)."""
+        the blocks after the first do not all look alike (their input grows, say); named blocks
+        (`named "b{index + 1}"`) go in an OrderedDict built the same way."""
+        if stage.pattern is not None:
+            return self._named_blocks(stage, plan, rule, channels, scope)
         name = ident(plan.name)
         first = Call(name, (scope.atom(channels), *_block_arguments(plan.block, rule.first, scope)))
         out = block_out(plan, channels, rule.first)
@@ -609,6 +683,48 @@ class _ModuleBuilder:
             out = after
         return Call("nn.Sequential", tuple(items)), out
 
+    def _named_blocks(
+        self, stage: S.Stage, plan: BlockPlan, rule, channels: Channels, scope: _Scope
+    ) -> tuple[Code, Channels]:
+        """`nn.Sequential(OrderedDict([("b1", first), *[(f"b{index + 1}", rest) for index in
+        range(1, n)]]))`: the keys the pattern gives (torch accepts any name without a dot)."""
+        if E.free_refs(stage.repeats):
+            raise CodeError(
+                f"stage `{stage.name}` names its blocks, so its repeat count must be a constant"
+            )
+        self.imports[ORDERED_DICT] = None
+        name = ident(plan.name)
+        first = Call(name, (scope.atom(channels), *_block_arguments(plan.block, rule.first, scope)))
+        out = block_out(plan, channels, rule.first)
+        names = [n.rsplit(".", 1)[-1] for n in self._stage_entry(stage.name).blocks]
+        items: list[Code] = [Call("", (_name_literal(names[0]), first))]
+        if rule.repeats > 1:
+            rest = Call(name, (scope.atom(out), *_block_arguments(plan.block, rule.rest, scope)))
+            after = block_out(plan, out, rule.rest)
+            if E.to_python(after) != E.to_python(out):
+                raise CodeError(
+                    f"stage `{stage.name}` names its blocks and changes its channel "
+                    "count from block to block; write one stage per width"
+                )
+            key = Atom(_f_string(stage.pattern, scope))
+            if str(rest) == str(first):
+                items = [Repeated(Call("", (key, first)), str(rule.repeats), STAGE_INDEX)]
+            elif rule.repeats == 2:
+                items.append(Call("", (_name_literal(names[1]), rest)))
+            else:
+                loop = Repeated(Call("", (key, rest)), str(rule.repeats), STAGE_INDEX, "1")
+                items.append(Starred(loop))
+            out = after
+        pairs = (
+            items[0]
+            if len(items) == 1 and isinstance(items[0], Repeated)
+            else Call("", tuple(items), "[]")
+        )
+        return Call("nn.Sequential", (Call("OrderedDict", (pairs,)),)), out
+
+    def _stage_entry(self, name: str):
+        return next(s for s in self.analysis.stages if s.name == name)
+
     # -- analysis lookups
     def _shape_of(self, node: str, which: str) -> tuple | None:
         result = self.analysis.shapes.get(node)
@@ -647,6 +763,73 @@ class _ModuleBuilder:
                 ]
                 lines.append("  ".join(cells).rstrip())
         return lines
+
+
+def _name_literal(name: str) -> Atom:
+    """A module name as a string literal; names are letters, digits, `_` and `-` (the parser
+    and the lowering refuse anything else), so double quotes need no escaping."""
+    return Atom(f'"{name}"')
+
+
+def _f_string(pattern: tuple, scope: _Scope) -> str:
+    """A block-name pattern as a Python f-string: literal text (letters, digits, `_`, `-`,
+    checked by the parser) and each expression in braces, `index` the loop variable."""
+    parts = [p if isinstance(p, str) else "{" + scope.code(p) + "}" for p in pattern]
+    return 'f"' + "".join(parts) + '"'
+
+
+class _Containers:
+    """Stages that live in containers (`stages.0`, `trunk_output.block1`): each is built into a
+    local; a container is assembled once its last stage is built (containers are contiguous:
+    resolve checks it)."""
+
+    def __init__(self, stages):
+        self.paths = [plan.stage.path for plan in stages]
+        self.built: dict[tuple[str, ...], str] = {}
+        self.uses_ordered_dict = False
+
+    def local(self, index: int, taken: set[str]) -> str:
+        """The local variable of a stage: its last name (`block1`) when that is a free Python
+        name, else `stage<index>`."""
+        last = self.paths[index][-1]
+        name = f"stage{last}" if last.isdigit() else last
+        if name.isidentifier() and not keyword.iskeyword(name) and name not in taken:
+            if name not in self.built.values() and name not in RESERVED_LOCALS:
+                return name
+        return f"stage_{index}"
+
+    def completed(self, index: int, local: str) -> tuple[str, Code] | None:
+        """After stage `index` is built: (attribute, code) of its top container when this was
+        the container's last stage, else None."""
+        path = self.paths[index]
+        self.built[path] = local
+        following = self.paths[index + 1] if index + 1 < len(self.paths) else ()
+        if following[:1] == path[:1]:
+            return None
+        return path[0], self._code(path[:1])
+
+    def _code(self, prefix: tuple[str, ...]) -> Code:
+        children: dict[str, Code] = {}
+        for path, local in self.built.items():
+            if path[: len(prefix)] != prefix:
+                continue
+            key = path[len(prefix)]
+            if key not in children:
+                deeper = path[: len(prefix) + 1]
+                children[key] = Atom(local) if deeper == path else self._code(deeper)
+        keys = list(children)
+        if keys == [str(i) for i in range(len(keys))]:
+            return Call("nn.Sequential", tuple(children.values()))
+        self.uses_ordered_dict = True
+        if all(k.isidentifier() and not keyword.iskeyword(k) for k in keys):
+            named = tuple(Keyword(k, code) for k, code in children.items())
+            return Call("nn.Sequential", (Call("OrderedDict", named),))
+        pairs = tuple(Call("", (_name_literal(k), code)) for k, code in children.items())
+        return Call("nn.Sequential", (Call("OrderedDict", (Call("", pairs, "[]"),)),))
+
+
+# Locals the generated __init__ itself uses.
+RESERVED_LOCALS = frozenset({"module", "self", STAGE_INDEX})
 
 
 def _block_paths(plans: Iterable[BlockPlan]) -> Iterable[tuple[Step, ...]]:
@@ -693,8 +876,9 @@ def _zero_init(plan: BlockPlan) -> ZeroInitView | None:
         for index in reversed(range(len(step.items))):
             item = step.items[index]
             if item.op is not None and item.op.zero_init:
+                where = f".{ident(item.attr)}" if item.attr is not None else f"[{index}]"
                 return ZeroInitView(
-                    ident(plan.name), f"module.{ident(step.attr)}[{index}].{item.op.zero_init}"
+                    ident(plan.name), f"module.{ident(step.attr)}{where}.{item.op.zero_init}"
                 )
     return None
 

@@ -147,19 +147,11 @@ class _Group:
     errors: list[str] = field(default_factory=list)
 
 
-def _top_block(block: str | None, stage: str) -> str | None:
-    """The stage's block instance a node belongs to (`layer1.0`), even inside a nested block."""
-    if not block:
-        return None
-    parts = block.split(".")
-    return ".".join(parts[:2]) if parts[0] == stage and len(parts) >= 2 else block
-
-
 def _place(node: Node, detail: str) -> tuple[str, str, tuple[str, ...]]:
     stage = node.stage
     if node.kind in (INPUT, OUTPUT):
         return node.id, node.kind, ()
-    block = _top_block(node.block, stage) if stage not in (None, "stem", "head") else None
+    block = node.instance if stage not in (None, "stem", "head") else None
     if detail == "layers":
         return node.id, "layer", tuple(c for c in (stage, block) if c)
     if stage is None:
@@ -426,7 +418,7 @@ def _node(g: graphviz.Digraph, group: _Group, analysis, stage_info) -> None:
 def _short_name(node: Node) -> str:
     """The name inside its block (`conv2`, `downsample.0`), without the `#2` of a reuse."""
     name = (node.module or node.id).split("#")[0]
-    block = _top_block(node.block, node.stage)
+    block = node.instance
     if block and name.startswith(block + "."):
         name = name[len(block) + 1 :]
     return name

@@ -33,10 +33,10 @@ from resgen.codes import Code
 from resgen.diagnostics import Diagnostic, Span, SpecError
 from resgen.expr import EvalError, Value
 from resgen.limits import LIMITS
-from resgen.names import IN_CHANNELS
+from resgen.names import IN_CHANNELS, MODULE_ATTRIBUTES, STAGE_INDEX
 from resgen.ops.base import Fixed
 from resgen.ops.layers import FLAT
-from resgen.plan import BlockPlan, NetworkPlan, Step, elaborate
+from resgen.plan import BlockPlan, NetworkPlan, StagePlan, Step, elaborate
 from resgen.stages import apply_stage_rule
 
 INPUT, OUTPUT = "input", "output"
@@ -55,8 +55,9 @@ class Node:
     args        the evaluated arguments, op defaults filled in; `known` is False when one could
                 not be evaluated (already reported)
     module      the module a layer applies: itself, or the one a reuse applies again
-    stage       stem, a stage name or head; `block` the enclosing block instance (`layer1.0`,
-                nested: `layer1.0.se`); `branch` main, shortcut or post inside a block
+    stage       stem, a stage's path (`layer1`, `stages.0`) or head; `block` the enclosing block
+                instance (`layer1.0`, nested: `layer1.0.se`), `instance` the outermost one
+                (`layer1.0`); `branch` main, shortcut or post inside a block
     block_input a merge's block input node (where both its paths start)
     """
 
@@ -72,6 +73,7 @@ class Node:
     known: bool = True
     module: str | None = None
     block_input: str | None = None
+    instance: str | None = None  # the stage's (or stem's, head's) block instance it is inside
 
     @property
     def fixes_size(self) -> bool:
@@ -179,6 +181,7 @@ class _Where:
     stage: str
     block: str | None
     branch: str | None
+    instance: str | None = None
 
 
 class _Lowerer:
@@ -195,11 +198,8 @@ class _Lowerer:
         self.block_types: dict[str, str] = {}
         self.stages: list[StageEntry] = []
         self.block_count = 0  # instances, nested ones included: nesting multiplies them
-        declared = self.net.input.as_tuple() if self.net.input else (3, 224, 224)
-        if input_shape is not None:
-            c, h, w = input_shape
-            declared = (declared[0] if c is None else c, h, w)
-        self.input = declared
+        self.input_override = input_shape
+        self.input = (3, 224, 224)  # replaced in run() by the spec's (or --input's)
 
     # -- diagnostics
     def report(self, span: Span, code: Code, message: str, layer: str | None, hint=None) -> None:
@@ -232,6 +232,7 @@ class _Lowerer:
         span = net.input.span if net.input else net.span
         stem = _Where("stem", None, None)
         self.add(Node(INPUT, INPUT, span, "stem"))
+        self.input = self.input_shape(env)
         self.check_input(span)
         cur, channels = INPUT, self.input[0]
         cur, channels = self.sequence(self.plan.stem, env, "", cur, channels, stem, MAIN)
@@ -248,7 +249,8 @@ class _Lowerer:
             graph, self.nodes, self.diagnostics, self.input, net, self.stages, self.block_types
         )
 
-    def stage(self, stage: S.Stage, env: _Env, cur: str, channels: int | None, dilation: int):
+    def stage(self, plan: StagePlan, env: _Env, cur: str, channels: int | None, dilation: int):
+        stage = plan.stage
         block = self.plan.blocks.get(stage.block)
         entry = StageEntry(stage.name, stage.block, 0, stage.span)
         self.stages.append(entry)
@@ -277,19 +279,67 @@ class _Lowerer:
             )
             return cur, None, rule.dilation_after
         entry.repeats = rule.repeats
+        own = _Where(stage.name, None, None)
+        cur, channels = self.sequence(plan.layers, env, stage.name + ".", cur, channels, own, MAIN)
         first = {k: self.evaluate(v, env, stage.name) for k, v in rule.first.items()}
         rest = (
             first
             if rule.rest == rule.first
             else {k: self.evaluate(v, env, stage.name) for k, v in rule.rest.items()}
         )
+        names = self.block_names(stage, env, rule.repeats)
         for index in range(rule.repeats):
-            path = f"{stage.name}.{index}"
+            path = plan.prefix + names[index]
             entry.blocks.append(path)
             self.count_block(stage.span)
             args = first if index == 0 else rest
             cur, channels = self.block(block, args, path, cur, channels, stage.name)
         return cur, channels, rule.dilation_after
+
+    def block_names(self, stage: S.Stage, env: _Env, repeats: int) -> list[str]:
+        """Each block's name in its stage: `0`, `1`, ... or what `named "..."` makes of its
+        index. A name torch would refuse (empty, with a dot, taken twice) is reported at the
+        pattern; the index stands in for it."""
+        if stage.pattern is None:
+            return [str(index) for index in range(repeats)]
+        names: list[str] = []
+        for index in range(repeats):
+            scope = _Env({**env.values, STAGE_INDEX: index}, env.failed)
+            parts = []
+            for part in stage.pattern:
+                if isinstance(part, str):
+                    parts.append(part)
+                    continue
+                value = self.evaluate(part, scope, stage.name)
+                if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+                    self.report(
+                        part.span,
+                        codes.TYPE,
+                        f"a block name is made of text and whole numbers, not {E.show(value)}",
+                        stage.name,
+                    )
+                    value = None
+                parts.append(None if value is None else str(value))
+            name = "".join(parts) if None not in parts else None
+            problem = None
+            if name is not None:
+                if not name:  # the pattern's text allows letters, digits, `_` and `-` only
+                    problem = f"the name of block {index} would be empty"
+                elif name in names:
+                    problem = f"blocks {names.index(name)} and {index} would both be `{name}`"
+                elif name in MODULE_ATTRIBUTES:
+                    problem = f"block {index} would be `{name}`, which replaces nn.Module.{name}"
+            if problem:
+                self.report(
+                    stage.pattern_span or stage.span,
+                    codes.BAD_NAME,
+                    f"{problem}: block names are unique, non-empty module names",
+                    stage.name,
+                    hint='use `index` in the pattern, e.g. named "b{index + 1}"',
+                )
+                name = None
+            names.append(str(index) if name is None else name)
+        return names
 
     # -- blocks
     def block_env(self, plan: BlockPlan, args: dict, channels: int | None, path: str) -> _Env:
@@ -300,11 +350,16 @@ class _Lowerer:
             env = self._env_cache[key] = self.scope_env(plan.scope, given, path)
         return env
 
-    def block(self, plan: BlockPlan, args: dict, path: str, x: str, channels, stage: str):
+    def block(
+        self, plan: BlockPlan, args: dict, path: str, x: str, channels, stage: str, instance=None
+    ):
+        """Lower one block instance at `path`; `instance` is the outermost block it sits in
+        (itself, unless it is a block used as a layer inside another)."""
         self.block_types[path] = plan.name
+        instance = instance or path
         env = self.block_env(plan, args, channels, path)
         prefix = path + "."
-        main = _Where(stage, path, MAIN)
+        main = _Where(stage, path, MAIN, instance)
         # The main path in two parts when the shortcut reads the output of main[cut - 1].
         source, source_channels = self.sequence(
             plan.main[: plan.cut], env, prefix, x, channels, main, MAIN
@@ -322,7 +377,7 @@ class _Lowerer:
                 present = self.shortcut_present(sc.condition, env, path)
                 known = present is not None
             if present:
-                where = _Where(stage, path, SHORTCUT)
+                where = _Where(stage, path, SHORTCUT, instance)
                 shortcut_out, _ = self.sequence(
                     sc.steps, env, prefix, source, source_channels, where, SHORTCUT
                 )
@@ -339,6 +394,7 @@ class _Lowerer:
                     op=plan.merge,
                     known=known,
                     block_input=x,
+                    instance=instance,
                 )
             )
             self.edges.append((out, merged, MAIN))
@@ -347,7 +403,7 @@ class _Lowerer:
             else:
                 self.edges.append((x, merged, SKIP))
             out = merged
-        post = _Where(stage, path, "post")
+        post = _Where(stage, path, "post", instance)
         return self.sequence(plan.post, env, prefix, out, out_channels, post, MAIN)
 
     def shortcut_present(self, condition: S.Expr, env: _Env, path: str) -> bool | None:
@@ -381,8 +437,7 @@ class _Lowerer:
             if step.kind == "reuse":
                 cur = self.reuse(step, prefix, cur, where, role)
             elif step.kind == "seq":
-                for item in step.items:
-                    cur, channels = self.layer(item, env, prefix, cur, channels, where, role)
+                cur, channels = self.sequence(step.items, env, prefix, cur, channels, where, role)
             else:
                 cur, channels = self.layer(step, env, prefix, cur, channels, where, role)
         return cur, channels
@@ -393,7 +448,7 @@ class _Lowerer:
             plan = self.plan.blocks[step.block]
             self.count_block(step.span)
             args = {k: self.evaluate(v, env, path) for k, v in step.args.items()}
-            return self.block(plan, args, path, cur, channels, where.stage)
+            return self.block(plan, args, path, cur, channels, where.stage, where.instance)
         args, spans, known = self.op_args(step, env, path)
         self.add(
             Node(
@@ -408,6 +463,7 @@ class _Lowerer:
                 arg_spans=spans,
                 known=known,
                 module=path,
+                instance=where.instance,
             )
         )
         self.edges.append((cur, path, role))
@@ -436,6 +492,7 @@ class _Lowerer:
                 arg_spans=original.arg_spans,
                 known=original.known,
                 module=target,
+                instance=where.instance,
             )
         )
         self.edges.append((cur, node_id, role))
@@ -483,6 +540,32 @@ class _Lowerer:
                     )
                 ]
             )
+
+    def input_shape(self, env: _Env) -> tuple[int, int, int]:
+        """The spec's `input C x H x W` evaluated (each may use the network's params and lets),
+        with `--input` replacing what it gives. A dimension that cannot be used is reported
+        and analysed as 1, so the rest of the network is still checked."""
+        dims = list(self.net.input.dims()) if self.net.input else [None] * 3
+        given = self.input_override or (None, None, None)
+        values = []
+        for label, expr, override in zip(("channels", "height", "width"), dims, given, strict=True):
+            if override is not None:
+                values.append(override)
+                continue
+            value = self.evaluate(expr, env, None) if expr is not None else 1
+            if value is not None and (
+                not isinstance(value, int) or isinstance(value, bool) or value < 1
+            ):
+                self.report(
+                    expr.span,
+                    codes.BAD_INPUT,
+                    f"input {label} is a whole number of at least 1, not {E.show(value)} "
+                    f"(`{E.source_text(expr)}`)",
+                    None,
+                )
+                value = None
+            values.append(1 if value is None else value)
+        return tuple(values)
 
     def check_input(self, span: Span) -> None:
         """The input as analysed (the spec's, or --input's) within the limits."""

@@ -23,6 +23,7 @@ class UnsafeCode(CodeError):
 
 ALLOWED_IMPORTS = {
     "__future__": {"annotations"},
+    "collections": {"OrderedDict"},
     "torch": {"Tensor", "nn"},
     "typing": {"Any", "Optional"},
 }
@@ -51,6 +52,7 @@ def allowed() -> tuple[frozenset[str], dict[str, set[str]]]:
 
 BUILTIN_CALLS = frozenset(
     {"super", "range", "isinstance", "len", "int", "bool", "float", "round", "min", "max"}
+    | {"OrderedDict"}  # imported from collections, for nn.Sequential with named layers
 )
 
 _NODES = (

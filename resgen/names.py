@@ -51,3 +51,7 @@ def problem_with(name: str, role: str) -> str | None:
     ):
         return f"`{name}` would shadow `{name}` in the generated code"
     return None
+
+
+# In a stage's `named "..."` pattern: the block's position in its stage, from 0.
+STAGE_INDEX = "index"

@@ -31,6 +31,7 @@ def _lark() -> Lark:
         lexer="contextual",
         propagate_positions=True,
         maybe_placeholders=True,
+        start=["start", "expr"],  # "expr": the expressions inside a name pattern's braces
         cache=_parser_cache_file(grammar),
     )
 
@@ -273,7 +274,7 @@ def parse_text(text: str, path: str = "<string>") -> S.SpecFile:
     _check_nesting(text, path, diags)
     diags.raise_if_errors()
     try:
-        tree = _lark().parse(text)
+        tree = _lark().parse(text, start="start")
     except UnexpectedInput as err:
         raise SpecError([_syntax_error(err, text, path)]) from None
     _check_depth(tree, path, diags)
@@ -298,6 +299,55 @@ def _tok_span(path: str, tok: Token) -> Span:
         tok.end_line or tok.line,
         tok.end_column or tok.column + len(tok),
     )
+
+
+_PATTERN_TEXT = re.compile(r"[A-Za-z0-9_-]*")
+
+
+def _name_pattern(token: Token, path: str, diags: Diagnostics) -> tuple[str | S.Expr, ...]:
+    """`"b{index + 1}"` as literal text and expressions: each `{...}` is parsed as an .arch
+    expression, located in the file. Literal text is letters, digits, `_` and `-` (a module name:
+    torch refuses dots, and braces delimit the expressions)."""
+    text = str(token)[1:-1]
+    parts: list[str | S.Expr] = []
+    position = 0
+    line, column = token.line, token.column + 1  # the first character inside the quotes
+
+    def span(start: int, end: int) -> Span:
+        return Span(path, line, column + start, line, column + end)
+
+    for match in re.finditer(r"\{([^{}]*)\}|([^{}]+)|([{}])", text):
+        expression, literal, stray = match.groups()
+        if stray is not None:
+            diags.error(
+                span(match.start(), match.end()),
+                codes.SYNTAX,
+                f"unmatched `{stray}` in a name pattern",
+                hint='a pattern reads like "b{index + 1}": text with expressions in braces',
+            )
+            return ()
+        if literal is not None:
+            if not _PATTERN_TEXT.fullmatch(literal):
+                diags.error(
+                    span(match.start(), match.end()),
+                    codes.BAD_NAME,
+                    f"`{literal}` in a name pattern: module names here are letters, digits, "
+                    "`_` and `-`",
+                )
+                return ()
+            parts.append(literal)
+            continue
+        try:
+            tree = _lark().parse(expression, start="expr")
+        except UnexpectedInput as err:
+            offset = match.start() + 1 + max(0, getattr(err, "column", 1) - 1)
+            diags.error(span(offset, offset + 1), codes.SYNTAX, "not an expression in braces")
+            return ()
+        shift = _Shift(path, line, column + match.start(), diags)
+        parts.append(shift.transform(tree))
+        position = match.end()
+    del position
+    return tuple(parts)
 
 
 @v_args(meta=True)
@@ -481,6 +531,9 @@ class _Builder(Transformer):
                 fields.setdefault(key, value)
             elif key == "shortcut":
                 fields.setdefault("shortcut", value)
+                # Written before `main`: registered first (state_dict order), as timm's ResNetV2
+                # and ByobNet blocks and torchvision's RegNet blocks do.
+                fields.setdefault("shortcut_first", "main" not in fields)
             elif key == "merge":  # resolve checks the name against the registered merges
                 fields.setdefault("merge", str(value))
                 fields.setdefault("merge_span", span)
@@ -495,7 +548,7 @@ class _Builder(Transformer):
 
     # -- networks
     def input(self, meta, c):
-        channels, height, width = (self._int(t) for t in c)
+        channels, height, width = c
         return (
             "input",
             S.InputShape(span=self._sp(meta), channels=channels, height=height, width=width),
@@ -514,15 +567,34 @@ class _Builder(Transformer):
     def head(self, meta, c):
         return ("head", tuple(c), self._sp(meta))
 
+    def stage_path(self, meta, c):
+        return (".".join(str(t) for t in c), self._sp(meta))
+
+    def stage_in(self, meta, c):
+        return (str(c[0]), self._tsp(c[0]))
+
+    def stage_named(self, meta, c):
+        token = c[0]
+        return (_name_pattern(token, self.path, self.diags), self._tsp(token))
+
+    def stage_body(self, meta, c):
+        return tuple(c)
+
     def stage(self, meta, c):
-        name, repeats, block, args = c
+        (name, path_span), repeats, block, args, container, pattern, layers = c
         node = S.Stage(
             span=self._sp(meta),
-            name=str(name),
+            name=name,
             repeats=repeats,
             block=str(block),
             block_span=self._tsp(block),
             args=tuple(args or ()),
+            path_span=path_span,
+            container=container[0] if container else None,
+            container_span=container[1] if container else None,
+            pattern=pattern[0] if pattern else None,
+            pattern_span=pattern[1] if pattern else None,
+            layers=layers or (),
         )
         return ("stage", node, self._sp(meta))
 
@@ -566,3 +638,32 @@ class _Builder(Transformer):
 
     def __default__(self, data, children, meta):  # pragma: no cover - every rule is handled
         return Tree(data, children, meta)
+
+
+class _Shift(_Builder):
+    """Builds an expression parsed from inside a string (a name pattern), its spans moved to
+    where the string sits in the file."""
+
+    def __init__(self, path: str, line: int, column: int, diags: Diagnostics):
+        super().__init__(path, diags)
+        self.line, self.column = line, column
+
+    def _sp(self, meta) -> Span:
+        if getattr(meta, "empty", False):
+            return Span(self.path, self.line, self.column, self.line, self.column)
+        return Span(
+            self.path,
+            self.line,
+            self.column + meta.column,
+            self.line,
+            self.column + meta.end_column,
+        )
+
+    def _tsp(self, tok: Token) -> Span:
+        return Span(
+            self.path,
+            self.line,
+            self.column + tok.column,
+            self.line,
+            self.column + (tok.end_column or tok.column + len(tok)),
+        )

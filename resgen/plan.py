@@ -34,9 +34,9 @@ class Step:
          block  a block type used as a layer (`block` names it): a submodule
          seq    an nn.Sequential of unnamed `items` (paths conv1.0, conv1.1, ...)
          reuse  a parameter-free module declared earlier (`target`), applied again
-    `attr` is the attribute the module is stored under (None for the items of a seq or shortcut);
-    `path` is its module path inside the owner (`conv1`, `downsample.0`, `conv1.2`), so a node id
-    is the instance's prefix plus `path`.
+    `attr` is the attribute the module is stored under (None for unnamed items of a seq or
+    shortcut); `path` is its module path inside the owner (`conv1`, `downsample.0`, `conv1.2`),
+    so a node id is the instance's prefix plus `path`.
     """
 
     kind: StepKind
@@ -49,6 +49,11 @@ class Step:
     args: Mapping[str, S.Expr] = field(default_factory=dict)
     items: tuple[Step, ...] = ()
     target: str | None = None
+
+    @property
+    def key(self) -> str:
+        """The last part of the path: the child's name in its container (`conv1`, `0`, `bn`)."""
+        return self.path.rsplit(".", 1)[-1]
 
 
 @dataclass(frozen=True)
@@ -139,6 +144,29 @@ class BlockPlan:
 
 
 @dataclass(frozen=True)
+class StagePlan:
+    """A stage, elaborated: its module path, its own layers (run before its blocks; paths
+    relative to the stage), and where its blocks live: `prefix` + each block's name."""
+
+    stage: S.Stage
+    layers: tuple[Step, ...]
+
+    @property
+    def path(self) -> str:
+        return self.stage.name
+
+    @property
+    def block(self) -> str:
+        return self.stage.block
+
+    @property
+    def prefix(self) -> str:
+        """`layer1.`, or `stages.1.blocks.` for a stage whose blocks are its child `blocks`."""
+        container = self.stage.container
+        return f"{self.path}.{container}." if container else f"{self.path}."
+
+
+@dataclass(frozen=True)
 class NetworkPlan:
     """The network: its scope (params, lets), stem, stages and head, and every block type it
     uses, elaborated, in dependency order (a block after the blocks it uses)."""
@@ -146,7 +174,7 @@ class NetworkPlan:
     network: S.Network
     scope: Scope
     stem: tuple[Step, ...]
-    stages: tuple[S.Stage, ...]
+    stages: tuple[StagePlan, ...]
     head: tuple[Step, ...]
     blocks: dict[str, BlockPlan]
 
@@ -166,13 +194,15 @@ def elaborate(spec: S.Spec) -> NetworkPlan:
 
     stem = _steps(net.stem, "")
     head = _steps(net.head, "", declared=_declared(stem))
-    for name in (*_uses(stem), *(s.block for s in net.stages), *_uses(head)):
+    stages = tuple(StagePlan(stage, _steps(stage.layers, "")) for stage in net.stages)
+    in_stages = [name for stage in stages for name in (*_uses(stage.layers), stage.block)]
+    for name in (*_uses(stem), *in_stages, *_uses(head)):  # the order classes are written in
         use(name)
     scope = Scope(
         tuple(Binding(p.name, p.default, True) for p in net.params)
         + tuple(Binding(let.name, let.value, False) for let in net.lets)
     )
-    return NetworkPlan(net, scope, stem, net.stages, head, plans)
+    return NetworkPlan(net, scope, stem, stages, head, plans)
 
 
 def _block_plan(block: S.Block, plans: dict[str, BlockPlan], use) -> BlockPlan:
@@ -195,8 +225,9 @@ def _block_plan(block: S.Block, plans: dict[str, BlockPlan], use) -> BlockPlan:
                 (i + 1 for i, s in enumerate(main) if s.kind != "reuse" and s.attr == sc.source),
                 cut,
             )
-        items = tuple(_step(item, None, f"{sc.name}.{i}", {}) for i, item in enumerate(sc.layers))
-        shortcut = ShortcutPlan(sc.name, sc.condition, items, sc.source, sc.span)
+        shortcut = ShortcutPlan(
+            sc.name, sc.condition, _items(sc.layers, sc.name), sc.source, sc.span
+        )
     uses = _uses(main + post + (shortcut.steps if shortcut else ()))
     for inner in uses:
         use(inner)
@@ -238,14 +269,21 @@ def _step(layer: S.Layer, attr: str | None, path: str, declared: Mapping[str, st
         return Step("reuse", attr, path, layer.span, layer, target=target)
     args = {a.name: a.value for a in layer.args}
     if layer.kind == "seq":
-        items = tuple(_step(item, None, f"{path}.{i}", {}) for i, item in enumerate(layer.items))
-        return Step("seq", attr, path, layer.span, layer, items=items)
+        return Step("seq", attr, path, layer.span, layer, items=_items(layer.items, path))
     if layer.kind == "block":
         return Step("block", attr, path, layer.span, layer, block=layer.callee, args=args)
     op = ops.lookup(layer.callee)
     if layer.kind != "op" or op is None:
         raise AssertionError(f"unresolved layer `{layer.callee}` reached elaboration")
     return Step("op", attr, path, layer.span, layer, op=op, args=args)
+
+
+def _items(layers: Sequence[S.Layer], path: str) -> tuple[Step, ...]:
+    """The layers of a seq or shortcut: `path.0`, `path.1`, ... or, when named, `path.conv`."""
+    return tuple(
+        _step(item, item.name, f"{path}.{item.name if item.name else index}", {})
+        for index, item in enumerate(layers)
+    )
 
 
 def _uses(steps: Iterable[Step]) -> list[str]:

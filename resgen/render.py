@@ -98,18 +98,23 @@ class Starred(Code):
 
 @dataclass(frozen=True)
 class Call(Code):
+    """`func(args)`; with other brackets and no `func`, a list `[a, b]` or a tuple `(a, b)`."""
+
     func: str
     args: tuple[Code, ...] = ()
+    brackets: str = "()"
 
     def __str__(self) -> str:
-        return f"{self.func}({', '.join(map(str, self.args))})"
+        open_, close = self.brackets
+        return f"{self.func}{open_}{', '.join(map(str, self.args))}{close}"
 
     def lay(self, indent: int, prefix: str = "", suffix: str = "") -> list[str]:
         flat = super().lay(indent, prefix, suffix)
         if _fits(flat[0]) or not self.args:
             return flat
         pad = " " * indent
-        head, tail = f"{pad}{prefix}{self.func}(", f"{pad}){suffix}"
+        open_, close = self.brackets
+        head, tail = f"{pad}{prefix}{self.func}{open_}", f"{pad}{close}{suffix}"
         inner = " " * (indent + INDENT) + ", ".join(map(str, self.args))
         if _fits(inner):
             return [head, inner, tail]
@@ -121,20 +126,28 @@ class Call(Code):
 
 @dataclass(frozen=True)
 class Repeated(Code):
-    """`[item for _ in range(count)]`: copies of a module built in a loop."""
+    """`[item for _ in range(count)]`: copies of a module built in a loop; with `var` and
+    `start`, `[item for var in range(start, count)]`, the item using `var`."""
 
     item: Code
     count: str
+    var: str = "_"
+    start: str | None = None
+
+    @property
+    def loop(self) -> str:
+        bounds = self.count if self.start is None else f"{self.start}, {self.count}"
+        return f"for {self.var} in range({bounds})"
 
     def __str__(self) -> str:
-        return f"[{self.item} for _ in range({self.count})]"
+        return f"[{self.item} {self.loop}]"
 
     def lay(self, indent: int, prefix: str = "", suffix: str = "") -> list[str]:
         flat = super().lay(indent, prefix, suffix)
         if _fits(flat[0]):
             return flat
         pad, inner = " " * indent, " " * (indent + INDENT)
-        loop = f"for _ in range({self.count})"
+        loop = self.loop
         body = f"{inner}{self.item} {loop}"
         if _fits(body):
             return [f"{pad}{prefix}[", body, f"{pad}]{suffix}"]

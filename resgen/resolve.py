@@ -29,7 +29,7 @@ from resgen.diagnostics import (
     did_you_mean,
 )
 from resgen.limits import LIMITS
-from resgen.names import IN_CHANNELS, STAGE_SET, problem_with
+from resgen.names import IN_CHANNELS, STAGE_INDEX, STAGE_SET, problem_with
 from resgen.parser import parse_text
 
 STAGE_KEYWORDS = ("dilate",)  # stage arguments that are not block parameters
@@ -417,8 +417,27 @@ class _FileResolver:
         return resolved
 
     # -- layers
+    def _items(self, items, scope: set[str], owner: str, what: str) -> tuple[S.Layer, ...]:
+        """The layers of a `seq` or a shortcut: all unnamed (`.0`, `.1`) or all named (`.conv`,
+        `.bn`), each name once; they cannot be applied again by name."""
+        unnamed = [item for item in items if item.name is None]
+        if unnamed and len(unnamed) < len(items):
+            self.diags.error(
+                unnamed[0].span,
+                codes.UNNAMED_ITEM,
+                f"the layers of {what} are all named or all unnamed; this one has no name",
+                hint="write `name = op(...)` for every layer, or drop every name",
+            )
+        return self._layers(items, scope, {}, owner, named=not unnamed, reusable=False)
+
     def _layers(
-        self, layers, scope: set[str], declared: dict[str, S.Layer], owner: str, named: bool = True
+        self,
+        layers,
+        scope: set[str],
+        declared: dict[str, S.Layer],
+        owner: str,
+        named: bool = True,
+        reusable: bool = True,
     ) -> tuple[S.Layer, ...]:
         out = []
         for layer in layers:
@@ -450,10 +469,10 @@ class _FileResolver:
                         codes.DUPLICATE_NAME,
                         f"layer `{layer.name}` is already declared in {owner} "
                         f"(line {first.span.line})",
-                        hint=f"write just `{layer.name}` to apply it again",
+                        hint=f"write just `{layer.name}` to apply it again" if reusable else None,
                     )
             if layer.kind == "seq":
-                items = self._layers(layer.items, scope, {}, owner, named=False)
+                items = self._items(layer.items, scope, owner, f"seq `{layer.name}`")
                 resolved = layer.model_copy(update={"items": items})
             else:
                 resolved = self._call(layer, scope)
@@ -599,7 +618,7 @@ class _FileResolver:
                 )
             elif shortcut.source is not None:
                 self._check_not_overwritten(main, declared, shortcut.source, owner)
-            layers = self._layers(shortcut.layers, scope, {}, owner, named=False)
+            layers = self._items(shortcut.layers, scope, owner, f"shortcut `{shortcut.name}`")
             shortcut = shortcut.model_copy(update={"condition": cond, "layers": layers})
             if block.merge is None:
                 self.diags.error(
@@ -683,8 +702,6 @@ class _FileResolver:
                 codes.MISSING_INPUT,
                 f"network `{net.name}` needs an input shape, e.g. `input 3x224x224`",
             )
-        else:
-            self._check_input(net.input)
         scope: set[str] = set()
         params = []
         for p in net.params:
@@ -696,22 +713,33 @@ class _FileResolver:
             params.append(p.model_copy(update={"default": self._expr(p.default, scope)}))
             scope.add(p.name)
         lets = self._lets(net.lets, scope)
+        shape = net.input
+        if shape is not None:
+            dims = {
+                d: self._expr(getattr(shape, d), scope) for d in ("channels", "height", "width")
+            }
+            shape = shape.model_copy(update=dims)
+            self._check_input(shape)
         owner = f"network `{net.name}`"
         declared: dict[str, S.Layer] = {}
         stem = self._layers(net.stem, scope, declared, owner)
         stages = []
+        stem_names = set(declared)
         for stage in net.stages:
-            if self._name_ok(stage.name, "layer", stage.span) and stage.name in declared:
+            top = stage.path[0]
+            if self._stage_path_ok(stage) and top in stem_names:
                 self.diags.error(
-                    stage.span,
+                    stage.path_span or stage.span,
                     codes.DUPLICATE_NAME,
-                    f"`{stage.name}` is already a layer of {owner}",
+                    f"`{top}` is already a layer of {owner}",
                 )
-            declared.setdefault(stage.name, S.Layer(span=stage.span, kind="seq", name=stage.name))
-            stages.append(self._stage(stage, scope))
+            declared.setdefault(top, S.Layer(span=stage.span, kind="seq", name=top))
+            stages.append(self._stage(stage, scope, owner))
+        self._check_containers(stages)
         head = self._layers(net.head, scope, declared, owner)
         return net.model_copy(
             update={
+                "input": shape,
                 "params": tuple(params),
                 "lets": tuple(lets),
                 "stem": stem,
@@ -721,18 +749,104 @@ class _FileResolver:
         )
 
     def _check_input(self, shape: S.InputShape) -> None:
-        for label, v in (
-            ("channels", shape.channels),
-            ("height", shape.height),
-            ("width", shape.width),
-        ):
-            if v < 1:
+        """Constant sizes are checked here, at once; sizes that use params are checked when the
+        network is lowered with their values (resgen.graph)."""
+        for label, expr in zip(("channels", "height", "width"), shape.dims(), strict=True):
+            if E.free_refs(expr):
+                continue
+            try:
+                value = E.evaluate(expr, {})
+            except E.EvalError:
+                continue  # reported when lowered, with its location
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 self.diags.error(shape.span, codes.BAD_INPUT, f"input {label} must be at least 1")
-            elif v > LIMITS.max_spatial * 16:
-                self.diags.error(shape.span, codes.LIMIT, f"input {label} {v} is over the limit")
+            elif value > LIMITS.max_spatial * 16:
+                self.diags.error(
+                    shape.span, codes.LIMIT, f"input {label} {value} is over the limit"
+                )
 
-    def _stage(self, stage: S.Stage, scope: set[str]) -> S.Stage:
+    def _stage_path_ok(self, stage: S.Stage) -> bool:
+        """A stage's path: a layer name, then names or numbers (`stages.0`, `s1`)."""
+        span = stage.path_span or stage.span
+        ok = self._name_ok(stage.path[0], "layer", span)
+        for part in stage.path[1:]:
+            ok = (part.isdigit() or self._name_ok(part, "layer", span)) and ok
+        return ok
+
+    def _check_containers(self, stages: list[S.Stage]) -> None:
+        """Module paths are a tree: a stage cannot also be a container of another stage or be
+        defined twice, and a container's stages run one after the other (the container is one
+        module, called once)."""
+        seen: dict[tuple[str, ...], S.Stage] = {}
+        last_use: dict[tuple[str, ...], int] = {}
+        for index, stage in enumerate(stages):
+            span = stage.path_span or stage.span
+            path = stage.path
+            for other_path, other in seen.items():
+                if other_path == path:
+                    self.diags.error(
+                        span,
+                        codes.DUPLICATE_NAME,
+                        f"stage `{stage.name}` is already defined (line {other.span.line})",
+                    )
+                elif path[: len(other_path)] == other_path or other_path[: len(path)] == path:
+                    inner, outer = (stage, other) if len(path) > len(other_path) else (other, stage)
+                    self.diags.error(
+                        span,
+                        codes.DUPLICATE_NAME,
+                        f"`{outer.name}` is a stage (its blocks are its children), so it cannot "
+                        f"also hold stage `{inner.name}`",
+                    )
+            seen.setdefault(path, stage)
+            for depth in range(1, len(path)):
+                container = path[:depth]
+                if container in last_use and last_use[container] != index - 1:
+                    between = stages[index - 1].name
+                    self.diags.error(
+                        span,
+                        codes.DUPLICATE_NAME,
+                        f"container `{'.'.join(container)}` is one module, called once, but "
+                        f"stage `{between}` runs between its stages",
+                        hint="keep the stages of one container together",
+                    )
+                last_use[container] = index
+
+    def _stage(self, stage: S.Stage, scope: set[str], owner: str) -> S.Stage:
         repeats = self._expr(stage.repeats, scope)
+        layers = stage.layers
+        if layers or stage.container:
+            declared: dict[str, S.Layer] = {}
+            layers = self._layers(layers, scope, declared, f"stage `{stage.name}`", reusable=False)
+            for layer in layers:
+                if layer.kind == "reuse":
+                    self.diags.error(
+                        layer.span,
+                        codes.UNKNOWN_NAME,
+                        f"a stage's own layers cannot apply a layer again (`{layer.name}`)",
+                    )
+            if stage.container is None:
+                self.diags.error(
+                    stage.path_span or stage.span,
+                    codes.MISSING_ARGUMENT,
+                    f"stage `{stage.name}` has layers of its own, so its blocks need a child of "
+                    "their own: name it with `in NAME`",
+                    hint=f"e.g. `stage {stage.name} = ... in blocks {{ ... }}`",
+                )
+            elif self._name_ok(stage.container, "layer", stage.container_span or stage.span):
+                if stage.container in declared:
+                    self.diags.error(
+                        stage.container_span or stage.span,
+                        codes.DUPLICATE_NAME,
+                        f"`{stage.container}` is already a layer of stage `{stage.name}`",
+                    )
+        pattern = stage.pattern
+        if pattern is not None:
+            pattern = tuple(
+                part if isinstance(part, str) else self._expr(part, scope | {STAGE_INDEX})
+                for part in pattern
+            )
+        stage = stage.model_copy(update={"layers": layers, "pattern": pattern})
+        block = self.blocks.get(stage.block)
         block = self.blocks.get(stage.block)
         if block is None:
             self.diags.error(

@@ -136,7 +136,11 @@ def _with_instantiation_notes(
     )
     noted = []
     for d in diagnostics:
-        site = sites.get(d.layer.split(".")[0]) if d.layer else None
+        site = None
+        if d.layer:  # the stage (or layer) whose path starts the layer's: `stages.0` of ...
+            parts = d.layer.split(".")
+            prefixes = (".".join(parts[:n]) for n in range(len(parts), 0, -1))
+            site = next((sites[p] for p in prefixes if p in sites), None)
         if site is not None and not _contains(site[0], d.span):
             span, what = site
             d = replace(d, notes=d.notes + ((span, f"`{d.layer}` comes from {what}, here"),))

@@ -101,7 +101,8 @@ class Layer(Node):
       seq    `conv1 = seq { ... }`: an nn.Sequential of unnamed layers (keys conv1.0, conv1.1, ...)
       reuse  a bare name: apply an already-declared parameter-free module again (torchvision's
              single `relu` used three times in Bottleneck)
-    `name` is None for the unnamed layers inside a `seq` or `shortcut`.
+    `name` is None for the unnamed layers inside a `seq` or `shortcut` (the items of one are
+    either all named, `downsample.conv`, or all unnamed, `downsample.0`).
     """
 
     kind: Literal["call", "op", "block", "seq", "reuse"]
@@ -159,6 +160,7 @@ class Block(Node):
     lets: tuple[Let, ...] = ()
     main: tuple[Layer, ...] = ()
     shortcut: Shortcut | None = None
+    shortcut_first: bool = False  # `shortcut` written before `main`: its modules come first
     merge: str | None = None  # a registered merge (resgen.ops.merge): add, mul, ...
     merge_span: Span | None = None
     merge_name_span: Span | None = None
@@ -174,6 +176,13 @@ class Stage(Node):
 
     `stride` goes to the first block only and `dilate=true` swaps it for dilation, following
     torchvision's `_make_layer` (resgen.stages holds that rule).
+
+    `name` is the stage's module path, dotted when it sits in containers (`stages.0`:
+    container `stages`, child `0`). `container` (`in blocks`) is the child of the stage that
+    holds its blocks, when the stage also has `layers` of its own (run before the blocks).
+    `pattern` names the blocks (`named "b{index + 1}"`): literal text and expressions of
+    `index` (the block's position in the stage, from 0) and the network's names; None names
+    them 0, 1, 2, ...
     """
 
     name: str
@@ -181,17 +190,29 @@ class Stage(Node):
     block: str
     block_span: Span
     args: tuple[Arg, ...] = ()
+    path_span: Span | None = None
+    container: str | None = None
+    container_span: Span | None = None
+    pattern: tuple[str | Expr, ...] | None = None
+    pattern_span: Span | None = None
+    layers: tuple[Layer, ...] = ()
+
+    @property
+    def path(self) -> tuple[str, ...]:
+        return tuple(self.name.split("."))
 
     def arg(self, name: str) -> Expr | None:
         return next((a.value for a in self.args if a.name == name), None)
 
 
 class InputShape(Node):
-    channels: int
-    height: int
-    width: int
+    """`input C x H x W`: each an expression of the network's params and lets (`in_chans`)."""
 
-    def as_tuple(self) -> tuple[int, int, int]:
+    channels: Expr
+    height: Expr
+    width: Expr
+
+    def dims(self) -> tuple[Expr, Expr, Expr]:
         return (self.channels, self.height, self.width)
 
 
