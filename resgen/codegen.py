@@ -20,7 +20,7 @@ from pathlib import Path
 from resgen import codes, ops
 from resgen import expr as E
 from resgen import spec as S
-from resgen.diagnostics import Diagnostic, SpecError
+from resgen.diagnostics import Diagnostic, Span, SpecError
 from resgen.graph import application_id
 from resgen.guard import UnsafeCode, check_source
 from resgen.names import IN_CHANNELS, STAGE_INDEX
@@ -688,17 +688,14 @@ class _ModuleBuilder:
     ) -> tuple[Code, Channels]:
         """`nn.Sequential(OrderedDict([("b1", first), *[(f"b{index + 1}", rest) for index in
         range(1, n)]]))`: the keys the pattern gives (torch accepts any name without a dot)."""
-        if E.free_refs(stage.repeats):
-            raise CodeError(
-                f"stage `{stage.name}` names its blocks, so its repeat count must be a constant"
-            )
         self.imports[ORDERED_DICT] = None
         name = ident(plan.name)
         first = Call(name, (scope.atom(channels), *_block_arguments(plan.block, rule.first, scope)))
         out = block_out(plan, channels, rule.first)
-        names = [n.rsplit(".", 1)[-1] for n in self._stage_entry(stage.name).blocks]
-        items: list[Code] = [Call("", (_name_literal(names[0]), first))]
-        if rule.repeats > 1:
+        count = scope.code(stage.repeats) if E.free_refs(stage.repeats) else str(rule.repeats)
+        first_key = _key(stage.pattern, scope, index=0)
+        items: list[Code] = [Call("", (first_key, first))]
+        if rule.repeats > 1 or E.free_refs(stage.repeats):
             rest = Call(name, (scope.atom(out), *_block_arguments(plan.block, rule.rest, scope)))
             after = block_out(plan, out, rule.rest)
             if E.to_python(after) != E.to_python(out):
@@ -706,14 +703,13 @@ class _ModuleBuilder:
                     f"stage `{stage.name}` names its blocks and changes its channel "
                     "count from block to block; write one stage per width"
                 )
-            key = Atom(_f_string(stage.pattern, scope))
+            key = _key(stage.pattern, scope)
             if str(rest) == str(first):
-                items = [Repeated(Call("", (key, first)), str(rule.repeats), STAGE_INDEX)]
-            elif rule.repeats == 2:
-                items.append(Call("", (_name_literal(names[1]), rest)))
+                items = [Repeated(Call("", (key, first)), count, STAGE_INDEX)]
+            elif count == "2":
+                items.append(Call("", (_key(stage.pattern, scope, index=1), rest)))
             else:
-                loop = Repeated(Call("", (key, rest)), str(rule.repeats), STAGE_INDEX, "1")
-                items.append(Starred(loop))
+                items.append(Starred(Repeated(Call("", (key, rest)), count, STAGE_INDEX, "1")))
             out = after
         pairs = (
             items[0]
@@ -721,9 +717,6 @@ class _ModuleBuilder:
             else Call("", tuple(items), "[]")
         )
         return Call("nn.Sequential", (Call("OrderedDict", (pairs,)),)), out
-
-    def _stage_entry(self, name: str):
-        return next(s for s in self.analysis.stages if s.name == name)
 
     # -- analysis lookups
     def _shape_of(self, node: str, which: str) -> tuple | None:
@@ -771,11 +764,20 @@ def _name_literal(name: str) -> Atom:
     return Atom(f'"{name}"')
 
 
-def _f_string(pattern: tuple, scope: _Scope) -> str:
-    """A block-name pattern as a Python f-string: literal text (letters, digits, `_`, `-`,
-    checked by the parser) and each expression in braces, `index` the loop variable."""
+def _key(pattern: tuple, scope: _Scope, index: int | None = None) -> Atom:
+    """A block's name from its stage's pattern: a string literal when `index` is given and the
+    pattern folds to text (`"b1"`), else an f-string of `index` and the network's names."""
+    if index is not None:
+        literal_index = E.literal(index, Span("<pattern>", 1, 1, 1, 1))
+        pattern = tuple(
+            p if isinstance(p, str) else E.substitute(p, {STAGE_INDEX: literal_index}.get)
+            for p in pattern
+        )
+        values = [p if isinstance(p, str) else E.fold(p) for p in pattern]
+        if all(isinstance(v, str) or (isinstance(v, S.Int)) for v in values):
+            return _name_literal("".join(v if isinstance(v, str) else str(v.value) for v in values))
     parts = [p if isinstance(p, str) else "{" + scope.code(p) + "}" for p in pattern]
-    return 'f"' + "".join(parts) + '"'
+    return Atom('f"' + "".join(parts) + '"')
 
 
 class _Containers:
