@@ -23,7 +23,7 @@ from resgen import spec as S
 from resgen.diagnostics import Diagnostic, Span, SpecError
 from resgen.graph import application_id
 from resgen.guard import UnsafeCode, check_source
-from resgen.names import IN_CHANNELS, STAGE_INDEX
+from resgen.names import BLOCK_INDEX, IN_CHANNELS, NUM_BLOCKS, STAGE_INDEX
 from resgen.ops.layers import FLAT
 from resgen.output import PY_MARK
 from resgen.plan import (
@@ -54,6 +54,8 @@ from resgen.text import shape_text
 
 GENERATED_MARK = PY_MARK
 ORDERED_DICT = "from collections import OrderedDict"
+CALLABLE = "from collections.abc import Callable"
+OP_ANNOTATION = "Callable[..., nn.Module]"  # a param holding an op: a module constructor
 MODULE_TEMPLATE = "module.py.jinja"
 
 # ---------------------------------------------------------------------------------------------
@@ -138,6 +140,17 @@ class NetworkView:
 
 
 @dataclass
+class FactoryView:
+    """A module-level function that builds an op with bound arguments (`groupnorm(32)`), the
+    default of a norm_layer-like parameter."""
+
+    name: str
+    signature: str  # `channels: int, **kwargs`
+    call: Code
+    spec: str  # the spec's text of the op value, for the docstring
+
+
+@dataclass
 class ModuleView:
     source: str
     doc: list[str]
@@ -145,6 +158,7 @@ class ModuleView:
     network: NetworkView
     helpers: tuple[str, ...] = ()  # templates of helper modules (ops with `helper`), in use order
     imports: tuple[str, ...] = ()  # import lines of plugin ops
+    factories: tuple[FactoryView, ...] = ()  # ops with bound arguments used as values
 
     @property
     def import_lines(self) -> list[str]:
@@ -161,7 +175,8 @@ class ModuleView:
         return "  # noqa: E501" if len(self.source) > HEADER_PATH_ROOM else ""
 
 
-_STDLIB = frozenset({"collections"})  # modules generated code imports from the standard library
+# Modules generated code imports from the standard library (isort's first group).
+_STDLIB = frozenset({"collections", "collections.abc"})
 
 
 def _module(line: str) -> str:
@@ -237,18 +252,21 @@ def _analyse(spec: S.Spec):
 
 class _Scope:
     """Turns expressions of one scope (a block or the network) into Python, noting the names
-    used so only the `let`s that matter become locals."""
+    used so only the `let`s that matter become locals. `render_op` writes an op used as a value
+    (`norm_layer = groupnorm(32)`): its class, or a factory the module defines."""
 
-    def __init__(self, rename: Mapping[str, str] | None = None):
+    def __init__(self, rename: Mapping[str, str] | None = None, render_op=None, floats=()):
         self.rename = dict(rename or {})
         self.used: set[str] = set()
+        self.render_op = render_op
+        self.floats = frozenset(floats)  # names holding a fraction: `/` stays `/` for them
 
     def name(self, n: str) -> str:
         self.used.add(n)
         return self.rename.get(n) or ident(n)
 
     def code(self, expr: S.Expr) -> str:
-        return E.to_python(expr, self.name)
+        return E.to_python(expr, self.name, self.render_op, self.floats.__contains__)
 
     def atom(self, expr: S.Expr) -> Atom:
         return Atom(self.code(expr))
@@ -278,11 +296,10 @@ def _params(params: Iterable[S.Param], scope: _Scope, first: list[ParamView]) ->
         if p.default is None:
             views.append(ParamView(name, "int", None, star_before=seen_default))
         elif value is None:  # refers to earlier parameters: resolved in the body
-            views.append(
-                ParamView(
-                    name, "int | None", "None", late_default=E.to_python(p.default, scope.name)
-                )
-            )
+            views.append(ParamView(name, "int | None", "None", late_default=scope.code(p.default)))
+            seen_default = True
+        elif isinstance(value, E.OpValue):  # torchvision's norm_layer: a module constructor
+            views.append(ParamView(name, OP_ANNOTATION, scope.code(p.default)))
             seen_default = True
         else:
             views.append(ParamView(name, _annotation(value), literal(value)))
@@ -319,15 +336,25 @@ def _same(a: S.Expr, b: S.Expr | None) -> bool:
 class _ModuleBuilder:
     def __init__(self, spec: S.Spec, analysis, source: str):
         self.spec, self.analysis, self.source = spec, analysis, source
-        self.plan: NetworkPlan = elaborate(spec)
+        # The analysis's own plan: its nodes point at these steps (what a dynamic layer held).
+        self.plan: NetworkPlan = analysis.plan or elaborate(spec)
         self.net: S.Network = spec.network
         self.helpers: dict[str, str] = {}  # helper class -> its template, for ops not in torch.nn
         self.imports: dict[str, None] = {}  # import lines plugin ops need, in use order
+        self.factories: dict[E.OpValue, FactoryView] = {}
+        # Blocks that use their position get block_index (the stage's first block's: the sum
+        # of the repeats before it) and num_blocks (all stages' repeats).
+        zero = E.literal(0, spec.network.span)
+        self.block_offset: S.Expr = zero
+        self.num_blocks: S.Expr = zero
+        for stage in spec.network.stages:
+            self.num_blocks = _plus(self.num_blocks, stage.repeats)
 
     def build(self) -> ModuleView:
         network = self._network()
         blocks = [self._block(plan) for plan in self.plan.blocks.values()]
         names = [b.name for b in blocks] + [network.class_name, network.factory, *self.helpers]
+        names += [f.name for f in self.factories.values()]
         clash = sorted({n for n in names if names.count(n) > 1} | ({"nn", "Tensor"} & set(names)))
         if clash:
             raise CodeError(
@@ -341,6 +368,7 @@ class _ModuleBuilder:
             network,
             tuple(self.helpers.values()),
             tuple(self.imports),
+            tuple(self.factories.values()),
         )
 
     # -- layers
@@ -355,39 +383,94 @@ class _ModuleBuilder:
         if step.kind == "block":
             plan = self.plan.blocks[step.block]
             arguments = _block_arguments(plan.block, step.args, scope)
+            if plan.positional and node is None:  # inside a block: its host's position
+                arguments += [
+                    Keyword(name, Atom(scope.name(name))) for name in (BLOCK_INDEX, NUM_BLOCKS)
+                ]
+            elif plan.positional:  # in the stem or head
+                arguments += list(self._at(plan, E.literal(0, step.span), scope))
             return Call(ident(plan.name), (scope.atom(channels), *arguments))
+        if step.kind == "dynamic":
+            return self._dynamic(step, channels, scope)
         if step.kind != "op":
             raise CodeError(f"layer `{step.attr}` of kind {step.kind} cannot be built")
-        op, emit = step.op, step.op.emit
-        args: list[Code] = []
-        if emit.in_channels is not None:
-            if channels is FLAT:
-                raise E.EvalError(
-                    step.span,
-                    f"`{op.name}` after `flatten` inside a block: its input size depends on "
-                    "H x W, which a block's code cannot know",
-                    codes.FLATTEN_IN_BLOCK,
-                    hint="put flatten and what follows it in the network's head",
-                )
-            args.append(scope.atom(channels))
-        for name in emit.positional:
-            if name in step.args:
-                args.append(scope.atom(step.args[name]))
+        if step.op.emit.in_channels is not None and channels is FLAT:
+            raise E.EvalError(
+                step.span,
+                f"`{step.op.name}` after `flatten` inside a block: its input size depends on "
+                "H x W, which a block's code cannot know",
+                codes.FLATTEN_IN_BLOCK,
+                hint="put flatten and what follows it in the network's head",
+            )
+        return self._op_call(step.op, step.args, scope, scope.atom(channels))
+
+    def _op_call(
+        self, op: ops.Op, given: Mapping[str, S.Expr], scope: _Scope, channels: Code, *extra
+    ) -> Call:
+        """`nn.Conv2d(64, 128, kernel_size=3, ...)`: the op's class, the incoming channels first
+        when it takes them, its positional arguments, then keywords for what differs from its
+        defaults (torchvision does not spell out defaults); `extra` after them (`**kwargs`)."""
+        emit = op.emit
+        args: list[Code] = [channels] if emit.in_channels is not None else []
+        args += [scope.atom(given[name]) for name in emit.positional if name in given]
         for p in op.params:
-            value = step.args.get(p.name)
+            value = given.get(p.name)
             if value is None or p.name in emit.positional or p.torch is None:
                 continue
-            if (
-                p.fixed_default
-                and _constant(value) == p.default
-                and (type(_constant(value)) is type(p.default))
-            ):
-                continue  # torchvision does not spell out defaults
+            constant = _constant(value)
+            if p.fixed_default and constant == p.default and type(constant) is type(p.default):
+                continue
             args.append(Keyword(ident(p.torch), scope.atom(value)))
         if emit.helper is not None:  # a small module the generated file defines (PadChannels)
             self.helpers[ident(emit.cls)] = emit.helper
         self.imports.update(dict.fromkeys(emit.imports))
-        return Call(dotted(emit.cls), tuple(args))
+        return Call(dotted(emit.cls), (*args, *extra))
+
+    def _dynamic(self, step: Step, channels: Channels, scope: _Scope) -> Code:
+        """`norm_layer(width, eps=0.001)`: a layer made by the op a param holds, called the way
+        every op it holds in this network is called (channels first for norms; named arguments
+        by their torch keywords)."""
+        held = {n.op for n in self.analysis.nodes.values() if n.step is step}
+        takes_channels = {op.emit.in_channels is not None for op in held}
+        if len(takes_channels) != 1:
+            raise CodeError(
+                f"`{step.via}` holds ops called in different ways here "
+                f"({', '.join(sorted(op.name for op in held))}), so one line of code cannot "
+                "build them all"
+            )
+        args: list[Code] = [scope.atom(channels)] if takes_channels.pop() else []
+        for name, value in step.args.items():
+            keywords = {op.param(name).torch for op in held}
+            if len(keywords) != 1 or None in keywords:
+                raise CodeError(f"`{name}` means different things to the ops `{step.via}` holds")
+            args.append(Keyword(ident(keywords.pop()), scope.atom(value)))
+        return Call(scope.name(step.via), tuple(args))
+
+    def _op_value(self, expr: S.OpRef) -> str:
+        """Python for an op used as a value: its class (`nn.BatchNorm2d`) when that is called
+        as a layer made from it is (channels first, nothing bound), else a factory function
+        the module defines (`groupnorm_32`): torchvision's norm_layer convention."""
+        try:
+            value = E.evaluate(expr, {})
+        except E.EvalError as err:
+            raise CodeError(
+                f"`{E.source_text(expr)}`: an op used as a value has constant arguments in "
+                f"generated code ({err.message})"
+            ) from None
+        op = value.op
+        self.imports[CALLABLE] = None
+        if not value.args and not op.emit.positional and op.emit.helper is None:
+            self.imports.update(dict.fromkeys(op.emit.imports))
+            return dotted(op.emit.cls)
+        factory = self.factories.get(value)
+        if factory is None:
+            name = _factory_name(value, {f.name for f in self.factories.values()})
+            given = {k: E.literal(v, expr.span) for k, v in value.args}
+            channels = Atom("channels") if op.emit.in_channels is not None else None
+            call = self._op_call(op, given, _Scope(), channels, Atom("**kwargs"))
+            signature = "channels: int, **kwargs" if channels is not None else "**kwargs"
+            factory = self.factories[value] = FactoryView(name, signature, call, str(value))
+        return factory.name
 
     def _sequential(self, steps, channels: Channels, scope: _Scope, node: str | None) -> Code:
         """`nn.Sequential(...)` of the layers of a `seq` or a shortcut, channels flowing; named
@@ -414,8 +497,11 @@ class _ModuleBuilder:
         block = plan.block
         expansion_value = _constant(block.expansion)
         constant_expansion = block.expansion is not None and expansion_value is not None
-        scope = _Scope({"expansion": "self.expansion"} if constant_expansion else {})
+        rename = {"expansion": "self.expansion"} if constant_expansion else {}
+        scope = _Scope(rename, self._op_value, self.analysis.float_names.get(plan.name, ()))
         params = _params(block.params, scope, [ParamView("in_channels", "int", None)])
+        if plan.positional:
+            params += [ParamView(BLOCK_INDEX, "int", "0"), ParamView(NUM_BLOCKS, "int", "1")]
         expansion_local = None
         if block.expansion is not None and not constant_expansion:
             expansion_local = scope.code(block.expansion)
@@ -484,7 +570,7 @@ class _ModuleBuilder:
     # -- network
     def _network(self) -> NetworkView:
         net = self.net
-        scope = _Scope()
+        scope = _Scope(render_op=self._op_value, floats=self.analysis.float_names.get("", ()))
         params = _params(net.params, scope, [])
         env, _ = self.plan.scope.values({}, lambda expr, values, _: E.evaluate(expr, values))
         layers: list[LayerView] = []
@@ -501,6 +587,7 @@ class _ModuleBuilder:
             rule = apply_stage_rule(stage, plan.block, env, dilation)
             dilation = rule.dilation_after
             build, channels = self._stage(stage_plan, plan, rule, channels, scope)
+            self.block_offset = _plus(self.block_offset, stage.repeats)
             info = self._stage_info(stage.name)
             comment = (
                 f"{stage.name}: {_repeats_text(stage, rule)} x {plan.name}, "
@@ -542,9 +629,7 @@ class _ModuleBuilder:
     def _inits(self) -> list[InitView]:
         """The network's initialisation loop: one branch per op in use that declares one, in the
         registry's order (torchvision's: convolutions, then batch norms)."""
-        used = set()
-        for steps in (self.plan.stem, self.plan.head, *_block_paths(self.plan.blocks.values())):
-            used.update(_ops_in(steps))
+        used = {node.op for node in self.analysis.nodes.values()}
         return [
             InitView(op.emit.cls, op.emit.init)
             for op in ops.registered()
@@ -638,28 +723,37 @@ class _ModuleBuilder:
         if stage.pattern is not None:
             return self._named_blocks(stage, plan, rule, channels, scope)
         name = ident(plan.name)
-        first = Call(name, (scope.atom(channels), *_block_arguments(plan.block, rule.first, scope)))
+        offset = self.block_offset
+        first_args = (
+            *_block_arguments(plan.block, rule.first, scope),
+            *self._at(plan, offset, scope),
+        )
+        first = Call(name, (scope.atom(channels), *first_args))
         out = block_out(plan, channels, rule.first)
         items: list[Code] = [first]
         repeats_free = bool(E.free_refs(stage.repeats))
+        count = scope.code(stage.repeats) if repeats_free else str(rule.repeats)
         if rule.repeats > 1 or repeats_free:
-            rest = Call(name, (scope.atom(out), *_block_arguments(plan.block, rule.rest, scope)))
+            rest_args = _block_arguments(plan.block, rule.rest, scope)
+            # Blocks that use their position are built in a loop over it: `index`.
+            looped = self._at(plan, _plus(offset, STAGE_INDEX), scope)
+            rest = Call(name, (scope.atom(out), *rest_args, *looped))
             after = block_out(plan, out, rule.rest)
             if E.to_python(after) == E.to_python(out):
-                if repeats_free and str(rest) == str(first):
-                    items = [Starred(Repeated(first, scope.code(stage.repeats)))]
+                if looped and count == "2":  # one more block: written out
+                    at = self._at(plan, _plus(offset, 1), scope)
+                    items.append(Call(name, (scope.atom(out), *rest_args, *at)))
+                elif looped:
+                    items.append(Starred(Repeated(rest, count, STAGE_INDEX, "1")))
+                elif repeats_free and str(rest) == str(first):
+                    items = [Starred(Repeated(first, count))]
                 elif repeats_free:
-                    count = scope.code(
-                        S.BinOp(
-                            span=stage.span,
-                            op="-",
-                            left=stage.repeats,
-                            right=E.literal(1, stage.span),
-                        )
+                    minus_one = S.BinOp(
+                        span=stage.span, op="-", left=stage.repeats, right=E.literal(1, stage.span)
                     )
-                    items.append(Starred(Repeated(rest, count)))
+                    items.append(Starred(Repeated(rest, scope.code(minus_one))))
                 elif str(rest) == str(first):
-                    items = [Starred(Repeated(first, str(rule.repeats)))]
+                    items = [Starred(Repeated(first, count))]
                 elif rule.repeats == 2:
                     items.append(rest)
                 else:
@@ -671,17 +765,23 @@ class _ModuleBuilder:
                 )
             else:
                 current = out
-                for _ in range(rule.repeats - 1):
-                    items.append(
-                        Call(
-                            name,
-                            (scope.atom(current), *_block_arguments(plan.block, rule.rest, scope)),
-                        )
-                    )
+                for k in range(1, rule.repeats):
+                    at = self._at(plan, _plus(offset, k), scope)
+                    items.append(Call(name, (scope.atom(current), *rest_args, *at)))
                     current = block_out(plan, current, rule.rest)
                 after = current
             out = after
         return Call("nn.Sequential", tuple(items)), out
+
+    def _at(self, plan: BlockPlan, block_index, scope: _Scope | None = None) -> tuple[Code, ...]:
+        """`block_index=..., num_blocks=...` for a block that uses its position (a drop-path
+        schedule); nothing for one that does not."""
+        if not plan.positional:
+            return ()
+        name = (scope or _Scope()).name
+        index = E.to_python(block_index, name)
+        total = E.to_python(self.num_blocks, name)
+        return (Keyword(BLOCK_INDEX, Atom(index)), Keyword(NUM_BLOCKS, Atom(total)))
 
     def _named_blocks(
         self, stage: S.Stage, plan: BlockPlan, rule, channels: Channels, scope: _Scope
@@ -690,13 +790,20 @@ class _ModuleBuilder:
         range(1, n)]]))`: the keys the pattern gives (torch accepts any name without a dot)."""
         self.imports[ORDERED_DICT] = None
         name = ident(plan.name)
-        first = Call(name, (scope.atom(channels), *_block_arguments(plan.block, rule.first, scope)))
+        offset = self.block_offset
+        first_args = (
+            *_block_arguments(plan.block, rule.first, scope),
+            *self._at(plan, offset, scope),
+        )
+        first = Call(name, (scope.atom(channels), *first_args))
         out = block_out(plan, channels, rule.first)
         count = scope.code(stage.repeats) if E.free_refs(stage.repeats) else str(rule.repeats)
         first_key = _key(stage.pattern, scope, index=0)
         items: list[Code] = [Call("", (first_key, first))]
         if rule.repeats > 1 or E.free_refs(stage.repeats):
-            rest = Call(name, (scope.atom(out), *_block_arguments(plan.block, rule.rest, scope)))
+            rest_args = _block_arguments(plan.block, rule.rest, scope)
+            looped = self._at(plan, _plus(offset, STAGE_INDEX), scope)
+            rest = Call(name, (scope.atom(out), *rest_args, *looped))
             after = block_out(plan, out, rule.rest)
             if E.to_python(after) != E.to_python(out):
                 raise CodeError(
@@ -706,7 +813,7 @@ class _ModuleBuilder:
             key = _key(stage.pattern, scope)
             if str(rest) == str(first):
                 items = [Repeated(Call("", (key, first)), count, STAGE_INDEX)]
-            elif count == "2":
+            elif count == "2" and not looped:
                 items.append(Call("", (_key(stage.pattern, scope, index=1), rest)))
             else:
                 items.append(Starred(Repeated(Call("", (key, rest)), count, STAGE_INDEX, "1")))
@@ -780,6 +887,35 @@ def _key(pattern: tuple, scope: _Scope, index: int | None = None) -> Atom:
     return Atom('f"' + "".join(parts) + '"')
 
 
+def _plus(left: S.Expr, right) -> S.Expr:
+    """`left + right` folded (right: an expression, an int, or a local's name)."""
+    if isinstance(right, str):
+        right = S.Ref(span=left.span, name=right)
+    elif isinstance(right, int):
+        right = E.literal(right, left.span)
+    if isinstance(left, S.Int) and left.value == 0:
+        return right
+    return E.fold(S.BinOp(span=left.span, op="+", left=left, right=right))
+
+
+def _factory_name(value: E.OpValue, taken: set[str]) -> str:
+    """`groupnorm_32` for groupnorm(32), `batchnorm_eps_0_001` for batchnorm(eps=0.001),
+    `relu_inplace` for relu(inplace=true): the op's name and what is bound to it."""
+    parts = [value.op.name]
+    positional = value.op.emit.positional if value.op.emit else ()
+    for name, bound in value.args:
+        if isinstance(bound, bool):
+            parts.append(name if bound else f"no_{name}")
+            continue
+        text = "".join(c if c.isalnum() else "_" for c in E.show(bound)).strip("_")
+        parts.append(text if name in positional else f"{name}_{text}")
+    base = "_".join(p for p in parts if p)
+    name, suffix = base, 2
+    while name in taken:
+        name, suffix = f"{base}_{suffix}", suffix + 1
+    return ident(name)
+
+
 class _Containers:
     """Stages that live in containers (`stages.0`, `trunk_output.block1`): each is built into a
     local; a container is assembled once its last stage is built (containers are contiguous:
@@ -832,21 +968,6 @@ class _Containers:
 
 # Locals the generated __init__ itself uses.
 RESERVED_LOCALS = frozenset({"module", "self", STAGE_INDEX})
-
-
-def _block_paths(plans: Iterable[BlockPlan]) -> Iterable[tuple[Step, ...]]:
-    for plan in plans:
-        yield plan.main
-        yield plan.post
-        if plan.shortcut is not None:
-            yield plan.shortcut.steps
-
-
-def _ops_in(steps: Iterable[Step]) -> Iterable[ops.Op]:
-    for step in steps:
-        if step.op is not None:
-            yield step.op
-        yield from _ops_in(step.items)
 
 
 def _block_arguments(block: S.Block, given: Mapping[str, S.Expr], scope: _Scope) -> list[Code]:

@@ -8,13 +8,29 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 
-from resgen import codes
+from resgen import codes, ops
 from resgen import spec as S
 from resgen.diagnostics import Span
 from resgen.limits import LIMITS
+from resgen.ops import Op
 
-Value = int | float | bool | tuple
+
+@dataclass(frozen=True)
+class OpValue:
+    """An op as a value (`groupnorm(32)`): the op and the arguments bound to it, by name. What
+    a `norm_layer` or `act_layer` parameter holds; a layer made from it adds its own arguments."""
+
+    op: Op
+    args: tuple[tuple[str, object], ...] = ()
+
+    def __str__(self) -> str:
+        inner = ", ".join(f"{k}={show(v)}" for k, v in self.args)
+        return f"{self.op.name}({inner})" if self.args else self.op.name
+
+
+Value = int | float | bool | tuple | OpValue
 
 
 class EvalError(Exception):
@@ -32,6 +48,8 @@ def type_name(value: Value) -> str:
         return "an integer"
     if isinstance(value, float):
         return "a number"
+    if isinstance(value, OpValue):
+        return "an op"
     return "a pair"
 
 
@@ -40,6 +58,8 @@ def show(value: Value) -> str:
         return "true" if value else "false"
     if isinstance(value, tuple):
         return f"({value[0]}, {value[1]})"
+    if isinstance(value, OpValue):
+        return str(value)
     return repr(value)
 
 
@@ -58,6 +78,9 @@ def source_text(expr: S.Expr) -> str:
         return f"{expr.op}{sep}{_wrap(expr.operand)}"
     if isinstance(expr, S.Func):
         return f"{expr.name}({', '.join(source_text(a) for a in expr.args)})"
+    if isinstance(expr, S.OpRef):
+        inner = ", ".join(f"{a.name}={source_text(a.value)}" for a in expr.args)
+        return f"{expr.name}({inner})" if expr.args else expr.name
     return f"{_wrap(expr.left)} {expr.op} {_wrap(expr.right)}"
 
 
@@ -79,6 +102,11 @@ def walk(expr: S.Expr) -> Iterator[S.Expr]:
     elif isinstance(expr, S.Func):
         for arg in expr.args:
             yield from walk(arg)
+        for keyword in expr.keywords:
+            yield from walk(keyword.value)
+    elif isinstance(expr, S.OpRef):
+        for arg in expr.args:
+            yield from walk(arg.value)
 
 
 def free_refs(expr: S.Expr) -> list[S.Ref]:
@@ -118,7 +146,29 @@ def evaluate(expr: S.Expr, env: Mapping[str, Value]) -> Value:
         return -v
     if isinstance(expr, S.Func):
         return _call(expr, [evaluate(a, env) for a in expr.args])
+    if isinstance(expr, S.OpRef):
+        return op_value(expr, env)
     return _binop(expr, env)
+
+
+def op_value(expr: S.OpRef, env: Mapping[str, Value]) -> OpValue:
+    """The op an OpRef names, with its arguments evaluated and checked like a layer's."""
+    op = ops.lookup(expr.name)
+    if op is None:  # resolve only makes OpRefs of registered ops; a safety net
+        raise EvalError(expr.span, f"unknown op `{expr.name}`", codes.UNKNOWN_OP)
+    args = []
+    for arg in expr.args:
+        value = evaluate(arg.value, env)
+        param = op.param(arg.name)
+        problem = param.problem(value) if param is not None else "is not a parameter"
+        if problem:
+            raise EvalError(
+                arg.span,
+                f"`{arg.name}` of {op.name} {problem}, not {show(value)}",
+                codes.BAD_ARGUMENT,
+            )
+        args.append((arg.name, value))
+    return OpValue(op, tuple(args))
 
 
 # Functions an expression may call: the Python built-ins of the same name, so generated code
@@ -232,15 +282,26 @@ def _arithmetic(expr: S.BinOp, left, right) -> Value:
                 hint="write `//` to round down on purpose, or pick values that divide evenly",
             )
         result = left // right
-    else:  # generated code writes `/` as `//`, which floors floats: refuse what would differ
-        raise EvalError(
-            expr.span,
-            f"`/` divides integers exactly; `{source_text(expr)}` "
-            f"divides {show(left)} by {show(right)}",
-            codes.TYPE,
-            hint="for a fraction multiply by a decimal instead, e.g. `p * 0.5`",
-        )
+    else:  # a number with a fraction: Python's `/` (generated code writes `/`, see is_float)
+        result = left / right
     return result
+
+
+def is_float(expr: S.Expr, floats: Callable[[str], bool] = lambda _: False) -> bool:
+    """Whether `expr` computes a number with a fraction, from its literals and the names that
+    hold one (`floats`): generated code then writes its `/` as Python's `/`, and `//` where both
+    sides are integers (the division resgen checked to be exact)."""
+    if isinstance(expr, S.Float):
+        return True
+    if isinstance(expr, S.Ref):
+        return floats(expr.name)
+    if isinstance(expr, S.UnaryOp):
+        return expr.op == "-" and is_float(expr.operand, floats)
+    if isinstance(expr, S.Func):
+        return expr.name in ("min", "max") and any(is_float(a, floats) for a in expr.args)
+    if isinstance(expr, S.BinOp) and expr.op in ("+", "-", "*", "/", "//"):
+        return is_float(expr.left, floats) or is_float(expr.right, floats)
+    return False
 
 
 def substitute(expr: S.Expr, lookup: Callable[[str], S.Expr | None]) -> S.Expr:
@@ -260,6 +321,9 @@ def substitute(expr: S.Expr, lookup: Callable[[str], S.Expr | None]) -> S.Expr:
         )
     elif isinstance(expr, S.Func):
         new = expr.model_copy(update={"args": tuple(substitute(a, lookup) for a in expr.args)})
+    elif isinstance(expr, S.OpRef):
+        args = tuple(a.model_copy(update={"value": substitute(a.value, lookup)}) for a in expr.args)
+        return expr.model_copy(update={"args": args})
     else:
         return expr
     # Children are already folded, so only literal children can fold: this keeps substitution
@@ -319,30 +383,39 @@ _PY_PRECEDENCE = {
 }
 
 
-def to_python(expr: S.Expr, name: Callable[[str], str] = str) -> str:
-    """Python source for the expression. Exact `/` becomes `//`: resgen checked it divides."""
-    return _py(expr, name)[0]
+def to_python(
+    expr: S.Expr, name: Callable[[str], str] = str, op=None, floats=lambda _: False
+) -> str:
+    """Python source for the expression. Exact `/` of integers becomes `//` (resgen checked it
+    divides); `/` with a fraction stays `/` (`floats` says which names hold fractions). `op`
+    renders an op used as a value (OpRef): the code generator knows its class or factory."""
+    return _py(expr, name, op, floats)[0]
 
 
-def _py(expr: S.Expr, name) -> tuple[str, int]:
+def _py(expr: S.Expr, name, op=None, floats=lambda _: False) -> tuple[str, int]:
     if isinstance(expr, S.Int | S.Float | S.Bool):
         return repr(expr.value), 9
     if isinstance(expr, S.Ref):
         return name(expr.name), 9
+    if isinstance(expr, S.OpRef):
+        if op is None:
+            raise ValueError(f"no rendering for the op value `{source_text(expr)}`")
+        return op(expr), 9
     if isinstance(expr, S.Pair):
-        return f"({to_python(expr.h, name)}, {to_python(expr.w, name)})", 9
+        return f"({to_python(expr.h, name, op, floats)}, {to_python(expr.w, name, op, floats)})", 9
     if isinstance(expr, S.UnaryOp):
         prec = _PY_PRECEDENCE["not" if expr.op == "not" else "neg"]
-        text, p = _py(expr.operand, name)
+        text, p = _py(expr.operand, name, op, floats)
         text = f"({text})" if p < prec else text
         return (f"not {text}" if expr.op == "not" else f"-{text}"), prec
     if isinstance(expr, S.Func):
-        return f"{expr.name}({', '.join(to_python(a, name) for a in expr.args)})", 9
+        args = ", ".join(to_python(a, name, op, floats) for a in expr.args)
+        return f"{expr.name}({args})", 9
     prec = _PY_PRECEDENCE[expr.op]
-    left, lp = _py(expr.left, name)
-    right, rp = _py(expr.right, name)
+    left, lp = _py(expr.left, name, op, floats)
+    right, rp = _py(expr.right, name, op, floats)
     chains = prec == _PY_PRECEDENCE["=="]  # Python reads `a < b == c` as a chain: bracket it
     left = f"({left})" if lp < prec or (chains and lp == prec) else left
     right = f"({right})" if rp <= prec else right  # left-associative operators
-    op = "//" if expr.op == "/" else expr.op
-    return f"{left} {op} {right}", prec
+    exact = expr.op == "/" and not is_float(expr, floats)
+    return f"{left} {'//' if exact else expr.op} {right}", prec

@@ -30,11 +30,11 @@ from resgen import codes, ops
 from resgen import expr as E
 from resgen import spec as S
 from resgen.codes import Code
-from resgen.diagnostics import Diagnostic, Span, SpecError
+from resgen.diagnostics import Diagnostic, Span, SpecError, did_you_mean
 from resgen.expr import EvalError, Value
 from resgen.limits import LIMITS
-from resgen.names import IN_CHANNELS, MODULE_ATTRIBUTES, STAGE_INDEX
-from resgen.ops.base import Fixed
+from resgen.names import IN_CHANNELS, MODULE_ATTRIBUTES, POSITION, STAGE_INDEX
+from resgen.ops.base import UNKNOWN, Fixed
 from resgen.ops.layers import FLAT
 from resgen.plan import BlockPlan, NetworkPlan, StagePlan, Step, elaborate
 from resgen.stages import apply_stage_rule
@@ -74,6 +74,7 @@ class Node:
     module: str | None = None
     block_input: str | None = None
     instance: str | None = None  # the stage's (or stem's, head's) block instance it is inside
+    step: Step | None = None  # the plan step it was lowered from (layers)
 
     @property
     def fixes_size(self) -> bool:
@@ -118,6 +119,8 @@ class Lowering:
     network: S.Network
     stages: list[StageEntry]
     block_types: dict[str, str]  # block instance path -> block type name (nested ones too)
+    plan: NetworkPlan | None = None  # what was lowered (nodes' `step`s are its steps)
+    float_names: dict[str, set[str]] = field(default_factory=dict)  # scope -> fraction names
 
 
 def lower(
@@ -198,6 +201,9 @@ class _Lowerer:
         self.block_types: dict[str, str] = {}
         self.stages: list[StageEntry] = []
         self.block_count = 0  # instances, nested ones included: nesting multiplies them
+        self.block_index = 0  # the next stage block's position among all of them
+        self.float_names: dict[str, set[str]] = {}  # block type ("" the network) -> names
+        self.num_blocks = 0  # how many blocks the stages hold (set in run)
         self.input_override = input_shape
         self.input = (3, 224, 224)  # replaced in run() by the spec's (or --input's)
 
@@ -229,6 +235,7 @@ class _Lowerer:
     def run(self) -> Lowering:
         net = self.net
         env = self.scope_env(self.plan.scope, {}, None)
+        self.note_floats("", env)
         span = net.input.span if net.input else net.span
         stem = _Where("stem", None, None)
         self.add(Node(INPUT, INPUT, span, "stem"))
@@ -236,6 +243,7 @@ class _Lowerer:
         self.check_input(span)
         cur, channels = INPUT, self.input[0]
         cur, channels = self.sequence(self.plan.stem, env, "", cur, channels, stem, MAIN)
+        self.num_blocks = self.count_stage_blocks(env)
         dilation = 1
         for stage in self.plan.stages:
             cur, channels, dilation = self.stage(stage, env, cur, channels, dilation)
@@ -246,7 +254,15 @@ class _Lowerer:
         self.edges.append((cur, OUTPUT, MAIN))
         graph = digraph(self.nodes, self.edges, network=net.name)
         return Lowering(
-            graph, self.nodes, self.diagnostics, self.input, net, self.stages, self.block_types
+            graph,
+            self.nodes,
+            self.diagnostics,
+            self.input,
+            net,
+            self.stages,
+            self.block_types,
+            self.plan,
+            self.float_names,
         )
 
     def stage(self, plan: StagePlan, env: _Env, cur: str, channels: int | None, dilation: int):
@@ -293,8 +309,25 @@ class _Lowerer:
             entry.blocks.append(path)
             self.count_block(stage.span)
             args = first if index == 0 else rest
-            cur, channels = self.block(block, args, path, cur, channels, stage.name)
+            position = (self.block_index, self.num_blocks)
+            self.block_index += 1
+            cur, channels = self.block(
+                block, args, path, cur, channels, stage.name, position=position
+            )
         return cur, channels, rule.dilation_after
+
+    def count_stage_blocks(self, env: _Env) -> int:
+        """How many blocks the stages hold (`num_blocks`); a count that does not evaluate is
+        left out here and reported where the stage is lowered."""
+        total = 0
+        for plan in self.plan.stages:
+            try:
+                repeats = E.evaluate(plan.stage.repeats, env.values)
+            except EvalError:
+                continue
+            if isinstance(repeats, int) and not isinstance(repeats, bool) and repeats > 0:
+                total += repeats
+        return total
 
     def block_names(self, stage: S.Stage, env: _Env, repeats: int) -> list[str]:
         """Each block's name in its stage: `0`, `1`, ... or what `named "..."` makes of its
@@ -342,22 +375,41 @@ class _Lowerer:
         return names
 
     # -- blocks
-    def block_env(self, plan: BlockPlan, args: dict, channels: int | None, path: str) -> _Env:
-        key = (id(plan), channels, tuple(args.items()))
+    def block_env(self, plan: BlockPlan, args: dict, channels, path: str, position) -> _Env:
+        # Instances alike share one scope; only blocks that use their position differ by it.
+        where = position if plan.positional else None
+        key = (id(plan), channels, tuple(args.items()), where)
         env = self._env_cache.get(key)
         if env is None:
-            given = {**args, IN_CHANNELS: channels}
+            given = {**args, IN_CHANNELS: channels, **dict(zip(POSITION, position, strict=True))}
             env = self._env_cache[key] = self.scope_env(plan.scope, given, path)
+            self.note_floats(plan.name, env)
         return env
 
+    def note_floats(self, scope: str, env: _Env) -> None:
+        """Which names of a scope held a number with a fraction in some instance: generated
+        code writes their `/` as Python's `/` (resgen.expr.is_float)."""
+        floats = {name for name, value in env.values.items() if isinstance(value, float)}
+        if floats:
+            self.float_names.setdefault(scope, set()).update(floats)
+
     def block(
-        self, plan: BlockPlan, args: dict, path: str, x: str, channels, stage: str, instance=None
+        self,
+        plan: BlockPlan,
+        args: dict,
+        path: str,
+        x: str,
+        channels,
+        stage: str,
+        instance=None,
+        position: tuple[int, int] | None = None,
     ):
         """Lower one block instance at `path`; `instance` is the outermost block it sits in
-        (itself, unless it is a block used as a layer inside another)."""
+        (itself, unless it is a block used as a layer inside another); `position` its
+        (block_index, num_blocks)."""
         self.block_types[path] = plan.name
         instance = instance or path
-        env = self.block_env(plan, args, channels, path)
+        env = self.block_env(plan, args, channels, path, position or (0, self.num_blocks))
         prefix = path + "."
         main = _Where(stage, path, MAIN, instance)
         # The main path in two parts when the shortcut reads the output of main[cut - 1].
@@ -448,8 +500,13 @@ class _Lowerer:
             plan = self.plan.blocks[step.block]
             self.count_block(step.span)
             args = {k: self.evaluate(v, env, path) for k, v in step.args.items()}
-            return self.block(plan, args, path, cur, channels, where.stage, where.instance)
-        args, spans, known = self.op_args(step, env, path)
+            position = tuple(env.values.get(name, 0) for name in POSITION)  # the host's
+            if position == (0, 0):
+                position = None  # not inside a stage block: the stem's or head's
+            return self.block(
+                plan, args, path, cur, channels, where.stage, where.instance, position
+            )
+        op, args, spans, known = self.op_args(step, env, path)
         self.add(
             Node(
                 path,
@@ -458,19 +515,28 @@ class _Lowerer:
                 where.stage,
                 where.block,
                 where.branch,
-                op=step.op,
+                op=op,
                 args=args,
                 arg_spans=spans,
                 known=known,
                 module=path,
                 instance=where.instance,
+                step=step,
             )
         )
         self.edges.append((cur, path, role))
         try:
-            after = step.op.channels(args, channels)
+            after = op.channels(args, channels)
         except (KeyError, TypeError):  # an argument (or the input) that could not be evaluated
             after = None
+        if step.kind == "dynamic" and known and after != channels and channels is not None:
+            self.report(
+                step.span,
+                codes.CHANNELS,
+                f"`{step.via}` holds {op.name}, which makes {after} channels from {channels}; a "
+                "layer made from a parameter's op keeps the channel count (norms, activations)",
+                path,
+            )
         return path, None if after is FLAT else after  # after flatten: no longer C x H x W
 
     def reuse(self, step: Step, prefix: str, cur: str, where: _Where, role: str) -> str:
@@ -493,6 +559,7 @@ class _Lowerer:
                 known=original.known,
                 module=target,
                 instance=where.instance,
+                step=original.step,
             )
         )
         self.edges.append((cur, node_id, role))
@@ -584,18 +651,35 @@ class _Lowerer:
                     f"set RESGEN_MAX_{name} to raise it",
                 )
 
-    def op_args(self, step: Step, env: _Env, path: str) -> tuple[dict, dict, bool]:
-        """Evaluated arguments with the op's defaults filled in, their spans, and whether all
-        are known. Cached per step and scope: block instances repeat."""
+    def op_args(self, step: Step, env: _Env, path: str) -> tuple:
+        """The step's op (for a dynamic step, the one its name holds here), its evaluated
+        arguments with the op's defaults filled in, their spans, and whether all are known.
+        Cached per step and scope: block instances repeat."""
         key = (id(step), id(env))  # envs are cached and kept alive, so ids are stable
         cached = self._arg_cache.get(key)
         if cached is not None:
             return cached
-        op = step.op
-        args: dict[str, Value] = {}
+        op, bound = step.op, {}
+        if step.kind == "dynamic":
+            op, bound = self.held_op(step, env, path)
+            if op is None:  # reported (or failed upstream): a placeholder that is not analysed
+                result = (UNKNOWN, {}, {}, False)
+                self._arg_cache[key] = result
+                return result
+        args: dict[str, Value] = dict(bound)
         spans: dict[str, Span] = {}
         known = True
         given = {a.name: a for a in step.layer.args}
+        for name, arg in given.items():
+            if op.param(name) is None:
+                self.report(
+                    arg.span,
+                    codes.UNKNOWN_ARGUMENT,
+                    f"{op.name} (held by `{step.via}` here) has no parameter `{name}`"
+                    + did_you_mean(name, [p.name for p in op.params]),
+                    path,
+                )
+                known = False
         for param in op.params:
             arg = given.get(param.name)
             if arg is None:
@@ -617,6 +701,22 @@ class _Lowerer:
                 known = False
             else:
                 args[param.name] = value
-        result = (op.with_defaults(args, given.keys()), spans, known)
+        result = (op, op.with_defaults(args, given.keys()), spans, known)
         self._arg_cache[key] = result
         return result
+
+    def held_op(self, step: Step, env: _Env, path: str):
+        """The op (and its bound arguments) a dynamic step's name holds in this scope."""
+        if step.via in env.failed:
+            return None, {}
+        value = env.values.get(step.via)
+        if not isinstance(value, E.OpValue):
+            self.report(
+                step.span,
+                codes.TYPE,
+                f"`{step.via}` is {E.show(value)} here, not an op (write e.g. "
+                f"`{step.via} = batchnorm` where it is set)",
+                path,
+            )
+            return None, {}
+        return value.op, dict(value.args)

@@ -24,6 +24,7 @@ class UnsafeCode(CodeError):
 ALLOWED_IMPORTS = {
     "__future__": {"annotations"},
     "collections": {"OrderedDict"},
+    "collections.abc": {"Callable"},
     "torch": {"Tensor", "nn"},
     "typing": {"Any", "Optional"},
 }
@@ -145,6 +146,15 @@ def _problems(tree: ast.Module) -> Iterable[str]:
     # Top-level definitions only: a method named `exec` must not make `exec(...)` callable.
     # Plugin classes a registered op declares it imports are callable too.
     defined = {n.name for n in tree.body if isinstance(n, ast.ClassDef | ast.FunctionDef)}
+    # Parameters that hold a module constructor (`norm_layer: Callable[..., nn.Module]`, as
+    # torchvision's) are called to build layers.
+    defined |= {
+        arg.arg
+        for fn in ast.walk(tree)
+        if isinstance(fn, ast.FunctionDef)
+        for arg in fn.args.args + fn.args.kwonlyargs
+        if arg.annotation is not None and ast.unparse(arg.annotation) == "Callable[..., nn.Module]"
+    }
     defined |= {
         name for module, names in imports.items() if module not in ALLOWED_IMPORTS for name in names
     }

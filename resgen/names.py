@@ -32,8 +32,15 @@ _BUILTINS = frozenset(dir(builtins))
 
 # Implicit block parameter: the channel count of the tensor entering a block.
 IN_CHANNELS = "in_channels"
+# Implicit block parameters for schedules over the network's blocks (timm's drop_path_rate:
+# rate * block_index / (num_blocks - 1)): the block's position among all the blocks of the
+# network's stages, from 0, and how many there are. A block used as a layer inside another sees
+# its host's; one in the stem or head sees 0 and the total.
+BLOCK_INDEX, NUM_BLOCKS = "block_index", "num_blocks"
+POSITION = (BLOCK_INDEX, NUM_BLOCKS)
+IMPLICIT = frozenset({IN_CHANNELS, *POSITION})  # names every block has without declaring them
 # Set by a stage, never written by a user in a stage call.
-STAGE_SET = frozenset({"in_channels", "dilation"})
+STAGE_SET = frozenset({"in_channels", "dilation", *POSITION})
 
 
 def problem_with(name: str, role: str) -> str | None:

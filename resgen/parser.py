@@ -399,7 +399,17 @@ class _Builder(Transformer):
         return S.Ref(span=self._sp(meta), name=str(c[0]))
 
     def func(self, meta, c):
-        return S.Func(span=self._sp(meta), name=str(c[0]), args=tuple(c[1:]))
+        name, args = c
+        args = args or []
+        positional = tuple(a.value for a in args if a.name is None)
+        keywords = tuple(a for a in args if a.name is not None)
+        first_named = next((i for i, a in enumerate(args) if a.name is not None), len(args))
+        for arg in args[first_named:]:
+            if arg.name is None:
+                self.diags.error(
+                    arg.span, codes.SYNTAX, "a positional argument cannot follow a named one"
+                )
+        return S.Func(span=self._sp(meta), name=str(name), args=positional, keywords=keywords)
 
     def pair(self, meta, c):
         return S.Pair(span=self._sp(meta), h=c[0], w=c[1])

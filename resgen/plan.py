@@ -19,10 +19,10 @@ from resgen import ops
 from resgen import spec as S
 from resgen.diagnostics import Span
 from resgen.expr import Value
-from resgen.names import IN_CHANNELS
+from resgen.names import IN_CHANNELS, POSITION
 from resgen.ops.layers import FLAT
 
-StepKind = Literal["op", "block", "seq", "reuse"]
+StepKind = Literal["op", "block", "seq", "reuse", "dynamic"]
 Channels = S.Expr | object  # an expression, or FLAT after a flatten
 
 
@@ -34,6 +34,7 @@ class Step:
          block  a block type used as a layer (`block` names it): a submodule
          seq    an nn.Sequential of unnamed `items` (paths conv1.0, conv1.1, ...)
          reuse  a parameter-free module declared earlier (`target`), applied again
+         dynamic  a layer made by the op that the name `via` holds per instance (norm_layer)
     `attr` is the attribute the module is stored under (None for unnamed items of a seq or
     shortcut); `path` is its module path inside the owner (`conv1`, `downsample.0`, `conv1.2`),
     so a node id is the instance's prefix plus `path`.
@@ -49,6 +50,7 @@ class Step:
     args: Mapping[str, S.Expr] = field(default_factory=dict)
     items: tuple[Step, ...] = ()
     target: str | None = None
+    via: str | None = None  # kind dynamic: the name (a param or let) holding the op
 
     @property
     def key(self) -> str:
@@ -133,6 +135,7 @@ class BlockPlan:
     post: tuple[Step, ...]
     out_channels: Channels  # in terms of the block's own names
     uses: tuple[str, ...]  # block types used as layers inside it, first use first
+    positional: bool = False  # uses block_index / num_blocks (itself or a block inside it)
 
     @property
     def span(self) -> Span:
@@ -209,7 +212,7 @@ def _block_plan(block: S.Block, plans: dict[str, BlockPlan], use) -> BlockPlan:
     """Elaborate one block type; `use` elaborates the block types it contains first, so their
     plans (and output channels) exist when this one's channels are worked out."""
     scope = Scope(
-        (Binding(IN_CHANNELS, None, True),)
+        tuple(Binding(name, None, True) for name in (IN_CHANNELS, *POSITION))
         + tuple(Binding(p.name, p.default, True) for p in block.params)
         + ((Binding("expansion", block.expansion, False),) if block.expansion is not None else ())
         + tuple(Binding(let.name, let.value, False) for let in block.lets)
@@ -232,6 +235,12 @@ def _block_plan(block: S.Block, plans: dict[str, BlockPlan], use) -> BlockPlan:
     for inner in uses:
         use(inner)
     out = channels_through(main + post, S.Ref(span=block.span, name=IN_CHANNELS), plans)
+    # Whether instances differ by their position (a drop-path schedule): then each gets its own.
+    positional = any(plans[inner].positional for inner in uses) or any(
+        ref.name in POSITION
+        for expr in _expressions(block, main + post, shortcut)
+        for ref in E.free_refs(expr)
+    )
     return BlockPlan(
         name=block.name,
         block=block,
@@ -243,7 +252,24 @@ def _block_plan(block: S.Block, plans: dict[str, BlockPlan], use) -> BlockPlan:
         post=post,
         out_channels=out,
         uses=tuple(uses),
+        positional=positional,
     )
+
+
+def _expressions(block: S.Block, steps, shortcut) -> Iterable[S.Expr]:
+    """Every expression of a block: parameter defaults, expansion, lets, layer arguments, the
+    shortcut's condition."""
+    yield from (p.default for p in block.params if p.default is not None)
+    if block.expansion is not None:
+        yield block.expansion
+    yield from (let.value for let in block.lets)
+    stack = list(steps) + list(shortcut.steps if shortcut else ())
+    while stack:
+        step = stack.pop()
+        stack.extend(step.items)
+        yield from step.args.values()
+    if shortcut is not None and shortcut.condition is not None:
+        yield shortcut.condition
 
 
 def _declared(steps: Iterable[Step]) -> dict[str, str]:
@@ -272,6 +298,8 @@ def _step(layer: S.Layer, attr: str | None, path: str, declared: Mapping[str, st
         return Step("seq", attr, path, layer.span, layer, items=_items(layer.items, path))
     if layer.kind == "block":
         return Step("block", attr, path, layer.span, layer, block=layer.callee, args=args)
+    if layer.kind == "dynamic":
+        return Step("dynamic", attr, path, layer.span, layer, args=args, via=layer.callee)
     op = ops.lookup(layer.callee)
     if layer.kind != "op" or op is None:
         raise AssertionError(f"unresolved layer `{layer.callee}` reached elaboration")
@@ -304,6 +332,8 @@ def channels_after(step: Step, c: Channels, blocks: Mapping[str, BlockPlan]) -> 
     names (FLAT after a flatten). Each op's own rule (Op.channels) decides."""
     if step.kind == "op":
         return step.op.channels(step.args, c)
+    if step.kind == "dynamic":  # norm layers keep their channels; an op that does not is an error
+        return c
     if step.kind == "seq":
         return channels_through(step.items, c, blocks)
     if step.kind == "block":

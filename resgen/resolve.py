@@ -29,7 +29,16 @@ from resgen.diagnostics import (
     did_you_mean,
 )
 from resgen.limits import LIMITS
-from resgen.names import IN_CHANNELS, STAGE_INDEX, STAGE_SET, problem_with
+from resgen.names import (
+    BLOCK_INDEX,
+    IMPLICIT,
+    IN_CHANNELS,
+    NUM_BLOCKS,
+    POSITION,
+    STAGE_INDEX,
+    STAGE_SET,
+    problem_with,
+)
 from resgen.parser import parse_text
 
 STAGE_KEYWORDS = ("dilate",)  # stage arguments that are not block parameters
@@ -262,6 +271,26 @@ class Loader:
         return self._display(base / imp.path)
 
 
+def _rewrite(expr: S.Expr, fn) -> S.Expr:
+    """Apply `fn` to every node of `expr`, children first (an expression tree is small: the
+    parser bounds its depth)."""
+    if isinstance(expr, S.Pair):
+        expr = expr.model_copy(update={"h": _rewrite(expr.h, fn), "w": _rewrite(expr.w, fn)})
+    elif isinstance(expr, S.BinOp):
+        expr = expr.model_copy(
+            update={"left": _rewrite(expr.left, fn), "right": _rewrite(expr.right, fn)}
+        )
+    elif isinstance(expr, S.UnaryOp):
+        expr = expr.model_copy(update={"operand": _rewrite(expr.operand, fn)})
+    elif isinstance(expr, S.Func):
+        args = tuple(_rewrite(a, fn) for a in expr.args)
+        keywords = tuple(
+            k.model_copy(update={"value": _rewrite(k.value, fn)}) for k in expr.keywords
+        )
+        expr = expr.model_copy(update={"args": args, "keywords": keywords})
+    return fn(expr)
+
+
 def load(path: str | os.PathLike) -> S.Spec:
     """Parse and resolve one .arch file. Raises SpecError (located) or UsageError."""
     return Loader().load(path)
@@ -375,6 +404,7 @@ class _FileResolver:
         if sum(1 for _ in E.walk(expr)) > LIMITS.max_expression_nodes:
             self.diags.error(expr.span, codes.LIMIT, "expression too large")
             return expr
+        expr = self._op_values(expr, scope)
         for ref in E.free_refs(expr):
             if ref.name not in scope and ref.name not in self.lets:
                 self.diags.error(
@@ -383,6 +413,12 @@ class _FileResolver:
                     f"unknown name `{ref.name}`" + did_you_mean(ref.name, scope | set(self.lets)),
                 )
         for call in (e for e in E.walk(expr) if isinstance(e, S.Func)):
+            if call.keywords and call.name in E.FUNCTIONS:
+                self.diags.error(
+                    call.keywords[0].span,
+                    codes.UNKNOWN_ARGUMENT,
+                    f"`{call.name}` takes no named arguments",
+                )
             if call.name not in E.FUNCTIONS:
                 self.diags.error(
                     call.span,
@@ -404,6 +440,41 @@ class _FileResolver:
             )
             return expr
         return result
+
+    def _op_values(self, expr: S.Expr, scope: set[str]) -> S.Expr:
+        """Ops used as values (`batchnorm`, `groupnorm(32)`) become OpRefs with their arguments
+        bound by name, as a layer's are. A name in scope (a param, a let) shadows an op."""
+
+        def shadowed(name: str) -> bool:
+            return name in scope or name in self.lets or name in E.FUNCTIONS
+
+        def rewrite(node: S.Expr) -> S.Expr:
+            if isinstance(node, S.Ref) and not shadowed(node.name):
+                op = ops.lookup(node.name)
+                if op is not None:
+                    return S.OpRef(span=node.span, name=node.name)
+            if isinstance(node, S.Func) and not shadowed(node.name):
+                op = ops.lookup(node.name)
+                if op is not None:
+                    given = [S.Arg(span=a.span, name=None, value=a) for a in node.args]
+                    params = [(p.name, False) for p in op.params]
+                    args = self._bind(
+                        [*given, *node.keywords], params, f"`{op.name}`", node.span, scope
+                    )
+                    for arg in args:  # generated code defines it once, at module level
+                        for ref in E.free_refs(arg.value):
+                            self.diags.error(
+                                ref.span,
+                                codes.BAD_ARGUMENT,
+                                f"an op used as a value takes constant arguments, not "
+                                f"`{ref.name}` (`{E.source_text(node)}`)",
+                                hint="give the value where the layer is made instead: "
+                                f"`norm = {op.name}` and `bn1 = norm({arg.name}={ref.name})`",
+                            )
+                    return S.OpRef(span=node.span, name=node.name, args=args)
+            return node
+
+        return _rewrite(expr, rewrite)
 
     def _lets(self, lets: tuple[S.Let, ...], scope: set[str]) -> list[S.Let]:
         """Block or network lets, in order: each sees the names before it, then joins `scope`."""
@@ -494,6 +565,8 @@ class _FileResolver:
             block = self.blocks.get(name) or self._own_block(name)
             params = [(p.name, p.default is None) for p in block.params]
             kind = "block"
+        elif name in scope:  # a param or let holding an op: `bn1 = norm_layer`
+            return self._dynamic(layer, scope)
         else:
             known = list(ops.names()) + list(self.blocks) + list(self._own_block_names())
             self.diags.error(
@@ -504,6 +577,27 @@ class _FileResolver:
             return layer
         args = self._bind(layer.args, params, f"`{name}`", layer.callee_span, scope)
         return layer.model_copy(update={"kind": kind, "args": args})
+
+    def _dynamic(self, layer: S.Layer, scope: set[str]) -> S.Layer:
+        """A layer made by the op a name holds. Which op is known per instance only, so its
+        arguments are named (they are checked against that op when the network is lowered)."""
+        args = []
+        for arg in layer.args:
+            if arg.name is None:
+                self.diags.error(
+                    arg.span,
+                    codes.SYNTAX,
+                    f"`{layer.callee}` holds an op that is known per instance only: name its "
+                    "arguments (`eps=1e-3`)",
+                )
+                continue
+            args.append(arg.model_copy(update={"value": self._expr(arg.value, scope)}))
+        names = [a.name for a in args]
+        for arg in args:
+            if names.count(arg.name) > 1:
+                self.diags.error(arg.span, codes.DUPLICATE_ARGUMENT, f"`{arg.name}` is given twice")
+                break
+        return layer.model_copy(update={"kind": "dynamic", "args": tuple(args)})
 
     def _own_block_names(self) -> set[str]:
         return {b.name for b in self.parsed.blocks}
@@ -569,9 +663,17 @@ class _FileResolver:
     # -- blocks
     def _block(self, block: S.Block) -> S.Block:
         self._name_ok(block.name, "block", block.span)
-        scope = {IN_CHANNELS}
+        scope = set(IMPLICIT)
         params = []
         for p in block.params:
+            if p.name in POSITION:
+                self.diags.error(
+                    p.span,
+                    codes.BAD_NAME,
+                    f"`{p.name}` is implicit: every block receives its position among the "
+                    f"network's blocks as `{BLOCK_INDEX}` and their count as `{NUM_BLOCKS}`",
+                )
+                continue
             if p.name == IN_CHANNELS:
                 self.diags.error(
                     p.span,

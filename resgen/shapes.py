@@ -95,6 +95,9 @@ class Analysis:
     macs_exact: bool = True
     nodes: dict[str, Node] = field(default_factory=dict)  # the lowered records, forward order
     shapes: dict[str, ShapeResult] = field(default_factory=dict)  # per node id
+    plan: NetworkPlan | None = None  # the elaborated network the nodes were lowered from
+    # Per block type ("" the network): names that held a number with a fraction somewhere.
+    float_names: dict[str, set[str]] = field(default_factory=dict)
 
     @property
     def errors(self) -> list[Diagnostic]:
@@ -450,6 +453,8 @@ class _Inference:
             macs_exact=macs_exact,
             nodes=self.nodes,
             shapes=shapes,
+            plan=lowering.plan,
+            float_names=lowering.float_names,
         )
 
     def _params_follow(self, node: Node) -> bool:

@@ -68,15 +68,27 @@ class UnaryOp(Node):
 
 
 class Func(Node):
-    """`int(x)`, `round(x)`, `min(a, b)`, `max(a, b)`: see resgen.expr.FUNCTIONS."""
+    """`int(x)`, `round(x)`, `min(a, b)`, `max(a, b)`: see resgen.expr.FUNCTIONS. As parsed, a
+    call may also name an op with arguments (`groupnorm(32, eps=1e-6)`); resolve turns those
+    into `OpRef`s (`keywords` holds the named arguments until then)."""
 
     kind: Literal["func"] = "func"
     name: str
     args: tuple[Expr, ...]
+    keywords: tuple[Arg, ...] = ()
+
+
+class OpRef(Node):
+    """An op as a value, `batchnorm` or `groupnorm(32)`: what a `norm_layer` or `act_layer`
+    parameter holds. Its arguments are bound by name; a layer made from it adds its own."""
+
+    kind: Literal["op"] = "op"
+    name: str
+    args: tuple[Arg, ...] = ()
 
 
 Expr = Annotated[
-    Int | Float | Bool | Ref | Pair | BinOp | UnaryOp | Func, Field(discriminator="kind")
+    Int | Float | Bool | Ref | Pair | BinOp | UnaryOp | Func | OpRef, Field(discriminator="kind")
 ]
 
 
@@ -101,11 +113,12 @@ class Layer(Node):
       seq    `conv1 = seq { ... }`: an nn.Sequential of unnamed layers (keys conv1.0, conv1.1, ...)
       reuse  a bare name: apply an already-declared parameter-free module again (torchvision's
              single `relu` used three times in Bottleneck)
+      dynamic  a layer made by the op a parameter holds (`bn1 = norm_layer`, callee the param)
     `name` is None for the unnamed layers inside a `seq` or `shortcut` (the items of one are
     either all named, `downsample.conv`, or all unnamed, `downsample.0`).
     """
 
-    kind: Literal["call", "op", "block", "seq", "reuse"]
+    kind: Literal["call", "op", "block", "seq", "reuse", "dynamic"]
     name: str | None
     callee: str = ""  # op or block name for call/op/block; the reused layer for reuse
     callee_span: Span | None = None
@@ -264,4 +277,5 @@ Pair.model_rebuild()
 BinOp.model_rebuild()
 UnaryOp.model_rebuild()
 Func.model_rebuild()
+OpRef.model_rebuild()
 Layer.model_rebuild()

@@ -267,9 +267,14 @@ def test_exact_division():
     assert info.value.code == "inexact-division"
     assert "remainder of 1" in info.value.message and "`//`" in info.value.hint
     assert (info.value.span.line, info.value.span.column) == (1, 9)
-    # Generated code writes `/` as `//`, so a fractional `/` would mean two things: refused.
-    with pytest.raises(E.EvalError, match="divides integers exactly"):
-        E.evaluate(let_value("7.0 / 2"), {})
+    # A fraction divides as Python's `/`, and generated code writes `/` for it (`//` only
+    # where both sides are integers: the division resgen checked to be exact).
+    assert E.evaluate(let_value("7.0 / 2"), {}) == 3.5
+    assert E.to_python(let_value("7.0 / 2")) == "7.0 / 2"
+    assert E.to_python(let_value("rate * i / (n - 1)"), floats={"rate"}.__contains__) == (
+        "rate * i / (n - 1)"
+    )
+    assert E.to_python(let_value("planes * 64 / 64")) == "planes * 64 // 64"
     assert E.evaluate(let_value("7.0 * 0.5"), {}) == 3.5
     with pytest.raises(E.EvalError) as info:
         E.evaluate(let_value("a // (b - 3)"), {"a": 1, "b": 3})

@@ -330,6 +330,18 @@ class Op:
         return f"<op {self.name}>"
 
 
+class _Unknown(Op):
+    """Stands in for a layer whose op could not be determined (its name holds no op here: an
+    error already reported). Never registered; the shape engine skips it (not `known`)."""
+
+    name = "?"
+    doc = "an op that could not be determined"
+    stateless = True
+
+
+UNKNOWN = _Unknown()
+
+
 class Merge(Op):
     """How a block joins its main path with the shortcut (or with its input, when there is no
     projection): `merge NAME`. The generated forward() runs `statement`, where `out` is the main
@@ -381,6 +393,7 @@ __all__ = [
     "SIZE_HINT",
     "SameAs",
     "Shape",
+    "UNKNOWN",
     "Window",
     "arithmetic",
     "at",
