@@ -9,7 +9,6 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -345,12 +344,12 @@ def test_dot_is_identical_across_hash_seeds(tmp_path):
     assert len(outputs) == 1
 
 
-def test_resnet152_layers_dot_builds_well_under_a_second():
+def test_resnet152_layers_dot_has_every_edge():
+    """The layers-level DOT of a big network (its speed is in tests/benchmark.py: tests do not
+    assert timings, which move with the machine's load)."""
     spec = load(SPECS / "resnet152.arch")
     analysis = analyse(spec)
-    start = time.perf_counter()
     source = diagram.to_dot(spec, analysis, "layers")
-    assert time.perf_counter() - start < 0.5
     assert source.count("->") == analysis.graph.number_of_edges()
 
 
