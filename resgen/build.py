@@ -168,11 +168,14 @@ def verify(spec: S.Spec, analysis) -> tuple[list[Difference], int]:
     differences: list[Difference] = []
     compared = 0
     for layer in analysis.layers:
-        merge = analysis.nodes[layer.name].kind == "merge"
-        actual = _observed(layer.name, merge, analysis, inputs, outputs)
+        node = analysis.nodes[layer.name]
+        # A merge, or an op whose parameter is the block's own (layer scale), is no module:
+        # torch shows its result as what the next module receives.
+        inline = node.kind == "merge" or node.op.emit is not None and node.op.emit.owned
+        actual = _observed(layer.name, inline, analysis, inputs, outputs)
         if actual is None:
-            if merge:
-                continue  # a merge feeding something no hook sees
+            if inline:
+                continue  # feeding something no hook sees
             differences.append(Difference(layer.name, _shape(layer.out), "no such layer output"))
         elif tuple(layer.out) != actual:
             differences.append(Difference(layer.name, _shape(layer.out), _shape(actual)))
@@ -191,10 +194,11 @@ def verify(spec: S.Spec, analysis) -> tuple[list[Difference], int]:
     return differences, compared
 
 
-def _observed(name: str, merge: bool, analysis, inputs, outputs) -> tuple[int, ...] | None:
-    """The shape torch produced for a predicted layer output. A merge (`layer1.0.add`) is not a
-    module: it is seen as the input of the layer after it, or as its block's output."""
-    if not merge:
+def _observed(name: str, inline: bool, analysis, inputs, outputs) -> tuple[int, ...] | None:
+    """The shape torch produced for a predicted layer output. A merge (`layer1.0.add`) or a
+    layer scale is not a module: it is seen as the input of the layer after it, or as its
+    block's output."""
+    if not inline:
         return _nth(outputs, name)
     block = analysis.nodes[name].block
     for successor in analysis.graph.successors(name):

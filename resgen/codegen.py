@@ -85,8 +85,19 @@ class LayerView:
 
 @dataclass
 class StepView:
-    call: str  # `self.conv1`
+    """One line of forward(): `before + input + after`, e.g. `self.conv1(` `x` `)`, or, for an
+    op whose parameter belongs to the block, `` `out` `.mul(self.gamma.reshape(1, -1, 1, 1))`."""
+
+    call: str  # the module (`self.conv1`), or the op's `apply` with `{x}` for the input
     comment: str | None = None
+
+    @property
+    def before(self) -> str:
+        return self.call.partition("{x}")[0] if "{x}" in self.call else self.call + "("
+
+    @property
+    def after(self) -> str:
+        return self.call.partition("{x}")[2] if "{x}" in self.call else ")"
 
 
 @dataclass
@@ -113,12 +124,14 @@ class BlockView:
     identity_first: bool  # `identity = x` before the main path
     post_layers: list[LayerView]
     post: list[StepView]
+    merge_condition: str | None = None  # `merge ... when`: stored as self.residual
 
 
 @dataclass
 class ZeroInitView:
     block: str
     weight: str  # `module.bn3.weight`
+    conditional: bool = False  # only instances with a residual (`merge ... when`)
 
 
 @dataclass
@@ -165,8 +178,8 @@ class ModuleView:
         """The standard library's imports, a blank line, then torch's and any plugin's, each
         group sorted by module, as isort (ruff) lays them out."""
         lines = {"from torch import Tensor, nn", *self.imports}
-        stdlib = sorted((line for line in lines if line.split()[1] in _STDLIB), key=_module)
-        others = sorted((line for line in lines if line.split()[1] not in _STDLIB), key=_module)
+        stdlib = sorted((line for line in lines if _module(line) in _STDLIB), key=_import_key)
+        others = sorted((line for line in lines if _module(line) not in _STDLIB), key=_import_key)
         return [*stdlib, *([""] if stdlib else []), *others]
 
     @property
@@ -181,6 +194,11 @@ _STDLIB = frozenset({"collections", "collections.abc"})
 
 def _module(line: str) -> str:
     return line.split()[1]
+
+
+def _import_key(line: str) -> tuple[str, bool]:
+    """isort's order within a section: by module, `import x` before `from x import y`."""
+    return _module(line), line.startswith("from ")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -402,7 +420,21 @@ class _ModuleBuilder:
                 codes.FLATTEN_IN_BLOCK,
                 hint="put flatten and what follows it in the network's head",
             )
+        if step.op.emit.owned is not None:  # a parameter of the block itself (layer scale)
+            return self._owned(step.op, step.args, scope, scope.atom(channels))
         return self._op_call(step.op, step.args, scope, scope.atom(channels))
+
+    def _owned(self, op: ops.Op, given: Mapping[str, S.Expr], scope: _Scope, channels) -> Code:
+        """`nn.Parameter(torch.full((planes,), 1e-06))`: the op's `owned` template with the
+        incoming channels and its arguments (defaults filled in) written as Python."""
+        values = {p.name: p.default for p in op.params if p.fixed_default}
+        values.update({name: _constant(expr) for name, expr in given.items()})
+        code = {
+            name: scope.code(given[name]) if name in given else literal(value)
+            for name, value in values.items()
+        }
+        self.imports.update(dict.fromkeys(op.emit.imports))
+        return Atom(op.emit.owned.format(channels=channels, **code))
 
     def _op_call(
         self, op: ops.Op, given: Mapping[str, S.Expr], scope: _Scope, channels: Code, *extra
@@ -542,6 +574,9 @@ class _ModuleBuilder:
             main=main,
             shortcut=shortcut,
             merge_line=merge_line,
+            merge_condition=(
+                scope.code(block.merge_condition) if block.merge_condition is not None else None
+            ),
             # `identity = x` up front: the merge sees x unless a shortcut always replaces it (or
             # the merge reads x itself, as squeeze-excite's `out = x * out` does).
             identity_first=merge is not None
@@ -560,11 +595,11 @@ class _ModuleBuilder:
         steps: list[StepView],
     ) -> Channels:
         if step.kind == "reuse":
-            steps.append(StepView(f"self.{ident(step.target)}"))
+            steps.append(StepView(f"self.{ident(step.target)}"))  # parameter-free: a module
             return channels
         attr = ident(step.attr)
         layers.append(LayerView(attr, self._build(step, channels, scope)))
-        steps.append(StepView(f"self.{attr}"))
+        steps.append(StepView(_apply(step.op, f"self.{attr}")))
         return channels_after(step, channels, self.plan.blocks)
 
     # -- network
@@ -887,6 +922,14 @@ def _key(pattern: tuple, scope: _Scope, index: int | None = None) -> Atom:
     return Atom('f"' + "".join(parts) + '"')
 
 
+def _apply(op: ops.Op | None, module: str) -> str:
+    """How forward() applies a layer: `self.conv1` (called), or the op's own `apply` with its
+    attribute in place of `{self}` (an op whose parameter belongs to the block)."""
+    if op is None or op.emit is None or op.emit.owned is None:
+        return module
+    return op.emit.apply.replace("{self}", module)
+
+
 def _plus(left: S.Expr, right) -> S.Expr:
     """`left + right` folded (right: an expression, an int, or a local's name)."""
     if isinstance(right, str):
@@ -993,16 +1036,17 @@ def _zero_init(plan: BlockPlan) -> ZeroInitView | None:
     zero_init_residual does."""
     if plan.merge is None or not plan.merge.residual:
         return None
+    conditional = plan.block.merge_condition is not None  # only instances with a residual
     for step in reversed(plan.main):
         if step.op is not None and step.op.zero_init:
-            return ZeroInitView(ident(plan.name), f"module.{ident(step.attr)}.{step.op.zero_init}")
+            weight = f"module.{ident(step.attr)}.{step.op.zero_init}"
+            return ZeroInitView(ident(plan.name), weight, conditional)
         for index in reversed(range(len(step.items))):
             item = step.items[index]
             if item.op is not None and item.op.zero_init:
                 where = f".{ident(item.attr)}" if item.attr is not None else f"[{index}]"
-                return ZeroInitView(
-                    ident(plan.name), f"module.{ident(step.attr)}{where}.{item.op.zero_init}"
-                )
+                weight = f"module.{ident(step.attr)}{where}.{item.op.zero_init}"
+                return ZeroInitView(ident(plan.name), weight, conditional)
     return None
 
 

@@ -426,14 +426,19 @@ class _Lowerer:
         if sc is not None:
             present = True
             if sc.condition is not None:
-                present = self.shortcut_present(sc.condition, env, path)
+                present = self.condition_holds(sc.condition, env, path)
                 known = present is not None
             if present:
                 where = _Where(stage, path, SHORTCUT, instance)
                 shortcut_out, _ = self.sequence(
                     sc.steps, env, prefix, source, source_channels, where, SHORTCUT
                 )
-        if plan.merge is not None:
+        merging = plan.merge is not None
+        if merging and plan.block.merge_condition is not None:
+            holds = self.condition_holds(plan.block.merge_condition, env, path)
+            merging = holds is not False  # unknown: drawn, and its shapes not checked
+            known = known and holds is not None
+        if merging:
             merged = f"{path}.{plan.merge.name}"
             self.add(
                 Node(
@@ -458,7 +463,8 @@ class _Lowerer:
         post = _Where(stage, path, "post", instance)
         return self.sequence(plan.post, env, prefix, out, out_channels, post, MAIN)
 
-    def shortcut_present(self, condition: S.Expr, env: _Env, path: str) -> bool | None:
+    def condition_holds(self, condition: S.Expr, env: _Env, path: str) -> bool | None:
+        """A `when` of a shortcut or a merge, for one instance; None when it cannot be told."""
         key = (id(condition), id(env))
         if key in self._arg_cache:
             return self._arg_cache[key]
@@ -467,7 +473,7 @@ class _Lowerer:
             self.report(
                 condition.span,
                 codes.TYPE,
-                f"a shortcut condition is true or false, not {E.type_name(present)}",
+                f"a `when` condition is true or false, not {E.type_name(present)}",
                 path,
             )
             present = None

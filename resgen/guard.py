@@ -46,9 +46,15 @@ def allowed() -> tuple[frozenset[str], dict[str, set[str]]]:
             paths.add(emit.cls)
         paths.update(emit.uses)
         for line in emit.imports:
+            if line.startswith("import "):  # `import torch`: a module, used by its paths
+                imports.setdefault(MODULES, set()).add(line.removeprefix("import ").strip())
+                continue
             module, _, names = line.removeprefix("from ").partition(" import ")
             imports.setdefault(module.strip(), set()).update(n.strip() for n in names.split(","))
     return frozenset(paths), imports
+
+
+MODULES = "<modules>"  # key of allowed() for `import MODULE` statements
 
 
 BUILTIN_CALLS = frozenset(
@@ -60,6 +66,7 @@ _NODES = (
     ast.Module,
     ast.Expr,
     ast.ImportFrom,
+    ast.Import,
     ast.alias,
     ast.ClassDef,
     ast.FunctionDef,
@@ -133,7 +140,7 @@ def _call_problem(call: ast.Call, defined: set[str]) -> str | None:
         return None if func.id in BUILTIN_CALLS or func.id in defined else f"{func.id}()"
     root = _root(func)
     if isinstance(func, ast.Attribute) and (
-        (isinstance(root, ast.Name) and root.id in ("self", "nn"))
+        (isinstance(root, ast.Name) and root.id in ("self", "nn", "torch"))
         or (isinstance(root, ast.Call) and _dotted(root.func) == "super")
     ):
         return None
@@ -156,7 +163,10 @@ def _problems(tree: ast.Module) -> Iterable[str]:
         if arg.annotation is not None and ast.unparse(arg.annotation) == "Callable[..., nn.Module]"
     }
     defined |= {
-        name for module, names in imports.items() if module not in ALLOWED_IMPORTS for name in names
+        name
+        for module, names in imports.items()
+        if module not in ALLOWED_IMPORTS and module != MODULES
+        for name in names
     }
     for node in ast.walk(tree):
         line = f"line {getattr(node, 'lineno', '?')}"
@@ -167,6 +177,10 @@ def _problems(tree: ast.Module) -> Iterable[str]:
             for alias in node.names:
                 if node.level or alias.name not in names or alias.asname:
                     yield f"{line}: import of {node.module}.{alias.name}"
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name not in imports.get(MODULES, set()) or alias.asname:
+                    yield f"{line}: import of {alias.name}"
         elif isinstance(node, ast.ClassDef | ast.FunctionDef) and node.decorator_list:
             yield f"{line}: decorator"
         elif isinstance(node, ast.ClassDef) and (

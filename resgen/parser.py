@@ -516,7 +516,8 @@ class _Builder(Transformer):
         return ("shortcut", node, self._sp(meta))
 
     def merge(self, meta, c):
-        return ("merge", c[0], self._sp(meta))
+        name, condition = c
+        return ("merge", (name, condition), self._sp(meta))
 
     def _sections(self, items, owner: str, repeatable=("let",)):
         seen: dict[str, Span] = {}
@@ -545,9 +546,11 @@ class _Builder(Transformer):
                 # and ByobNet blocks and torchvision's RegNet blocks do.
                 fields.setdefault("shortcut_first", "main" not in fields)
             elif key == "merge":  # resolve checks the name against the registered merges
-                fields.setdefault("merge", str(value))
+                merge, condition = value
+                fields.setdefault("merge", str(merge))
                 fields.setdefault("merge_span", span)
-                fields.setdefault("merge_name_span", self._tsp(value))
+                fields.setdefault("merge_name_span", self._tsp(merge))
+                fields.setdefault("merge_condition", condition)
         return S.Block(
             span=self._sp(meta),
             name=str(name),

@@ -42,6 +42,7 @@ from resgen.names import (
 from resgen.parser import parse_text
 
 STAGE_KEYWORDS = ("dilate",)  # stage arguments that are not block parameters
+RESIDUAL_FLAG = "residual"  # generated attribute: whether an instance's merge happens
 
 
 # Resolved standard-library files, shared by every Loader of the process: checking a thousand
@@ -728,6 +729,9 @@ class _FileResolver:
                     codes.SHORTCUT_WITHOUT_MERGE,
                     f"{owner} has a shortcut but no `merge add` (or `merge mul`) to join it",
                 )
+        merge_condition = block.merge_condition
+        if merge_condition is not None:
+            merge_condition = self._expr(merge_condition, scope)
         if block.merge is not None and ops.merge(block.merge) is None:
             known = " or ".join(f"`{m.name}`" for m in ops.registered() if isinstance(m, ops.Merge))
             self.diags.error(
@@ -736,8 +740,17 @@ class _FileResolver:
                 f"unknown merge `{block.merge}`; a block merges by {known}",
             )
         post = self._layers(block.post, scope, declared, owner)
+        taken = set(declared) | ({shortcut.name} if shortcut is not None else set())
+        if merge_condition is not None and RESIDUAL_FLAG in taken:
+            self.diags.error(
+                block.merge_span or block.span,
+                codes.DUPLICATE_NAME,
+                f"a conditional merge keeps its condition in the attribute `{RESIDUAL_FLAG}`, "
+                f"which {owner} uses for a layer",
+            )
         return block.model_copy(
             update={
+                "merge_condition": merge_condition,
                 "params": tuple(params),
                 "expansion": expansion,
                 "lets": tuple(lets),

@@ -177,6 +177,9 @@ class Block(Node):
     merge: str | None = None  # a registered merge (resgen.ops.merge): add, mul, ...
     merge_span: Span | None = None
     merge_name_span: Span | None = None
+    # `merge add when COND`: instances where COND is false have no residual at all (timm's
+    # RegNetZ: out = post(main(x)) when the shape changes), not an identity.
+    merge_condition: Expr | None = None
     post: tuple[Layer, ...] = ()
     source_file: str = ""
 

@@ -19,7 +19,7 @@ from collections.abc import Iterable
 from importlib import metadata
 
 from resgen.diagnostics import UsageError
-from resgen.ops import layers, merges
+from resgen.ops import layers, merges, scales
 from resgen.ops.base import (
     FROM_INPUT,
     REQUIRED,
@@ -163,25 +163,30 @@ def _declaration_problem(op: Op) -> str | None:
     for line in emit.imports:
         statement = _import_statement(line)
         if statement is None:
-            return f"declares the import {line!r}, which is not one `from MODULE import NAME`"
+            return (
+                f"declares the import {line!r}, which is not one `from MODULE import NAME` "
+                "(or `import MODULE`)"
+            )
         imported.update(alias.asname or alias.name for alias in statement.names)
     if not emit.cls.startswith("nn.") and emit.helper is None and emit.cls not in imported:
         return f"emits `{emit.cls}` but neither imports it nor has a helper template defining it"
     return None
 
 
-def _import_statement(line: str) -> ast.ImportFrom | None:
+def _import_statement(line: str) -> ast.ImportFrom | ast.Import | None:
     try:
         tree = ast.parse(line)
     except SyntaxError:
         return None
-    if len(tree.body) != 1 or not isinstance(tree.body[0], ast.ImportFrom):
+    if len(tree.body) != 1 or not isinstance(tree.body[0], ast.ImportFrom | ast.Import):
         return None
     statement = tree.body[0]
+    if isinstance(statement, ast.Import):
+        return statement if all(a.asname is None for a in statement.names) else None
     return None if statement.level or not statement.module else statement
 
 
-for _op in (*layers.BUILTIN, *merges.BUILTIN):
+for _op in (*layers.BUILTIN, *scales.BUILTIN, *merges.BUILTIN):
     register(_op)
 
 __all__ = [

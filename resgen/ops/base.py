@@ -246,6 +246,7 @@ class Emit:
     imports      import lines the generated module needs (a plugin's `from pkg import Cls`)
     init         the network's initialisation of each module of this class (`module` is it)
     uses         other torch paths the helper or init code touches (the AST guard allows them)
+    owned, apply an op whose state is the enclosing module's own (see below)
     """
 
     cls: str
@@ -255,6 +256,12 @@ class Emit:
     imports: tuple[str, ...] = ()
     init: tuple[str, ...] = ()
     uses: tuple[str, ...] = ()
+    # An op whose state belongs to the enclosing module under the layer's name, not to a
+    # submodule of its own (ConvNeXt's layer-scale `gamma`): `owned` is the Python that builds
+    # it, with `{channels}` and `{param}` placeholders; `apply` is forward()'s expression for
+    # it, `{x}` the input and `{self}` the attribute.
+    owned: str | None = None
+    apply: str = "{self}({x})"
 
 
 Accepts = Literal["any", "spatial", "flat"]
