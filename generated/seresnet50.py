@@ -22,13 +22,16 @@ class SqueezeExcite(nn.Module):
         self,
         in_channels: int,
         reduction: int = 16,
+        divisor: int = 8,
     ) -> None:
         super().__init__()
+        nearest = (2 * in_channels + divisor * reduction) // (2 * reduction) // divisor * divisor
+        rd_channels = max(divisor, nearest)
         self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc1 = nn.Conv2d(in_channels, in_channels // reduction, kernel_size=1)
+        self.fc1 = nn.Conv2d(in_channels, rd_channels, kernel_size=1)
         self.bn = nn.Identity()
         self.act = nn.ReLU(inplace=True)
-        self.fc2 = nn.Conv2d(in_channels // reduction, in_channels, kernel_size=1)
+        self.fc2 = nn.Conv2d(rd_channels, in_channels, kernel_size=1)
         self.gate = nn.Sigmoid()
 
     def forward(self, x: Tensor) -> Tensor:
@@ -52,6 +55,7 @@ class SEBottleneck(nn.Module):
         planes: int,
         stride: int = 1,
         reduction: int = 16,
+        divisor: int = 8,
     ) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(in_channels, planes, kernel_size=1, bias=False)
@@ -62,7 +66,7 @@ class SEBottleneck(nn.Module):
         self.act2 = nn.ReLU(inplace=True)
         self.conv3 = nn.Conv2d(planes, planes * self.expansion, kernel_size=1, bias=False)
         self.bn3 = nn.BatchNorm2d(planes * self.expansion)
-        self.se = SqueezeExcite(planes * self.expansion, reduction=reduction)
+        self.se = SqueezeExcite(planes * self.expansion, reduction=reduction, divisor=divisor)
         if stride != 1 or in_channels != planes * self.expansion:
             self.downsample = nn.Sequential(
                 nn.Conv2d(

@@ -99,3 +99,33 @@ def test_verify(name, capsys):
     size = min(CASES[name], 160)
     assert cli.main(["verify", str(SPECS / f"{name}.arch"), "--input", f"3x{size}x{size}"]) == 0
     assert ": ok (" in capsys.readouterr().out
+
+
+def squeeze_width(tmp_path, module: str, block: str, channels: int, arguments: str) -> int:
+    """The output channels of fc1 in one `block` (from std.`module`) applied to `channels`."""
+    path = tmp_path / "se.arch"
+    path.write_text(
+        f"import std.{module}\n"
+        f"network se {{\n    input {channels}x4x4\n"
+        f"    stage s = 1 x {block}({arguments})\n}}\n",
+        encoding="utf-8",
+    )
+    layers = {layer.name: layer for layer in analyse(load(path)).layers}
+    return layers["s.0.fc1"].out[0]
+
+
+# Channel counts that are multiples of the reduction and ones that are not (timm rounds
+# C / reduction to the nearest multiple of the divisor, halves up, at least the divisor).
+SE_CHANNELS = (8, 24, 40, 48, 64, 72, 100, 120, 256, 1000, 2048)
+
+
+@pytest.mark.parametrize("channels", SE_CHANNELS)
+@pytest.mark.parametrize("reduction, divisor", [(16, 8), (4, 8), (16, 1), (8, 4), (2, 3)])
+def test_squeeze_excite_width_is_timms(tmp_path, channels, reduction, divisor):
+    """std.timm's SqueezeExcite squeezes to timm's SEModule width (make_divisible, timm's
+    rd_ratio = 1 / reduction: powers of two, exact in floating point)."""
+    from timm.layers import SEModule
+
+    expected = SEModule(channels, rd_ratio=1 / reduction, rd_divisor=divisor).fc1.out_channels
+    arguments = f"reduction={reduction}, divisor={divisor}"
+    assert squeeze_width(tmp_path, "timm", "SqueezeExcite", channels, arguments) == expected
