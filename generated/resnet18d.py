@@ -67,29 +67,42 @@ class ResNet(nn.Module):
     def __init__(
         self,
         num_classes: int = 1000,
+        blocks1: int = 2,
+        blocks2: int = 2,
+        blocks3: int = 2,
+        blocks4: int = 2,
+        stem_width: int = 32,
         zero_init_residual: bool = False,
     ) -> None:
         super().__init__()
         self.conv1 = nn.Sequential(
-            nn.Conv2d(3, 32, kernel_size=3, stride=2, padding=1, bias=False),
-            nn.BatchNorm2d(32),
+            nn.Conv2d(3, stem_width, kernel_size=3, stride=2, padding=1, bias=False),
+            nn.BatchNorm2d(stem_width),
             nn.ReLU(inplace=True),
-            nn.Conv2d(32, 32, kernel_size=3, padding=1, bias=False),
-            nn.BatchNorm2d(32),
+            nn.Conv2d(stem_width, stem_width, kernel_size=3, padding=1, bias=False),
+            nn.BatchNorm2d(stem_width),
             nn.ReLU(inplace=True),
-            nn.Conv2d(32, 64, kernel_size=3, padding=1, bias=False),
+            nn.Conv2d(stem_width, 2 * stem_width, kernel_size=3, padding=1, bias=False),
         )
-        self.bn1 = nn.BatchNorm2d(64)
+        self.bn1 = nn.BatchNorm2d(2 * stem_width)
         self.act1 = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
-        # layer1: 2 x BasicBlockD, 64x56x56 -> 64x56x56
-        self.layer1 = nn.Sequential(*[BasicBlockD(64, 64) for _ in range(2)])
-        # layer2: 2 x BasicBlockD, 64x56x56 -> 128x28x28
-        self.layer2 = nn.Sequential(BasicBlockD(64, 128, stride=2), BasicBlockD(128, 128))
-        # layer3: 2 x BasicBlockD, 128x28x28 -> 256x14x14
-        self.layer3 = nn.Sequential(BasicBlockD(128, 256, stride=2), BasicBlockD(256, 256))
-        # layer4: 2 x BasicBlockD, 256x14x14 -> 512x7x7
-        self.layer4 = nn.Sequential(BasicBlockD(256, 512, stride=2), BasicBlockD(512, 512))
+        # layer1: blocks1 x BasicBlockD, 64x56x56 -> 64x56x56
+        self.layer1 = nn.Sequential(
+            BasicBlockD(2 * stem_width, 64), *[BasicBlockD(64, 64) for _ in range(blocks1 - 1)]
+        )
+        # layer2: blocks2 x BasicBlockD, 64x56x56 -> 128x28x28
+        self.layer2 = nn.Sequential(
+            BasicBlockD(64, 128, stride=2), *[BasicBlockD(128, 128) for _ in range(blocks2 - 1)]
+        )
+        # layer3: blocks3 x BasicBlockD, 128x28x28 -> 256x14x14
+        self.layer3 = nn.Sequential(
+            BasicBlockD(128, 256, stride=2), *[BasicBlockD(256, 256) for _ in range(blocks3 - 1)]
+        )
+        # layer4: blocks4 x BasicBlockD, 256x14x14 -> 512x7x7
+        self.layer4 = nn.Sequential(
+            BasicBlockD(256, 512, stride=2), *[BasicBlockD(512, 512) for _ in range(blocks4 - 1)]
+        )
         self.global_pool = nn.AdaptiveAvgPool2d(1)
         self.flatten = nn.Flatten()
         self.fc = nn.Linear(512, num_classes)
@@ -124,10 +137,20 @@ class ResNet(nn.Module):
 
 def resnet18d(
     num_classes: int = 1000,
+    blocks1: int = 2,
+    blocks2: int = 2,
+    blocks3: int = 2,
+    blocks4: int = 2,
+    stem_width: int = 32,
     zero_init_residual: bool = False,
 ) -> ResNet:
     """Build resnet18d; the arguments override the spec's parameters."""
     return ResNet(
         num_classes=num_classes,
+        blocks1=blocks1,
+        blocks2=blocks2,
+        blocks3=blocks3,
+        blocks4=blocks4,
+        stem_width=stem_width,
         zero_init_residual=zero_init_residual,
     )

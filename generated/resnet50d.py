@@ -25,15 +25,27 @@ class BottleneckD(nn.Module):
         in_channels: int,
         planes: int,
         stride: int = 1,
+        groups: int = 1,
+        base_width: int = 64,
+        reduce_first: int = 1,
     ) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(in_channels, planes, kernel_size=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
+        width = planes * base_width // 64 * groups
+        self.conv1 = nn.Conv2d(in_channels, width // reduce_first, kernel_size=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width // reduce_first)
         self.act1 = nn.ReLU(inplace=True)
-        self.conv2 = nn.Conv2d(planes, planes, kernel_size=3, stride=stride, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(
+            width // reduce_first,
+            width,
+            kernel_size=3,
+            stride=stride,
+            padding=1,
+            groups=groups,
+            bias=False,
+        )
+        self.bn2 = nn.BatchNorm2d(width)
         self.act2 = nn.ReLU(inplace=True)
-        self.conv3 = nn.Conv2d(planes, planes * self.expansion, kernel_size=1, bias=False)
+        self.conv3 = nn.Conv2d(width, planes * self.expansion, kernel_size=1, bias=False)
         self.bn3 = nn.BatchNorm2d(planes * self.expansion)
         if stride != 1 or in_channels != planes * self.expansion:
             self.downsample = nn.Sequential(
@@ -71,34 +83,59 @@ class ResNet(nn.Module):
     def __init__(
         self,
         num_classes: int = 1000,
+        blocks1: int = 3,
+        blocks2: int = 4,
+        blocks3: int = 6,
+        blocks4: int = 3,
+        groups: int = 1,
+        width_per_group: int = 64,
+        stem_width: int = 32,
         zero_init_residual: bool = False,
     ) -> None:
         super().__init__()
         self.conv1 = nn.Sequential(
-            nn.Conv2d(3, 32, kernel_size=3, stride=2, padding=1, bias=False),
-            nn.BatchNorm2d(32),
+            nn.Conv2d(3, stem_width, kernel_size=3, stride=2, padding=1, bias=False),
+            nn.BatchNorm2d(stem_width),
             nn.ReLU(inplace=True),
-            nn.Conv2d(32, 32, kernel_size=3, padding=1, bias=False),
-            nn.BatchNorm2d(32),
+            nn.Conv2d(stem_width, stem_width, kernel_size=3, padding=1, bias=False),
+            nn.BatchNorm2d(stem_width),
             nn.ReLU(inplace=True),
-            nn.Conv2d(32, 64, kernel_size=3, padding=1, bias=False),
+            nn.Conv2d(stem_width, 2 * stem_width, kernel_size=3, padding=1, bias=False),
         )
-        self.bn1 = nn.BatchNorm2d(64)
+        self.bn1 = nn.BatchNorm2d(2 * stem_width)
         self.act1 = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
-        # layer1: 3 x BottleneckD, 64x56x56 -> 256x56x56
-        self.layer1 = nn.Sequential(BottleneckD(64, 64), *[BottleneckD(256, 64) for _ in range(2)])
-        # layer2: 4 x BottleneckD, 256x56x56 -> 512x28x28
+        # layer1: blocks1 x BottleneckD, 64x56x56 -> 256x56x56
+        self.layer1 = nn.Sequential(
+            BottleneckD(2 * stem_width, 64, groups=groups, base_width=width_per_group),
+            *[
+                BottleneckD(256, 64, groups=groups, base_width=width_per_group)
+                for _ in range(blocks1 - 1)
+            ],
+        )
+        # layer2: blocks2 x BottleneckD, 256x56x56 -> 512x28x28
         self.layer2 = nn.Sequential(
-            BottleneckD(256, 128, stride=2), *[BottleneckD(512, 128) for _ in range(3)]
+            BottleneckD(256, 128, stride=2, groups=groups, base_width=width_per_group),
+            *[
+                BottleneckD(512, 128, groups=groups, base_width=width_per_group)
+                for _ in range(blocks2 - 1)
+            ],
         )
-        # layer3: 6 x BottleneckD, 512x28x28 -> 1024x14x14
+        # layer3: blocks3 x BottleneckD, 512x28x28 -> 1024x14x14
         self.layer3 = nn.Sequential(
-            BottleneckD(512, 256, stride=2), *[BottleneckD(1024, 256) for _ in range(5)]
+            BottleneckD(512, 256, stride=2, groups=groups, base_width=width_per_group),
+            *[
+                BottleneckD(1024, 256, groups=groups, base_width=width_per_group)
+                for _ in range(blocks3 - 1)
+            ],
         )
-        # layer4: 3 x BottleneckD, 1024x14x14 -> 2048x7x7
+        # layer4: blocks4 x BottleneckD, 1024x14x14 -> 2048x7x7
         self.layer4 = nn.Sequential(
-            BottleneckD(1024, 512, stride=2), *[BottleneckD(2048, 512) for _ in range(2)]
+            BottleneckD(1024, 512, stride=2, groups=groups, base_width=width_per_group),
+            *[
+                BottleneckD(2048, 512, groups=groups, base_width=width_per_group)
+                for _ in range(blocks4 - 1)
+            ],
         )
         self.global_pool = nn.AdaptiveAvgPool2d(1)
         self.flatten = nn.Flatten()
@@ -134,10 +171,24 @@ class ResNet(nn.Module):
 
 def resnet50d(
     num_classes: int = 1000,
+    blocks1: int = 3,
+    blocks2: int = 4,
+    blocks3: int = 6,
+    blocks4: int = 3,
+    groups: int = 1,
+    width_per_group: int = 64,
+    stem_width: int = 32,
     zero_init_residual: bool = False,
 ) -> ResNet:
     """Build resnet50d; the arguments override the spec's parameters."""
     return ResNet(
         num_classes=num_classes,
+        blocks1=blocks1,
+        blocks2=blocks2,
+        blocks3=blocks3,
+        blocks4=blocks4,
+        groups=groups,
+        width_per_group=width_per_group,
+        stem_width=stem_width,
         zero_init_residual=zero_init_residual,
     )

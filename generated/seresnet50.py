@@ -54,23 +54,42 @@ class SEBottleneck(nn.Module):
         in_channels: int,
         planes: int,
         stride: int = 1,
+        groups: int = 1,
+        base_width: int = 64,
+        reduce_first: int = 1,
+        down_kernel_size: int = 1,
         reduction: int = 16,
         divisor: int = 8,
     ) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(in_channels, planes, kernel_size=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
+        width = planes * base_width // 64 * groups
+        down_kernel = 1 + (down_kernel_size - 1) * min(stride - 1, 1)
+        self.conv1 = nn.Conv2d(in_channels, width // reduce_first, kernel_size=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width // reduce_first)
         self.act1 = nn.ReLU(inplace=True)
-        self.conv2 = nn.Conv2d(planes, planes, kernel_size=3, stride=stride, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(
+            width // reduce_first,
+            width,
+            kernel_size=3,
+            stride=stride,
+            padding=1,
+            groups=groups,
+            bias=False,
+        )
+        self.bn2 = nn.BatchNorm2d(width)
         self.act2 = nn.ReLU(inplace=True)
-        self.conv3 = nn.Conv2d(planes, planes * self.expansion, kernel_size=1, bias=False)
+        self.conv3 = nn.Conv2d(width, planes * self.expansion, kernel_size=1, bias=False)
         self.bn3 = nn.BatchNorm2d(planes * self.expansion)
         self.se = SqueezeExcite(planes * self.expansion, reduction=reduction, divisor=divisor)
         if stride != 1 or in_channels != planes * self.expansion:
             self.downsample = nn.Sequential(
                 nn.Conv2d(
-                    in_channels, planes * self.expansion, kernel_size=1, stride=stride, bias=False
+                    in_channels,
+                    planes * self.expansion,
+                    kernel_size=down_kernel,
+                    stride=stride,
+                    padding=(stride - 1 + down_kernel - 1) // 2,
+                    bias=False,
                 ),
                 nn.BatchNorm2d(planes * self.expansion),
             )
