@@ -122,6 +122,12 @@ class ResNet(nn.Module):
     def __init__(
         self,
         num_classes: int = 1000,
+        blocks1: int = 3,
+        blocks2: int = 4,
+        blocks3: int = 6,
+        blocks4: int = 3,
+        groups: int = 1,
+        width_per_group: int = 64,
         zero_init_residual: bool = False,
     ) -> None:
         super().__init__()
@@ -129,21 +135,37 @@ class ResNet(nn.Module):
         self.bn1 = nn.BatchNorm2d(64)
         self.act1 = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
-        # layer1: 3 x SEBottleneck, 64x56x56 -> 256x56x56
+        # layer1: blocks1 x SEBottleneck, 64x56x56 -> 256x56x56
         self.layer1 = nn.Sequential(
-            SEBottleneck(64, 64), *[SEBottleneck(256, 64) for _ in range(2)]
+            SEBottleneck(64, 64, groups=groups, base_width=width_per_group),
+            *[
+                SEBottleneck(256, 64, groups=groups, base_width=width_per_group)
+                for _ in range(blocks1 - 1)
+            ],
         )
-        # layer2: 4 x SEBottleneck, 256x56x56 -> 512x28x28
+        # layer2: blocks2 x SEBottleneck, 256x56x56 -> 512x28x28
         self.layer2 = nn.Sequential(
-            SEBottleneck(256, 128, stride=2), *[SEBottleneck(512, 128) for _ in range(3)]
+            SEBottleneck(256, 128, stride=2, groups=groups, base_width=width_per_group),
+            *[
+                SEBottleneck(512, 128, groups=groups, base_width=width_per_group)
+                for _ in range(blocks2 - 1)
+            ],
         )
-        # layer3: 6 x SEBottleneck, 512x28x28 -> 1024x14x14
+        # layer3: blocks3 x SEBottleneck, 512x28x28 -> 1024x14x14
         self.layer3 = nn.Sequential(
-            SEBottleneck(512, 256, stride=2), *[SEBottleneck(1024, 256) for _ in range(5)]
+            SEBottleneck(512, 256, stride=2, groups=groups, base_width=width_per_group),
+            *[
+                SEBottleneck(1024, 256, groups=groups, base_width=width_per_group)
+                for _ in range(blocks3 - 1)
+            ],
         )
-        # layer4: 3 x SEBottleneck, 1024x14x14 -> 2048x7x7
+        # layer4: blocks4 x SEBottleneck, 1024x14x14 -> 2048x7x7
         self.layer4 = nn.Sequential(
-            SEBottleneck(1024, 512, stride=2), *[SEBottleneck(2048, 512) for _ in range(2)]
+            SEBottleneck(1024, 512, stride=2, groups=groups, base_width=width_per_group),
+            *[
+                SEBottleneck(2048, 512, groups=groups, base_width=width_per_group)
+                for _ in range(blocks4 - 1)
+            ],
         )
         self.global_pool = nn.AdaptiveAvgPool2d(1)
         self.flatten = nn.Flatten()
@@ -179,10 +201,22 @@ class ResNet(nn.Module):
 
 def seresnet50(
     num_classes: int = 1000,
+    blocks1: int = 3,
+    blocks2: int = 4,
+    blocks3: int = 6,
+    blocks4: int = 3,
+    groups: int = 1,
+    width_per_group: int = 64,
     zero_init_residual: bool = False,
 ) -> ResNet:
     """Build seresnet50; the arguments override the spec's parameters."""
     return ResNet(
         num_classes=num_classes,
+        blocks1=blocks1,
+        blocks2=blocks2,
+        blocks3=blocks3,
+        blocks4=blocks4,
+        groups=groups,
+        width_per_group=width_per_group,
         zero_init_residual=zero_init_residual,
     )

@@ -23,18 +23,28 @@ from resgen.build import analyse, build_module, load  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 SPECS = ROOT / "specs"
 
-# spec stem (= timm model name) -> input size (resnet101d smaller to keep CPU time modest).
-CASES = {"resnet18d": 224, "resnet26d": 224, "resnet50d": 224, "resnet101d": 128, "seresnet50": 224}
+# timm model name -> its spec under specs/ and the input size (smaller for the deeper ones, to
+# keep CPU time modest). seresnet18/34 have 64-channel SE modules, where timm's width rounding
+# (8, not 64 / 16 = 4) shows.
+CASES = {
+    "resnet18d": ("resnet18d.arch", 224),
+    "resnet26d": ("resnet26d.arch", 224),
+    "resnet50d": ("resnet50d.arch", 224),
+    "resnet101d": ("resnet101d.arch", 128),
+    "seresnet50": ("seresnet50.arch", 224),
+    "seresnet18": ("timm/seresnet18.arch", 224),
+    "seresnet34": ("timm/seresnet34.arch", 160),
+}
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_matches_timm(name):
-    size = CASES[name]
+    spec, size = CASES[name]
     torch.manual_seed(0)
     reference = timm.create_model(name, pretrained=False).eval()
     # timm zero-initialises each branch's last BN: all get values, small so 100 layers stay sane
     randomise_batchnorms(reference, seed=1, weight=(0.2, 0.5), var=(0.5, 1.5))
-    model = build_module(SPECS / f"{name}.arch").eval()
+    model = build_module(SPECS / spec).eval()
 
     ours, theirs = model.state_dict(), reference.state_dict()
     assert list(ours) == list(theirs)
@@ -96,8 +106,9 @@ def test_squeeze_excite_gates_channels():
 
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_verify(name, capsys):
-    size = min(CASES[name], 160)
-    assert cli.main(["verify", str(SPECS / f"{name}.arch"), "--input", f"3x{size}x{size}"]) == 0
+    spec, size = CASES[name]
+    size = min(size, 160)
+    assert cli.main(["verify", str(SPECS / spec), "--input", f"3x{size}x{size}"]) == 0
     assert ": ok (" in capsys.readouterr().out
 
 
