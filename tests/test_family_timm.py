@@ -1,8 +1,10 @@
-"""timm's ResNet family written in .arch (std.timm): each network loads the state_dict of
-`timm.create_model(NAME)` strictly and computes the same outputs.
+"""timm's ResNet family written in .arch (std.timm, std.senet): each network loads the
+state_dict of `timm.create_model(NAME)` strictly and computes the same outputs.
 
 ResNet-D (Bag of Tricks, He et al. 2019): deep 3x3 stem and average-pool projection shortcut;
-SE-ResNet (Hu et al. 2018): squeeze-and-excitation written as an .arch block with `merge mul`.
+SE-ResNet (Hu et al. 2018): squeeze-and-excitation written as an .arch block with `merge mul`,
+its squeeze width rounded as timm rounds it (std.timm) or not (the original SENets, std.senet).
+tests/timm_coverage.py checks every timm model of these kinds; these are the everyday few.
 Fresh initialisation, no downloads.
 """
 
@@ -25,7 +27,7 @@ SPECS = ROOT / "specs"
 
 # timm model name -> its spec under specs/ and the input size (smaller for the deeper ones, to
 # keep CPU time modest). seresnet18/34 have 64-channel SE modules, where timm's width rounding
-# (8, not 64 / 16 = 4) shows.
+# (8, not 64 / 16 = 4) shows; legacy_seresnet18 keeps the unrounded 4.
 CASES = {
     "resnet18d": ("resnet18d.arch", 224),
     "resnet26d": ("resnet26d.arch", 224),
@@ -34,6 +36,7 @@ CASES = {
     "seresnet50": ("seresnet50.arch", 224),
     "seresnet18": ("timm/seresnet18.arch", 224),
     "seresnet34": ("timm/seresnet34.arch", 160),
+    "legacy_seresnet18": ("timm/legacy_seresnet18.arch", 224),
 }
 
 
@@ -112,8 +115,8 @@ def test_verify(name, capsys):
     assert ": ok (" in capsys.readouterr().out
 
 
-def squeeze_width(tmp_path, module: str, block: str, channels: int, arguments: str) -> int:
-    """The output channels of fc1 in one `block` (from std.`module`) applied to `channels`."""
+def squeeze_analysis(tmp_path, module: str, block: str, channels: int, arguments: str):
+    """The analysis of one `block` (from std.`module`) applied to `channels` channels."""
     path = tmp_path / "se.arch"
     path.write_text(
         f"import std.{module}\n"
@@ -121,8 +124,14 @@ def squeeze_width(tmp_path, module: str, block: str, channels: int, arguments: s
         f"    stage s = 1 x {block}({arguments})\n}}\n",
         encoding="utf-8",
     )
-    layers = {layer.name: layer for layer in analyse(load(path)).layers}
-    return layers["s.0.fc1"].out[0]
+    return analyse(load(path))
+
+
+def squeeze_width(tmp_path, module: str, block: str, channels: int, arguments: str) -> int:
+    """The output channels of fc1 in one `block` (from std.`module`) applied to `channels`."""
+    analysis = squeeze_analysis(tmp_path, module, block, channels, arguments)
+    assert analysis.ok, [d.message for d in analysis.errors]
+    return {layer.name: layer for layer in analysis.layers}["s.0.fc1"].out[0]
 
 
 # Channel counts that are multiples of the reduction and ones that are not (timm rounds
@@ -140,3 +149,25 @@ def test_squeeze_excite_width_is_timms(tmp_path, channels, reduction, divisor):
     expected = SEModule(channels, rd_ratio=1 / reduction, rd_divisor=divisor).fc1.out_channels
     arguments = f"reduction={reduction}, divisor={divisor}"
     assert squeeze_width(tmp_path, "timm", "SqueezeExcite", channels, arguments) == expected
+
+
+@pytest.mark.filterwarnings("ignore:Initializing zero-element tensors")  # timm's 0-channel conv
+@pytest.mark.parametrize("channels", SE_CHANNELS)
+def test_legacy_se_module_width_is_timms(tmp_path, channels):
+    """std.senet's SEModule squeezes to in_channels // reduction, as timm's legacy SEModule;
+    where that is 0 (timm builds a 0-channel conv, a gate of constants), resgen refuses it."""
+    from timm.models.senet import SEModule
+
+    expected = SEModule(channels, reduction=16).fc1.out_channels
+    if expected:
+        assert squeeze_width(tmp_path, "senet", "SEModule", channels, "reduction=16") == expected
+        return
+    analysis = squeeze_analysis(tmp_path, "senet", "SEModule", channels, "reduction=16")
+    assert [(d.code, d.layer) for d in analysis.errors] == [("bad-argument", "s.0.fc1")]
+
+
+def test_family_libraries_import_together(tmp_path):
+    """std.resnet, std.timm and std.senet share no block name, so a spec can use all three."""
+    path = tmp_path / "all.arch"
+    path.write_text("import std.resnet\nimport std.timm\nimport std.senet\n", encoding="utf-8")
+    assert load(path).network is None
