@@ -105,7 +105,67 @@ def build_parser() -> argparse.ArgumentParser:
         "--force", action="store_true", help="replace a .dot/.svg file that resgen did not generate"
     )
     _add_input(p)
+
+    _add_sweep(sub)
     return parser
+
+
+def _add_sweep(sub) -> None:
+    p = sub.add_parser(
+        "sweep",
+        help="check and count many variants of a spec (grids, ranges, random samples)",
+        description="Check and count variants of a spec's params: every combination of the "
+        "--param values, or --sample N random ones. Invalid variants are reported as data: "
+        "the exit code is 0 whenever the sweep ran.",
+    )
+    p.add_argument("spec", metavar="SPEC")
+    p.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="NAME=VALUES",
+        help="values of a network param: 18,34,50 or (2, 1),(1, 2) (a list), 32..128:16 (a "
+        "range), 8..256:8~log (log-uniform when sampled); repeatable",
+    )
+    p.add_argument(
+        "--input",
+        action="append",
+        default=[],
+        metavar="[C]xHxW[,...]",
+        help="check each variant at these input sizes (default: the spec's); repeatable",
+    )
+    p.add_argument("--sample", type=_positive, metavar="N", help="draw N random variants")
+    p.add_argument("--seed", type=int, default=0, metavar="S", help="for --sample (default 0)")
+    p.add_argument(
+        "--where",
+        metavar="COND",
+        help="keep variants where COND holds, e.g. "
+        '"macs <= 4e9 and params <= 25e6" (.arch expressions)',
+    )
+    p.add_argument(
+        "--sort", metavar="KEYS", help="sort by metrics or params: macs, params:desc, depth,macs"
+    )
+    p.add_argument("--json", action="store_true", help="print the records as JSON")
+    p.add_argument("--csv", metavar="FILE", help="write the records as CSV")
+    p.add_argument("--plot", metavar="FILE", help="plot params vs MACs to FILE.png or FILE.svg")
+    p.add_argument(
+        "--colour",
+        "--color",
+        dest="colour",
+        metavar="NAME",
+        help="the metric or param that colours the plot (default: the first swept param)",
+    )
+    p.add_argument(
+        "--jobs",
+        "-j",
+        type=_positive,
+        default=None,
+        metavar="N",
+        help="processes (default: the machine's cores)",
+    )
+    p.add_argument(
+        "--force", action="store_true", help="overwrite a --csv/--plot file resgen did not write"
+    )
 
 
 def report(diagnostics: Sequence[Diagnostic], loader: Loader) -> None:
@@ -288,12 +348,19 @@ def cmd_diagram(args) -> int:
     return status
 
 
+def cmd_sweep(args) -> int:
+    from resgen.sweep.command import run
+
+    return run(args)
+
+
 COMMANDS = {
     "check": cmd_check,
     "summary": cmd_summary,
     "build": cmd_build,
     "verify": cmd_verify,
     "diagram": cmd_diagram,
+    "sweep": cmd_sweep,
 }
 
 

@@ -17,7 +17,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from resgen import codes, ops
+from resgen import codes, designspace, ops
 from resgen import expr as E
 from resgen import spec as S
 from resgen.diagnostics import Diagnostic, Span, SpecError
@@ -172,6 +172,7 @@ class ModuleView:
     helpers: tuple[str, ...] = ()  # templates of helper modules (ops with `helper`), in use order
     imports: tuple[str, ...] = ()  # import lines of plugin ops
     factories: tuple[FactoryView, ...] = ()  # ops with bound arguments used as values
+    functions: tuple[str, ...] = ()  # source of the design-space functions the code calls
 
     @property
     def import_lines(self) -> list[str]:
@@ -189,7 +190,7 @@ class ModuleView:
 
 
 # Modules generated code imports from the standard library (isort's first group).
-_STDLIB = frozenset({"collections", "collections.abc"})
+_STDLIB = frozenset({"collections", "collections.abc", "math"})
 
 
 def _module(line: str) -> str:
@@ -236,6 +237,18 @@ def generate(
     return text
 
 
+def _function_sources(names: Iterable[str]) -> list[tuple[str, str]]:
+    """(name, source) of each function resgen.designspace defines for `names`, each once, a
+    function after those it calls: generated code runs the very code resgen evaluated."""
+    import inspect
+
+    found: dict[str, str] = {}
+    for name in sorted(names):
+        for function in designspace.SOURCES[name]:
+            found.setdefault(function.__name__, inspect.getsource(function).rstrip("\n"))
+    return list(found.items())
+
+
 def display_path(path: str) -> str:
     """The spec path as written in the header: relative to the working directory when inside it,
     with forward slashes, so the output does not depend on where the checkout lives."""
@@ -273,6 +286,10 @@ class _Scope:
     used so only the `let`s that matter become locals. `render_op` writes an op used as a value
     (`norm_layer = groupnorm(32)`): its class, or a factory the module defines."""
 
+    # Design-space functions (resgen.designspace) the emitted code calls: the module defines
+    # them. Shared by every scope of one generated module (reset by _ModuleBuilder.build).
+    functions: set[str] = set()
+
     def __init__(self, rename: Mapping[str, str] | None = None, render_op=None, floats=()):
         self.rename = dict(rename or {})
         self.used: set[str] = set()
@@ -284,6 +301,9 @@ class _Scope:
         return self.rename.get(n) or ident(n)
 
     def code(self, expr: S.Expr) -> str:
+        self.functions.update(
+            e.name for e in E.walk(expr) if isinstance(e, S.Func) and e.name in E.DEFINED
+        )
         return E.to_python(expr, self.name, self.render_op, self.floats.__contains__)
 
     def atom(self, expr: S.Expr) -> Atom:
@@ -369,10 +389,15 @@ class _ModuleBuilder:
             self.num_blocks = _plus(self.num_blocks, stage.repeats)
 
     def build(self) -> ModuleView:
+        _Scope.functions = set()
         network = self._network()
         blocks = [self._block(plan) for plan in self.plan.blocks.values()]
+        functions = _function_sources(_Scope.functions)
+        for name in sorted(_Scope.functions):
+            self.imports.update(dict.fromkeys(designspace.IMPORTS.get(name, ())))
         names = [b.name for b in blocks] + [network.class_name, network.factory, *self.helpers]
         names += [f.name for f in self.factories.values()]
+        names += [name for name, _ in functions]
         clash = sorted({n for n in names if names.count(n) > 1} | ({"nn", "Tensor"} & set(names)))
         if clash:
             raise CodeError(
@@ -387,6 +412,7 @@ class _ModuleBuilder:
             tuple(self.helpers.values()),
             tuple(self.imports),
             tuple(self.factories.values()),
+            tuple(source for _, source in functions),
         )
 
     # -- layers

@@ -81,6 +81,10 @@ NO_NETWORK = _code("no-network", "a command that needs a network, on a library f
 
 # -- expressions and the stage rule
 EXPRESSION = _code("expression", "an expression that cannot be evaluated")
+DESIGN_SPACE = _code(
+    "design-space",
+    "a design-space function's parameters outside its space (RegNet: not the spec's stages)",
+)
 TYPE = _code("type", "a value of the wrong type (a pair where an integer is needed, ...)")
 DIVISION_BY_ZERO = _code("division-by-zero", "a division by zero")
 INEXACT_DIVISION = _code("inexact-division", "`/` of integers that leaves a remainder")

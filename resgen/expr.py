@@ -172,8 +172,24 @@ def op_value(expr: S.OpRef, env: Mapping[str, Value]) -> OpValue:
 
 
 # Functions an expression may call: the Python built-ins of the same name, so generated code
-# computes exactly what resgen checked. name -> (arity: exact count, or None for two or more)
-FUNCTIONS = {"int": 1, "round": 1, "min": None, "max": None}
+# computes exactly what resgen checked, and the design-space functions of resgen.designspace,
+# which generated code defines from the same source. name -> (arity: exact count, or None for
+# two or more)
+FUNCTIONS = {
+    "int": 1,
+    "round": 1,
+    "min": None,
+    "max": None,
+    "quantize": 2,
+    "regnet_width": 6,
+    "regnet_depth": 6,
+}
+# The design-space functions: the code of a ValueError they raise (a located error).
+DEFINED = {
+    "quantize": codes.EXPRESSION,
+    "regnet_width": codes.DESIGN_SPACE,
+    "regnet_depth": codes.DESIGN_SPACE,
+}
 
 
 def _call(expr: S.Func, values: list[Value]) -> Value:
@@ -188,6 +204,18 @@ def _call(expr: S.Func, values: list[Value]) -> Value:
             raise EvalError(
                 arg.span, f"`{expr.name}` needs numbers, got {type_name(v)}", codes.TYPE
             )
+    if expr.name in DEFINED:
+        from resgen import designspace
+
+        try:
+            result = getattr(designspace, expr.name)(*values)
+        except (ValueError, OverflowError) as err:
+            raise EvalError(expr.span, f"`{expr.name}`: {err}", DEFINED[expr.name]) from None
+        if abs(result) > LIMITS.max_int:
+            raise EvalError(
+                expr.span, f"`{source_text(expr)}` is beyond the integer limit", codes.LIMIT
+            )
+        return result
     if expr.name in ("int", "round"):
         (v,) = values
         if not math.isfinite(v):

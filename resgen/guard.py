@@ -13,7 +13,7 @@ from __future__ import annotations
 import ast
 from collections.abc import Iterable
 
-from resgen import ops
+from resgen import designspace, ops
 from resgen.render import CodeError
 
 
@@ -38,6 +38,10 @@ def allowed() -> tuple[frozenset[str], dict[str, set[str]]]:
     the registered ops (plugins' too) declare in their `emit`."""
     paths = set(STRUCTURAL_PATHS)
     imports = {module: set(names) for module, names in ALLOWED_IMPORTS.items()}
+    for lines in designspace.IMPORTS.values():  # what its functions' source needs
+        for line in lines:
+            module, _, names = line.removeprefix("from ").partition(" import ")
+            imports.setdefault(module.strip(), set()).update(n.strip() for n in names.split(","))
     for op in ops.registered():
         emit = op.emit
         if emit is None:
@@ -59,6 +63,7 @@ MODULES = "<modules>"  # key of allowed() for `import MODULE` statements
 
 BUILTIN_CALLS = frozenset(
     {"super", "range", "isinstance", "len", "int", "bool", "float", "round", "min", "max"}
+    | {"ValueError"}  # raised by resgen.designspace's functions for values outside their space
     | {"OrderedDict"}  # imported from collections, for nn.Sequential with named layers
 )
 
@@ -73,6 +78,7 @@ _NODES = (
     ast.arguments,
     ast.arg,
     ast.Return,
+    ast.Raise,
     ast.Assign,
     ast.AnnAssign,
     ast.AugAssign,

@@ -26,6 +26,9 @@ zero_grad
 # Names the generated module itself relies on at module or function scope.
 GENERATED_CODE_NAMES = frozenset(
     "torch nn Tensor Optional Any self x out identity annotations math F typing".split()
+    # the design-space functions generated code may define (resgen.designspace), their imports
+    + "quantize regnet_width regnet_depth regnet_widths regnet_stage to_float32".split()
+    + "frexp ldexp log".split()
 )
 
 _BUILTINS = frozenset(dir(builtins))

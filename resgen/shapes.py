@@ -112,11 +112,15 @@ def analyse(
     spec: S.Spec,
     input_shape: tuple[int | None, int, int] | None = None,
     plan: NetworkPlan | None = None,
+    *,
+    sizes: bool = True,
 ) -> Analysis:
-    """Lower, infer shapes, check and count. Shape problems are in `Analysis.diagnostics`."""
+    """Lower, infer shapes, check and count. Shape problems are in `Analysis.diagnostics`.
+    `sizes=False` skips the search for the input sizes the network accepts (`input_sizes` is
+    then None), which is most of the time of a small network: a sweep needs only the counts."""
     with no_gc():
         lowering = lower(spec, input_shape, plan)
-        analysis = _Inference(lowering).run()
+        analysis = _Inference(lowering, sizes).run()
     analysis.diagnostics = _with_instantiation_notes(analysis.diagnostics, spec.network)
     return analysis
 
@@ -186,8 +190,9 @@ class _NodeCheck:
 
 
 class _Inference:
-    def __init__(self, lowering: Lowering):
+    def __init__(self, lowering: Lowering, sizes: bool = True):
         self.lowering = lowering
+        self.want_sizes = sizes
         self.graph = lowering.graph
         self.nodes = lowering.nodes
         self.diagnostics = list(lowering.diagnostics)
@@ -422,8 +427,8 @@ class _Inference:
                 )
             )
         stages = self.stage_infos(layers)
-        sizes = input_sizes(self.nodes, self.graph.pred)
-        if sizes.smallest is not None:
+        sizes = input_sizes(self.nodes, self.graph.pred) if self.want_sizes else None
+        if sizes is not None and sizes.smallest is not None:
             smallest = f"{sizes.smallest[0]}x{sizes.smallest[1]}"
             self.diagnostics = [
                 replace(d, hint=f"{d.hint}; the smallest input this network accepts is {smallest}")

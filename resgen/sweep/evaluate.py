@@ -1,0 +1,288 @@
+"""Counting a variant without building its graph: the sweep's fast path.
+
+`resgen.graph` lowers a network to one node per layer instance and `resgen.shapes` walks that
+graph; for a sweep, where nothing draws the graph, building it is most of the time per variant.
+`Evaluator` walks the same elaborated plan (resgen.plan) with the lowering's own evaluation of
+scopes, arguments, shortcut conditions, stage rules and block names (it is a `_Lowerer` that
+creates no nodes), and asks each op (resgen.ops) for its shape and counts, as resgen.shapes does.
+Shape rules stay in one place: the ops.
+
+Block instances are memoised on everything their result depends on (the block type, its
+arguments, the shape and channels entering it), across instances and across variants: ResNet-50
+has 16 blocks but 8 distinct ones, and variants of one spec share most of theirs.
+
+It answers only for a variant with no error: at the first problem of any kind it stops with
+`None`, and the caller runs the full analysis (resgen.shapes.analyse) for the located
+diagnostics. tests/test_sweep.py checks that both paths agree on validity and every count.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from resgen import ops
+from resgen import spec as S
+from resgen.diagnostics import SpecError
+from resgen.expr import EvalError, Value
+from resgen.graph import _Lowerer
+from resgen.limits import LIMITS
+from resgen.ops.base import Fixed, Shape
+from resgen.ops.layers import FLAT
+from resgen.plan import BlockPlan, NetworkPlan, StagePlan, Step
+from resgen.stages import apply_stage_rule
+
+
+class _Invalid(Exception):
+    """The variant has a problem: the full analysis reports it."""
+
+
+@dataclass(frozen=True, slots=True)
+class Counted:
+    """A valid variant's numbers, as resgen.shapes.Analysis has them."""
+
+    input: tuple[int, int, int]
+    params: int
+    macs: int
+    output: Shape
+    output_stride: tuple[int, int] | None  # at the end of the last stage; None after a pool
+
+
+@dataclass(slots=True)
+class _Flow:
+    """The tensor between two layers: its shape, the channel count the lowering tracks for
+    `in_channels`, the output stride so far (None after a pool to a fixed size), and the shape
+    a flatten right before turned into it."""
+
+    shape: Shape
+    channels: int | None
+    jump: tuple[int, int] | None
+    flattened: Shape | None = None
+
+
+class _Check:
+    """resgen.ops.base.Check for the fast path: any error makes the variant invalid."""
+
+    __slots__ = ("flattened",)
+
+    def __init__(self, flattened: Shape | None):
+        self.flattened = flattened
+
+    def error(self, code, message, *, arg=None, hint=None) -> None:
+        raise _Invalid
+
+    def warning(self, code, message, *, hint=None) -> None:
+        pass
+
+
+class Evaluator(_Lowerer):
+    """One variant's counts. `memo` is shared by every Evaluator of one plan's variants."""
+
+    def __init__(self, plan: NetworkPlan, input_shape, memo: dict):
+        super().__init__(plan, input_shape)
+        self.memo = memo
+        self.node_count = 0
+        self.params = 0
+        self.macs = 0
+        self.modules: dict[str, tuple] = {}  # module path -> (op, args), for reuses
+        self.instances = 0  # block bodies walked: each gets its own module prefix
+
+    def counted(self) -> Counted | None:
+        try:
+            return self._run()
+        except (_Invalid, SpecError, EvalError):
+            return None
+
+    # -- errors: the lowering reports through self.report; any report ends the fast path
+    def report(self, span, code, message, layer, hint=None) -> None:
+        raise _Invalid
+
+    def _add_node(self) -> None:
+        if self.node_count >= LIMITS.max_layers:
+            raise _Invalid
+        self.node_count += 1
+
+    def _run(self) -> Counted:
+        net = self.net
+        env = self.scope_env(self.plan.scope, {}, None)
+        self._add_node()  # the input node
+        self.input = self.input_shape(env)
+        self.check_input(net.input.span if net.input else net.span)
+        flow = _Flow(self.input, self.input[0], (1, 1))
+        flow = self.steps(self.plan.stem, env, "", flow)
+        stride = flow.jump
+        dilation = 1
+        for stage in self.plan.stages:
+            flow, dilation = self.stage_flow(stage, env, flow, dilation)
+            stride = flow.jump
+        flow = self.steps(self.plan.head, env, "", flow)
+        self._add_node()  # the output node
+        return Counted(self.input, self.params, self.macs, flow.shape, stride)
+
+    def stage_flow(self, plan: StagePlan, env, flow: _Flow, dilation: int):
+        stage = plan.stage
+        block = self.plan.blocks.get(stage.block)
+        if block is None:
+            raise _Invalid
+        rule = apply_stage_rule(stage, block.block, env.values, dilation)
+        if rule.repeats > LIMITS.max_repeats:
+            raise _Invalid
+        flow = self.steps(plan.layers, env, stage.name + ".", flow)
+        first = {k: self.evaluate(v, env, stage.name) for k, v in rule.first.items()}
+        rest = (
+            first
+            if rule.rest == rule.first
+            else {k: self.evaluate(v, env, stage.name) for k, v in rule.rest.items()}
+        )
+        if stage.pattern is not None:
+            self.block_names(stage, env, rule.repeats)  # reports bad names
+        for index in range(rule.repeats):
+            self.count_block(stage.span)
+            flow = self.block_flow(block, first if index == 0 else rest, flow)
+        return flow, rule.dilation_after
+
+    # -- blocks, memoised
+    def block_flow(self, plan: BlockPlan, args: Mapping[str, Value], flow: _Flow) -> _Flow:
+        key = (
+            id(plan),
+            tuple(args.items()),
+            flow.shape,
+            flow.channels,
+            flow.jump is None,
+            flow.flattened,
+        )
+        found = self.memo.get(key)
+        if found is None:
+            before = (self.params, self.macs, self.node_count, self.block_count)
+            inner = _Flow(flow.shape, flow.channels, (1, 1) if flow.jump else None, flow.flattened)
+            out = self.block_body(plan, dict(args), inner)
+            after = (self.params, self.macs, self.node_count, self.block_count)
+            delta = tuple(a - b for a, b in zip(after, before, strict=True))
+            found = self.memo[key] = (out.shape, out.channels, out.jump, out.flattened, delta)
+        else:
+            params, macs, nodes, blocks = found[4]
+            self.params += params
+            self.macs += macs
+            if self.node_count + nodes > LIMITS.max_layers:
+                raise _Invalid
+            self.node_count += nodes
+            self.block_count += blocks
+            if self.block_count > LIMITS.max_blocks:
+                raise _Invalid
+        shape, channels, factor, flattened, _ = found
+        jump = None
+        if flow.jump is not None and factor is not None:
+            jump = (flow.jump[0] * factor[0], flow.jump[1] * factor[1])
+        return _Flow(shape, channels, jump, flattened)
+
+    def block_body(self, plan: BlockPlan, args: dict, x: _Flow) -> _Flow:
+        # Paths only name errors, which this path never reports: one prefix serves all.
+        env = self.block_env(plan, args, x.channels, "_")
+        self.instances += 1
+        prefix = f"_{self.instances}."
+        source = self.steps(plan.main[: plan.cut], env, prefix, x)
+        out = self.steps(plan.main[plan.cut :], env, prefix, source)
+        sc = plan.shortcut
+        if sc is None or sc.source is None:
+            source = x
+        other = x
+        if sc is not None:
+            present = True
+            if sc.condition is not None:
+                present = self.shortcut_present(sc.condition, env, "_")
+                if present is None:
+                    raise _Invalid
+            if present:
+                other = self.steps(sc.steps, env, prefix, source)
+        if plan.merge is not None:
+            self._add_node()
+            shape = plan.merge.combine(out.shape, other.shape)
+            if shape is None:
+                raise _Invalid
+            jumps = [j for j in (out.jump, other.jump) if j is not None]
+            jump = tuple(map(max, *jumps)) if len(jumps) == 2 else (jumps[0] if jumps else None)
+            out = _Flow(shape, out.channels, jump)
+        return self.steps(plan.post, env, prefix, out)
+
+    # -- layers
+    def steps(self, steps: Sequence[Step], env, prefix: str, flow: _Flow) -> _Flow:
+        for step in steps:
+            if step.kind == "reuse":
+                op, args = self.modules[prefix + step.target]
+                flow = self.apply(op, args, flow)
+            elif step.kind == "seq":
+                flow = self.steps(step.items, env, prefix, flow)
+            elif step.kind == "block":
+                plan = self.plan.blocks[step.block]
+                self.count_block(step.span)
+                args = {k: self.evaluate(v, env, None) for k, v in step.args.items()}
+                flow = self.block_flow(plan, args, flow)
+            else:
+                args, _, known = self.op_args(step, env, None)
+                if not known:
+                    raise _Invalid
+                self.modules[prefix + step.path] = (step.op, args)
+                flow = self.apply(step.op, args, flow)
+        return flow
+
+    def apply(self, op: ops.Op, args: dict, flow: _Flow) -> _Flow:
+        self._add_node()
+        shape = flow.shape
+        if (op.accepts == "flat" and len(shape) != 1) or (
+            op.accepts == "spatial" and len(shape) != 3
+        ):
+            raise _Invalid
+        out = op.infer(shape, args, _Check(flow.flattened))
+        if out is None:
+            raise _Invalid
+        counts = op.counts(args, shape, out)
+        self.params += counts.params
+        self.macs += counts.macs
+        try:
+            channels = op.channels(args, flow.channels)
+        except (KeyError, TypeError):
+            channels = None
+        if channels is FLAT:
+            channels = None
+        jump = flow.jump
+        spatial = op.spatial(args)
+        if isinstance(spatial, Fixed):
+            jump = None
+        elif spatial is not None and jump is not None:
+            jump = (jump[0] * spatial[0][1], jump[1] * spatial[1][1])
+        flattened = shape if len(shape) == 3 and len(out) == 1 else None
+        return _Flow(out, channels, jump, flattened)
+
+
+def count(plan: NetworkPlan, input_shape, memo: dict) -> Counted | None:
+    """The counts of a valid variant, or None when the full analysis must look at it."""
+    return Evaluator(plan, input_shape, memo).counted()
+
+
+def with_params(plan: NetworkPlan, values: Mapping[str, Value]) -> NetworkPlan:
+    """The plan with the network's params set to `values` (literals at the params' own
+    declarations, which is where an error about the value itself points)."""
+    from dataclasses import replace
+
+    from resgen import expr as E
+    from resgen.plan import Binding, Scope
+
+    spans = {p.name: p.span for p in plan.network.params}
+    bindings = tuple(
+        Binding(b.name, E.literal(values[b.name], spans[b.name]), True)
+        if b.given and b.name in values
+        else b
+        for b in plan.scope.bindings
+    )
+    params = tuple(
+        p.model_copy(update={"default": E.literal(values[p.name], p.span)})
+        if p.name in values
+        else p
+        for p in plan.network.params
+    )
+    network = plan.network.model_copy(update={"params": params})
+    return replace(plan, scope=Scope(bindings), network=network)
+
+
+def spec_with(spec: S.Spec, plan: NetworkPlan) -> S.Spec:
+    return spec.model_copy(update={"network": plan.network})
