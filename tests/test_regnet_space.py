@@ -67,9 +67,10 @@ def test_stage_widths_equal_timms_for_every_published_config():
         analysis = analyse(Loader(params=_params(cfg)).load(str(spec)), sizes=False)
         assert analysis.ok, name
         ours = [(s.repeats, s.out_shape[0]) for s in analysis.stages[1:-1]]
-        assert ours == list(zip(depths, final)), name
+        assert ours == list(zip(depths, final, strict=True)), name
         convs = [n for n in analysis.nodes.values() if n.id.endswith("b1.conv2.conv")]
-        assert [n.args["groups"] for n in convs] == [w // g for w, g in zip(final, groups)], name
+        expected = [w // g for w, g in zip(final, groups, strict=True)]
+        assert [n.args["groups"] for n in convs] == expected, name
 
 
 @pytest.mark.parametrize(
@@ -193,4 +194,5 @@ def test_sampled_space_matches_the_papers_equations(capsys):
     for index, name in ((0, "param_count"), (1, "macs")):
         ours = _quantiles([r[name] for r in records if r["valid"]])
         theirs = _quantiles([c[index] for c in counts])
-        assert all(abs(a - b) <= 0.01 * b for a, b in zip(ours, theirs)), (name, ours, theirs)
+        close = all(abs(a - b) <= 0.01 * b for a, b in zip(ours, theirs, strict=True))
+        assert close, (name, ours, theirs)
