@@ -22,9 +22,8 @@ import re
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Literal
-
-import networkx as nx
+from functools import cached_property
+from typing import TYPE_CHECKING, Literal
 
 from resgen import codes, ops
 from resgen import expr as E
@@ -38,6 +37,9 @@ from resgen.ops.base import UNKNOWN, Fixed
 from resgen.ops.layers import FLAT
 from resgen.plan import BlockPlan, NetworkPlan, StagePlan, Step, elaborate
 from resgen.stages import apply_stage_rule
+
+if TYPE_CHECKING:
+    import networkx as nx
 
 INPUT, OUTPUT = "input", "output"
 MAIN, SHORTCUT, SKIP = "main", "shortcut", "skip"  # edge roles: the inputs of a merge
@@ -112,8 +114,12 @@ class StageEntry:
 
 @dataclass
 class Lowering:
-    graph: nx.DiGraph
+    """The lowered network: its records and edges. `pred` is what the shape engine walks;
+    `graph`, the networkx DiGraph, is built the first time someone asks for it (diagrams,
+    verification), so `resgen check` never imports networkx."""
+
     nodes: dict[str, Node]  # the graph's records, in forward order
+    edges: list[tuple[str, str, str]]  # (source, target, role), in forward order
     diagnostics: list[Diagnostic]
     input: tuple[int, int, int]
     network: S.Network
@@ -121,6 +127,18 @@ class Lowering:
     block_types: dict[str, str]  # block instance path -> block type name (nested ones too)
     plan: NetworkPlan | None = None  # what was lowered (nodes' `step`s are its steps)
     float_names: dict[str, set[str]] = field(default_factory=dict)  # scope -> fraction names
+
+    @cached_property
+    def pred(self) -> dict[str, dict[str, dict]]:
+        """node -> {predecessor: {"role": role}}, as networkx's `DiGraph.pred` has it."""
+        pred: dict[str, dict[str, dict]] = {node: {} for node in self.nodes}
+        for source, target, role in self.edges:
+            pred[target][source] = {"role": role}
+        return pred
+
+    @cached_property
+    def graph(self) -> nx.DiGraph:
+        return digraph(self.nodes, self.edges, network=self.network.name)
 
 
 def lower(
@@ -156,6 +174,8 @@ def digraph(nodes: Mapping[str, Node], edges: Sequence[tuple[str, str, str]], **
     The one place resgen fills a graph through networkx's adjacency dicts rather than add_node
     and add_edge: those cost ~10 us per call, which dominates a 10,000-block network. The result
     is an ordinary DiGraph (node data {"node": record}, edge data {"role": role})."""
+    import networkx as nx  # only what draws or walks the graph pays for the import
+
     graph = nx.DiGraph(**attrs)
     for node_id, record in nodes.items():
         graph._node[node_id] = {"node": record}
@@ -252,10 +272,9 @@ class _Lowerer:
         last_span = net.head[-1].span if net.head else net.span
         self.add(Node(OUTPUT, OUTPUT, last_span, "head"))
         self.edges.append((cur, OUTPUT, MAIN))
-        graph = digraph(self.nodes, self.edges, network=net.name)
         return Lowering(
-            graph,
             self.nodes,
+            self.edges,
             self.diagnostics,
             self.input,
             net,

@@ -11,8 +11,7 @@ imports torch.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-
-import networkx as nx
+from typing import TYPE_CHECKING
 
 from resgen import codes
 from resgen import spec as S
@@ -23,6 +22,9 @@ from resgen.ops.base import SIZE_HINT, Fixed, Shape
 from resgen.plan import NetworkPlan
 from resgen.sizes import InputSizes, input_sizes
 from resgen.text import shape_text
+
+if TYPE_CHECKING:
+    import networkx as nx
 
 MAC_CONVENTION = "torchvision convention: conv + linear multiply-accumulates"
 
@@ -74,7 +76,6 @@ class StageInfo:
 
 @dataclass
 class Analysis:
-    graph: nx.DiGraph
     diagnostics: list[Diagnostic]
     input: tuple[int, int, int]
     output: Shape | None
@@ -98,6 +99,13 @@ class Analysis:
     plan: NetworkPlan | None = None  # the elaborated network the nodes were lowered from
     # Per block type ("" the network): names that held a number with a fraction somewhere.
     float_names: dict[str, set[str]] = field(default_factory=dict)
+    lowering: Lowering | None = field(default=None, repr=False)
+
+    @property
+    def graph(self) -> nx.DiGraph:
+        """The lowered networkx DiGraph (node data {"node": Node}, edge data {"role": ...}),
+        built on first use: checking and counting never need networkx."""
+        return self.lowering.graph
 
     @property
     def errors(self) -> list[Diagnostic]:
@@ -193,7 +201,7 @@ class _Inference:
     def __init__(self, lowering: Lowering, sizes: bool = True):
         self.lowering = lowering
         self.want_sizes = sizes
-        self.graph = lowering.graph
+        self.pred = lowering.pred
         self.nodes = lowering.nodes
         self.diagnostics = list(lowering.diagnostics)
         self.shapes: dict[str, ShapeResult] = {}
@@ -235,7 +243,7 @@ class _Inference:
         )
 
     def run(self) -> Analysis:
-        preds = self.graph.pred
+        preds = self.pred
         shapes = self.shapes
         for node_id, node in self.nodes.items():
             if node.kind == INPUT:
@@ -352,7 +360,7 @@ class _Inference:
         why = []
         spatial = main_shape[1:] != other_shape[1:]
         for tip in (main, other):
-            for step in _branch(self.graph, self.nodes, tip, start):
+            for step in _branch(self.pred, self.nodes, tip, start):
                 why.extend(self._explain(step, block, spatial))
         if not spatial and role == SKIP:
             why.append(f"the identity keeps the block input's {other_shape[0]} channels")
@@ -427,7 +435,7 @@ class _Inference:
                 )
             )
         stages = self.stage_infos(layers)
-        sizes = input_sizes(self.nodes, self.graph.pred) if self.want_sizes else None
+        sizes = input_sizes(self.nodes, self.pred) if self.want_sizes else None
         if sizes is not None and sizes.smallest is not None:
             smallest = f"{sizes.smallest[0]}x{sizes.smallest[1]}"
             self.diagnostics = [
@@ -439,7 +447,7 @@ class _Inference:
         diagnostics = sorted(self.diagnostics, key=Diagnostic.sort_key)
         last = next((s for s in reversed(stages) if s.name != "head"), None)
         return Analysis(
-            graph=self.graph,
+            lowering=lowering,
             diagnostics=diagnostics,
             input=lowering.input,
             output=shapes[OUTPUT].out_shape,
@@ -470,7 +478,7 @@ class _Inference:
         if node.id in self.channel_tainted:
             return False
         return node.op.accepts != "flat" or not any(
-            p in self.size_tainted for p in self.graph.pred[node.id]
+            p in self.size_tainted for p in self.pred[node.id]
         )
 
     def stage_infos(self, layers: list[LayerInfo]) -> list[StageInfo]:
@@ -520,13 +528,13 @@ def _flattens(result: ShapeResult) -> bool:
     return all(s is not None for s in shapes) and len(shapes[0]) == 3 and len(shapes[1]) == 1
 
 
-def _branch(graph: nx.DiGraph, nodes, tip: str, start: str) -> list[str]:
+def _branch(pred: dict, nodes, tip: str, start: str) -> list[str]:
     """The nodes of one merge input, from the block input (exclusive) to `tip`, in order."""
     steps = []
     node = tip
     while node != start:
         steps.append(node)
-        preds = graph.pred[node]
+        preds = pred[node]
         if len(preds) != 1 and nodes[node].kind != "merge":
             break
         main = [p for p, e in preds.items() if e["role"] != SKIP] or list(preds)

@@ -1,4 +1,4 @@
-"""The typed spec: frozen pydantic models that every stage after the parser reads.
+"""The typed spec: frozen records that every stage after the parser reads.
 
 The parser builds these from the parse tree; `resolve` checks names and binds arguments, returning
 a `Spec`. Nothing after `resolve` sees a parse tree or an unbound argument. Every node carries the
@@ -7,16 +7,41 @@ a `Spec`. Nothing after `resolve` sees a parse tree or an unbound argument. Ever
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
-
-from pydantic import BaseModel, ConfigDict, Field
+import dataclasses
+from typing import Literal
 
 from resgen.diagnostics import Span
 
 
-class Node(BaseModel):
-    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True, defer_build=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Node:
+    """A node of the spec: each subclass is a frozen, keyword-only dataclass of the fields it
+    declares (made so when the class is defined). Sequences are tuples: a list given for one
+    is stored as a tuple, so nodes hash and compare by value.
+
+    Plain dataclasses rather than pydantic models: every resgen command pays for the import and
+    the schema building of pydantic (about a third of `resgen check`'s time as a whole
+    process), and the parser already builds each field with its type."""
+
     span: Span
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        dataclasses.dataclass(frozen=True, kw_only=True)(cls)
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, list):
+                object.__setattr__(self, f.name, tuple(value))
+
+    def model_copy(self, update: dict | None = None):
+        """A copy with some fields replaced (pydantic's name, kept for callers)."""
+        return dataclasses.replace(self, **(update or {}))
+
+
+def Field(*, default_factory):  # noqa: N802 (pydantic's spelling, for field declarations)
+    return dataclasses.field(default_factory=default_factory)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -87,9 +112,7 @@ class OpRef(Node):
     args: tuple[Arg, ...] = ()
 
 
-Expr = Annotated[
-    Int | Float | Bool | Ref | Pair | BinOp | UnaryOp | Func | OpRef, Field(discriminator="kind")
-]
+Expr = Int | Float | Bool | Ref | Pair | BinOp | UnaryOp | Func | OpRef
 
 
 # ---------------------------------------------------------------------------------------------
@@ -274,11 +297,3 @@ class Spec(Node):
     lets: tuple[Let, ...] = ()
     blocks: dict[str, Block] = Field(default_factory=dict)
     network: Network | None = None
-
-
-Pair.model_rebuild()
-BinOp.model_rebuild()
-UnaryOp.model_rebuild()
-Func.model_rebuild()
-OpRef.model_rebuild()
-Layer.model_rebuild()

@@ -349,6 +349,7 @@ def test_resnet152_layers_dot_has_every_edge():
     assert timings, which move with the machine's load)."""
     spec = load(SPECS / "resnet152.arch")
     analysis = analyse(spec)
+    assert analysis.graph  # built on first use
     source = diagram.to_dot(spec, analysis, "layers")
     assert source.count("->") == analysis.graph.number_of_edges()
 

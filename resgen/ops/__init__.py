@@ -16,7 +16,6 @@ from __future__ import annotations
 import ast
 import keyword
 from collections.abc import Iterable
-from importlib import metadata
 
 from resgen.diagnostics import UsageError
 from resgen.ops import layers, merges, scales
@@ -112,6 +111,8 @@ def _load_plugins() -> None:
     """Register the ops of every installed `resgen.ops` entry point (once per process)."""
     global _plugins_loaded
     _plugins_loaded = True
+    from importlib import metadata  # only when a spec names an op nobody registered
+
     for entry in metadata.entry_points(group=ENTRY_POINT_GROUP):
         plugin = entry.dist.name if entry.dist is not None else entry.value
         try:
