@@ -304,3 +304,24 @@ def test_fast_path_agrees_with_the_analysis(path):
                     full.macs,
                     full.output_stride,
                 ), (values, size)
+
+
+def test_progress_bar_only_on_a_terminal(variant, monkeypatch, capsys):
+    import io
+    import sys
+
+    from resgen.sweep import command
+
+    monkeypatch.setattr(command, "PROGRESS_DELAY", 0)  # the bar waits a second by default
+    argv = ["sweep", str(variant), "--param", "width=12..96:12", "--jobs", "1"]
+    assert cli.main(argv) == 0
+    assert "variant" not in capsys.readouterr().err  # not a terminal: no bar
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    assert cli.main(argv) == 0
+    assert "8/8" in terminal.getvalue() and "variant" in terminal.getvalue()

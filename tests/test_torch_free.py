@@ -1,4 +1,4 @@
-"""check, summary, diagram and build never import torch: each runs in a process where
+"""check, summary, diagram, build and sweep never import torch: each runs in a process where
 `import torch` fails (sys.modules['torch'] = None makes every import of it raise ImportError)."""
 
 import subprocess
@@ -31,6 +31,7 @@ BLOCK_TORCH = (
             "{out}/d.dot",
         ],
         ["build", "specs/resnet50.arch", "specs/cifar_resnet20.arch", "-o", "{out}"],
+        ["sweep", "specs/resnet50.arch", "--param", "groups=1,32", "--plot", "{out}/s.png"],
     ],
     ids=lambda argv: argv[0],
 )

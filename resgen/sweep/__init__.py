@@ -113,6 +113,7 @@ class Sweep:
     plan: NetworkPlan
     sources: dict[str, str]
     memo: dict = field(default_factory=dict)
+    _defaults: dict | None = None
 
     @classmethod
     def load(cls, path: str) -> Sweep:
@@ -139,6 +140,11 @@ class Sweep:
 
     def defaults(self) -> dict[str, Value | None]:
         """The spec's own param values (None for one whose default does not evaluate)."""
+        if self._defaults is None:
+            self._defaults = self._evaluate_defaults()
+        return self._defaults
+
+    def _evaluate_defaults(self) -> dict[str, Value | None]:
         from resgen import expr as E
 
         env: dict[str, Value] = {}
@@ -194,15 +200,9 @@ class Sweep:
                 None,
                 _stride(analysis.output_stride),
             )
-        return Record(
-            index,
-            params,
-            analysis.input,
-            False,
-            error_record(errors[0]),
-            analysis.params if analysis.params_exact else None,
-            analysis.macs if analysis.macs_exact else None,
-        )
+        # No counts: a variant with an error is not a network (a failed let leaves out whole
+        # stages, and what the analysis could count is not the model's count).
+        return Record(index, params, analysis.input, False, error_record(errors[0]), None, None)
 
     def run(
         self,
@@ -218,8 +218,12 @@ class Sweep:
             for i, v in enumerate(variants)
             for k, inp in enumerate(inputs)
         ]
+        return self.run_work(work, jobs, progress)
+
+    def run_work(self, work: Sequence[tuple], jobs: int = 1, progress=None) -> list[Record]:
+        """(index, values, input) items, counted in order (in `jobs` processes when many)."""
         if jobs > 1 and len(work) >= 2 * _CHUNK:
-            return _parallel(self, work, jobs, progress)
+            return _parallel(self, list(work), jobs, progress)
         records = []
         for index, values, inp in work:
             records.append(self.evaluate(index, values, inp))
@@ -245,7 +249,10 @@ def _parallel(sweep: Sweep, work, jobs: int, progress) -> list[Record]:
 
     global _WORKER
     _WORKER = sweep
-    chunks = [work[i : i + _CHUNK] for i in range(0, len(work), _CHUNK)]
+    # Few, large chunks: each worker's block memo warms up once, and the results cross between
+    # processes in a few batches; 8 per worker still keep the progress bar moving.
+    size = max(_CHUNK, -(-len(work) // (8 * jobs)))
+    chunks = [work[i : i + size] for i in range(0, len(work), size)]
     context = multiprocessing.get_context("fork")
     records: list[Record] = []
     with context.Pool(jobs) as pool:

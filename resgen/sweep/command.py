@@ -14,6 +14,7 @@ from resgen.diagnostics import SpecError, UsageError, print_diagnostics
 
 OK, SPEC_ERROR, USAGE = 0, 1, 2
 MAX_VARIANTS = 1_000_000  # a grid beyond this is a mistake: --sample it instead
+PROGRESS_DELAY = 1.0  # seconds before the progress bar shows: short sweeps print none
 
 
 def parse_inputs(texts: list[str]) -> list:
@@ -142,8 +143,13 @@ class _progress:
         if sys.stderr.isatty():
             from tqdm import tqdm
 
+            tqdm.monitor_interval = 0  # no monitor thread: --jobs forks this process
             self.bar = tqdm(
-                total=self.total, unit="variant", delay=1.0, leave=False, file=sys.stderr
+                total=self.total,
+                unit="variant",
+                delay=PROGRESS_DELAY,
+                leave=False,
+                file=sys.stderr,
             )
             return self.bar.update
         return None

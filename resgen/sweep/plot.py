@@ -1,11 +1,11 @@
 """The `--plot` of a sweep: every variant on the params-vs-MACs plane, drawn with matplotlib.
 
 Both axes are logarithmic. Valid variants are dots coloured by a chosen quantity (a metric or
-param: a colour bar for numbers, a legend for other values); invalid variants whose counts are
-still exact (a size error at one input, say) are red crosses, and the ones without counts are
-counted in the legend. The Pareto front joins the valid variants that give the most parameters
-(capacity) for their MACs (compute): no other valid variant has at least as many parameters for
-no more MACs. (With both read as costs the front is only the smallest variant.)
+param: a colour bar for numbers, a legend for other values); invalid variants have no counts to
+place them by (a variant with an error is not a network), so the legend counts them. The
+Pareto front joins the valid variants that give the most parameters (capacity) for their MACs
+(compute): no other valid variant has at least as many parameters for no more MACs. (With both
+read as costs the front would be the smallest variant alone.)
 """
 
 from __future__ import annotations
@@ -38,10 +38,8 @@ def plot(records: Sequence, colour: str | None, title: str = "", fmt: str = "png
     from resgen.sweep.query import values_of
 
     fig, ax = plt.subplots(figsize=(8, 5.5), dpi=120)
-    plotted = [r for r in records if (r.param_count or 0) > 0 and (r.macs or 0) > 0]
-    valid = [r for r in plotted if r.valid]
-    invalid = [r for r in plotted if not r.valid]
-    uncounted = sum(1 for r in records if not r.valid) - len(invalid)
+    valid = [r for r in records if r.valid and (r.param_count or 0) > 0 and (r.macs or 0) > 0]
+    invalid = sum(1 for r in records if not r.valid)
     if valid:
         xs = [r.param_count for r in valid]
         ys = [r.macs for r in valid]
@@ -109,25 +107,8 @@ def plot(records: Sequence, colour: str | None, title: str = "", fmt: str = "png
             label=f"Pareto front: most params for the MACs ({len(front)})",
         )
     if invalid:
-        ax.scatter(
-            [r.param_count for r in invalid],
-            [r.macs for r in invalid],
-            marker="x",
-            s=22,
-            color="#c0392b",
-            linewidths=1,
-            zorder=2,
-            label=f"invalid ({len(invalid)}, counts exact)",
-        )
-    if uncounted:
-        ax.scatter(
-            [],
-            [],
-            marker="x",
-            color="#e6a0a0",
-            label=f"invalid without counts ({uncounted}, not drawn)",
-        )
-    if plotted:
+        ax.scatter([], [], marker="x", color="#c0392b", label=f"invalid: {invalid} (no counts)")
+    if valid:
         ax.set_xscale("log")
         ax.set_yscale("log")
     else:
