@@ -14,6 +14,12 @@ attributes and methods answer every question a later stage asks, so no stage com
     label(args)             how summaries and diagrams name it; `family` gives its colour
     stateless               no parameters or buffers: one module may be applied again by name
     zero_init               the parameter whose zeros make the output zero (zero_init_residual)
+    parameters(args, x)     the shapes of its parameter tensors; buffers(args, x) its buffers'
+    storage(args, training) where its output lives: a new tensor, the input's storage (a view, or
+                            the input itself), or the input overwritten in place
+    saves(args, x, y, dev)  the tensors autograd keeps for its backward pass (resgen.memory)
+    temporaries(...)        what else it allocates in an inference pass (max pooling's indices)
+    autocast                how torch.autocast runs it: in lower precision, in float32, or as is
 
 Built-in ops live in resgen.ops.layers and resgen.ops.merges; a plugin declares its own the same
 way and registers it (resgen.ops.register, or the `resgen.ops` entry-point group).
@@ -200,6 +206,61 @@ class Counts(NamedTuple):
 NO_COUNTS = Counts()
 
 
+# ---------------------------------------------------------------------------------------------
+# Memory: where an op's output lives and what autograd keeps for its backward pass
+
+SavedTensor = Literal["input", "other", "output", "param", "new"]
+SavedDtype = Literal["activation", "param", "float32", "int64", "bool"]
+Storage = Literal["new", "input", "in-place"]
+Autocast = Literal["lower", "float32"]
+Device = Literal["cuda", "cpu"]
+NeededBy = Literal["input", "other", "weight"]
+
+
+@dataclass(frozen=True)
+class Saved:
+    """One tensor an op saves for its backward pass: what `torch.autograd.graph.
+    saved_tensors_hooks` sees during a training forward pass (torch's autograd formulas,
+    tools/autograd/derivatives.yaml, say which tensors each backward needs).
+
+    tensor     which tensor: "input" (the op's input; a merge's main-path input), "other" (a
+               merge's second input), "output" (its result), "param" (one of its parameters or
+               buffers, of `shape`: no activation memory, except the low-precision copy of a
+               weight that autocast makes for an op it runs in lower precision), or "new" (a
+               tensor the op allocates for backward, of `shape` and `dtype`: batch norm's mean
+               and inverse standard deviation, max pooling's indices, dropout's mask)
+    shape      for "param" and "new": the shape, without the batch axis when `batched`
+    dtype      for "new": "activation" (the dtype the op computes in), "param" (its parameters'
+               dtype: float32 under autocast, the model's dtype otherwise), or a fixed "float32",
+               "int64" or "bool"
+    batched    for "new": the tensor has a leading batch axis (one `shape` per sample)
+    needed_by  saved only when this gradient is needed: torch saves `other` for a product's
+               input gradient only when the input requires grad ("input", "other", or "weight":
+               the op's own parameters, which always do). None: whenever the op records a
+               backward at all (it has parameters or an input that requires grad)
+    name       torch's name for it (`save_mean`, `indices`), for reports
+    """
+
+    tensor: SavedTensor
+    shape: Shape = ()
+    dtype: SavedDtype = "activation"
+    batched: bool = False
+    needed_by: NeededBy | None = None
+    name: str = ""
+
+
+SAVES_INPUT = (Saved("input"),)
+
+
+@dataclass(frozen=True)
+class Buffer:
+    """One buffer of a module: its shape and whether its dtype follows the model's floating dtype
+    ("param": batch norm's running statistics) or stays fixed ("int64": num_batches_tracked)."""
+
+    shape: Shape
+    dtype: Literal["param", "int64"] = "param"
+
+
 class Check(Protocol):
     """How an op reports a problem while it infers a shape; the shape engine places it."""
 
@@ -279,6 +340,10 @@ class Op:
     stateless: ClassVar[bool] = False
     emit: ClassVar[Emit | None] = None
     zero_init: ClassVar[str | None] = None
+    # How torch.autocast (mixed precision) runs the op: "lower" casts its input and weights to
+    # the low-precision dtype (torch's lower-precision list: convolutions, linear layers),
+    # "float32" casts them up, None runs it in its input's dtype.
+    autocast: ClassVar[Autocast | None] = None
     # The distribution that registered this op (None for resgen's own): named in its errors.
     plugin: str | None = None
 
@@ -320,6 +385,36 @@ class Op:
     def label(self, args: Args, times: str = "×") -> str:
         """A short description, e.g. `conv 3×3 s2 p1`; `times` joins the two axes of a size."""
         return self.name
+
+    def parameters(self, args: Args, x: Shape) -> tuple[Shape, ...]:
+        """The shapes of the module's parameters, in `module.parameters()` order (their sizes
+        add up to `counts().params`). The optimizer keeps state per tensor (Adam's `step`)."""
+        return ()
+
+    def buffers(self, args: Args, x: Shape) -> tuple[Buffer, ...]:
+        """The module's buffers (their sizes add up to `counts().buffers`) and their dtypes."""
+        return ()
+
+    def storage(self, args: Args, training: bool) -> Storage:
+        """Where the output lives: "new" (a tensor of its own), "input" (the input's storage,
+        unchanged: a view such as flatten, or the input itself as nn.Identity returns it), or
+        "in-place" (the input's storage, overwritten: relu(inplace=True)). `training`: in a
+        training forward pass (dropout is the identity in eval mode)."""
+        return "new"
+
+    def saves(self, args: Args, x: Shape, y: Shape, device: Device) -> tuple[Saved, ...]:
+        """The tensors autograd keeps for this op's backward pass, in a training forward pass
+        on `device` ("cuda" or "cpu": dropout keeps a bool mask on CUDA and the scaled noise on
+        the CPU), for input `x` and output `y` (per sample). Each op states torch's behaviour;
+        the default, the input, is what most layers keep (convolution, normalisation, pooling,
+        the element-wise product), so a plugin that leaves it out is counted like them.
+        A "new" tensor is allocated in every training forward pass, saved or not."""
+        return SAVES_INPUT
+
+    def temporaries(self, args: Args, x: Shape, y: Shape, device: Device) -> tuple[Saved, ...]:
+        """The "new" tensors the op allocates besides its output in an eval-mode, no-grad
+        forward pass, freed when it returns: max pooling computes its indices all the same."""
+        return ()
 
     def explain(self, args: Args, x: Shape, y: Shape, spatial: bool) -> str | None:
         """Why this layer changed the shape, for a merge mismatch: the worked arithmetic of a
@@ -388,18 +483,24 @@ __all__ = [
     "OTHER",
     "POOL",
     "REQUIRED",
+    "SAVES_INPUT",
+    "SIZE_HINT",
     "Args",
+    "Autocast",
+    "Buffer",
     "Check",
     "Counts",
+    "Device",
     "Emit",
     "Family",
     "Fixed",
     "Merge",
     "Op",
     "Param",
-    "SIZE_HINT",
     "SameAs",
+    "Saved",
     "Shape",
+    "Storage",
     "UNKNOWN",
     "Window",
     "arithmetic",

@@ -17,6 +17,7 @@ from resgen.ops.base import (
     POOL,
     SIZE_HINT,
     Args,
+    Buffer,
     Check,
     Counts,
     Emit,
@@ -24,6 +25,7 @@ from resgen.ops.base import (
     Op,
     Param,
     SameAs,
+    Saved,
     Shape,
     Window,
     arithmetic,
@@ -119,6 +121,7 @@ class Conv(Op):
     )
     accepts = "spatial"
     family = CONV
+    autocast = "lower"
     emit = Emit(
         "nn.Conv2d",
         in_channels="in_channels",
@@ -158,6 +161,19 @@ class Conv(Op):
     def label(self, args, times="×"):
         extras = (("stride", "s", 1), ("padding", "p", 0), ("dilation", "d", 1), ("groups", "g", 1))
         return _window_label(self.name, args, times, extras)
+
+    def _weight(self, args, x) -> Shape:
+        kernel = args["kernel"]
+        return (args["channels"], x[0] // args["groups"], at(kernel, 0), at(kernel, 1))
+
+    def parameters(self, args, x):
+        bias = ((args["channels"],),) if args["bias"] else ()
+        return (self._weight(args, x), *bias)
+
+    def saves(self, args, x, y, device):
+        # derivatives.yaml, convolution: one formula for input, weight and bias gradients that
+        # reads `input` and `weight`, so both are saved whatever requires grad.
+        return (Saved("input"), Saved("param", self._weight(args, x), name="weight"))
 
 
 class BatchNorm(Op):
@@ -200,6 +216,26 @@ class BatchNorm(Op):
         # weight and bias; running mean, running variance and num_batches_tracked
         return Counts(2 * x[0], 2 * x[0] + 1, 0)
 
+    def parameters(self, args, x):
+        return ((x[0],), (x[0],))
+
+    def buffers(self, args, x):
+        return (Buffer((x[0],)), Buffer((x[0],)), Buffer((), "int64"))
+
+    def saves(self, args, x, y, device):
+        # Training mode: _batch_norm_with_update saves input, weight, the running statistics
+        # (buffers) and its own per-channel batch mean and inverse standard deviation, in the
+        # parameters' dtype (float32 for a low-precision input under autocast).
+        c = (x[0],)
+        return (
+            Saved("input"),
+            Saved("param", c, name="weight"),
+            Saved("param", c, name="running_mean"),
+            Saved("param", c, name="running_var"),
+            Saved("new", c, "param", name="save_mean"),
+            Saved("new", c, "param", name="save_invstd"),
+        )
+
 
 class ReLU(Op):
     name = "relu"
@@ -209,6 +245,12 @@ class ReLU(Op):
     stateless = True
     emit = Emit("nn.ReLU")
 
+    def storage(self, args, training):
+        return "in-place" if args.get("inplace") else "new"
+
+    def saves(self, args, x, y, device):
+        return (Saved("output", name="result"),)  # threshold_backward(grad, result, 0)
+
 
 class Sigmoid(Op):
     name = "sigmoid"
@@ -216,6 +258,9 @@ class Sigmoid(Op):
     family = ACT
     stateless = True
     emit = Emit("nn.Sigmoid")
+
+    def saves(self, args, x, y, device):
+        return (Saved("output", name="result"),)  # sigmoid_backward(grad, result)
 
 
 class _Pool(Op):
@@ -260,6 +305,14 @@ class MaxPool(_Pool):
     def padding_limit(self, window):
         return (window.dilation * (window.kernel - 1) + 1) // 2
 
+    def saves(self, args, x, y, device):
+        # max_pool2d_with_indices: the input and the int64 position of each maximum
+        return (Saved("input"), Saved("new", y, "int64", batched=True, name="indices"))
+
+    def temporaries(self, args, x, y, device):
+        # ATen's max_pool2d is max_pool2d_with_indices(...)[0], with or without grad
+        return (Saved("new", y, "int64", batched=True, name="indices"),)
+
 
 class AvgPool(_Pool):
     name = "avgpool"
@@ -272,6 +325,9 @@ class AvgPool(_Pool):
         Param("count_include_pad", "bool", True, "count_include_pad"),
     )
     emit = Emit("nn.AvgPool2d")
+
+    def saves(self, args, x, y, device):
+        return (Saved("input"),)  # avg_pool2d_backward(grad, self, ...)
 
 
 class AdaptiveAvgPool(Op):
@@ -293,6 +349,11 @@ class AdaptiveAvgPool(Op):
     def label(self, args, times="×"):
         return f"adaptive avgpool to {size_text(args.get('size'), times)}"
 
+    def saves(self, args, x, y, device):
+        # ATen computes a 1x1 output as input.mean((-1, -2), keepdim=True), whose backward
+        # needs only sizes; any other size saves the input (_adaptive_avg_pool2d_backward).
+        return () if is_default(args["size"], 1) else (Saved("input"),)
+
 
 class Flatten(Op):
     name = "flatten"
@@ -308,6 +369,12 @@ class Flatten(Op):
         for v in x:
             size *= v
         return (size,)
+
+    def storage(self, args, training):
+        return "input"  # a view of the (contiguous) input
+
+    def saves(self, args, x, y, device):
+        return ()
 
 
 class Linear(Op):
@@ -326,6 +393,7 @@ class Linear(Op):
     )
     accepts = "flat"
     family = LINEAR
+    autocast = "lower"
     emit = Emit("nn.Linear", in_channels="in_features", positional=("features",))
 
     def channels(self, args, c):
@@ -352,6 +420,18 @@ class Linear(Op):
     def label(self, args, times="×"):
         return f"linear {args.get('features', '?')}"
 
+    def parameters(self, args, x):
+        bias = ((args["features"],),) if args["bias"] else ()
+        return ((args["features"], x[0]), *bias)
+
+    def saves(self, args, x, y, device):
+        # addmm (mm without bias): mat1 (the input) for the weight's gradient, mat2 (the weight,
+        # transposed: a view) for the input's, each only when that gradient is needed.
+        return (
+            Saved("input", needed_by="weight"),
+            Saved("param", (args["features"], x[0]), needed_by="input", name="weight"),
+        )
+
 
 class Dropout(Op):
     name = "dropout"
@@ -363,12 +443,33 @@ class Dropout(Op):
     def label(self, args, times="×"):
         return f"dropout p={args.get('p')}"
 
+    def storage(self, args, training):
+        # the identity in eval mode, and for p = 0 (ATen returns the input itself)
+        return "new" if training and args["p"] > 0 else "input"
+
+    def saves(self, args, x, y, device):
+        p = args["p"]
+        if p == 0:
+            return ()
+        if p == 1:  # input * zeros({}): the scalar zero
+            return (Saved("new", (), needed_by="input", name="zero"),)
+        if device == "cuda":  # native_dropout: the boolean mask (result1)
+            return (Saved("new", x, "bool", batched=True, needed_by="input", name="mask"),)
+        # CPU: input * noise, the noise (bernoulli / (1 - p)) in the input's dtype
+        return (Saved("new", x, batched=True, needed_by="input", name="noise"),)
+
 
 class Identity(Op):
     name = "identity"
     doc = "does nothing; keeps a name in the module tree"
     stateless = True
     emit = Emit("nn.Identity")
+
+    def storage(self, args, training):
+        return "input"  # nn.Identity returns its input
+
+    def saves(self, args, x, y, device):
+        return ()
 
 
 class PadChannels(Op):
@@ -411,6 +512,9 @@ class PadChannels(Op):
             )
             return None
         return (wanted, x[1], x[2])
+
+    def saves(self, args, x, y, device):
+        return ()  # constant_pad_nd's backward slices the gradient: it needs only the padding
 
 
 BUILTIN: tuple[Op, ...] = (

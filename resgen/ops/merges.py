@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from resgen.ops.base import Merge
+from resgen.ops.base import Merge, Saved
 
 
 class Add(Merge):
@@ -12,6 +12,12 @@ class Add(Merge):
     statement = "out += identity"
     residual = True
 
+    def storage(self, args, training):
+        return "in-place"  # `out += identity` overwrites the main path's output
+
+    def saves(self, args, x, y, device):
+        return ()  # the gradient passes to both inputs unchanged
+
 
 class Mul(Merge):
     name = "mul"
@@ -19,6 +25,10 @@ class Mul(Merge):
     glyph = "×"
     statement = "out = out * identity"
     inline = "out = x * out"
+
+    def saves(self, args, x, y, device):
+        # mul: `other` for the input's gradient, the input for `other`'s (derivatives.yaml)
+        return (Saved("input", needed_by="other"), Saved("other", needed_by="input"))
 
     def combine(self, main, other):
         """Broadcasting as torch does: C x H x W times C x 1 x 1 is C x H x W."""
