@@ -107,6 +107,11 @@ NOT_SPATIAL = _code("not-spatial", "a C x H x W op after `flatten`")
 NOT_FLAT = _code("not-flat", "a flat op (linear) before `flatten`")
 MERGE_MISMATCH = _code("merge-mismatch", "main path and shortcut give different shapes")
 DROPPED_ROWS = _code("dropped-rows", "input rows or columns that no window reads (a warning)")
+OVERWRITES_SAVED = _code(
+    "overwrites-saved",
+    "an in-place op changes a tensor autograd saved for backward (training would fail)",
+    "never",
+)
 
 # -- code generation
 FLATTEN_IN_BLOCK = _code("flatten-in-block", "a layer after `flatten` inside a block")

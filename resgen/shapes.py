@@ -21,6 +21,7 @@ from resgen.graph import INPUT, OUTPUT, SKIP, Lowering, Node, lower, no_gc
 from resgen.ops.base import SIZE_HINT, Fixed, Shape
 from resgen.plan import NetworkPlan
 from resgen.sizes import InputSizes, input_sizes
+from resgen.storage import overwritten_saves
 from resgen.text import shape_text
 
 if TYPE_CHECKING:
@@ -129,6 +130,11 @@ def analyse(
     with no_gc():
         lowering = lower(spec, input_shape, plan)
         analysis = _Inference(lowering, sizes).run()
+        # Training would fail at backward: an in-place op on a tensor autograd saved (storage).
+        overwritten = overwritten_saves(analysis.nodes, lowering.edges, analysis.shapes)
+    if overwritten:
+        analysis.diagnostics = sorted(analysis.diagnostics + overwritten, key=Diagnostic.sort_key)
+        analysis.ok = False
     analysis.diagnostics = _with_instantiation_notes(analysis.diagnostics, spec.network)
     return analysis
 
