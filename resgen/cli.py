@@ -13,7 +13,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from resgen.diagnostics import Diagnostic, SpecError, UsageError, print_diagnostics
+from resgen.precision import AUTOCAST_DEFAULT, DEVICES, FLOATS, OPTIMIZERS, Settings
 from resgen.resolve import Loader
+from resgen.text import parse_size
 
 EXIT_OK, EXIT_SPEC_ERROR, EXIT_USAGE = 0, 1, 2
 
@@ -51,6 +53,90 @@ def _add_input(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _size(text: str) -> int:
+    try:
+        return parse_size(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def _add_memory(p: argparse.ArgumentParser, command: str) -> None:
+    """The memory options (README, "Memory"): summary and diagram report, check warns."""
+    g = p.add_argument_group("memory per batch (no torch needed)")
+    g.add_argument(
+        "--batch",
+        type=_positive,
+        metavar="B",
+        help="estimate memory for a batch of B samples"
+        + (" (with --budget: warn when it does not fit)" if command == "check" else ""),
+    )
+    g.add_argument(
+        "--dtype",
+        choices=FLOATS,
+        help="the model's dtype (default float32); with --amp, autocast's low precision",
+    )
+    g.add_argument(
+        "--amp",
+        action="store_true",
+        help="mixed precision: float32 parameters and optimizer state, autocast to --dtype "
+        "(default: float16 on cuda, bfloat16 on cpu)",
+    )
+    if command != "check":
+        g.add_argument(
+            "--train",
+            action="store_true",
+            help="show the training step: gradients, optimizer state, saved activations, peak",
+        )
+    g.add_argument(
+        "--optimizer",
+        choices=list(OPTIMIZERS),
+        help="the optimizer whose state to count (default momentum)",
+    )
+    g.add_argument(
+        "--device",
+        choices=DEVICES,
+        help="where it trains (default cuda): dropout's saved mask and the optimizer step differ",
+    )
+    g.add_argument(
+        "--budget",
+        type=_size,
+        metavar="SIZE",
+        help="memory available, e.g. 24GiB (2^30 bytes) or 24GB (10^9): the largest batch whose "
+        "training peak fits",
+    )
+
+
+def memory_settings(args) -> Settings | None:
+    """The Settings the memory options ask for; None when none was given. Raises UsageError
+    for options that do not go together."""
+    batch, budget = getattr(args, "batch", None), getattr(args, "budget", None)
+    given = [
+        flag
+        for flag, value in (
+            ("--dtype", args.dtype),
+            ("--amp", args.amp),
+            ("--train", getattr(args, "train", False)),
+            ("--optimizer", args.optimizer),
+            ("--device", args.device),
+        )
+        if value
+    ]
+    if args.command == "check" and batch is not None and budget is None:
+        raise UsageError("check --batch B needs --budget SIZE: it warns when B does not fit")
+    if batch is None and budget is None:
+        if given:
+            raise UsageError(f"{given[0]} needs --batch B (or --budget SIZE)")
+        return None
+    device = args.device or "cuda"
+    dtype = args.dtype or (AUTOCAST_DEFAULT[device] if args.amp else "float32")
+    if args.amp and dtype == "float32":
+        raise UsageError(
+            "--amp computes in a low precision: give --dtype bfloat16 or float16 (or leave "
+            "--dtype out)"
+        )
+    return Settings(batch or 1, dtype, args.amp, args.optimizer or "momentum", device)
+
+
 def loader_for(args) -> Loader:
     """A Loader that applies the command's --param options."""
     return Loader(params=tuple(getattr(args, "param", None) or ()))
@@ -67,6 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("specs", nargs="+", metavar="SPEC")
     p.add_argument("--json", action="store_true", help="print diagnostics as JSON")
     _add_input(p)
+    _add_memory(p, "check")
 
     p = sub.add_parser("summary", help="a per-layer table of shapes, parameters and MACs")
     p.add_argument("spec", metavar="SPEC")
@@ -78,6 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--json", action="store_true")
     _add_input(p)
+    _add_memory(p, "summary")
 
     p = sub.add_parser("build", help="generate PyTorch source (and diagrams) for specs")
     p.add_argument("specs", nargs="+", metavar="SPEC")
@@ -105,6 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--force", action="store_true", help="replace a .dot/.svg file that resgen did not generate"
     )
     _add_input(p)
+    _add_memory(p, "diagram")
 
     _add_sweep(sub)
     return parser
@@ -179,10 +268,11 @@ def report(diagnostics: Sequence[Diagnostic], loader: Loader) -> None:
 def cmd_check(args) -> int:
     status = EXIT_OK
     records = []
+    settings = memory_settings(args)
     for path in args.specs:
         loader = loader_for(args)
         try:
-            diagnostics = list(_check_one(loader, path, args.input))
+            diagnostics = list(_check_one(loader, path, args.input, settings, args.budget))
         except SpecError as err:
             diagnostics = err.diagnostics
         except UsageError as err:  # a missing file does not stop the others being checked
@@ -206,33 +296,60 @@ def cmd_check(args) -> int:
     return status
 
 
-def _check_one(loader: Loader, path: str, input_shape):
+def _check_one(loader: Loader, path: str, input_shape, settings=None, budget=None):
     spec = loader.load(path)
     if spec.network is None:  # a library of blocks: names checked, nothing to lower
         return []
     from resgen.shapes import analyse
 
-    return analyse(spec, input_shape).diagnostics
+    analysis = analyse(spec, input_shape)
+    if settings is None or budget is None or not analysis.ok:
+        return analysis.diagnostics
+    from resgen.memory import budget_warning, estimate
+
+    warning = budget_warning(spec, estimate(spec, analysis, settings), budget)
+    return analysis.diagnostics + ([warning] if warning else [])
 
 
 def cmd_summary(args) -> int:
     from resgen.shapes import analyse
     from resgen.summary import DEFAULT_DEPTH, render, to_json
 
+    settings = memory_settings(args)
     loader = loader_for(args)
     try:
-        analysis = analyse(loader.load(args.spec), args.input)  # no network: a no-network error
+        spec = loader.load(args.spec)
+        analysis = analyse(spec, args.input)  # no network: a no-network error
     except SpecError as err:
         report(err.diagnostics, loader)
         return EXIT_SPEC_ERROR
     if analysis.diagnostics:
         report(analysis.diagnostics, loader)
+    memory = _memory(spec, analysis, settings, args)
     if args.json:
-        print(json.dumps(to_json(analysis), indent=2))
+        print(json.dumps(to_json(analysis, memory, args.budget), indent=2))
     else:
         depth = DEFAULT_DEPTH if args.depth is None else args.depth
-        print(render(analysis, depth))
+        train = args.train or args.optimizer is not None or args.budget is not None
+        print(render(analysis, depth, memory, args.budget, train))
     return EXIT_OK if analysis.ok else EXIT_SPEC_ERROR
+
+
+def _memory(spec, analysis, settings, args):
+    """The memory estimate the options ask for, at --batch (or, given only --budget, at the
+    largest batch that fits); None when not asked for or when the spec has errors."""
+    if settings is None or not analysis.ok:
+        return None
+    from dataclasses import replace
+
+    from resgen.memory import estimate
+
+    memory = estimate(spec, analysis, settings)
+    if args.batch is None and args.budget is not None:
+        fits = memory.max_batch(args.budget)
+        if fits is not None and fits != settings.batch:
+            memory = estimate(spec, analysis, replace(settings, batch=fits))
+    return memory
 
 
 def cmd_build(args) -> int:
@@ -321,7 +438,8 @@ def cmd_diagram(args) -> int:
         return EXIT_SPEC_ERROR
     report(analysis.diagnostics, loader)
     status = EXIT_OK if analysis.ok else EXIT_SPEC_ERROR
-    source = diagram.to_dot(spec, analysis, args.detail, args.rankdir)
+    memory = _memory(spec, analysis, memory_settings(args), args)
+    source = diagram.to_dot(spec, analysis, args.detail, args.rankdir, memory, args.train)
     # PNG and PDF carry no mark to recognise our own files by: those are replaced.
     if args.format in ("dot", "svg") and not args.force and foreign(out):
         print(diagram.not_overwriting(out), file=sys.stderr)

@@ -113,6 +113,11 @@ OVERWRITES_SAVED = _code(
     "never",
 )
 
+# -- memory (resgen.memory); `check --batch B --budget SIZE`
+OVER_BUDGET = _code(
+    "over-budget", "the training memory estimate at --batch exceeds --budget (a warning)", "never"
+)
+
 # -- code generation
 FLATTEN_IN_BLOCK = _code("flatten-in-block", "a layer after `flatten` inside a block")
 FLATTEN_SIZE = _code("flatten-size", "a flatten whose input size is unknown")

@@ -39,7 +39,7 @@ import graphviz
 from resgen.graph import INPUT, MAIN, OUTPUT, SHORTCUT, SKIP, Node
 from resgen.ops.base import FAMILIES, MERGE, Merge
 from resgen.output import DOT_MARK, MARK, SVG_MARK, foreign, write_atomic
-from resgen.text import axis_text, count_text, shape_text, size_text
+from resgen.text import axis_text, bytes_text, count_text, shape_text, size_text
 
 DETAILS = ("stages", "blocks", "layers")
 IMAGE_FORMATS = ("svg", "png", "pdf")
@@ -196,8 +196,12 @@ def _error_messages(analysis) -> tuple[dict[str, list[str]], list[str]]:
 # The drawing
 
 
-def digraph(spec, analysis, detail: str = "stages", rankdir: str = "TB") -> graphviz.Digraph:
-    """The diagram of an analysed spec as a `graphviz.Digraph`."""
+def digraph(
+    spec, analysis, detail: str = "stages", rankdir: str = "TB", memory=None, train=False
+) -> graphviz.Digraph:
+    """The diagram of an analysed spec as a `graphviz.Digraph`. With a `memory` estimate
+    (resgen.memory) the stem, stage and head nodes show their activation memory: what they save
+    for backward (`train`) or their inference peak."""
     if detail not in DETAILS:
         raise ValueError(f"detail must be one of {', '.join(DETAILS)}, not {detail!r}")
     graph = analysis.graph
@@ -232,7 +236,7 @@ def digraph(spec, analysis, detail: str = "stages", rankdir: str = "TB") -> grap
         fontsize="11",
         fontcolor=INK,
         labelloc="t",
-        label=_label(name, analysis, errors, detail),
+        label=_label(name, analysis, errors, detail, memory, train),
         bgcolor="white",
         nodesep="0.3",
         ranksep="0.32",
@@ -259,6 +263,7 @@ def digraph(spec, analysis, detail: str = "stages", rankdir: str = "TB") -> grap
     )
 
     stage_info = {s.name: s for s in analysis.stages}
+    activations = _activations(memory, train)
     tree: dict[tuple[str, ...], list] = {(): []}  # cluster path -> groups and child paths
     for group in groups.values():
         for depth in range(1, len(group.clusters) + 1):
@@ -271,7 +276,7 @@ def digraph(spec, analysis, detail: str = "stages", rankdir: str = "TB") -> grap
     def emit(g: graphviz.Digraph, path: tuple[str, ...]) -> None:
         for item in tree[path]:
             if isinstance(item, _Group):
-                _node(g, item, analysis, stage_info)
+                _node(g, item, analysis, stage_info, activations)
                 continue
             with g.subgraph(name="cluster_" + item[-1]) as sub:
                 sub.attr(**_cluster_style(item, tree, analysis, stage_info))
@@ -292,9 +297,11 @@ def digraph(spec, analysis, detail: str = "stages", rankdir: str = "TB") -> grap
     return dot
 
 
-def to_dot(spec, analysis, detail: str = "stages", rankdir: str = "TB") -> str:
+def to_dot(
+    spec, analysis, detail: str = "stages", rankdir: str = "TB", memory=None, train=False
+) -> str:
     """The DOT text of the diagram; identical for identical input."""
-    head, _, rest = digraph(spec, analysis, detail, rankdir).source.partition("\n")
+    head, _, rest = digraph(spec, analysis, detail, rankdir, memory, train).source.partition("\n")
     return f"{head}\n{DOT_MARK}\n{rest}"  # inside the graph: line 1 stays `digraph`
 
 
@@ -323,7 +330,21 @@ def _transition(shape_in, shape_out) -> str:
     return f"{channels} · {size}"
 
 
-def _node(g: graphviz.Digraph, group: _Group, analysis, stage_info) -> None:
+def _activations(memory, train: bool) -> dict[str, str]:
+    """Per stem, stage and head: `saves 3.83 GiB` or `peak 674 MiB`, from a memory estimate."""
+    if memory is None:
+        return {}
+    return {
+        s.name: (
+            f"saves {bytes_text(s.activations_saved_bytes)}"
+            if train
+            else f"peak {bytes_text(s.inference_peak_bytes)}"
+        )
+        for s in memory.stages
+    }
+
+
+def _node(g: graphviz.Digraph, group: _Group, analysis, stage_info, activations=None) -> None:
     first = analysis.nodes[group.nodes[0]]
     kind = group.kind
     attrs: dict[str, str] = {}
@@ -368,6 +389,8 @@ def _node(g: graphviz.Digraph, group: _Group, analysis, stage_info) -> None:
         ]
         if info is not None and info.output_stride and info.out_shape is not None:
             rows.append(("small", f"output stride {axis_text(info.output_stride)}"))
+        if activations and group.id in activations:
+            rows.append(("small", f"activations: {activations[group.id]}"))
     elif kind in ("stem", "head"):
         colours = COLOURS["stem"]
         steps = [analysis.nodes[n].label() for n in group.nodes]
@@ -377,6 +400,8 @@ def _node(g: graphviz.Digraph, group: _Group, analysis, stage_info) -> None:
             ("text", f"{_shape(shape_in)} → {_shape(shape_out)}"),
             ("text", _stage_cost(stage_info.get(kind)) or cost),
         ]
+        if activations and kind in activations:
+            rows.append(("small", f"activations: {activations[kind]}"))
     elif kind == "block":
         colours = COLOURS["block"]
         stage = group.clusters[0] if group.clusters else ""
@@ -566,7 +591,7 @@ def _legend(detail: str, errors: int) -> list[tuple[str, str]]:
     return rows
 
 
-def _label(name: str, analysis, errors: int, detail: str) -> str:
+def _label(name: str, analysis, errors: int, detail: str, memory=None, train=False) -> str:
     """The graph's label: a title line over a two-column legend, kept out of the layout."""
     partial = " (partial: the spec has errors)"
     parts = [
@@ -584,9 +609,15 @@ def _label(name: str, analysis, errors: int, detail: str) -> str:
             f'{key}<td align="left">{_esc(text)}</td>' for key, text in legend[i : i + 2]
         )
         rows.append(f"<tr>{cells}</tr>")
+    title = " · ".join(parts)
+    if memory is not None:
+        settings = memory.settings
+        dtype = f"mixed precision ({settings.dtype})" if settings.amp else settings.dtype
+        what = "saved for backward" if train else "inference peak"
+        title += f"<br/>activations {what}: batch {settings.batch}, {_esc(dtype)}"
     return (
         '<<table border="0" cellborder="0" cellspacing="2" cellpadding="1">'
-        f'<tr><td colspan="4" cellpadding="4">{" · ".join(parts)}</td></tr>'
+        f'<tr><td colspan="4" cellpadding="4">{title}</td></tr>'
         f'<tr><td colspan="4" align="left"><font point-size="9" color="{MUTED}">'
         f"<i>legend</i></font></td></tr>"
         f"{''.join(rows)}</table>>"

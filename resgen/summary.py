@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from resgen.shapes import MAC_CONVENTION, Analysis, LayerInfo
-from resgen.text import count_text, pair_text, shape_text
+from resgen.text import bytes_text, count_text, pair_text, shape_text
 
 DEFAULT_DEPTH = 1
 
@@ -26,14 +26,42 @@ class Row:
     params: int
     macs: int
     depth: int  # 1 = stage, 2 = block instance or stem/head layer, 3 = layer in a block, ...
+    memory: int = 0  # bytes: saved for backward (summed), or the inference peak (the largest)
 
 
 # ---------------------------------------------------------------------------------------------
 # Rows
 
 
-def rows(analysis: Analysis, depth: int = DEFAULT_DEPTH) -> list[Row]:
-    """The table's rows down to `depth`, each group's counts summed over its layers."""
+def rows(analysis: Analysis, depth: int = DEFAULT_DEPTH, memory=None, train=False) -> list[Row]:
+    """The table's rows down to `depth`, each group's counts summed over its layers. With a
+    `memory` estimate (resgen.memory) each row also has the activations its layers save for
+    backward (`train`) or the inference peak while they run."""
+    table = _rows(analysis, depth)
+    if memory is None:
+        return table
+    batch = memory.settings.batch
+    per_stage = (
+        {s.name: s.activations_saved_bytes for s in memory.stages} if train else memory.stage_peaks
+    )
+    for row in table:
+        if row.depth == 1 and row.name in per_stage:  # the stem's counts the input batch
+            row.memory = per_stage[row.name]
+    members: dict[str, list[Row]] = {}
+    for layer in analysis.layers:
+        chain = [layer.stage, *_block_chain(layer, analysis.block_types), layer.name]
+        share = (memory.saved if train else memory.live).get(layer.name)
+        amount = share.at(batch) if share is not None else 0
+        for key in chain[1:]:
+            members.setdefault(key, []).append(amount)
+    for row in table:
+        if row.depth > 1 and row.name in members:
+            amounts = members[row.name]
+            row.memory = sum(amounts) if train else max(amounts)
+    return table
+
+
+def _rows(analysis: Analysis, depth: int) -> list[Row]:
     stage_info = {s.name: s for s in analysis.stages}
     result: list[Row] = []
     groups: dict[str, Row] = {}
@@ -98,21 +126,35 @@ def human(n: int) -> str:
     return count_text(n)
 
 
-def render(analysis: Analysis, depth: int = DEFAULT_DEPTH) -> str:
-    table = [("Layer", "Op", "Output shape", "Params", "MACs")]
-    for row in rows(analysis, depth):
+def render(
+    analysis: Analysis,
+    depth: int = DEFAULT_DEPTH,
+    memory=None,
+    budget: int | None = None,
+    train: bool = False,
+) -> str:
+    """The table and totals; with a `memory` estimate a column of activation memory (saved for
+    backward when `train`, else the inference peak) and a memory section (with the largest
+    batch for `budget` bytes)."""
+    header = ("Layer", "Op", "Output shape", "Params", "MACs")
+    if memory is not None:
+        header += ("Saved" if train else "Peak",)
+    table = [header]
+    for row in rows(analysis, depth, memory, train):
         indent = "  " * (row.depth - 1)
-        table.append(
-            (
-                indent + row.name,
-                row.op,
-                shape_text(row.out),
-                f"{row.params:,}",
-                human(row.macs) if row.macs else "-",
-            )
+        cells = (
+            indent + row.name,
+            row.op,
+            shape_text(row.out),
+            f"{row.params:,}",
+            human(row.macs) if row.macs else "-",
         )
-    widths = [max(len(r[i]) for r in table) for i in range(5)]
-    align = ("<", "<", "<", ">", ">")
+        if memory is not None:
+            cells += (bytes_text(row.memory),)
+        table.append(cells)
+    columns = len(header)
+    widths = [max(len(r[i]) for r in table) for i in range(columns)]
+    align = ("<", "<", "<", ">", ">", ">")[:columns]
 
     def line(cells) -> str:
         return "  ".join(f"{c:{a}{w}}" for c, a, w in zip(cells, align, widths, strict=True))
@@ -123,7 +165,82 @@ def render(analysis: Analysis, depth: int = DEFAULT_DEPTH) -> str:
     out.append(rule)
     out += [f"{k + ':':<18}{v}" for k, v in totals(analysis)]
     out.append(rule)
+    if memory is not None:
+        out.append(memory_heading(memory))
+        out += [f"{k + ':':<20}{v}" for k, v in memory_totals(memory, budget, train)]
+        out.append(rule)
     return "\n".join(out)
+
+
+def memory_heading(memory) -> str:
+    from resgen.memory import describe
+
+    return (
+        f"Memory at batch {memory.settings.batch}, {describe(memory.settings)} "
+        "(1 KiB = 1024 bytes; README, Memory)"
+    )
+
+
+def memory_totals(memory, budget: int | None = None, train: bool = False) -> list[tuple]:
+    """The memory section's lines: always parameters, buffers and the inference peak; with
+    `train` the training step; with `budget` the largest batch that fits."""
+    from resgen.memory import OPTIMIZER_NAMES, TERM_TEXT
+
+    settings = memory.settings
+    batch = settings.batch
+    param_bytes = 4 if settings.amp or settings.dtype == "float32" else 2
+    items = [
+        (
+            "Parameters",
+            f"{bytes_text(memory.parameters_bytes)} "
+            f"({memory.parameters_bytes // param_bytes:,} x {param_bytes} bytes)",
+        ),
+        ("Buffers", bytes_text(memory.buffers_bytes)),
+        (
+            "Inference peak",
+            f"{bytes_text(memory.inference_peak_bytes)} (eval, no grad; input batch included)",
+        ),
+    ]
+    if train:
+        optimizer = OPTIMIZER_NAMES[settings.optimizer]
+        state = {
+            "sgd": "no state",
+            "momentum": "momentum_buffer",
+            "adam": f"exp_avg, exp_avg_sq, {memory.parameter_tensors} step tensors",
+            "adamw": f"exp_avg, exp_avg_sq, {memory.parameter_tensors} step tensors",
+        }[settings.optimizer]
+        peak = memory.peak(batch)
+        where = {
+            "forward": f"in the forward pass, at {peak.node}",
+            "backward": f"in the backward pass, at {peak.node}",
+        }.get(peak.phase, "in the optimizer step")
+        term, share = memory.dominant(batch)
+        items += [
+            ("Gradients", bytes_text(memory.gradients_bytes)),
+            ("Optimizer state", f"{bytes_text(memory.optimizer_bytes)} ({optimizer}: {state})"),
+            (
+                "Saved activations",
+                f"{bytes_text(memory.activations_saved_bytes)} (kept for backward)",
+            ),
+            (
+                "Training peak",
+                f"{bytes_text(memory.training_peak_bytes)} (estimate, {where}; "
+                f"{TERM_TEXT[term]} {share:.0%})",
+            ),
+        ]
+    if budget is not None:
+        fits = memory.max_batch(budget)
+        if fits is None:
+            term, share = memory.dominant(1)
+            peak = memory.training_peak(1)
+            answer = f"none: batch 1 needs {peak:,} bytes ({TERM_TEXT[term]} {share:.0%})"
+        else:
+            term, share = memory.dominant(fits)
+            peak = memory.training_peak(fits)
+            answer = f"{fits} (training peak {peak:,} bytes; {TERM_TEXT[term]} {share:.0%})"
+        items.append(("Budget", f"{budget:,} bytes ({bytes_text(budget, 2)})"))
+        items.append(("Largest batch", answer))
+    return items
 
 
 def totals(analysis: Analysis) -> list[tuple[str, str]]:
@@ -178,8 +295,11 @@ def totals(analysis: Analysis) -> list[tuple[str, str]]:
 # JSON
 
 
-def to_json(analysis: Analysis) -> dict:
+def to_json(analysis: Analysis, memory=None, budget: int | None = None) -> dict:
+    """The summary as data. `memory` (resgen.memory.Memory, from --batch or --budget) adds the
+    `memory` object (null otherwise) and each stage's share under the stage's `memory`."""
     sizes = analysis.input_sizes
+    stage_memory = {s.name: s.as_dict() for s in memory.stages} if memory is not None else {}
     return {
         "network": analysis.network,
         "input": list(analysis.input),
@@ -212,6 +332,7 @@ def to_json(analysis: Analysis) -> dict:
                 "macs": s.macs,
                 "output_stride": _listed(s.output_stride),
                 "receptive_field": _listed(s.receptive_field),
+                "memory": stage_memory.get(s.name),
             }
             for s in analysis.stages
         ],
@@ -228,6 +349,7 @@ def to_json(analysis: Analysis) -> dict:
             }
             for layer in analysis.layers
         ],
+        "memory": memory.as_dict(budget) if memory is not None else None,
         "diagnostics": [d.as_dict() for d in analysis.diagnostics],
     }
 

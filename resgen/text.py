@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 
 
@@ -46,3 +47,47 @@ def count_text(n: int | None, style: str = "fixed") -> str:
             digits = 0 if abs(value) >= 99.95 else 1 if abs(value) >= 9.995 else 2
             return f"{value:.{digits}f}{suffix}"
     return str(n)
+
+
+_UNITS = {
+    "b": 1,
+    "kb": 10**3,
+    "mb": 10**6,
+    "gb": 10**9,
+    "tb": 10**12,
+    "kib": 2**10,
+    "mib": 2**20,
+    "gib": 2**30,
+    "tib": 2**40,
+}
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
+
+
+def parse_size(text: str) -> int:
+    """`24GiB` -> 25769803776, `24GB` -> 24000000000 (also KiB/MiB/TiB, kB/MB/TB, B). A unit is
+    required, so 24 GiB and 24 GB are never confused. Raises ValueError."""
+    match = _SIZE.match(text)
+    unit = match.group(2).lower() if match else ""
+    if match is None or unit not in _UNITS:
+        raise ValueError(
+            "expected a size with a unit, e.g. 24GiB (2^30 bytes) or 24GB (10^9 bytes), "
+            f"not {text!r}"
+        )
+    value = float(match.group(1)) * _UNITS[unit]
+    if value < 1:
+        raise ValueError(f"a budget is at least one byte, not {text!r}")
+    return int(value)
+
+
+def bytes_text(n: int, decimals: int | None = None) -> str:
+    """Binary units (1 KiB = 1024 bytes), three significant figures unless `decimals` is given:
+    1536 -> 1.50 KiB, 25769803776 -> 24.0 GiB (24.00 GiB with decimals=2), 512 -> 512 B."""
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(value) < 1024 or unit == "TiB":
+            if unit == "B":
+                return f"{n} B"
+            digits = 2 if abs(value) < 10 else 1 if abs(value) < 100 else 0
+            return f"{value:.{digits if decimals is None else decimals}f} {unit}"
+        value /= 1024
+    return f"{n} B"

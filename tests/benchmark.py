@@ -86,6 +86,46 @@ def bench_whole_process(repeats: int, out_dir: Path) -> None:
     row("memory of check vs torchinfo", f"{check[1] / reference[1]:.2f}", "target: check <= 60 MiB")
 
 
+def bench_memory(repeats: int) -> None:
+    """What `--batch` adds to `resgen summary` (issue 18, target: under 5%): whole processes,
+    interleaved so machine load hits all alike, and the estimate itself in process."""
+    from resgen import memory, shapes
+    from resgen.precision import Settings
+    from resgen.resolve import load
+
+    section("memory per batch: what --batch adds to summary, specs/resnet152.arch (median)")
+    py, spec = sys.executable, str(SPECS / "resnet152.arch")
+    variants = {
+        "summary": [py, "-m", "resgen", "summary", spec],
+        "summary --batch 256": [py, "-m", "resgen", "summary", spec, "--batch", "256"],
+        "summary --batch 256 --train --budget 24GiB": [
+            *[py, "-m", "resgen", "summary", spec, "--batch", "256", "--train"],
+            *["--budget", "24GiB"],
+        ],
+    }
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(repeats):
+        for name, argv in variants.items():
+            times[name].append(run_process(argv, ROOT)[0])
+    base = statistics.median(times["summary"])
+    for name, samples in times.items():
+        value = statistics.median(samples)
+        note = "" if name == "summary" else f"{(value / base - 1) * 100:+.1f}% (target < 5%)"
+        row(name, f"{value:.3f} s", note)
+    loaded = load(spec)
+    analysis = shapes.analyse(loaded)
+    settings = Settings(256)
+    timings = {
+        "analyse (for scale)": lambda: shapes.analyse(loaded),
+        "estimate: parameters, inference peak": lambda: memory.estimate(loaded, analysis, settings),
+        "estimate with the training step": lambda: (
+            memory.estimate(loaded, analysis, settings).training_peak_bytes
+        ),
+    }
+    for label, fn in timings.items():
+        row(label, f"{median_time(fn, repeats * 3) * 1000:.1f} ms")
+
+
 def bench_stages(repeats: int) -> None:
     from resgen import codegen, diagram, graph, shapes
     from resgen.parser import parse_text
@@ -384,6 +424,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         bench_whole_process(repeats, tmp / "out")
+        bench_memory(repeats)
         bench_stages(repeats)
         bench_scaling(tmp)
         bench_throughput(tmp, 200 if args.quick else 1000)

@@ -21,6 +21,17 @@ BLOCK_TORCH = (
         ["summary", "specs/resnet50.arch", "--depth", "3"],
         ["summary", "specs/preact_resnet18.arch", "--json"],
         [
+            "summary",
+            "specs/resnet50.arch",
+            "--batch",
+            "256",
+            "--amp",
+            "--train",
+            "--budget",
+            "24GiB",
+        ],
+        ["check", "specs/resnet50.arch", "--batch", "512", "--budget", "24GB", "--json"],
+        [
             "diagram",
             "specs/resnet50.arch",
             "--detail",
