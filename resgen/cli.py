@@ -121,11 +121,13 @@ def memory_settings(args) -> Settings | None:
         )
         if value
     ]
-    if args.command == "check" and batch is not None and budget is None:
+    check = args.command == "check"
+    if check and batch is not None and budget is None:
         raise UsageError("check --batch B needs --budget SIZE: it warns when B does not fit")
     if batch is None and budget is None:
         if given:
-            raise UsageError(f"{given[0]} needs --batch B (or --budget SIZE)")
+            needs = "--batch B --budget SIZE" if check else "--batch B (or --budget SIZE)"
+            raise UsageError(f"{given[0]} needs {needs}")
         return None
     device = args.device or "cuda"
     dtype = args.dtype or (AUTOCAST_DEFAULT[device] if args.amp else "float32")
@@ -326,6 +328,8 @@ def cmd_summary(args) -> int:
     if analysis.diagnostics:
         report(analysis.diagnostics, loader)
     memory = _memory(spec, analysis, settings, args)
+    if settings is not None and memory is None:
+        print("resgen: memory not estimated: the spec has errors", file=sys.stderr)
     if args.json:
         print(json.dumps(to_json(analysis, memory, args.budget), indent=2))
     else:
@@ -420,6 +424,7 @@ def cmd_diagram(args) -> int:
     from resgen.output import foreign, write_atomic
     from resgen.shapes import analyse
 
+    settings = memory_settings(args)
     out = diagram.output_path(args.spec, args.detail, args.format, args.output)
     implied = diagram.KNOWN_SUFFIXES.get(out.suffix.lower())
     if implied is not None and implied != args.format:
@@ -438,7 +443,7 @@ def cmd_diagram(args) -> int:
         return EXIT_SPEC_ERROR
     report(analysis.diagnostics, loader)
     status = EXIT_OK if analysis.ok else EXIT_SPEC_ERROR
-    memory = _memory(spec, analysis, memory_settings(args), args)
+    memory = _memory(spec, analysis, settings, args)
     source = diagram.to_dot(spec, analysis, args.detail, args.rankdir, memory, args.train)
     # PNG and PDF carry no mark to recognise our own files by: those are replaced.
     if args.format in ("dot", "svg") and not args.force and foreign(out):

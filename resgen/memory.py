@@ -48,7 +48,7 @@ from typing import NamedTuple
 
 from resgen import codes
 from resgen.diagnostics import Diagnostic
-from resgen.graph import INPUT, OUTPUT
+from resgen.graph import INPUT, OUTPUT, SHORTCUT
 from resgen.ops.base import Merge
 from resgen.precision import DTYPE_BYTES, STATE_BUFFERS, STEP_BYTES, Settings
 from resgen.storage import Pass, inputs_of, kept_outputs, numel, walk
@@ -142,7 +142,9 @@ class Memory:
         params = buffers = tensors = 0
         sizes: list[int] = []  # elements of each parameter tensor, in model.parameters() order
         memo: dict[tuple, tuple[list[int], int]] = {}
-        for node_id, node in nodes.items():
+        first = {name for name, block in spec.blocks.items() if block.shortcut_first}
+        for node_id in _registration_order(nodes, analysis.block_types, first):
+            node = nodes[node_id]
             if node.kind in (INPUT, OUTPUT) or node.module not in (None, node_id):
                 continue  # a reused module's parameters are its first application's
             result = shapes[node_id]
@@ -323,6 +325,30 @@ def estimate(spec, analysis, settings: Settings | None = None) -> Memory:
 
 # ---------------------------------------------------------------------------------------------
 # Parameters and optimizer state
+
+
+def _registration_order(nodes, block_types, first: set[str]) -> list[str]:
+    """The nodes in the order their modules are registered (`model.parameters()` order): the
+    forward order, except that a block whose shortcut is written before its main path (`first`:
+    those block types) registers the shortcut's modules first."""
+    early: dict[str, list[str]] = {}  # block instance -> its shortcut's nodes
+    for node_id, node in nodes.items():
+        if node.branch == SHORTCUT and block_types.get(node.block) in first:
+            early.setdefault(node.block, []).append(node_id)
+    if not early:
+        return list(nodes)
+    moved = {node_id for ids in early.values() for node_id in ids}
+    order: list[str] = []
+    for node_id, node in nodes.items():
+        if node_id in moved:
+            continue
+        block = node.block
+        while block:  # entering a block (or a block nested in it): its shortcut first
+            if block in early:
+                order += early.pop(block)
+            block = block.rpartition(".")[0]
+        order.append(node_id)
+    return order
 
 
 def _parameter_tensors(node, result) -> list[int]:

@@ -9,8 +9,9 @@ For each model:
   resgen      `resgen summary specs/NAME.arch --batch B --train` (no torch): saved activations
               and the training peak estimate (README, Memory), on the CPU (`--device cpu`, as
               the estimators below run there)
-  torchinfo   torchinfo.summary's "Forward/backward pass size": the sum of every module's output
-              size, counted twice (forward and backward), at batch 1 times B (it is linear in B)
+  torchinfo   torchinfo.summary's "Forward/backward pass size": the output size of every leaf
+              module with parameters, counted twice ("x2 for gradients"), at batch 1 times B (it
+              is linear in B)
   MemTracker  torch.distributed._tools.mem_tracker.MemTracker: every allocation of two training
               steps (forward, backward, optimizer.step, zero_grad) of torchvision's model under
               FakeTensorMode (no data, no compute), the input batch created inside it; its peak

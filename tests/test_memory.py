@@ -123,6 +123,12 @@ block Proj(width) {
     merge mul
     post { r = relu  d = dropout(0.5) }
 }
+block First(width) {
+    shortcut down when in_channels != width { conv = conv(width, 1)  bn = batchnorm }
+    main { c = conv(width, 3, padding=1)  s = sigmoid }
+    merge mul
+    post { r = relu(inplace=true) }
+}
 block From(width) {
     main { bn = batchnorm  a = relu(inplace=true)  c = conv(width, 1) }
     shortcut down from a when in_channels != width { conv(width, 1) }
@@ -134,6 +140,11 @@ BLOCK_CASES = {
     "merge-mul-broadcast": "stage s = 2 x Mul()",
     "projection-mul-post": "stage s = 1 x Proj(12)",
     "shortcut-from": "stage s = 1 x From(12)\n    stage t = 1 x From(12)",
+    "containers-named-shortcut-first": (
+        'stage s1 = 2 x First(12) named "b{index + 1}"\n'
+        "    stage stages.0 = 1 x Add()\n"
+        "    stage stages.1 = 2 x Add() in blocks { norm = batchnorm }"
+    ),
 }
 
 
@@ -271,7 +282,28 @@ def test_optimizer_state_and_step_are_torch_optims(optimizer):
     exp_avg_sq and a float32 step per tensor), and the step's temporaries on the CPU (the
     per-tensor loop) are what one step allocates."""
     spec = load(ROOT / "specs" / "resnet18.arch")
-    analysis = analyse(spec, (None, 16, 16))
+    _optimizer_agrees(spec, analyse(spec, (None, 16, 16)), optimizer)
+
+
+def test_the_adam_step_follows_the_parameters_registration_order(tmp_path):
+    """A block whose shortcut is written first registers it first: the per-tensor Adam step
+    holds the previous parameter's `denom` while making the next, so the order counts."""
+    path = tmp_path / "first.arch"
+    path.write_text(
+        "block Wide(width) {\n"
+        "    shortcut down { conv(width, 1, bias=false) }\n"
+        "    main { c = conv(width, 3, padding=1) }\n"
+        "    merge add\n"
+        "}\n"
+        "network net { input 4x6x6  stem { c = conv(8, 1) }  stage s = 1 x Wide(24) }\n"
+    )
+    spec = Loader().load(path)
+    # In registration order the largest tensor (c.weight) follows down.0.weight, not the
+    # stem's bias: 2 * 1728 + 192 elements, where the forward order would say 2 * 1728 + 8.
+    _optimizer_agrees(spec, analyse(spec), "adam")
+
+
+def _optimizer_agrees(spec, analysis, optimizer: str) -> None:
     model = _model(spec, analysis)
     memory = estimate(spec, analysis, Settings(2, "float32", False, optimizer, "cpu"))
     params = list(model.parameters())
