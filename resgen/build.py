@@ -1,7 +1,8 @@
 """`resgen build` and `resgen verify`, and the Python API behind them.
 
-build:  spec -> analysis (validation) -> generated source -> DIR/<spec stem>.py, written
-        atomically and only over a file resgen generated itself (or with --force).
+build:  spec -> analysis (validation) -> generated source (and stages diagram) in memory; the
+        command line writes DIR/<spec stem>.py/.dot/.svg through resgen.output, all or nothing
+        and only over files resgen generated itself (or with --force).
 verify: the generated model in torch, run once, compared layer by layer with the shape engine's
         prediction (output shapes, parameter count, network output).
 torch is imported only by the functions that run a model.
@@ -22,7 +23,6 @@ from resgen import codegen
 from resgen import spec as S
 from resgen.diagnostics import SpecError
 from resgen.graph import OUTPUT, module_and_call
-from resgen.output import foreign, write_atomic
 from resgen.resolve import Loader
 from resgen.text import shape_text
 
@@ -95,20 +95,50 @@ def checked(loader: Loader, path: str, input_shape=None):
     return spec, analysis
 
 
-def write_generated(target: Path, source: str, force: bool = False) -> str | None:
-    """Write `source` to `target` atomically; a reason instead when the existing file is not
-    one resgen generated (and `force` is off)."""
-    if target.is_dir():
-        return f"{target} is a directory"
-    if target.exists() and target.read_bytes() == source.encode("utf-8"):
-        return None  # unchanged: keep its timestamp
-    if not force and foreign(target):
-        return (
-            f"not overwriting {target}: resgen did not generate it (no "
-            f"'{codegen.GENERATED_MARK}' header); use --force to replace it"
-        )
-    target.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(target, source)
+def build_files(
+    spec: S.Spec,
+    analysis,
+    out_dir: Path,
+    stem: str,
+    *,
+    templates: str | os.PathLike | None = None,
+    diagrams: bool = True,
+) -> list[tuple[Path, bytes]]:
+    """What `resgen build` writes for one checked spec, in memory: DIR/<stem>.py, then (with
+    `diagrams`) the stages diagram DIR/<stem>.dot and, when Graphviz draws it, DIR/<stem>.svg.
+    Raises SpecError (a user's templates produced code outside the allow-list) or UsageError
+    (the templates are broken)."""
+    from resgen import diagram
+
+    source = codegen.generate(spec, analysis, templates=templates)
+    files = [(out_dir / f"{stem}.py", source.encode("utf-8"))]
+    if diagrams:
+        files += diagram.build_diagram_files(spec, analysis, out_dir, stem)
+    return files
+
+
+def duplicate_stems(paths: Sequence[str]) -> str | None:
+    """Two specs that would write the same DIR/<stem>.py, named; None when there are none.
+    Stems that differ only in case collide too: on macOS and Windows they are one file."""
+    seen: dict[str, str] = {}
+    for path in paths:
+        key = Path(path).stem.casefold()
+        first = seen.setdefault(key, path)
+        if first != path and os.path.realpath(first) != os.path.realpath(path):
+            return (
+                f"{first} and {path} would both write {Path(path).stem}.py (and its diagrams); "
+                f"build them into different -o directories"
+            )
+    return None
+
+
+def output_dir_problem(out_dir: Path) -> str | None:
+    """Why `-o DIR` cannot receive files, checked before anything is generated."""
+    for parent in (out_dir, *out_dir.parents):
+        if os.path.lexists(parent):
+            if not parent.is_dir():
+                return f"-o {out_dir}: {parent} exists and is not a directory"
+            return None
     return None
 
 
@@ -225,5 +255,5 @@ __all__ = [
     "import_source",
     "load",
     "verify",
-    "write_generated",
+    "build_files",
 ]

@@ -192,7 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rankdir", choices=["LR", "TB"], default="TB")
     p.add_argument("-o", "--output", default=None, metavar="FILE")
     p.add_argument(
-        "--force", action="store_true", help="replace a .dot/.svg file that resgen did not generate"
+        "--force", action="store_true", help="replace a file that resgen did not generate"
     )
     _add_input(p)
     _add_memory(p, "diagram")
@@ -357,34 +357,48 @@ def _memory(spec, analysis, settings, args):
 
 
 def cmd_build(args) -> int:
-    from resgen import codegen, diagram
-    from resgen.build import checked, write_generated
-    from resgen.output import foreign
+    from resgen.build import build_files, checked, duplicate_stems, output_dir_problem
+    from resgen.output import Transaction
+    from resgen.render import template_dir
 
     out_dir = Path(args.output)
+    specs = list(dict.fromkeys(args.specs))  # the same path twice is one spec
+    problem = duplicate_stems(specs) or output_dir_problem(out_dir)
+    if problem:
+        raise UsageError(problem)
+    templates = template_dir(args.templates)  # missing, unreadable, empty: said before any work
     status = EXIT_OK
-    for path in args.specs:
-        loader = loader_for(args)
-        try:
-            spec, analysis = checked(loader, path, args.input)
-            source = codegen.generate(spec, analysis, templates=args.templates)
-        except SpecError as err:
-            report(err.diagnostics, loader)
-            status = EXIT_SPEC_ERROR
-            continue
-        stem = Path(path).stem
-        target = out_dir / f"{stem}.py"
-        problem = write_generated(target, source, force=args.force)
-        if problem:  # the user's own file is in the way: a usage error, like a bad path
-            print(f"resgen: error: {problem}", file=sys.stderr)
-            status = max(status, EXIT_USAGE)
-            continue
-        print(f"{path} -> {target}")
-        if not args.no_diagram:  # the stages diagram beside the module
-            paths = diagram.build_diagram_paths(out_dir, stem)
-            if not args.force and any(foreign(p) for p in paths):
-                status = max(status, EXIT_USAGE)  # the refusal is said on stderr
-            diagram.write_build_diagrams(spec, analysis, out_dir, stem, force=args.force)
+    done = []
+    with Transaction(
+        force=args.force, make_dirs=True
+    ) as files:  # all or nothing: see resgen.output
+        for path in specs:
+            loader = loader_for(args)
+            try:
+                spec, analysis = checked(loader, path, args.input)
+                produced = build_files(
+                    spec,
+                    analysis,
+                    out_dir,
+                    Path(path).stem,
+                    templates=templates,
+                    diagrams=not args.no_diagram,
+                )
+            except SpecError as err:
+                report(err.diagnostics, loader)
+                status = EXIT_SPEC_ERROR
+                continue
+            for i, (target, data) in enumerate(produced):
+                refusal = files.stage(target, data)
+                if refusal:  # the user's own file is in the way: a usage error, like a bad path
+                    print(f"resgen: error: {refusal}", file=sys.stderr)
+                    status = max(status, EXIT_USAGE)
+                    if i == 0:  # no diagram beside a module that was not written
+                        break
+                elif i == 0:
+                    done.append(f"{path} -> {target}")
+    for line in done:
+        print(line)
     return status
 
 
@@ -421,7 +435,7 @@ def cmd_verify(args) -> int:
 
 def cmd_diagram(args) -> int:
     from resgen import diagram
-    from resgen.output import foreign, write_atomic
+    from resgen.output import KINDS, Transaction, target_problem
     from resgen.shapes import analyse
 
     settings = memory_settings(args)
@@ -434,6 +448,10 @@ def cmd_diagram(args) -> int:
             file=sys.stderr,
         )
         return EXIT_USAGE
+    # Refused before any work: a file of the user's, a directory, a device, a FIFO.
+    problem = target_problem(out, KINDS[args.format], args.force)
+    if problem:
+        raise UsageError(problem)
     loader = loader_for(args)
     try:
         spec = loader.load(args.spec)
@@ -445,29 +463,23 @@ def cmd_diagram(args) -> int:
     status = EXIT_OK if analysis.ok else EXIT_SPEC_ERROR
     memory = _memory(spec, analysis, settings, args)
     source = diagram.to_dot(spec, analysis, args.detail, args.rankdir, memory, args.train)
-    # PNG and PDF carry no mark to recognise our own files by: those are replaced.
-    if args.format in ("dot", "svg") and not args.force and foreign(out):
-        print(diagram.not_overwriting(out), file=sys.stderr)
-        return EXIT_USAGE
-    try:
-        if args.format == "dot":
-            write_atomic(out, source.encode("utf-8"))
-        else:
-            try:
-                image = diagram.render(source, args.format)
-            except diagram.GraphvizMissing:
-                dot_path = out.with_suffix(".dot")
-                if not args.force and foreign(dot_path):
-                    print(diagram.not_overwriting(dot_path), file=sys.stderr)
-                    return EXIT_USAGE
-                write_atomic(dot_path, source.encode("utf-8"))
-                print(diagram.missing_dot_line(dot_path, out), file=sys.stderr)
-                return EXIT_USAGE
-            write_atomic(out, image)
-    except (OSError, RuntimeError) as err:
-        print(f"resgen: error: cannot write {out}: {err}", file=sys.stderr)
-        return EXIT_USAGE
-    print(f"wrote {out}")
+    target, data = out, source.encode("utf-8")
+    if args.format != "dot":
+        try:
+            target, data = out, diagram.render(source, args.format)
+        except diagram.GraphvizMissing:
+            target = out.with_suffix(".dot")
+            status = EXIT_USAGE
+        except RuntimeError as err:
+            raise UsageError(f"cannot draw {out}: {err}") from None
+    with Transaction(force=args.force) as files:
+        problem = files.stage(target, data, KINDS[args.format if target == out else "dot"])
+        if problem:
+            raise UsageError(problem)
+    if target != out:
+        print(diagram.missing_dot_line(target, out), file=sys.stderr)
+    else:
+        print(f"wrote {out}")
     return status
 
 

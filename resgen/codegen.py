@@ -45,9 +45,9 @@ from resgen.render import (
     Repeated,
     Starred,
     dotted,
-    environment,
     ident,
     literal,
+    render,
 )
 from resgen.stages import apply_stage_rule
 from resgen.text import shape_text
@@ -225,7 +225,7 @@ def generate(
     try:
         view = _ModuleBuilder(spec, analysis, _source_label(source or display_path(spec.path)))
         view = view.build()
-        text = environment(templates).get_template(MODULE_TEMPLATE).render(module=view)
+        text = render(MODULE_TEMPLATE, view, templates)
     except CodeError as err:
         raise SpecError([Diagnostic(spec.network.span, codes.CODEGEN, str(err))]) from None
     except E.EvalError as err:

@@ -38,7 +38,7 @@ import graphviz
 
 from resgen.graph import INPUT, MAIN, OUTPUT, SHORTCUT, SKIP, Node
 from resgen.ops.base import FAMILIES, MERGE, Merge
-from resgen.output import DOT_MARK, MARK, SVG_MARK, foreign, write_atomic
+from resgen.output import DOT_MARK, KINDS, SVG_MARK
 from resgen.text import axis_text, bytes_text, count_text, shape_text, size_text
 
 DETAILS = ("stages", "blocks", "layers")
@@ -641,14 +641,8 @@ def render(source: str, fmt: str) -> bytes:
     if fmt == "svg":  # dot drops DOT comments; mark the SVG after its XML declaration
         declaration, newline, rest = proc.stdout.partition(b"\n")
         return declaration + newline + _SVG_MARK + b"\n" + rest
-    return proc.stdout
-
-
-def not_overwriting(path: Path) -> str:
-    return (
-        f"resgen: error: not overwriting {path}: resgen did not generate it (no "
-        f"'{MARK}' mark); use --force to replace it"
-    )
+    kind = KINDS.get(fmt)
+    return kind.mark(proc.stdout) if kind and kind.mark else proc.stdout
 
 
 def missing_dot_line(dot_path: Path, image: Path) -> str:
@@ -663,31 +657,21 @@ def build_diagram_paths(out_dir, stem: str) -> tuple[Path, Path]:
     return Path(out_dir) / f"{stem}.dot", Path(out_dir) / f"{stem}.svg"
 
 
-def write_build_diagrams(spec, analysis, out_dir, stem: str, force: bool = False) -> list[Path]:
-    """For `resgen build`: the stages diagram as out_dir/<stem>.dot and out_dir/<stem>.svg.
-
-    Never fails the build over the picture: without `dot` (or when dot fails) it writes the .dot,
-    says so in one line on stderr, and returns the files it did write. A file of that name that
-    resgen did not write is left alone (one line on stderr) unless `force`."""
+def build_diagram_files(spec, analysis, out_dir, stem: str) -> list[tuple[Path, bytes]]:
+    """For `resgen build`: the stages diagram as out_dir/<stem>.dot and, when Graphviz draws it,
+    out_dir/<stem>.svg (contents; the caller writes them). Never fails the build over the
+    picture: without `dot`, or when dot fails, only the .dot is returned and one line on stderr
+    says why."""
     source = to_dot(spec, analysis)
     dot_path, svg_path = build_diagram_paths(out_dir, stem)
-    kept = [p for p in (dot_path, svg_path) if not force and foreign(p)]
-    for path in kept:
-        print(not_overwriting(path), file=sys.stderr)
-    if dot_path in kept:
-        return []
-    write_atomic(dot_path, source.encode("utf-8"))
-    if svg_path in kept:
-        return [dot_path]
+    files = [(dot_path, source.encode("utf-8"))]
     try:
-        write_atomic(svg_path, render(source, "svg"))
+        files.append((svg_path, render(source, "svg")))
     except GraphvizMissing:
         print(missing_dot_line(dot_path, svg_path), file=sys.stderr)
-        return [dot_path]
     except RuntimeError as err:
         print(f"resgen: {svg_path} not drawn: {err}", file=sys.stderr)
-        return [dot_path]
-    return [dot_path, svg_path]
+    return files
 
 
 KNOWN_SUFFIXES = {".svg": "svg", ".png": "png", ".pdf": "pdf", ".dot": "dot", ".gv": "dot"}

@@ -398,26 +398,24 @@ def test_without_dot_the_dot_file_is_written_and_only_images_fail(tmp_path):
     assert (tmp_path / "resnet18.stages.dot").exists()
 
 
-def test_build_diagrams_without_dot_write_the_dot_and_do_not_fail(
+def test_build_diagrams_without_dot_give_the_dot_and_do_not_fail(
     tmp_path, monkeypatch, capsys, resnet50
 ):
     spec, analysis = resnet50
     monkeypatch.setenv("PATH", str(tmp_path))  # no dot here
-    written = diagram.write_build_diagrams(spec, analysis, tmp_path, "resnet50")
-    assert written == [tmp_path / "resnet50.dot"]
-    assert not (tmp_path / "resnet50.svg").exists()
+    files = diagram.build_diagram_files(spec, analysis, tmp_path, "resnet50")
+    assert files == [(tmp_path / "resnet50.dot", diagram.to_dot(spec, analysis).encode())]
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 1 and "apt-get install graphviz" in err[0]
-    assert (tmp_path / "resnet50.dot").read_text() == diagram.to_dot(spec, analysis)
 
 
 @needs_dot
-def test_build_diagrams_write_dot_and_svg_atomically(tmp_path, resnet50):
+def test_build_diagrams_give_dot_and_svg(tmp_path, resnet50):
     spec, analysis = resnet50
-    written = diagram.write_build_diagrams(spec, analysis, tmp_path, "resnet50")
-    assert written == [tmp_path / "resnet50.dot", tmp_path / "resnet50.svg"]
-    assert "layer3" in Svg(written[1].read_bytes()).nodes
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["resnet50.dot", "resnet50.svg"]
+    files = diagram.build_diagram_files(spec, analysis, tmp_path, "resnet50")
+    assert [path for path, _ in files] == [tmp_path / "resnet50.dot", tmp_path / "resnet50.svg"]
+    assert "layer3" in Svg(files[1][1]).nodes
+    assert not list(tmp_path.iterdir())  # the caller writes them
 
 
 @needs_dot
