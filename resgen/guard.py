@@ -6,14 +6,35 @@ modules are made of: imports of torch and typing, nn.Module classes, functions, 
 `if`/`for`, calls of known callables, and attribute chains into torch.nn that name a layer class
 or init function. Anything else (another import, `while`, a lambda, eval or open, a dunder, a
 chain like `torch.hub.load`) is refused with its line number.
+
+Names resolve the same way in every scope and at every position, because the guard allows no
+binding that could make them differ:
+- no name anywhere (module, class, function, parameter, loop or comprehension variable) may be
+  bound that is a Python builtin: `def exec(...)` after a module-level `exec("...")` would leave
+  the call running the builtin at import, and `def f(range): range(...)` would call whatever is
+  passed;
+- a module-level class or function, and a name an import binds, are bound once and never again
+  (`f = eval` or a local `f = eval` would turn the allowed call `f(...)` into eval);
+- a name that is read must be bound somewhere in the module or be one of SAFE_BUILTINS, so no
+  other builtin (eval, getattr, open) is ever a value that could be passed around and called.
+A call by name is then allowed only of SAFE_BUILTINS, the module's own classes and functions and
+the plugin classes it imports.
+
+Values that lead elsewhere are kept out the same way: torch's modules (`nn`, `nn.init`) are only
+ever the start of an attribute chain that ends in an allowed path (`f(nn)` or `x = nn.modules`
+would hand a module to code that calls its attributes), `self` is only ever the first parameter
+of a method, and no attribute starting with `_` or reaching the interpreter's internals
+(`gi_frame`, `f_globals`, `mro`, ...: resgen.names.INTERNAL_ATTRIBUTES) is read.
 """
 
 from __future__ import annotations
 
 import ast
+import builtins
 from collections.abc import Iterable
 
 from resgen import designspace, ops
+from resgen.names import INTERNAL_ATTRIBUTES
 from resgen.render import CodeError
 
 
@@ -66,6 +87,9 @@ BUILTIN_CALLS = frozenset(
     | {"ValueError"}  # raised by resgen.designspace's functions for values outside their space
     | {"OrderedDict"}  # imported from collections, for nn.Sequential with named layers
 )
+# Builtins generated code may name: the callable ones, and types in annotations.
+SAFE_BUILTINS = BUILTIN_CALLS | {"str", "tuple", "list", "dict"}
+BUILTINS = frozenset(name for name in dir(builtins) if not name.startswith("_"))
 
 _NODES = (
     ast.Module,
@@ -94,6 +118,7 @@ _NODES = (
     ast.Constant,
     ast.Tuple,
     ast.List,
+    ast.Dict,  # plain data, e.g. timm's feature_info entries
     ast.Subscript,
     ast.BinOp,
     ast.BoolOp,
@@ -156,8 +181,8 @@ def _call_problem(call: ast.Call, defined: set[str]) -> str | None:
 def _problems(tree: ast.Module) -> Iterable[str]:
     paths, imports = allowed()
     prefixes = frozenset(p.rsplit(".", i)[0] for p in paths for i in range(p.count(".")))
-    # Top-level definitions only: a method named `exec` must not make `exec(...)` callable.
-    # Plugin classes a registered op declares it imports are callable too.
+    # Module-level classes and functions, and the plugin classes a registered op declares it
+    # imports, are callable by name; the binding rules below keep each name meaning one thing.
     defined = {n.name for n in tree.body if isinstance(n, ast.ClassDef | ast.FunctionDef)}
     # Parameters that hold a module constructor (`norm_layer: Callable[..., nn.Module]`, as
     # torchvision's) are called to build layers.
@@ -174,6 +199,11 @@ def _problems(tree: ast.Module) -> Iterable[str]:
         if module not in ALLOWED_IMPORTS and module != MODULES
         for name in names
     }
+    parents = {child: node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)}
+    yield from _binding_problems(tree)
+    yield from _torch_module_problems(tree, parents)
+    yield from _self_problems(tree)
+    bound = {name for name, _node in _bindings(tree)}
     for node in ast.walk(tree):
         line = f"line {getattr(node, 'lineno', '?')}"
         if not isinstance(node, _NODES):
@@ -195,19 +225,58 @@ def _problems(tree: ast.Module) -> Iterable[str]:
             yield f"{line}: class {node.name} is not a plain nn.Module"
         elif isinstance(node, ast.Name) and node.id.startswith("__"):
             yield f"{line}: name {node.id}"
-        elif isinstance(node, ast.Attribute):
-            yield from _attribute_problems(node, line, paths, prefixes)
-        elif isinstance(node, ast.Call) and (problem := _call_problem(node, defined)):
-            yield f"{line}: call to {problem}"
         elif (
             isinstance(node, ast.Name)
-            and isinstance(node.ctx, ast.Store)
-            and node.id in ("nn", "torch", "Tensor", "self")
+            and isinstance(node.ctx, ast.Load)
+            and node.id not in bound
+            and node.id not in SAFE_BUILTINS
         ):
-            yield f"{line}: assignment to {node.id}"
+            yield f"{line}: name {node.id} is neither defined here nor a builtin resgen uses"
+        elif isinstance(node, ast.Attribute):
+            yield from _attribute_problems(node, line, paths, prefixes, parents)
+        elif isinstance(node, ast.Call) and (problem := _call_problem(node, defined)):
+            yield f"{line}: call to {problem}"
 
 
-def _attribute_problems(node: ast.Attribute, line: str, paths, prefixes) -> Iterable[str]:
+def _bindings(tree: ast.Module) -> Iterable[tuple[str, ast.AST]]:
+    """Every name the module binds, in any scope, with the node that binds it."""
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ClassDef | ast.FunctionDef):
+            yield node.name, node
+        elif isinstance(node, ast.arg):
+            yield node.arg, node
+        elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store | ast.Del):
+            yield node.id, node
+        elif isinstance(node, ast.ImportFrom):
+            for alias in node.names:
+                yield alias.asname or alias.name, node
+
+
+def _binding_problems(tree: ast.Module) -> Iterable[str]:
+    """Bindings that would let one name mean two things (see the module docstring)."""
+    once = {}  # module-level classes, functions and imports: name -> the node that binds it
+    for node in tree.body:
+        if isinstance(node, ast.ClassDef | ast.FunctionDef | ast.ImportFrom):
+            for name, binder in _bindings(ast.Module(body=[node], type_ignores=[])):
+                if binder is node and name not in once:
+                    once[name] = node
+    for name, node in _bindings(tree):
+        line = f"line {getattr(node, 'lineno', '?')}"
+        if name in BUILTINS:
+            yield f"{line}: `{name}` would shadow the builtin `{name}`"
+        elif name in once and once[name] is not node:
+            yield f"{line}: `{name}` is bound again (it is the module's {_role(once[name])})"
+
+
+def _role(node: ast.AST) -> str:
+    if isinstance(node, ast.ClassDef):
+        return "class"
+    return "function" if isinstance(node, ast.FunctionDef) else "import"
+
+
+def _attribute_problems(
+    node: ast.Attribute, line: str, paths, prefixes, parents: dict
+) -> Iterable[str]:
     if node.attr.startswith("_") and not (
         node.attr == "__init__"
         and isinstance(node.value, ast.Call)
@@ -215,7 +284,35 @@ def _attribute_problems(node: ast.Attribute, line: str, paths, prefixes) -> Iter
     ):
         yield f"{line}: attribute {node.attr}"
         return
+    if node.attr in INTERNAL_ATTRIBUTES:
+        yield f"{line}: attribute {node.attr} reaches the interpreter's internals"
+        return
     path = _dotted(node)
     if path and path.split(".")[0] in ("nn", "torch"):
-        if path not in paths and path not in prefixes:
+        parent = parents.get(node)
+        whole = not (isinstance(parent, ast.Attribute) and parent.value is node)
+        if path not in paths and (whole or path not in prefixes):
             yield f"{line}: {path} is not a layer class or init function resgen uses"
+
+
+def _torch_module_problems(tree: ast.Module, parents: dict) -> Iterable[str]:
+    """`nn` (torch.nn itself) read other than as the start of an attribute chain."""
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name) and node.id == "nn" and isinstance(node.ctx, ast.Load):
+            parent = parents.get(node)
+            if not (isinstance(parent, ast.Attribute) and parent.value is node):
+                yield f"line {node.lineno}: torch.nn used as a value"
+
+
+def _self_problems(tree: ast.Module) -> Iterable[str]:
+    """`self` bound anywhere but as the first parameter of a method."""
+    methods_first = set()
+    for cls in ast.walk(tree):
+        if isinstance(cls, ast.ClassDef):
+            for item in cls.body:
+                if isinstance(item, ast.FunctionDef) and item.args.args:
+                    methods_first.add(item.args.args[0])
+    for name, node in _bindings(tree):
+        if name == "self" and node not in methods_first:
+            where = f"line {getattr(node, 'lineno', '?')}"
+            yield f"{where}: `self` bound other than as a method's first parameter"

@@ -23,6 +23,19 @@ zero_grad
 """.split()
 )
 
+# Attributes that reach the interpreter's internals without an underscore: a generator's frame
+# and through it a module's globals (`self.modules().gi_frame.f_globals["torch"]`), code objects,
+# tracebacks, a class's mro. The AST guard refuses them in generated code (as jinja2's sandbox
+# does in templates), so a layer may not be named after one either.
+INTERNAL_ATTRIBUTES = frozenset(
+    """
+mro gi_frame gi_code gi_yieldfrom gi_running gi_suspended cr_frame cr_code cr_await cr_origin
+cr_running ag_frame ag_code ag_await ag_running tb_frame tb_next tb_lasti tb_lineno f_back
+f_builtins f_code f_globals f_locals f_lasti f_lineno f_trace f_trace_lines f_trace_opcodes
+co_code co_consts co_names co_varnames co_filename co_name
+""".split()
+)
+
 # Names the generated module itself relies on at module or function scope.
 GENERATED_CODE_NAMES = frozenset(
     "torch nn Tensor Optional Any self x out identity annotations math F typing".split()
@@ -56,6 +69,8 @@ def problem_with(name: str, role: str) -> str | None:
         return f"{role} names may not start with an underscore (`{name}`)"
     if role == "layer" and name in MODULE_ATTRIBUTES:
         return f"`{name}` would replace nn.Module.{name}"
+    if role == "layer" and name in INTERNAL_ATTRIBUTES:
+        return f"`{name}` is a Python internal attribute, which generated code may not use"
     if role in ("parameter", "let", "block", "network", "class") and (
         name in GENERATED_CODE_NAMES or name in _BUILTINS
     ):

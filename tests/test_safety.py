@@ -268,6 +268,56 @@ def test_ast_guard_refuses(case):
         codegen.check_source(REFUSED[case])
 
 
+# Modules that attack the guard's name resolution and the values it lets flow (issue 12, item 4):
+# each, run without the guard, touches the file PWNED stands for.
+HOSTILE_MODULES = sorted((ROOT / "tests" / "data" / "hostile_modules").glob("*.py"))
+
+
+@pytest.mark.parametrize("module", HOSTILE_MODULES, ids=lambda p: p.stem)
+def test_ast_guard_refuses_hostile_modules(module, tmp_path):
+    with pytest.raises(CodeError):
+        codegen.check_source(module.read_text().replace("PWNED", str(tmp_path / "pwned")))
+
+
+def test_every_hostile_module_is_a_real_attack(tmp_path):
+    """So the corpus cannot rot into harmless text: run unguarded (in a child process), every
+    module does what it was written to do."""
+    script = (
+        "import pathlib, sys\n"
+        "for source, target in zip(sys.argv[1::2], sys.argv[2::2]):\n"
+        "    text = pathlib.Path(source).read_text().replace('PWNED', target)\n"
+        "    try:\n"
+        "        exec(compile(text, source, 'exec'), {'__name__': 'hostile'})\n"
+        "    except Exception:\n"
+        "        pass\n"
+    )
+    targets = {module.stem: tmp_path / f"{module.stem}.pwned" for module in HOSTILE_MODULES}
+    argv = [str(x) for module in HOSTILE_MODULES for x in (module, targets[module.stem])]
+    subprocess.run([sys.executable, "-c", script, *argv], cwd=tmp_path, timeout=300, check=True)
+    assert [name for name, target in targets.items() if not target.exists()] == []
+
+
+def test_guard_binding_rules_allow_what_generated_code_needs():
+    """Methods, loop variables, comprehension variables and locals that are not builtins or
+    module-level names stay allowed."""
+    codegen.check_source(
+        "from torch import Tensor, nn\n\n\n"
+        "class Block(nn.Module):\n"
+        "    def __init__(self, planes: int, stride: int = 1) -> None:\n"
+        "        super().__init__()\n"
+        "        width = planes * 2\n"
+        "        self.convs = nn.Sequential(*[nn.Conv2d(width, width, 3) for _ in range(2)])\n"
+        "        for module in self.modules():\n"
+        "            if isinstance(module, nn.Conv2d):\n"
+        "                nn.init.kaiming_normal_(module.weight)\n\n"
+        "    def forward(self, x: Tensor) -> Tensor:\n"
+        "        out = self.convs(x)\n"
+        "        return out\n\n\n"
+        "def block(planes: int = 4) -> Block:\n"
+        "    return Block(planes)\n"
+    )
+
+
 @pytest.mark.parametrize("spec", sorted((ROOT / "specs").glob("*.arch")), ids=lambda p: p.stem)
 def test_ast_guard_accepts_what_resgen_emits(spec, monkeypatch):
     monkeypatch.chdir(ROOT)
