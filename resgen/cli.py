@@ -6,6 +6,7 @@ Exit codes: 0 ok, 1 a spec has errors (or verification found a difference), 2 us
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import sys
@@ -499,7 +500,77 @@ COMMANDS = {
 }
 
 
+class _Stream:
+    """A standard stream whose writes never raise: `resgen check bad.arch | head -1` must still
+    exit 1, not 0 and not with a traceback. A write that fails (the reader left: EPIPE; a full
+    disk; /dev/full: ENOSPC) is remembered and the rest of the output dropped; text the stream's
+    encoding cannot hold (a spec's comment on an ASCII terminal) is written with backslash
+    escapes instead of failing."""
+
+    def __init__(self, stream):
+        self.stream = stream
+        self.error: OSError | None = None
+
+    def write(self, text: str) -> int:
+        if self.error is None:
+            try:
+                try:
+                    self.stream.write(text)
+                except UnicodeEncodeError:
+                    encoding = getattr(self.stream, "encoding", None) or "ascii"
+                    self.stream.write(
+                        text.encode(encoding, "backslashreplace").decode(encoding, "replace")
+                    )
+            except OSError as err:
+                self.error = err
+        return len(text)
+
+    def flush(self) -> None:
+        if self.error is None:
+            try:
+                self.stream.flush()
+            except OSError as err:
+                self.error = err
+
+    def __getattr__(self, name: str):
+        return getattr(self.stream, name)
+
+
+def _silence(stream) -> None:
+    """Point a failed stream's descriptor at /dev/null, so the interpreter's own flush at exit
+    neither fails again nor prints 'Exception ignored'."""
+    try:
+        fd = stream.fileno()
+    except (AttributeError, OSError, ValueError):
+        return  # not a real file (a test's capture): nothing will flush it at exit
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fd)
+    os.close(devnull)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    real = sys.stdout, sys.stderr
+    out, err = _Stream(sys.stdout), _Stream(sys.stderr)
+    sys.stdout, sys.stderr = out, err
+    try:
+        status = _main(argv)
+        out.flush()
+        err.flush()
+    finally:
+        sys.stdout, sys.stderr = real
+    if err.error is not None:
+        _silence(real[1])
+    if out.error is not None:
+        _silence(real[0])
+        if out.error.errno != errno.EPIPE:  # the reader leaving is no error of ours
+            reason = (out.error.strerror or str(out.error)).lower()
+            if err.error is None:
+                print(f"resgen: error: cannot write the output: {reason}", file=real[1])
+            status = max(status, EXIT_USAGE)
+    return status
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)
@@ -508,9 +579,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except KeyboardInterrupt:
         return 130
-    except BrokenPipeError:  # `resgen summary ... | head`: the reader left; say nothing more
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return EXIT_OK
 
 
 if __name__ == "__main__":

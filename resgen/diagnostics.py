@@ -157,10 +157,12 @@ def _quote(span: Span, source: str | None, colour: str, reset: str) -> list[str]
     """The span's source line and a `^~~~` underline, or nothing without the source."""
     if source is None:
         return []
-    src_lines = source.split("\n")  # lines as the parser counts them: \r, \f, \u2028 are not
+    # Lines as the parser counts them: \n, \r\n and a lone \r (resolve.line_ends made them all
+    # \n before parsing; a source given some other way is split the same); \f, \u2028 are not.
+    src_lines = source.replace("\r\n", "\n").replace("\r", "\n").split("\n")
     if not 1 <= span.line <= len(src_lines):
         return []
-    text = src_lines[span.line - 1].rstrip("\r").replace("\t", " ")
+    text = src_lines[span.line - 1].replace("\t", " ")
     if len(text) > 200:  # huge single-line inputs: show the neighbourhood only
         start = max(0, span.column - 80)
         text = text[start : start + 160]

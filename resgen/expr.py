@@ -281,6 +281,15 @@ def _binop(expr: S.BinOp, env: Mapping[str, Value]) -> Value:
         raise EvalError(
             expr.span, f"`{source_text(expr)}` is too large to compute", codes.LIMIT
         ) from None
+    if isinstance(result, float) and not math.isfinite(result):
+        # 1e308 * 10.0 is inf: torch would get eps=inf, and generated code says `inf`, which is
+        # no Python name. Refused where it is computed, like an integer over the limit.
+        raise EvalError(
+            expr.span,
+            f"`{source_text(expr)}` is {show(left)} {op} {show(right)} = {result}, not a finite "
+            "number",
+            codes.LIMIT,
+        )
     if _is_int(result) and abs(result) > LIMITS.max_int:
         raise EvalError(
             expr.span,

@@ -13,6 +13,7 @@ import dataclasses
 import functools
 import inspect
 import keyword
+import math
 import os
 import re
 import signal
@@ -60,6 +61,8 @@ def dotted(path: str) -> str:
 
 def literal(value: object) -> str:
     """Python source for a literal. Numbers stay ints unless they are floats; no other types."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise CodeError(f"{value!r} is not a finite number: no Python literal")
     if isinstance(value, bool | int | float | str):
         return repr(value)
     if isinstance(value, tuple) and all(isinstance(v, int) for v in value):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 import itertools
 import os
+import stat
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -93,7 +94,7 @@ class Loader:
             name, _, value = option.partition("=")
             name = name.strip()
             label = f"--param {name}"
-            text = f"let {name} = {value}\n" if value.strip() else f"let {name} =\n"
+            text = line_ends(f"let {name} = {value}\n" if value.strip() else f"let {name} =\n")
             self.sources[label] = text
             if network is None:
                 raise UsageError(
@@ -167,12 +168,20 @@ class Loader:
             if path.startswith("<std>/"):
                 data = resources.files("resgen.stdlib").joinpath(path[6:]).read_bytes()
             else:
-                if p.is_dir():
-                    raise IsADirectoryError(errno.EISDIR, "is a directory", path)
-                if p.exists() and not p.is_file():  # /dev/zero or a FIFO would never end
-                    raise OSError(errno.EINVAL, "not a regular file", path)
-                with p.open("rb") as f:  # read one byte past the limit: enough to know
-                    data = f.read(LIMITS.max_file_bytes + 1)
+                if at is not None and not os.path.realpath(p).endswith(".arch"):
+                    # Only specs are imported: never read (or quote a line of) .env, /etc/shadow
+                    # or /proc/self/environ, whatever a link in between is called.
+                    self._fail(
+                        at,
+                        codes.IMPORT_NOT_FOUND,
+                        f"cannot import `{path}`: only .arch files can be imported"
+                        + (
+                            f" (it is a link to {os.path.realpath(p)})"
+                            if path.endswith(".arch")
+                            else ""
+                        ),
+                    )
+                data = _read_regular(p, LIMITS.max_file_bytes + 1)  # one byte past the limit
                 if len(data) > LIMITS.max_file_bytes:
                     self._fail(
                         at or Span(path, 1, 1, 1, 1),
@@ -201,16 +210,17 @@ class Loader:
                 codes.ENCODING,
                 f"byte 0x{data[err.start]:02x} is not valid UTF-8; specs are UTF-8 text",
             )
-        text = text.removeprefix("\ufeff")
+        text = line_ends(text.removeprefix("\ufeff"))
         self.sources[path] = text
         return text
 
     def _bad_byte(self, path: str, data: bytes, offset: int) -> tuple[int, int]:
         """Line and character column of a bad byte; keeps a readable copy to quote."""
-        self.sources[path] = data.decode("utf-8", "replace").replace("\x00", " ")
-        line_start = data.rfind(b"\n", 0, offset) + 1
-        col = len(data[line_start:offset].decode("utf-8", "replace")) + 1
-        return data.count(b"\n", 0, offset) + 1, col
+        self.sources[path] = line_ends(data.decode("utf-8", "replace").replace("\x00", " "))
+        before = data[:offset].replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        line_start = before.rfind(b"\n") + 1
+        col = len(before[line_start:].decode("utf-8", "replace")) + 1
+        return before.count(b"\n") + 1, col
 
     @staticmethod
     def _fail(span: Span, code: str, message: str, hint: str | None = None):
@@ -290,6 +300,35 @@ def _rewrite(expr: S.Expr, fn) -> S.Expr:
         )
         expr = expr.model_copy(update={"args": args, "keywords": keywords})
     return fn(expr)
+
+
+def line_ends(text: str) -> str:
+    """`\r\n` (Windows) and a lone `\r` (classic Mac OS) as `\n`: every later stage (the lexer's
+    comments, line and column numbers, quoted source lines) sees one kind of line end."""
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def _read_regular(path: Path, limit: int) -> bytes:
+    """Up to `limit` bytes of a regular file. Opened without blocking and checked on the open
+    descriptor, so a FIFO or a device (/dev/zero, a named pipe called x.arch) is refused at once
+    instead of read forever."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise IsADirectoryError(errno.EISDIR, "is a directory", str(path))
+        if not stat.S_ISREG(mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
+        chunks, size = [], 0
+        while size < limit:
+            chunk = os.read(fd, limit - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
 
 
 def load(path: str | os.PathLike) -> S.Spec:

@@ -5,6 +5,7 @@ or different from run to run."""
 from __future__ import annotations
 
 import ast
+import json
 import os
 import re
 import subprocess
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from resgen import build, codegen, output
+from resgen import build, codegen, output, render
 from resgen.cli import main
 from resgen.limits import LIMITS, Limits
 from resgen.render import CodeError
@@ -185,19 +186,91 @@ def test_import_of_a_non_spec_file_is_a_located_error(tmp_path, capsys):
     assert status == 1 and "Traceback" not in out
 
 
-def test_import_of_a_device_is_refused(tmp_path):
+SECRET = "hunter2-do-not-print"
+
+
+def _secret_targets(tmp_path: Path) -> dict[str, str]:
+    """Files an import must not read, each holding SECRET where a syntax error would quote it."""
+    (tmp_path / ".env").write_text(f"API_KEY={SECRET}\n")
+    (tmp_path / "shadow").write_text(f"root:{SECRET}:19000:0:99999:7:::\n")
+    (tmp_path / "secret.txt").write_text(f"{SECRET}\n")
+    (tmp_path / "link.arch").symlink_to(tmp_path / ".env")
+    (tmp_path / "dir.arch").mkdir()
+    os.mkfifo(tmp_path / "fifo.arch")
+    return {
+        "dotenv": ".env",
+        "shadow": str(tmp_path / "shadow"),
+        "no-suffix": "secret.txt",
+        "proc-environ": "/proc/self/environ",
+        "link-named-arch": "link.arch",
+        "directory-named-arch": "dir.arch",
+        "fifo-named-arch": "fifo.arch",
+        "device": "/dev/zero",
+        "dotdot": "../" + tmp_path.name + "/.env",
+    }
+
+
+IMPORT_TARGETS = [
+    "dotenv",
+    "shadow",
+    "no-suffix",
+    "proc-environ",
+    "link-named-arch",
+    "directory-named-arch",
+    "fifo-named-arch",
+    "device",
+    "dotdot",
+]
+
+
+@pytest.mark.parametrize("case", IMPORT_TARGETS)
+def test_imports_read_only_regular_arch_files(case, tmp_path, monkeypatch):
+    """Issue 12, item 5: `import ".env"` printed the secret in its syntax error. Only regular
+    files whose real path ends in .arch are read, checked before reading (a FIFO does not
+    block), and no line of any other file is quoted."""
+    monkeypatch.setenv("RESGEN_TEST_SECRET", SECRET)  # in /proc/self/environ of the child
+    target = _secret_targets(tmp_path)[case]
     spec = tmp_path / "net.arch"
-    spec.write_text('import "/dev/zero"\n' + OK_NET.format(body="stem { c = conv(4, 3) }"))
+    spec.write_text(f'import "{target}"\n' + OK_NET.format(body="stem { c = conv(4, 3) }"))
     try:
         result = subprocess.run(
-            [sys.executable, "-m", "resgen", "check", str(spec)],
+            [sys.executable, "-m", "resgen", "check", "net.arch"],
             capture_output=True,
             text=True,
-            timeout=3,
+            timeout=60,
+            cwd=tmp_path,
         )
     except subprocess.TimeoutExpired:
-        pytest.fail('resgen check hangs on import "/dev/zero"')
-    assert result.returncode == 1 and "error:" in result.stderr
+        pytest.fail(f'resgen check hangs on import "{target}"')
+    assert result.returncode == 1, result.stderr
+    assert re.search(r"^net\.arch:1:1: error: .*\[import-not-found\]", result.stderr, re.M)
+    assert SECRET not in result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_an_arch_file_through_a_link_is_imported(tmp_path, capsys):
+    """Links are fine when what they lead to is a spec."""
+    (tmp_path / "lib").mkdir()
+    (tmp_path / "lib" / "blocks.arch").write_text("block B(p = 1) { main { c = conv(4, 1) } }\n")
+    (tmp_path / "alias.arch").symlink_to(tmp_path / "lib" / "blocks.arch")
+    spec = tmp_path / "net.arch"
+    spec.write_text('import "alias.arch"\n' + OK_NET.format(body="stem { b = B() }"))
+    assert _run(capsys, "check", str(spec))[0] == 0
+
+
+def test_a_fifo_spec_on_the_command_line_is_a_usage_error(tmp_path):
+    os.mkfifo(tmp_path / "net.arch")
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "resgen", "check", "net.arch"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=tmp_path,
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail("resgen check hangs on a FIFO")
+    assert result.returncode == 2 and "not a regular file" in result.stderr
 
 
 CLASHES = {
@@ -664,3 +737,209 @@ def test_output_is_identical_across_hash_seeds(tmp_path):
         outputs.append({p.name: p.read_bytes() for p in sorted(out.iterdir())})
     assert set(outputs[0]) >= {"net.py", "net.dot"}
     assert outputs[0] == outputs[1] == outputs[2]
+
+
+# ---------------------------------------------------------------------------------------------
+# Numbers that are not numbers (issue 12, item 6)
+
+INFINITE = {
+    "let-product": ("let e = 1e308 * 10.0\n", "e", "1e308 * 10.0"),
+    "negative": ("let e = -1e308 * 10.0\n", "e", "-1e308 * 10.0"),
+    "sum": ("let e = 1e308 + 1e308\n", "e", "1e308 + 1e308"),
+    "floor-division": ("let e = 1e308 // 1e-308\n", "e", "1e308 // 1e-308"),
+    "int-times-float": ("let e = 1099511627776 * 1e300\n", "e", "1099511627776 * 1e300"),
+    "nan-from-infinities": ("let e = 1e308 * 10.0 - 1e308 * 10.0\n", "e", "1e308 * 10.0"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(INFINITE))
+@pytest.mark.parametrize("where", ["batchnorm-eps", "dropout-p", "param-default", "block-let"])
+def test_an_infinite_value_is_a_located_error_where_it_is_computed(case, where, tmp_path, capsys):
+    """`batchnorm(eps=1e308 * 10.0)` passed check and build, and the module said `eps=inf`
+    (a NameError at import). Wherever the value is computed and used, it is a `limit` error
+    pointing at the expression that overflowed."""
+    lets, name, expression = INFINITE[case]
+    if where == "batchnorm-eps":
+        text = lets + OK_NET.format(body=f"stem {{ c = conv(4, 3) b = batchnorm(eps={name}) }}")
+    elif where == "dropout-p":
+        text = lets + OK_NET.format(body=f"stem {{ c = conv(4, 3) d = dropout({name} * 0.0) }}")
+    elif where == "param-default":
+        text = OK_NET.format(
+            body=f"param e = {expression} stem {{ c = conv(4, 3) b = batchnorm(eps=e) }}"
+        )
+    else:
+        block = f"block B(p = 1) {{ let e = {expression} main {{ b = batchnorm(eps=e) }} }}\n"
+        text = block + OK_NET.format(body="stem { b = B() }")
+    spec = _spec(tmp_path, text)
+    out = _error(capsys, spec, "limit")
+    assert "not a finite number" in out
+    line = next(i for i, t in enumerate(text.splitlines(), 1) if expression.split()[0] in t)
+    assert re.search(rf"^\S*net\.arch:{line}:\d+: error: ", out, re.M), out
+    status, built = _run(capsys, "build", "--no-diagram", "-o", str(tmp_path / "o"), str(spec))
+    assert status == 1 and not (tmp_path / "o").exists(), built
+
+
+def test_no_literal_for_a_non_finite_float():
+    for value in (float("inf"), float("-inf"), float("nan")):
+        with pytest.raises(CodeError):
+            render.literal(value)
+
+
+# ---------------------------------------------------------------------------------------------
+# Line ends (issue 12, item 14)
+
+LINE_END_SPEC = (
+    "# a first-line comment\n"
+    "import std.resnet\n"
+    "network n {\n"
+    "    input 3x16x16   # comment\n"
+    "    stem { c = conv(8, 3, padding=1)\n"
+    "           bad = conv(8, 99) }\n"
+    "    stage layer1 = 1 x BasicBlock(8, stride=true)\n"
+    "}\n"
+)
+
+
+@pytest.mark.parametrize("newline", ["\n", "\r\n", "\r"], ids=["lf", "crlf", "cr"])
+def test_every_line_end_counts_as_one(newline, tmp_path, capsys):
+    """A classic Mac file (lone CR) was one line: its first-line comment swallowed the whole
+    spec, so check said ok. LF, CRLF and CR now give the same diagnostics at the same places,
+    with the same quoted lines."""
+    reference = _spec(tmp_path, LINE_END_SPEC, "lf.arch")
+    other = tmp_path / "other.arch"
+    other.write_bytes(LINE_END_SPEC.replace("\n", newline).encode())
+    expected = _run(capsys, "check", "--json", str(reference))
+    got = _run(capsys, "check", "--json", str(other))
+    assert expected[0] == got[0] == 1
+    want = json.loads(expected[1][expected[1].index("[") :])
+    have = json.loads(got[1][got[1].index("[") :])
+    assert [(d["line"], d["column"], d["code"]) for d in have] == [
+        (d["line"], d["column"], d["code"]) for d in want
+    ]
+    assert (6, "too-small") in {(d["line"], d["code"]) for d in want}
+    assert 7 in {n["line"] for d in have for n in d["notes"]}  # the stage that used the block
+    _, text = _run(capsys, "check", str(other))
+    assert "    6 |            bad = conv(8, 99) }" in text and "\r" not in text
+
+
+@pytest.mark.parametrize("newline", ["\n", "\r\n", "\r"], ids=["lf", "crlf", "cr"])
+def test_syntax_and_encoding_errors_count_every_line_end(newline, tmp_path, capsys):
+    syntax = tmp_path / "syntax.arch"
+    syntax.write_bytes(newline.join(["# c", "let a = 1", "let b = (", ""]).encode())
+    assert re.search(r"syntax\.arch:[34]:\d+: error:", _run(capsys, "check", str(syntax))[1])
+    encoding = tmp_path / "encoding.arch"
+    encoding.write_bytes(newline.join(["# c", "let a = 1", "let b = 2 \xff"]).encode("latin-1"))
+    out = _run(capsys, "check", str(encoding))[1]
+    assert "encoding.arch:3:11: error:" in out and "[encoding]" in out, out
+
+
+# ---------------------------------------------------------------------------------------------
+# Standard output that goes away, fills up or cannot hold the text (issue 12, item 11)
+
+BAD = "network n { input 3x8x8 stem { c = conv(4, 99) } }  # caf\u00e9 \u2713\n"
+
+
+def _pipeline(tmp_path: Path, argv: list[str], reader: str, env=None) -> tuple[int, str]:
+    """`resgen ARGV 2>&1 | READER` in bash; resgen's own exit code and what reached stderr."""
+    command = " ".join([f'"{sys.executable}"', "-m", "resgen", *argv])
+    script = f"{command} 2>stderr.txt | {reader}; exit ${{PIPESTATUS[0]}}"
+    result = subprocess.run(
+        ["bash", "-c", script], cwd=tmp_path, timeout=120, env={**os.environ, **(env or {})}
+    )
+    return result.returncode, (tmp_path / "stderr.txt").read_text(errors="replace")
+
+
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        (["check", "--json", "bad.arch", "good.arch"], 1),
+        (["check", "good.arch"], 0),
+        (["summary", "--json", "bad.arch"], 1),
+        (["summary", "--depth", "3", "good.arch"], 0),
+    ],
+    ids=["check-json-errors", "check-ok", "summary-errors", "summary-ok"],
+)
+def test_a_reader_that_leaves_does_not_change_the_exit_code(argv, expected, tmp_path):
+    """`resgen check bad.arch | head -1` exited 0: the broken pipe turned 1 into 0. The reader
+    here (`true`) leaves before resgen writes, so every write meets a broken pipe."""
+    _spec(tmp_path, BAD, "bad.arch")
+    _spec(tmp_path, "import std.resnet\n" + TINY.split("\n", 1)[1], "good.arch")
+    status, err = _pipeline(tmp_path, argv, "true")
+    assert status == expected, err
+    assert "Traceback" not in err and "Exception ignored" not in err, err
+
+
+@pytest.mark.parametrize("argv", [["check", "bad.arch", "good.arch"], ["summary", "good.arch"]])
+def test_a_full_standard_output_is_one_line_and_exit_2(argv, tmp_path):
+    _spec(tmp_path, BAD, "bad.arch")
+    _spec(tmp_path, "import std.resnet\n" + TINY.split("\n", 1)[1], "good.arch")
+    with open("/dev/full", "w") as full:
+        result = subprocess.run(
+            [sys.executable, "-m", "resgen", *argv],
+            cwd=tmp_path,
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=120,
+        )
+    assert result.returncode == 2
+    assert "no space left on device" in result.stderr
+    assert "Traceback" not in result.stderr and "Exception ignored" not in result.stderr
+
+
+@pytest.mark.parametrize("strict", [False, True], ids=["ascii", "ascii-strict"])
+def test_an_ascii_terminal_gets_escapes_not_a_traceback(strict, tmp_path):
+    """A spec path and a quoted line that an ASCII terminal cannot show: `café.arch: ok` on
+    stdout (whose errors are strict by default) and the quoted comment on stderr."""
+    _spec(tmp_path, BAD, "bad.arch")
+    _spec(tmp_path, OK_NET.format(body="stem { c = conv(4, 3) }"), "caf\u00e9.arch")
+    encoding = "ascii:strict" if strict else "ascii"
+    result = subprocess.run(
+        [sys.executable, "-m", "resgen", "check", "caf\u00e9.arch", "bad.arch"],
+        cwd=tmp_path,
+        capture_output=True,
+        timeout=120,
+        env={**os.environ, "PYTHONIOENCODING": encoding},
+    )
+    out, err = result.stdout.decode("ascii"), result.stderr.decode("ascii")
+    assert result.returncode == 1 and "Traceback" not in err, err
+    assert "caf\\xe9.arch: ok" in out
+    assert "# caf\\xe9 \\u2713" in err and "[too-small]" in err
+
+
+# ---------------------------------------------------------------------------------------------
+# The same spec, the same bytes (issue 12, item 16)
+
+
+def test_output_does_not_depend_on_where_the_command_runs(tmp_path):
+    """The header named the spec as given: absolute outside the working directory, relative
+    inside it. Built from three places (relative, absolute, from another folder), and from a
+    copy of the spec in another folder, every file is the same bytes."""
+    project = tmp_path / "project"
+    (project / "specs").mkdir(parents=True)
+    spec = _spec(project / "specs", TINY)
+    elsewhere = tmp_path / "elsewhere" / "deeper"
+    elsewhere.mkdir(parents=True)
+    (elsewhere / "net.arch").write_text(TINY)
+    runs = {
+        "relative": (project, "specs/net.arch"),
+        "absolute": (project, str(spec)),
+        "other-cwd": (tmp_path / "elsewhere", str(spec)),
+        "other-copy": (tmp_path, str(elsewhere / "net.arch")),
+    }
+    outputs = {}
+    for name, (cwd, path) in runs.items():
+        out = tmp_path / f"out-{name}"
+        result = subprocess.run(
+            [sys.executable, "-m", "resgen", "build", "-o", str(out), path],
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert result.returncode == 0, result.stderr
+        outputs[name] = {p.name: p.read_bytes() for p in sorted(out.iterdir())}
+    first = outputs["relative"]
+    assert set(first) >= {"net.py", "net.dot"}
+    assert first["net.py"].startswith(b"# Generated by resgen from net.arch\n")
+    assert all(files == first for files in outputs.values())
