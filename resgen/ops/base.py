@@ -27,6 +27,7 @@ way and registers it (resgen.ops.register, or the `resgen.ops` entry-point group
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal, NamedTuple, Protocol
@@ -67,7 +68,11 @@ class Param:
 
     type: "int", "size" (an int or an (h, w) pair of ints), "bool" or "float".
     minimum: the smallest allowed value (ints and sizes default to 1, floats to no bound).
+    above: a value the argument must be strictly greater than (a float's exclusive bound, e.g.
+        batchnorm's eps > 0, which torch checks in training).
     maximum: the largest allowed value of a float. limit: a resgen.limits field that bounds ints.
+    rule: where the bound comes from (torch's source or error message), for docs and tests.
+    Every float must be finite (an inf or NaN never reaches torch or generated code).
     """
 
     name: str
@@ -78,6 +83,8 @@ class Param:
     minimum: float | None = None
     maximum: float | None = None
     limit: str | None = None
+    above: float | None = None
+    rule: str = ""
 
     @property
     def required(self) -> bool:
@@ -95,6 +102,10 @@ class Param:
         if self.type == "float":
             if isinstance(value, bool) or not isinstance(value, int | float):
                 return "is a number"
+            if not math.isfinite(value):
+                return "is a finite number"
+            if self.above is not None and not value > self.above:
+                return f"must be above {self.above:g}"
             low, high = self.minimum, self.maximum
             if low is not None and high is not None and not low <= value <= high:
                 return f"is between {low:g} and {high:g}"

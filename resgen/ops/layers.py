@@ -187,8 +187,15 @@ class BatchNorm(Op):
             doc="checked against the input when given",
             limit="max_channels",
         ),
-        Param("eps", "float", 1e-5, "eps"),
-        Param("momentum", "float", 0.1, "momentum"),
+        Param(
+            "eps",
+            "float",
+            1e-5,
+            "eps",
+            above=0,
+            rule="torch: 'batch_norm eps must be positive during training' (eval: non-negative)",
+        ),
+        Param("momentum", "float", 0.1, "momentum", rule="torch accepts any momentum"),
     )
     accepts = "spatial"
     family = NORM
@@ -271,20 +278,19 @@ class _Pool(Op):
     def spatial(self, args):
         return _windows(args)
 
-    def padding_limit(self, window: Window) -> int:
-        return window.kernel // 2
-
     def infer(self, x, args, check):
         windows = _windows(args)
-        for window in windows:  # PyTorch refuses padding over half the (effective) kernel
-            k, _, p, d, _ = window
-            limit = self.padding_limit(window)
+        for window in windows:
+            # torch (aten/src/ATen/native/Pool.h, pool2d_shape_check): "pad should be smaller
+            # than or equal to half of kernel size": half the kernel itself, not the dilated
+            # one, for max and average pooling alike (maxpool(3, padding=2, dilation=2) fails).
+            k, _, p, _, _ = window
+            limit = k // 2
             if p > limit:
-                kernel = f"{k}" if d == 1 else f"{d}*({k}-1) + 1 = {d * (k - 1) + 1}"
                 check.error(
                     codes.PADDING_TOO_LARGE,
-                    f"padding {p} is more than half the {'effective ' if d > 1 else ''}kernel "
-                    f"{kernel} (at most {limit}); PyTorch refuses it",
+                    f"padding {p} is more than half the kernel {k} (at most {limit}); PyTorch "
+                    "refuses it",
                     arg="padding",
                     hint=f"use padding <= {limit}",
                 )
@@ -301,9 +307,6 @@ class MaxPool(_Pool):
     doc = "max pooling"
     params = (_KERNEL, _POOL_STRIDE, _PADDING, _DILATION, _CEIL_MODE)
     emit = Emit("nn.MaxPool2d")
-
-    def padding_limit(self, window):
-        return (window.dilation * (window.kernel - 1) + 1) // 2
 
     def saves(self, args, x, y, device):
         # max_pool2d_with_indices: the input and the int64 position of each maximum
