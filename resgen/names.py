@@ -38,11 +38,16 @@ co_code co_consts co_names co_varnames co_filename co_name
 
 # Names the generated module itself relies on at module or function scope.
 GENERATED_CODE_NAMES = frozenset(
-    "torch nn Tensor Optional Any self x out identity annotations math F typing".split()
+    "torch nn Tensor Optional Any self x out identity annotations math F typing OrderedDict "
+    "collections Callable".split()
     # the design-space functions generated code may define (resgen.designspace), their imports
     + "quantize regnet_width regnet_depth regnet_widths regnet_stage to_float32".split()
     + "frexp ldexp log".split()
 )
+# Locals the generated network __init__ binds itself (codegen.RESERVED_LOCALS), and the block
+# __init__'s implicit ones: a param or let of that name would be overwritten or collide.
+NETWORK_LOCALS = frozenset({"self", "module", "index"})
+BLOCK_LOCALS = frozenset({"self", "in_channels"})
 
 _BUILTINS = frozenset(dir(builtins))
 
@@ -80,3 +85,59 @@ def problem_with(name: str, role: str) -> str | None:
 
 # In a stage's `named "..."` pattern: the block's position in its stage, from 0.
 STAGE_INDEX = "index"
+
+
+def shadowing(network, blocks, op_names) -> list[tuple[object, str]]:
+    """Params and lets that would hide a name the generated code needs in the same Python scope,
+    as (span, message): the network's __init__ and factory see its params and lets next to the
+    block classes, helper and plugin classes it builds, and its own class; a block's __init__
+    sees its params and lets next to the classes of the blocks and helpers it builds.
+    (`param BasicBlock = 2` made `BasicBlock(...)` call an int.)
+
+    `blocks`: every block in scope by name (resolve's table); `op_names(op)`: the module-level
+    names an op's code uses (its helper or plugin class and imports)."""
+    found: list[tuple[object, str]] = []
+    seen: set[str] = set()
+
+    def uses(layers) -> set[str]:
+        names: set[str] = set()
+        for layer in layers:
+            if layer.kind == "block":
+                names.add(layer.callee)
+            elif layer.kind == "op":
+                names |= set(op_names(layer.callee))
+            names |= uses(layer.items)
+        return names
+
+    def check(owner: str, definitions, outer: dict[str, str]) -> None:
+        for d in definitions:
+            if d.name in outer:
+                found.append(
+                    (
+                        d.span,
+                        f"`{d.name}` in {owner} would hide {outer[d.name]} in the generated code",
+                    )
+                )
+
+    stage_layers = [layer for stage in network.stages for layer in stage.layers]
+    net_uses = uses((*network.stem, *stage_layers, *network.head))
+    net_uses |= {stage.block for stage in network.stages}
+    outer = {name: f"block `{name}`" if name in blocks else f"class `{name}`" for name in net_uses}
+    outer[network.python_class] = f"the network class `{network.python_class}`"
+    outer.update({name: f"the local `{name}`" for name in NETWORK_LOCALS})
+    check(f"network `{network.name}`", (*network.params, *network.lets), outer)
+
+    pending = sorted(name for name in net_uses if name in blocks)
+    while pending:
+        name = pending.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        block = blocks[name]
+        layers = (*block.main, *block.post, *(block.shortcut.layers if block.shortcut else ()))
+        inner = uses(layers)
+        pending += [n for n in inner if n in blocks and n not in seen]
+        outer = {n: f"block `{n}`" if n in blocks else f"class `{n}`" for n in inner}
+        outer.update({n: f"the local `{n}`" for n in BLOCK_LOCALS})
+        check(f"block `{name}`", (*block.params, *block.lets), outer)
+    return found

@@ -39,6 +39,7 @@ from resgen.names import (
     STAGE_INDEX,
     STAGE_SET,
     problem_with,
+    shadowing,
 )
 from resgen.parser import parse_text
 
@@ -302,6 +303,19 @@ def _rewrite(expr: S.Expr, fn) -> S.Expr:
     return fn(expr)
 
 
+def _op_module_names(name: str) -> set[str]:
+    """The module-level names an op's generated code uses: its helper or plugin class and the
+    names its import lines bring in."""
+    op = ops.lookup(name, load_plugins=False)
+    emit = op.emit if op is not None else None
+    if emit is None:
+        return set()
+    names = set() if emit.cls.startswith("nn.") else {emit.cls.split(".")[0]}
+    for line in emit.imports:
+        names |= {n.strip() for n in line.partition(" import ")[2].split(",") if n.strip()}
+    return names
+
+
 def line_ends(text: str) -> str:
     """`\r\n` (Windows) and a lone `\r` (classic Mac OS) as `\n`: every later stage (the lexer's
     comments, line and column numbers, quoted source lines) sees one kind of line end."""
@@ -397,6 +411,8 @@ class _FileResolver:
                     f"function `{net.name}`",
                     hint="give the class another name with `class NAME`",
                 )
+            for span, message in shadowing(net, self.blocks, _op_module_names):
+                self.diags.error(span, codes.DUPLICATE_NAME, message, hint="rename it")
         if len(own_nets) > 1:
             self.diags.error(
                 own_nets[1].span,
