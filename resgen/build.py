@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import linecache
+import math
 import os
 import sys
 import types
@@ -21,7 +22,7 @@ from pathlib import Path
 
 from resgen import codegen
 from resgen import spec as S
-from resgen.diagnostics import SpecError
+from resgen.diagnostics import Span, SpecError, UsageError
 from resgen.graph import OUTPUT, module_and_call
 from resgen.resolve import Loader
 from resgen.text import shape_text
@@ -151,28 +152,104 @@ class Difference:
     where: str
     predicted: str
     actual: str
+    span: Span | None = None  # the spec line it belongs to, when known
 
     def __str__(self) -> str:
-        return f"{self.where}: predicted {self.predicted}, torch gives {self.actual}"
+        at = f"{self.span}: " if self.span is not None else ""
+        return f"{at}{self.where}: predicted {self.predicted}, torch gives {self.actual}"
 
 
-def verify(spec: S.Spec, analysis) -> tuple[list[Difference], int]:
+class MemoryBudget(UsageError):
+    """verify would need more memory than it may use (exit code 2): said with the numbers."""
+
+
+def memory_estimate(analysis) -> int:
+    """A rough upper bound, in bytes, of the memory `verify` needs for a model: float32
+    parameters and buffers, plus the input and every layer's output at batch 1, as if no
+    activation were ever freed (a no-grad forward keeps far fewer at once). Static: computed from
+    the analysis before torch allocates anything. Issue 18's exact memory figures replace it."""
+    elements = analysis.params + analysis.buffers + math.prod(analysis.input)
+    elements += sum(math.prod(layer.out) for layer in analysis.layers if layer.out)
+    return 4 * elements
+
+
+MEMORY_FRACTION = 0.5  # of the memory available when verify starts
+
+
+def default_memory_limit() -> int | None:
+    """Half the memory available now (Linux: MemAvailable of /proc/meminfo; elsewhere the free
+    physical pages), or None when the system does not say."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(int(line.split()[1]) * 1024 * MEMORY_FRACTION)
+    except OSError:
+        pass
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") * MEMORY_FRACTION)
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def size_text(n: int) -> str:
+    """1536 -> `1.5 KiB`: bytes in binary units."""
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if value < 1024 or unit == "PiB":
+            return f"{value:.1f} {unit}" if unit != "B" else f"{int(value)} B"
+        value /= 1024
+    return f"{n} B"
+
+
+def _check_memory(analysis, limit: float | None) -> None:
+    needed = memory_estimate(analysis)
+    if limit is not None and needed > limit:
+        raise MemoryBudget(
+            f"verify would need about {size_text(needed)} ({analysis.params:,} parameters, "
+            f"{analysis.buffers:,} buffer elements and every activation at batch 1, as float32), "
+            f"over its limit of {size_text(int(limit))}; pass --max-memory SIZE to change it"
+        )
+
+
+def verify(
+    spec: S.Spec, analysis, *, max_memory: float | None = None
+) -> tuple[list[Difference], int]:
     """Run the generated model once at the analysed input size and compare it with `analysis`.
-    Returns the differences and how many layer outputs were compared."""
+    Returns the differences and how many layer outputs were compared.
+
+    Before torch allocates anything, `memory_estimate` is compared with `max_memory` (bytes;
+    None: half the available memory; math.inf: no limit) and MemoryBudget is raised above it.
+    Any exception while the module is imported, constructed or run is a Difference located at
+    the spec line of the network (import, construction) or of the layer that raised (forward),
+    never a traceback."""
+    _check_memory(analysis, default_memory_limit() if max_memory is None else max_memory)
     import torch
 
-    model = import_source(codegen.generate(spec, analysis), spec.network.name)
-    net = getattr(model, spec.network.name)()
-    net.eval()
+    network_span = spec.network.span
+    try:
+        model = import_source(codegen.generate(spec, analysis), spec.network.name)
+    except SpecError:
+        raise
+    except Exception as err:  # generated code that does not import is a finding, not a crash
+        return [Difference("import", "success", _raised(err), network_span)], 0
+    try:
+        net = getattr(model, spec.network.name)()
+        net.eval()
+    except Exception as err:
+        return [Difference("construction", "success", _raised(err), network_span)], 0
     outputs: dict[str, list[tuple[int, ...]]] = {}
     inputs: dict[str, list[tuple[int, ...]]] = {}
+    running: list[str] = []  # modules whose forward has started and not finished
 
     def record(name: str):
         def pre_hook(_module, args):
+            running.append(name)
             if args and isinstance(args[0], torch.Tensor):
                 inputs.setdefault(name, []).append(tuple(args[0].shape[1:]))
 
         def hook(_module, _args, output):
+            running.pop()
             if isinstance(output, torch.Tensor):
                 outputs.setdefault(name, []).append(tuple(output.shape[1:]))
 
@@ -189,8 +266,10 @@ def verify(spec: S.Spec, analysis) -> tuple[list[Difference], int]:
     try:
         with torch.no_grad():
             output = net(torch.zeros(1, *analysis.input))
-    except RuntimeError as err:  # the prediction said this runs: that is the difference
-        return [Difference("forward pass", "success", f"an error: {err}")], 0
+    except Exception as err:  # the prediction said this runs: that is the difference
+        where = running[-1] if running else "forward pass"
+        span = _span_of(where, analysis) or network_span
+        return [Difference(where, "success", _raised(err), span)], 0
     finally:
         for h in handles:
             h.remove()
@@ -203,12 +282,15 @@ def verify(spec: S.Spec, analysis) -> tuple[list[Difference], int]:
         # torch shows its result as what the next module receives.
         inline = node.kind == "merge" or node.op.emit is not None and node.op.emit.owned
         actual = _observed(layer.name, inline, analysis, inputs, outputs)
+        span = node.span
         if actual is None:
             if inline:
                 continue  # feeding something no hook sees
-            differences.append(Difference(layer.name, _shape(layer.out), "no such layer output"))
+            differences.append(
+                Difference(layer.name, _shape(layer.out), "no such layer output", span)
+            )
         elif tuple(layer.out) != actual:
-            differences.append(Difference(layer.name, _shape(layer.out), _shape(actual)))
+            differences.append(Difference(layer.name, _shape(layer.out), _shape(actual), span))
         else:
             compared += 1
     for what, predicted, actual in (
@@ -216,12 +298,33 @@ def verify(spec: S.Spec, analysis) -> tuple[list[Difference], int]:
         ("buffers", analysis.buffers, sum(b.numel() for b in net.buffers())),
     ):
         if predicted != actual:
-            differences.append(Difference(what, f"{predicted:,}", f"{actual:,}"))
+            differences.append(Difference(what, f"{predicted:,}", f"{actual:,}", network_span))
     if analysis.output is None or tuple(analysis.output) != tuple(output.shape[1:]):
         differences.append(
-            Difference("output", _shape(analysis.output), _shape(tuple(output.shape[1:])))
+            Difference(
+                "output",
+                _shape(analysis.output),
+                _shape(tuple(output.shape[1:])),
+                network_span,
+            )
         )
     return differences, compared
+
+
+def _raised(err: BaseException) -> str:
+    first = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {first[0] if first else ''}".rstrip(": ")
+
+
+def _span_of(module: str, analysis) -> Span | None:
+    """The spec line of a module path: its layer's node, or the first layer inside it."""
+    node = analysis.nodes.get(module)
+    if node is not None:
+        return node.span
+    for node in analysis.nodes.values():
+        if node.module == module or (node.block or "").startswith(module):
+            return node.span
+    return None
 
 
 def _observed(name: str, inline: bool, analysis, inputs, outputs) -> tuple[int, ...] | None:
@@ -254,6 +357,7 @@ __all__ = [
     "generate",
     "import_source",
     "load",
+    "memory_estimate",
     "verify",
     "build_files",
 ]

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import errno
 import json
+import math
 import os
 import sys
 from collections.abc import Sequence
@@ -36,6 +37,22 @@ def _positive(text: str) -> int:
     if not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, not {text!r}")
     return int(text)
+
+
+def _memory_size(text: str) -> float:
+    """`8G`, `512M`, `1.5T`, `4096` (bytes; binary units) or `none` (no limit: infinity)."""
+    if text.strip().lower() == "none":
+        return math.inf
+    units = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    body = text.strip().upper().removesuffix("IB").removesuffix("B") or "0"
+    unit = body[-1] if body[-1] in units else ""
+    try:
+        value = float(body[: len(body) - len(unit)])
+    except ValueError:
+        value = -1.0
+    if not (value >= 0 and value == value and value < 1e18):
+        raise argparse.ArgumentTypeError(f"expected a size such as 8G or 512M, not {text!r}")
+    return int(value * units[unit])
 
 
 def _add_input(p: argparse.ArgumentParser) -> None:
@@ -184,6 +201,14 @@ def build_parser() -> argparse.ArgumentParser:
         "verify", help="build the model in torch and compare with the static prediction"
     )
     p.add_argument("specs", nargs="+", metavar="SPEC")
+    p.add_argument(
+        "--max-memory",
+        type=_memory_size,
+        default=None,
+        metavar="SIZE",
+        help="refuse a model whose estimated memory is over SIZE (e.g. 8G, 512M; 'none': no "
+        "limit; default: half the available memory)",
+    )
     _add_input(p)
 
     p = sub.add_parser("diagram", help="draw the architecture with Graphviz")
@@ -316,7 +341,7 @@ def _check_one(loader: Loader, path: str, input_shape, settings=None, budget=Non
 
 def cmd_summary(args) -> int:
     from resgen.shapes import analyse
-    from resgen.summary import DEFAULT_DEPTH, render, to_json
+    from resgen.summary import DEFAULT_DEPTH, failed_json, render, to_json
 
     settings = memory_settings(args)
     loader = loader_for(args)
@@ -325,6 +350,8 @@ def cmd_summary(args) -> int:
         analysis = analyse(spec, args.input)  # no network: a no-network error
     except SpecError as err:
         report(err.diagnostics, loader)
+        if args.json:  # the diagnostics as data, like check --json, and nothing computed
+            print(json.dumps(failed_json(err.diagnostics), indent=2))
         return EXIT_SPEC_ERROR
     if analysis.diagnostics:
         report(analysis.diagnostics, loader)
@@ -412,7 +439,7 @@ def cmd_verify(args) -> int:
         loader = loader_for(args)
         try:
             spec, analysis = checked(loader, path, args.input)
-            differences, compared = verify(spec, analysis)
+            differences, compared = verify(spec, analysis, max_memory=args.max_memory)
         except SpecError as err:
             report(err.diagnostics, loader)
             status = EXIT_SPEC_ERROR
@@ -463,7 +490,10 @@ def cmd_diagram(args) -> int:
     report(analysis.diagnostics, loader)
     status = EXIT_OK if analysis.ok else EXIT_SPEC_ERROR
     memory = _memory(spec, analysis, settings, args)
-    source = diagram.to_dot(spec, analysis, args.detail, args.rankdir, memory, args.train)
+    try:
+        source = diagram.to_dot(spec, analysis, args.detail, args.rankdir, memory, args.train)
+    except diagram.TooLarge as err:
+        raise UsageError(str(err)) from None
     target, data = out, source.encode("utf-8")
     if args.format != "dot":
         try:

@@ -27,6 +27,7 @@ diagram is still written when the spec could be analysed); 2 usage, or an image 
 from __future__ import annotations
 
 import html
+import os
 import shutil
 import subprocess
 import sys
@@ -67,6 +68,18 @@ WRAP = 46  # characters per label line
 
 class GraphvizMissing(RuntimeError):
     """Graphviz's `dot` executable is not on PATH."""
+
+
+class TooLarge(ValueError):
+    """A diagram with more nodes than MAX_DRAWN_NODES: Graphviz's layout grows faster than the
+    square of the nodes (an 800-block stage drawn layer by layer took five minutes, 2,000 blocks
+    exhausted memory), and no one reads such a picture. The message names the details that fit."""
+
+
+# Bounds on drawing: the nodes of one diagram (RESGEN_MAX_DIAGRAM_NODES overrides it), and the
+# seconds `dot` may take to lay one out.
+MAX_DRAWN_NODES = int(os.environ.get("RESGEN_MAX_DIAGRAM_NODES", "1500") or 1500)
+DOT_SECONDS = 60.0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -207,6 +220,7 @@ def digraph(
     graph = analysis.graph
     node_errors, loose_errors = _error_messages(analysis)
 
+    _check_size(analysis, detail)
     groups: dict[str, _Group] = {}
     group_of: dict[str, str] = {}
     for node_id, node in analysis.nodes.items():
@@ -295,6 +309,31 @@ def digraph(
             penwidth="2",
         )
     return dot
+
+
+def drawn_nodes(analysis, detail: str) -> int:
+    """How many nodes the diagram at `detail` draws (one per group of graph nodes)."""
+    return len({_place(node, detail)[0] for node in analysis.nodes.values()})
+
+
+def _check_size(analysis, detail: str) -> None:
+    count = drawn_nodes(analysis, detail)
+    if count <= MAX_DRAWN_NODES:
+        return
+    smaller = [
+        (d, n)
+        for d in DETAILS[: DETAILS.index(detail)]
+        if (n := drawn_nodes(analysis, d)) <= MAX_DRAWN_NODES
+    ]
+    hint = (
+        "; use " + " or ".join(f"--detail {d} ({n:,} nodes)" for d, n in reversed(smaller))
+        if smaller
+        else ""
+    )
+    raise TooLarge(
+        f"the {detail} diagram would draw {count:,} nodes, over the limit of "
+        f"{MAX_DRAWN_NODES:,} (RESGEN_MAX_DIAGRAM_NODES){hint}"
+    )
 
 
 def to_dot(
@@ -634,7 +673,16 @@ def render(source: str, fmt: str) -> bytes:
     if exe is None:
         raise GraphvizMissing("Graphviz's `dot` executable was not found on PATH")
     argv = [exe, f"-T{fmt}"] + (["-Gdpi=144"] if fmt == "png" else [])
-    proc = subprocess.run(argv, input=source.encode("utf-8"), capture_output=True, check=False)
+    try:  # subprocess.run kills dot when the time is up
+        proc = subprocess.run(
+            argv,
+            input=source.encode("utf-8"),
+            capture_output=True,
+            check=False,
+            timeout=DOT_SECONDS,
+        )
+    except subprocess.TimeoutExpired:
+        raise RuntimeError(f"dot took longer than {DOT_SECONDS:g} s and was stopped") from None
     if proc.returncode != 0:
         reason = proc.stderr.decode("utf-8", "replace").strip().splitlines()
         raise RuntimeError(f"dot failed: {reason[0] if reason else proc.returncode}")
@@ -662,8 +710,12 @@ def build_diagram_files(spec, analysis, out_dir, stem: str) -> list[tuple[Path, 
     out_dir/<stem>.svg (contents; the caller writes them). Never fails the build over the
     picture: without `dot`, or when dot fails, only the .dot is returned and one line on stderr
     says why."""
-    source = to_dot(spec, analysis)
     dot_path, svg_path = build_diagram_paths(out_dir, stem)
+    try:
+        source = to_dot(spec, analysis)
+    except TooLarge as err:
+        print(f"resgen: {dot_path} and {svg_path} not drawn: {err}", file=sys.stderr)
+        return []
     files = [(dot_path, source.encode("utf-8"))]
     try:
         files.append((svg_path, render(source, "svg")))

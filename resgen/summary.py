@@ -354,6 +354,34 @@ def to_json(analysis: Analysis, memory=None, budget: int | None = None) -> dict:
     }
 
 
+def failed_json(diagnostics) -> dict:
+    """`summary --json` for a spec that could not be analysed at all (it does not parse or
+    resolve, or defines no network): every member of to_json's object, null, and the
+    diagnostics (resgen/schemas/summary.schema.json)."""
+    return {
+        **dict.fromkeys(SUMMARY_MEMBERS),
+        "diagnostics": [d.as_dict() for d in diagnostics],
+    }
+
+
+SUMMARY_MEMBERS = (
+    "network",
+    "input",
+    "output",
+    "params",
+    "buffers",
+    "macs",
+    "params_exact",
+    "macs_exact",
+    "mac_convention",
+    "output_stride",
+    "receptive_field",
+    "input_sizes",
+    "stages",
+    "layers",
+)
+
+
 def _listed(value) -> list | None:
     return list(value) if value is not None else None
 
