@@ -169,6 +169,8 @@ class Loader:
             if path.startswith("<std>/"):
                 data = resources.files("resgen.stdlib").joinpath(path[6:]).read_bytes()
             else:
+                if at is not None and p.is_dir():  # said as such, before the suffix rule
+                    raise IsADirectoryError(errno.EISDIR, "is a directory", path)
                 if at is not None and not os.path.realpath(p).endswith(".arch"):
                     # Only specs are imported: never read (or quote a line of) .env, /etc/shadow
                     # or /proc/self/environ, whatever a link in between is called.
