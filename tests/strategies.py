@@ -171,9 +171,56 @@ def _stage(draw, index: int, blocks: list[str], dilating: bool):
     return f"    stage layer{index} = {repeats} x {block}({', '.join(args)})", block
 
 
+# Hazards (issue 12, item 9): values on both sides of torch's argument rules, numbers that
+# overflow, and names that collide with what the generated module needs. A spec drawn with them
+# may be right or wrong; what must hold is check ok => build ok => it trains one step.
+EPS = ["1e-5", "1e-300", "1e3", "0.0", "-1.0", "1e308 * 10.0"]
+MOMENTUM = ["0.1", "0.0", "-1.0", "2.0"]
+DROPOUT = ["0.0", "0.25", "1.0", "-0.1", "1.1"]
+COLLIDING = [
+    "extra",
+    "scale",
+    "BasicBlock",
+    "Bottleneck",
+    "Custom1",
+    "SqueezeExcite",
+    "PadChannels",
+    "Net",
+    "module",
+    "index",
+    "range",
+    "nn",
+    "OrderedDict",
+]
+LAYER_NAMES = ["extra_act", "f_globals", "gi_frame", "forward", "mro", "training", "tail"]
+
+
 @st.composite
-def network_design(draw, mistake: str | None = None) -> str:
-    """A whole spec; `mistake` names the one shape error to put in (None: a valid spec)."""
+def _hazards(draw) -> dict[str, str]:
+    """Argument texts and names for network_design(hazards=True): each a risky value about one
+    time in three, so a fair share of specs is still right and goes on to build and train."""
+
+    def pick(values: list[str]) -> str:  # values[0] is the safe one
+        return draw(st.sampled_from(values[:1] * len(values) * 2 + values))
+
+    kernel = draw(st.sampled_from([1, 2, 3, 4]))
+    return {
+        "eps": pick(EPS),
+        "momentum": pick(MOMENTUM),
+        "p": pick(DROPOUT),
+        "pool_kernel": str(kernel),
+        "pool_padding": str(draw(st.integers(0, kernel // 2 + 1))),
+        "pool_dilation": str(draw(st.sampled_from([1, 1, 2]))),
+        "pool_ceil": draw(st.sampled_from(["false", "true"])),
+        "param": pick(COLLIDING),
+        "layer": pick(LAYER_NAMES),
+    }
+
+
+@st.composite
+def network_design(draw, mistake: str | None = None, hazards: bool = False) -> str:
+    """A whole spec; `mistake` names the one shape error to put in (None: a valid spec);
+    `hazards` adds the values and names of `_hazards` (the spec may then be right or wrong)."""
     channels = draw(st.sampled_from([1, 3]))
     height = draw(st.integers(1, 64))
     width = draw(st.integers(1, 64))
@@ -188,7 +235,21 @@ def network_design(draw, mistake: str | None = None) -> str:
     bn = "batchnorm"
     if mistake == "batchnorm":
         bn = f"batchnorm({stem_width + draw(st.integers(1, 4))})"
+    hazard = draw(_hazards()) if hazards else None
+    if hazard:
+        bn = f"batchnorm(eps={hazard['eps']}, momentum={hazard['momentum']})"
     stem += [f"        bn1 = {bn}", "        relu = relu(inplace=true)"]
+    if hazard:
+        pool = (
+            "maxpool"
+            if hazard["pool_dilation"] == "2"
+            else draw(st.sampled_from(["maxpool", "avgpool"]))
+        )
+        dilation = f", dilation={hazard['pool_dilation']}" if pool == "maxpool" else ""
+        stem.append(
+            f"        hpool = {pool}({hazard['pool_kernel']}, stride=1, "
+            f"padding={hazard['pool_padding']}{dilation}, ceil_mode={hazard['pool_ceil']})"
+        )
     pool = draw(st.sampled_from([None, "maxpool", "avgpool"]))
     if mistake == "pool-padding":
         pool = draw(st.sampled_from(["maxpool", "avgpool"]))
@@ -225,7 +286,9 @@ def network_design(draw, mistake: str | None = None) -> str:
 
     size = draw(st.sampled_from(["1", "1", "(2, 1)", "(1, 3)"]))
     head = [f"        avgpool = adaptive_avgpool({size})", "        flatten = flatten"]
-    if draw(st.booleans()):
+    if hazard:
+        head.append(f"        drop = dropout({hazard['p']})")
+    elif draw(st.booleans()):
         head.append("        drop = dropout(0.25)")
     in_features = ""
     if mistake == "linear":
@@ -233,6 +296,8 @@ def network_design(draw, mistake: str | None = None) -> str:
     head.append(f"        fc = linear(num_classes{in_features})")
     if draw(st.booleans()):
         head.append("        relu")  # the stem's ReLU applied again
+    if hazard:
+        head.append(f"        {hazard['layer']} = identity")
 
     text = [
         "import std.resnet",
@@ -241,6 +306,7 @@ def network_design(draw, mistake: str | None = None) -> str:
         f"    input {channels}x{height}x{width}",
         f"    param num_classes = {draw(st.integers(1, 12))}",
         f"    param width = {stem_width}",
+        *([f"    param {hazard['param']} = 1"] if hazard else []),
         "    stem {",
         *stem,
         "    }",
@@ -259,6 +325,11 @@ MISTAKES = ("too-small", "spatial", "channels", "groups", "pool-padding", "linea
 
 def valid_specs() -> st.SearchStrategy[str]:
     return network_design()
+
+
+def hazardous_specs() -> st.SearchStrategy[str]:
+    """Specs of valid_specs' design with the hazards in: right or wrong, either is possible."""
+    return network_design(hazards=True)
 
 
 def invalid_specs() -> st.SearchStrategy[tuple[str, str]]:
