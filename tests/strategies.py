@@ -13,9 +13,25 @@ from __future__ import annotations
 
 import os
 
+from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
 DEFAULT_EXAMPLES = int(os.environ.get("RESGEN_FUZZ_EXAMPLES", "0") or 0)
+
+
+# Seeded, no deadline, no example database: the same examples on every machine and every run.
+SEEDED = settings(
+    derandomize=True,
+    deadline=None,
+    database=None,
+    print_blob=True,
+    suppress_health_check=[
+        HealthCheck.too_slow,
+        HealthCheck.data_too_large,
+        HealthCheck.filter_too_much,
+        HealthCheck.function_scoped_fixture,
+    ],
+)
 
 
 def examples(default: int) -> int:

@@ -27,13 +27,13 @@ from importlib import resources
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import event, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.lark import from_lark
 from lark import Lark
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from strategies import examples  # noqa: E402
+from strategies import SEEDED, examples  # noqa: E402
 
 from resgen.cli import main  # noqa: E402
 
@@ -45,18 +45,7 @@ SECONDS = 1.0  # CPU time per command and input (wall time varies with the machi
 LOCATED = re.compile(r"^\S.*:\d+:\d+: error: ", re.M)
 NO_NETWORK = re.compile(r"defines no network")  # a library of blocks: nothing to draw or build
 
-FUZZ = settings(
-    derandomize=True,
-    deadline=None,
-    database=None,
-    print_blob=True,
-    suppress_health_check=[
-        HealthCheck.too_slow,
-        HealthCheck.data_too_large,
-        HealthCheck.filter_too_much,
-        HealthCheck.function_scoped_fixture,
-    ],
-)
+FUZZ = SEEDED
 
 
 class Hang(Exception):

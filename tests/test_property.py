@@ -17,27 +17,15 @@ import sys
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import event, given, settings
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from strategies import examples, hazardous_specs  # noqa: E402
+from strategies import SEEDED, examples, hazardous_specs  # noqa: E402
 
 from resgen.build import import_source  # noqa: E402
 from resgen.cli import main  # noqa: E402
 
 torch = pytest.importorskip("torch")
-
-PROPERTY = settings(
-    derandomize=True,
-    deadline=None,
-    database=None,
-    print_blob=True,
-    suppress_health_check=[
-        HealthCheck.too_slow,
-        HealthCheck.data_too_large,
-        HealthCheck.function_scoped_fixture,
-    ],
-)
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +42,7 @@ def _trains(source: str, shape: tuple[int, ...]) -> None:
     assert torch.isfinite(y).all(), "non-finite output"
 
 
-@settings(PROPERTY, max_examples=examples(12))
+@settings(SEEDED, max_examples=examples(12))
 @given(text=hazardous_specs())
 def test_check_ok_implies_build_ok_implies_it_trains(workdir, capsys, text):
     spec = workdir / "net.arch"
