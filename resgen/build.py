@@ -321,8 +321,9 @@ def _span_of(module: str, analysis) -> Span | None:
     node = analysis.nodes.get(module)
     if node is not None:
         return node.span
-    for node in analysis.nodes.values():
-        if node.module == module or (node.block or "").startswith(module):
+    for node in analysis.nodes.values():  # a block instance: the first layer inside it
+        block = node.block or ""
+        if node.module == module or block == module or block.startswith(module + "."):
             return node.span
     return None
 

@@ -78,7 +78,8 @@ class TooLarge(ValueError):
 
 # Bounds on drawing: the nodes of one diagram (RESGEN_MAX_DIAGRAM_NODES overrides it), and the
 # seconds `dot` may take to lay one out.
-MAX_DRAWN_NODES = int(os.environ.get("RESGEN_MAX_DIAGRAM_NODES", "1500") or 1500)
+_NODES_ENV = os.environ.get("RESGEN_MAX_DIAGRAM_NODES", "")
+MAX_DRAWN_NODES = int(_NODES_ENV) if _NODES_ENV.isdigit() else 1500  # as resgen.limits reads
 DOT_SECONDS = 60.0
 
 
