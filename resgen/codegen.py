@@ -285,11 +285,18 @@ class _Scope:
     # them. Shared by every scope of one generated module (reset by _ModuleBuilder.build).
     functions: set[str] = set()
 
-    def __init__(self, rename: Mapping[str, str] | None = None, render_op=None, floats=()):
+    def __init__(
+        self,
+        rename: Mapping[str, str] | None = None,
+        render_op=None,
+        floats=(),
+        pairs: frozenset[str] = frozenset(),
+    ):
         self.rename = dict(rename or {})
         self.used: set[str] = set()
         self.render_op = render_op
         self.floats = frozenset(floats)  # names holding a fraction: `/` stays `/` for them
+        self.pairs = pairs  # names that may hold an (h, w) pair: compared as torch broadcasts
 
     def name(self, n: str) -> str:
         self.used.add(n)
@@ -299,7 +306,9 @@ class _Scope:
         self.functions.update(
             e.name for e in E.walk(expr) if isinstance(e, S.Func) and e.name in E.DEFINED
         )
-        return E.to_python(expr, self.name, self.render_op, self.floats.__contains__)
+        return E.to_python(
+            expr, self.name, self.render_op, self.floats.__contains__, self.pairs.__contains__
+        )
 
     def atom(self, expr: S.Expr) -> Atom:
         return Atom(self.code(expr))
@@ -322,6 +331,7 @@ def _constant(expr: S.Expr | None) -> E.Value | None:
 
 
 def _params(params: Iterable[S.Param], scope: _Scope, first: list[ParamView]) -> list[ParamView]:
+    params = tuple(params)
     views, seen_default = list(first), False
     for p in params:
         name = ident(p.name)
@@ -337,6 +347,9 @@ def _params(params: Iterable[S.Param], scope: _Scope, first: list[ParamView]) ->
         else:
             views.append(ParamView(name, _annotation(value), literal(value)))
             seen_default = True
+    for p, view in zip(params, views[len(first) :], strict=True):
+        if p.name in scope.pairs and view.annotation in ("int", "int | None"):  # (h, w) passed
+            view.annotation = view.annotation.replace("int", "int | tuple[int, int]", 1)
     # Only the first keyword-only parameter carries the `*`.
     starred = False
     for v in views:
@@ -382,10 +395,13 @@ class _ModuleBuilder:
         self.num_blocks: S.Expr = zero
         for stage in spec.network.stages:
             self.num_blocks = _plus(self.num_blocks, stage.repeats)
+        # block type -> its parameters that some instance gives an (h, w) pair
+        self.pairs: dict[str, set[str]] = {name: set() for name in self.plan.blocks}
 
     def build(self) -> ModuleView:
         _Scope.functions = set()
         network = self._network()
+        self._spread_pairs()
         blocks = [self._block(plan) for plan in self.plan.blocks.values()]
         functions = _function_sources(_Scope.functions)
         for name in sorted(_Scope.functions):
@@ -551,7 +567,12 @@ class _ModuleBuilder:
         expansion_value = _constant(block.expansion)
         constant_expansion = block.expansion is not None and expansion_value is not None
         rename = {"expansion": "self.expansion"} if constant_expansion else {}
-        scope = _Scope(rename, self._op_value, self.analysis.float_names.get(plan.name, ()))
+        scope = _Scope(
+            rename,
+            self._op_value,
+            self.analysis.float_names.get(plan.name, ()),
+            frozenset(self.pairs[plan.name]),
+        )
         params = _params(block.params, scope, [ParamView("in_channels", "int", None)])
         if plan.positional:
             params += [ParamView(BLOCK_INDEX, "int", "0"), ParamView(NUM_BLOCKS, "int", "1")]
@@ -623,6 +644,34 @@ class _ModuleBuilder:
         steps.append(StepView(_apply(step.op, f"self.{attr}")))
         return channels_after(step, channels, self.plan.blocks)
 
+    # -- (h, w) pairs given to block parameters
+    def _note_pairs(self, steps: Iterable[Step], is_pair) -> None:
+        """Note the block parameters that `steps` (block layers, seq items) give a pair."""
+        for step in steps:
+            if step.kind == "block":
+                self._note_args(step.block, step.args, is_pair)
+            self._note_pairs(step.items, is_pair)
+
+    def _note_args(self, block: str, args: Mapping[str, S.Expr], is_pair) -> None:
+        self.pairs[block].update(name for name, value in args.items() if is_pair(value))
+
+    def _spread_pairs(self) -> None:
+        """From callers to the blocks they use (the plan lists a block after its callees): a
+        parameter, let or default that may be a pair makes the arguments it flows into pairs."""
+        for name in reversed(self.plan.blocks):
+            plan, names = self.plan.blocks[name], self.pairs[name]
+            names.update(p.name for p in plan.block.params if isinstance(p.default, S.Pair))
+            for let in plan.block.lets:
+                if any(r.name in names for r in E.free_refs(let.value)):
+                    names.add(let.name)
+
+            def is_pair(expr: S.Expr, names=names) -> bool:
+                return isinstance(expr, S.Pair) or (isinstance(expr, S.Ref) and expr.name in names)
+
+            self._note_pairs((*plan.main, *plan.post), is_pair)
+            if plan.shortcut is not None:
+                self._note_pairs(plan.shortcut.steps, is_pair)
+
     # -- network
     def _network(self) -> NetworkView:
         net = self.net
@@ -633,6 +682,14 @@ class _ModuleBuilder:
         steps: list[StepView] = []
         channels = self._input_channels(env)
         applied: dict[str, int] = {}
+
+        def is_pair(expr: S.Expr) -> bool:  # at the network's default arguments
+            try:
+                return isinstance(E.evaluate(expr, env), tuple)
+            except E.EvalError:
+                return False
+
+        self._note_pairs((*self.plan.stem, *self.plan.head), is_pair)
         for step in self.plan.stem:
             channels = self._network_layer(step, channels, scope, layers, steps, applied)
         dilation = 1
@@ -642,6 +699,7 @@ class _ModuleBuilder:
             plan = self.plan.blocks[stage.block]
             rule = apply_stage_rule(stage, plan.block, env, dilation)
             dilation = rule.dilation_after
+            self._note_args(stage.block, {**rule.first, **rule.rest}, is_pair)
             build, channels = self._stage(stage_plan, plan, rule, channels, scope)
             self.block_offset = _plus(self.block_offset, stage.repeats)
             info = self._stage_info(stage.name)

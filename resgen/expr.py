@@ -249,6 +249,7 @@ def _binop(expr: S.BinOp, env: Mapping[str, Value]) -> Value:
         return right
     right = evaluate(expr.right, env)
     if op in ("==", "!="):
+        left, right = _as_pairs(left, right)
         if type_name(left) != type_name(right) and not (_is_number(left) and _is_number(right)):
             raise EvalError(
                 expr.span, f"cannot compare {type_name(left)} with {type_name(right)}", codes.TYPE
@@ -297,6 +298,16 @@ def _binop(expr: S.BinOp, env: Mapping[str, Value]) -> Value:
             codes.LIMIT,
         )
     return result
+
+
+def _as_pairs(left: Value, right: Value) -> tuple[Value, Value]:
+    """An integer compared with a pair stands for (n, n), as torch reads `stride=2` of a conv:
+    `stride != 1` holds for (2, 1) and not for (1, 1)."""
+    if isinstance(left, tuple) and _is_int(right):
+        return left, (right, right)
+    if isinstance(right, tuple) and _is_int(left):
+        return (left, left), right
+    return left, right
 
 
 def _arithmetic(expr: S.BinOp, left, right) -> Value:
@@ -421,38 +432,102 @@ _PY_PRECEDENCE = {
 
 
 def to_python(
-    expr: S.Expr, name: Callable[[str], str] = str, op=None, floats=lambda _: False
+    expr: S.Expr,
+    name: Callable[[str], str] = str,
+    op=None,
+    floats=lambda _: False,
+    pairs: Callable[[str], bool] | None = None,
 ) -> str:
     """Python source for the expression. Exact `/` of integers becomes `//` (resgen checked it
     divides); `/` with a fraction stays `/` (`floats` says which names hold fractions). `op`
-    renders an op used as a value (OpRef): the code generator knows its class or factory."""
-    return _py(expr, name, op, floats)[0]
+    renders an op used as a value (OpRef): the code generator knows its class or factory.
+
+    `pairs(name)` says whether a name may hold an (h, w) pair: an `==` or `!=` between such a
+    name and an integer then compares as torch broadcasts the integer, `stride != 1` becoming
+    `stride not in (1, (1, 1))` (Python's own `(1, 1) != 1` is True)."""
+    return _py(expr, _Render(name, op, floats, pairs))[0]
 
 
-def _py(expr: S.Expr, name, op=None, floats=lambda _: False) -> tuple[str, int]:
+class _Render:
+    """What to_python renders with: names, op values, which names are fractions or pairs."""
+
+    __slots__ = ("name", "op", "floats", "pairs")
+
+    def __init__(self, name, op, floats, pairs):
+        self.name, self.op, self.floats, self.pairs = name, op, floats, pairs
+
+
+def _text(expr: S.Expr, r: _Render) -> str:
+    return _py(expr, r)[0]
+
+
+def _may_be_pair(expr: S.Expr, pairs: Callable[[str], bool] | None) -> bool:
+    if isinstance(expr, S.Pair):
+        return True
+    return pairs is not None and isinstance(expr, S.Ref) and pairs(expr.name)
+
+
+def _pair_comparison(expr: S.BinOp, r: _Render) -> tuple[str, int] | None:
+    """`x != 1` for an x that may be a pair: `x not in (1, (1, 1))`; two sides that may each
+    be an int or a pair: both spelled as pairs. None when a plain comparison is right."""
+    left, right = expr.left, expr.right
+    if not (_may_be_pair(left, r.pairs) or _may_be_pair(right, r.pairs)):
+        return None
+    if isinstance(left, S.Pair) and isinstance(right, S.Pair):
+        return None
+    prec = _PY_PRECEDENCE[expr.op]
+    for side, other in ((left, right), (right, left)):
+        k = _square(other)
+        if k is not None:
+            text, p = _py(side, r)
+            text = f"({text})" if p <= prec else text
+            return f"{text} {'not in' if expr.op == '!=' else 'in'} ({k}, ({k}, {k}))", prec
+        if isinstance(other, S.Pair):
+            return None  # an integer never equals a pair that is not square: plain == is right
+    texts = []
+    for side in (left, right):
+        text = _text(side, r)
+        texts.append(f"({text} if isinstance({text}, tuple) else ({text}, {text}))")
+    return f"{texts[0]} {expr.op} {texts[1]}", prec
+
+
+def _square(expr: S.Expr) -> int | None:
+    """k for an integer literal k or a literal pair (k, k): what an int-or-pair is compared to."""
+    if isinstance(expr, S.Int):
+        return expr.value
+    if isinstance(expr, S.Pair) and isinstance(expr.h, S.Int) and isinstance(expr.w, S.Int):
+        return expr.h.value if expr.h.value == expr.w.value else None
+    return None
+
+
+def _py(expr: S.Expr, r: _Render) -> tuple[str, int]:
     if isinstance(expr, S.Int | S.Float | S.Bool):
         return repr(expr.value), 9
     if isinstance(expr, S.Ref):
-        return name(expr.name), 9
+        return r.name(expr.name), 9
     if isinstance(expr, S.OpRef):
-        if op is None:
+        if r.op is None:
             raise ValueError(f"no rendering for the op value `{source_text(expr)}`")
-        return op(expr), 9
+        return r.op(expr), 9
     if isinstance(expr, S.Pair):
-        return f"({to_python(expr.h, name, op, floats)}, {to_python(expr.w, name, op, floats)})", 9
+        return f"({_text(expr.h, r)}, {_text(expr.w, r)})", 9
     if isinstance(expr, S.UnaryOp):
         prec = _PY_PRECEDENCE["not" if expr.op == "not" else "neg"]
-        text, p = _py(expr.operand, name, op, floats)
+        text, p = _py(expr.operand, r)
         text = f"({text})" if p < prec else text
         return (f"not {text}" if expr.op == "not" else f"-{text}"), prec
     if isinstance(expr, S.Func):
-        args = ", ".join(to_python(a, name, op, floats) for a in expr.args)
+        args = ", ".join(_text(a, r) for a in expr.args)
         return f"{expr.name}({args})", 9
+    if expr.op in ("==", "!="):
+        compared = _pair_comparison(expr, r)
+        if compared is not None:
+            return compared
     prec = _PY_PRECEDENCE[expr.op]
-    left, lp = _py(expr.left, name, op, floats)
-    right, rp = _py(expr.right, name, op, floats)
+    left, lp = _py(expr.left, r)
+    right, rp = _py(expr.right, r)
     chains = prec == _PY_PRECEDENCE["=="]  # Python reads `a < b == c` as a chain: bracket it
     left = f"({left})" if lp < prec or (chains and lp == prec) else left
     right = f"({right})" if rp <= prec else right  # left-associative operators
-    exact = expr.op == "/" and not is_float(expr, floats)
+    exact = expr.op == "/" and not is_float(expr, r.floats)
     return f"{left} {'//' if exact else expr.op} {right}", prec
