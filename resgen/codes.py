@@ -107,6 +107,13 @@ NOT_SPATIAL = _code("not-spatial", "a C x H x W op after `flatten`")
 NOT_FLAT = _code("not-flat", "a flat op (linear) before `flatten`")
 MERGE_MISMATCH = _code("merge-mismatch", "main path and shortcut give different shapes")
 DROPPED_ROWS = _code("dropped-rows", "input rows or columns that no window reads (a warning)")
+UNREAD_INPUT = _code(
+    "unread-input",
+    "rows or columns of a tensor that no path reads: strides over kernels (a warning)",
+)
+INPUT_SIZES = _code(
+    "input-sizes", "input sizes above the smallest accepted one that fail, and why (a warning)"
+)
 OVERWRITES_SAVED = _code(
     "overwrites-saved",
     "an in-place op changes a tensor autograd saved for backward (training would fail)",

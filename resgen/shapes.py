@@ -11,6 +11,8 @@ imports torch.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from fractions import Fraction
+from itertools import combinations
 from typing import TYPE_CHECKING
 
 from resgen import codes
@@ -20,7 +22,7 @@ from resgen.diagnostics import Diagnostic, Span
 from resgen.graph import INPUT, OUTPUT, SKIP, Lowering, Node, lower, no_gc
 from resgen.ops.base import SIZE_HINT, Fixed, Shape
 from resgen.plan import NetworkPlan
-from resgen.sizes import InputSizes, input_sizes
+from resgen.sizes import InputSizes, SizeFailure, input_sizes, reads, skips, windows_of
 from resgen.storage import overwritten_saves
 from resgen.text import shape_text
 
@@ -364,9 +366,11 @@ class _Inference:
         block, start = node.block, node.block_input
         side = "the identity" if role == SKIP else "the shortcut"
         why = []
-        spatial = main_shape[1:] != other_shape[1:]
-        for tip in (main, other):
-            for step in _branch(self.pred, self.nodes, tip, start):
+        # The merge's own rule says whether the channels fit (mul broadcasts a count of 1).
+        spatial = node.op.combine(main_shape[:1], other_shape[:1]) is not None
+        branches = [_branch(self.pred, self.nodes, tip, start) for tip in (main, other)]
+        for steps in branches:
+            for step in steps:
                 why.extend(self._explain(step, block, spatial))
         if not spatial and role == SKIP:
             why.append(f"the identity keeps the block input's {other_shape[0]} channels")
@@ -374,8 +378,24 @@ class _Inference:
             f"main path gives {shape_text(main_shape)} but {side} gives "
             f"{shape_text(other_shape)}" + (f"; {'; '.join(why)}" if why else "")
         )
+        gate = len(main_shape) == 3 and main_shape[1:] == (1, 1) and other_shape[1:] != (1, 1)
         if spatial:
             hint = SIZE_HINT
+            for steps, shape, against in (
+                (branches[0], main_shape, other_shape),
+                (branches[1], other_shape, main_shape),
+            ):
+                floors = [n for n in steps if _floors(self.nodes[n])]
+                if floors and shape[1:] < against[1:]:
+                    hint = (
+                        f"`ceil_mode=true` on `{_local(floors[-1], block)}` rounds its output "
+                        "up, as the padded layers of the other path do"
+                    )
+        elif gate:
+            hint = (
+                f"a gate's last layer gives the input's {other_shape[0]} channels, "
+                "e.g. `conv(in_channels, 1)`"
+            )
         elif role == SKIP:
             hint = (
                 "add a projection (`shortcut downsample when ... { conv(C, 1) batchnorm }`) "
@@ -441,7 +461,14 @@ class _Inference:
                 )
             )
         stages = self.stage_infos(layers)
-        sizes = input_sizes(self.nodes, self.pred) if self.want_sizes else None
+        sizes = (
+            input_sizes(self.nodes, self.pred, shapes, lowering.input[1:])
+            if self.want_sizes
+            else None
+        )
+        self.unread_warnings()
+        if sizes is not None and not any(d.severity == "error" for d in self.diagnostics):
+            self.size_warnings(sizes)
         if sizes is not None and sizes.smallest is not None:
             smallest = f"{sizes.smallest[0]}x{sizes.smallest[1]}"
             self.diagnostics = [
@@ -475,6 +502,127 @@ class _Inference:
             plan=lowering.plan,
             float_names=lowering.float_names,
         )
+
+    # -- warnings about the graph as a whole
+    def unread_warnings(self) -> None:
+        """Rows and columns of a tensor that no layer reads: every reader is a window, and some
+        stride over their kernels (ResNet v1's strided 1x1 on both paths of a downsampling
+        block reads one position in four: the observation behind ResNet-D, He et al. 2019).
+        Counted exactly at the analysed size: a position is read when some reader's window
+        covers both its row and its column."""
+        readers: dict[str, list[str]] = {}
+        for node_id in self.nodes:
+            for p in self.pred[node_id]:
+                readers.setdefault(p, []).append(node_id)
+        for tensor, users in readers.items():
+            windows = [windows_of(self.nodes[u]) for u in users]
+            if any(w is None for w in windows) or not any(skips(a) for w in windows for a in w):
+                continue  # something reads all of it, or nothing skips rows
+            result = self.shapes[tensor]
+            shape = result.out_shape
+            if result.tainted or shape is None or len(shape) != 3 or len(users) > 12:
+                continue
+            height, width = shape[1], shape[2]
+            rows = [reads(w[0], height) for w in windows]
+            columns = [reads(w[1], width) for w in windows]
+            read = 0
+            for size in range(1, len(users) + 1):  # inclusion-exclusion over the readers
+                for group in combinations(range(len(users)), size):
+                    both = len(set.intersection(*(rows[i] for i in group))) * len(
+                        set.intersection(*(columns[i] for i in group))
+                    )
+                    read += both if size % 2 else -both
+            total = height * width
+            if read >= total:
+                continue
+            skipping = [i for i, w in enumerate(windows) if skips(w[0]) or skips(w[1])]
+            first = self.nodes[users[skipping[0]]]
+            block = first.block
+            who = "; ".join(
+                f"{_local(users[i], block)} ({self.nodes[users[i]].label('x')}) reads "
+                f"{len(rows[i])} of {height} rows and {len(columns[i])} of {width} columns"
+                for i in skipping
+            )
+            message = (
+                f"{_fraction(total - read, total)} of {self._tensor_name(tensor, users)} "
+                f"({shape_text(shape)}) is read by no layer: {who}"
+            )
+            self.report(
+                _NodeCheck(self, first, False, None),
+                codes.UNREAD_INPUT,
+                message,
+                hint="a kernel at least as large as its stride reads every row; ResNet-D puts "
+                "the stride on the 3x3 and average-pools the shortcut (std.timm's BottleneckD)",
+                severity="warning",
+                layer=block or first.id,
+            )
+
+    def _tensor_name(self, tensor: str, users: list[str]) -> str:
+        if tensor == INPUT:
+            return "the network input"
+        blocks = {self.nodes[u].block for u in users}
+        block = next(iter(blocks))
+        if len(blocks) == 1 and block is not None and self.nodes[tensor].block != block:
+            return f"the input of {block}"
+        return f"the output of {tensor}"
+
+    def size_warnings(self, sizes: InputSizes) -> None:
+        """Input sizes above the smallest accepted one that fail: `summary` lists the sizes,
+        check says that some fail, where, and why (one warning for both axes when they agree)."""
+        failures = [f for f in sizes.failures if f is not None]
+        if len(failures) == 2 and sizes.accepted[0] == sizes.accepted[1]:
+            a, b = failures
+            if (a.node, a.kind, a.size) == (b.node, b.kind, b.size):
+                failures = [replace(a, axis=-1)]
+        for failure in failures:
+            node = self.nodes[failure.node]
+            axis = failure.axis
+            label = ("heights", "widths", "sizes")[axis]
+            accepted = sizes.accepted[max(axis, 0)]
+            other = ""
+            if sizes.coupled:
+                other = (
+                    " (each with the other axis as analysed)"
+                    if axis < 0
+                    else f" (the {('width', 'height')[axis]} at {self.lowering.input[2 - axis]})"
+                )
+            block = node.block
+            culprits = "; ".join(f"{_local(n, block)}: {text}" for n, text in failure.culprits)
+            where, hint, at = self._failure_cause(failure, node)
+            message = f"accepted input {label}{other}: {accepted}; {failure.size} fails {where}" + (
+                f"; {culprits}" if culprits else ""
+            )
+            self.report(
+                _NodeCheck(self, at, False, None),
+                codes.INPUT_SIZES,
+                message,
+                hint=hint,
+                severity="warning",
+                layer=block or node.id,
+            )
+
+    def _failure_cause(self, failure: SizeFailure, node: Node) -> tuple[str, str, Node]:
+        """Where a size fails in words, the hint, and the node to point at."""
+        if failure.kind == "features":
+            features = self.shapes[node.id].in_shape
+            count = features[0] if features else "its"
+            return (
+                f"at `{node.id}`, built for {count} flattened features",
+                "put `adaptive_avgpool(1)` before `flatten` to accept any size",
+                node,
+            )
+        if failure.kind == "too-small":
+            return f"at `{node.id}`: its window does not fit", SIZE_HINT, node
+        for name, _ in failure.culprits:
+            culprit = self.nodes[name]
+            if _floors(culprit):
+                return (
+                    f"at the merge of {node.block}",
+                    f"`ceil_mode=true` on `{_local(name, node.block)}` rounds its output up, as "
+                    "the padded layers of the other path do",
+                    culprit,
+                )
+        return f"at the merge of {node.block}", SIZE_HINT, node
 
     def _params_follow(self, node: Node) -> bool:
         """Whether a tainted node's parameter count is still the model's: conv and batch norm
@@ -526,6 +674,28 @@ class _Inference:
                 info.receptive_field = (geometry[2], geometry[3])
             previous, previous_shape = geometry, info.out_shape
         return [infos[name] for name in order]
+
+
+def _local(name: str, block: str | None) -> str:
+    """A node's name inside its block (`conv1` for `layer2.0.conv1`)."""
+    return name[len(block) + 1 :] if block and name.startswith(block + ".") else name
+
+
+def _floors(node: Node) -> bool:
+    """A strided pool that rounds its output down where ceil_mode would round it up."""
+    op = node.op
+    if op is None or op.param("ceil_mode") is None or node.args.get("ceil_mode"):
+        return False
+    windows = op.spatial(node.args)
+    return isinstance(windows, tuple) and any(w.stride > 1 for w in windows)
+
+
+def _fraction(part: int, whole: int) -> str:
+    """`3/4` when the fraction is simple, else a count and a percentage."""
+    exact = Fraction(part, whole)
+    if exact.denominator <= 16:
+        return f"{exact.numerator}/{exact.denominator}"
+    return f"{part:,} of {whole:,} positions ({100 * part / whole:.0f}%)"
 
 
 def _flattens(result: ShapeResult) -> bool:

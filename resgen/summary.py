@@ -287,7 +287,10 @@ def totals(analysis: Analysis) -> list[tuple[str, str]]:
             ("No rows dropped", sizes.no_dropped_rows),
             ("Evenly divided", sizes.exact),
         ):
-            items.append((label, pair[0] if pair[0] == pair[1] else f"H: {pair[0]}; W: {pair[1]}"))
+            text = pair[0] if pair[0] == pair[1] else f"H: {pair[0]}; W: {pair[1]}"
+            if sizes.coupled and label == "Accepted sizes":  # a flattened size is fixed
+                text += " (each axis with the other as analysed)"
+            items.append((label, text))
     return items
 
 
@@ -319,6 +322,7 @@ def to_json(analysis: Analysis, memory=None, budget: int | None = None) -> dict:
             "accepted": list(sizes.accepted),
             "no_dropped_rows": list(sizes.no_dropped_rows),
             "exact": list(sizes.exact),
+            "coupled": sizes.coupled,  # each axis described with the other as analysed
         },
         "stages": [
             {

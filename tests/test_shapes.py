@@ -624,7 +624,10 @@ def test_worked_arithmetic_text():
 @pytest.mark.parametrize("path", sorted(SPECS.glob("*.arch")), ids=lambda p: p.stem)
 def test_reference_specs_have_no_diagnostics(path):
     analysis = analyse(Loader().load(path))
-    assert analysis.ok and analysis.diagnostics == []
+    # ResNet v1's strided 1x1s read a quarter of each downsampling block's input, faithfully
+    # (tests/test_input_sizes.py checks the count against torch)
+    expected = ["unread-input"] if path.stem == "resnet50_v1" else []
+    assert analysis.ok and [d.code for d in analysis.diagnostics] == expected
     classes = {p.name: p.default for p in Loader().load(path).network.params}["num_classes"]
     assert analysis.output == (classes.value,)  # 1000 for ImageNet specs, 10 for CIFAR ones
 
