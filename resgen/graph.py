@@ -137,6 +137,14 @@ class Lowering:
         return pred
 
     @cached_property
+    def succ(self) -> dict[str, dict[str, dict]]:
+        """node -> {successor: {"role": role}}, as networkx's `DiGraph.succ` has it."""
+        succ: dict[str, dict[str, dict]] = {node: {} for node in self.nodes}
+        for source, target, role in self.edges:
+            succ[source][target] = {"role": role}
+        return succ
+
+    @cached_property
     def graph(self) -> nx.DiGraph:
         return digraph(self.nodes, self.edges, network=self.network.name)
 

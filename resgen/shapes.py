@@ -22,7 +22,15 @@ from resgen.diagnostics import Diagnostic, Span
 from resgen.graph import INPUT, OUTPUT, SKIP, Lowering, Node, lower, no_gc
 from resgen.ops.base import SIZE_HINT, Fixed, Shape
 from resgen.plan import NetworkPlan
-from resgen.sizes import InputSizes, SizeFailure, input_sizes, reads, skips, windows_of
+from resgen.sizes import (
+    InputSizes,
+    SizeFailure,
+    gapped_axes,
+    input_sizes,
+    reads,
+    skipping_readers,
+    skips,
+)
 from resgen.storage import overwritten_saves
 from resgen.text import shape_text
 
@@ -461,12 +469,13 @@ class _Inference:
                 )
             )
         stages = self.stage_infos(layers)
+        readers = skipping_readers(self.nodes, self.pred, self.lowering.succ)
         sizes = (
-            input_sizes(self.nodes, self.pred, shapes, lowering.input[1:])
+            input_sizes(self.nodes, self.pred, shapes, lowering.input[1:], gapped_axes(readers))
             if self.want_sizes
             else None
         )
-        self.unread_warnings()
+        self.unread_warnings(readers)
         if sizes is not None and not any(d.severity == "error" for d in self.diagnostics):
             self.size_warnings(sizes)
         if sizes is not None and sizes.smallest is not None:
@@ -504,20 +513,15 @@ class _Inference:
         )
 
     # -- warnings about the graph as a whole
-    def unread_warnings(self) -> None:
+    def unread_warnings(self, readers: dict[str, list]) -> None:
         """Rows and columns of a tensor that no layer reads: every reader is a window, and some
         stride over their kernels (ResNet v1's strided 1x1 on both paths of a downsampling
         block reads one position in four: the observation behind ResNet-D, He et al. 2019).
         Counted exactly at the analysed size: a position is read when some reader's window
-        covers both its row and its column."""
-        readers: dict[str, list[str]] = {}
-        for node_id in self.nodes:
-            for p in self.pred[node_id]:
-                readers.setdefault(p, []).append(node_id)
-        for tensor, users in readers.items():
-            windows = [windows_of(self.nodes[u]) for u in users]
-            if any(w is None for w in windows) or not any(skips(a) for w in windows for a in w):
-                continue  # something reads all of it, or nothing skips rows
+        covers both its row and its column. `readers`: resgen.sizes.skipping_readers."""
+        for tensor, found in readers.items():
+            users = [r for r, _ in found]
+            windows = [w for _, w in found]
             result = self.shapes[tensor]
             shape = result.out_shape
             if result.tainted or shape is None or len(shape) != 3 or len(users) > 12:

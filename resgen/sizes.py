@@ -86,13 +86,17 @@ class InputSizes:
 
 
 def input_sizes(
-    nodes: Mapping, preds: Mapping, shapes: Mapping | None = None, analysed=(1, 1)
+    nodes: Mapping,
+    preds: Mapping,
+    shapes: Mapping | None = None,
+    analysed=(1, 1),
+    gapped: tuple[bool, bool] = (False, False),
 ) -> InputSizes:
     """Search both axes. `nodes` are the graph's records in forward order (resgen.graph.Node),
     `preds` each node's predecessors, `shapes` the analysed ShapeResult per node (needed for the
-    flatten constraint; without it, it is left out) and `analysed` the analysed (H, W)."""
+    flatten constraint; without it, it is left out), `analysed` the analysed (H, W) and
+    `gapped` per axis whether some tensor has rows no reader reads at any size (gapped_axes)."""
     program = _spatial_program(nodes, preds, shapes or {})
-    gapped = _gapped_axes(nodes, preds)
     coupled = _coupled(program)
     results = []
     for axis in (0, 1):
@@ -116,6 +120,7 @@ def _spatial_program(nodes: Mapping, preds: Mapping, shapes: Mapping) -> list[_S
     slot: dict[str, int] = {}
     program: list[_Step] = []
     flat: set[str] = set()  # nodes whose output is flattened features
+    windows: dict[int, object] = {}  # id(args) -> the op's spatial answer: instances share args
     for node_id, node in nodes.items():
         if node.kind == "input":
             slot[node_id] = len(program)
@@ -150,7 +155,10 @@ def _spatial_program(nodes: Mapping, preds: Mapping, shapes: Mapping) -> list[_S
                 flat.add(node_id)
                 step = _Step("flat", inputs, before[0], node_id)
             else:
-                spatial = node.op.spatial(node.args)
+                key = id(node.args)
+                if key not in windows:
+                    windows[key] = node.op.spatial(node.args)
+                spatial = windows[key]
                 if isinstance(spatial, Fixed):
                     step = _Step("fixed", inputs, spatial, node_id)
                 elif spatial is not None and not all(w.keeps_size() for w in spatial):
@@ -397,32 +405,47 @@ def skips(window: Window) -> bool:
     return s > 1 and len({(j * d) % s for j in range(k)}) < s
 
 
-def _gapped_axes(nodes: Mapping, preds: Mapping) -> tuple[bool, bool]:
-    """Per axis: whether some tensor is read only by windows that together leave rows between
-    their positions unread, so no input size has every row read."""
-    consumers: dict[str, list] = {}
+def skipping_readers(nodes: Mapping, preds: Mapping, succ: Mapping) -> dict[str, list]:
+    """The tensors (by producing node) that only windows read, some of them skipping rows or
+    columns, each with its readers' (node id, windows) in forward order."""
+    memo: dict[tuple, object] = {}
+    tensors: dict[str, None] = {}
     for node_id, node in nodes.items():
-        for p in preds.get(node_id, ()):
-            consumers.setdefault(p, []).append(node)
+        spatial = windows_of(node, memo)
+        if spatial is not None and (skips(spatial[0]) or skips(spatial[1])):
+            tensors.update(dict.fromkeys(preds[node_id]))
+    found = {}
+    for tensor in tensors:
+        readers = [(r, windows_of(nodes[r], memo)) for r in succ[tensor]]
+        if all(w is not None for _, w in readers):
+            found[tensor] = readers
+    return found
+
+
+def gapped_axes(readers: Mapping[str, list]) -> tuple[bool, bool]:
+    """Per axis: whether some tensor of `skipping_readers` has rows between its readers'
+    windows that none reads, so that no input size has every row read."""
     gapped = [False, False]
-    for readers in consumers.values():
-        windows = [windows_of(r) for r in readers]
-        if any(w is None for w in windows):
-            continue  # something reads all of it
+    for users in readers.values():
         for axis in (0, 1):
-            taps = [w[axis] for w in windows]
-            if any(skips(t) for t in taps) and not _covers(taps):
+            if not _covers([w[axis] for _, w in users]):
                 gapped[axis] = True
     return gapped[0], gapped[1]
 
 
-def windows_of(node) -> tuple[Window, Window] | None:
+def windows_of(node, memo: dict | None = None) -> tuple[Window, Window] | None:
     """A reader's windows, or None when it reads every position (merges, fixed pools, ops that
-    do not slide a window)."""
+    do not slide a window). `memo` keeps answers per (op, arguments): instances share them."""
     if node.kind != "layer" or node.op is None or not node.known:
         return None
+    key = (id(node.op), id(node.args))
+    if memo is not None and key in memo:
+        return memo[key]
     spatial = node.op.spatial(node.args)
-    return spatial if isinstance(spatial, tuple) else None
+    result = spatial if isinstance(spatial, tuple) else None
+    if memo is not None:
+        memo[key] = result
+    return result
 
 
 def _covers(windows: Sequence[Window]) -> bool:

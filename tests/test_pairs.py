@@ -88,15 +88,17 @@ STD_BLOCKS = [
 
 
 def test_every_stride_block_of_the_library_is_listed():
-    """A block added to the library with a stride parameter joins the list above."""
+    """A block added to the library with a stride parameter joins the list above. std.regnet
+    computes its padding from the stride (timm's get_padding), arithmetic pairs do not have."""
     import resgen.stdlib
 
     library = Path(resgen.stdlib.__file__).parent
     found = set()
-    for module in ("resnet", "timm", "cifar", "preact"):
-        spec = load(library / f"{module}.arch")
+    for path in library.glob("*.arch"):
+        if path.stem == "regnet":
+            continue
+        spec = load(path)
         found |= {name for name, block in spec.blocks.items() if block.param("stride")}
-    assert {p.stem for p in library.glob("*.arch")} == {"resnet", "timm", "cifar", "preact"}
     assert found == {b for _, b, _, _ in STD_BLOCKS}
 
 
