@@ -13,8 +13,9 @@ unless they depend on a network parameter.
 from __future__ import annotations
 
 import keyword
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+import textwrap
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path, PurePath
 
 from resgen import codes, designspace, ops
@@ -24,6 +25,7 @@ from resgen.diagnostics import Diagnostic, Span, SpecError
 from resgen.graph import application_id
 from resgen.guard import UnsafeCode, check_source
 from resgen.names import BLOCK_INDEX, IN_CHANNELS, NUM_BLOCKS, STAGE_INDEX
+from resgen.ops.base import NORM
 from resgen.ops.layers import FLAT
 from resgen.output import PY_MARK
 from resgen.plan import (
@@ -130,7 +132,8 @@ class BlockView:
 @dataclass
 class ZeroInitView:
     block: str
-    weight: str  # `module.bn3.weight`
+    params: tuple[str, ...]  # `module.bn3.weight`: zeroed, they make the residual branch zero
+    norm: bool = True  # the branch's last batch norm, torchvision's rule
     conditional: bool = False  # only instances with a residual (`merge ... when`)
 
 
@@ -150,6 +153,7 @@ class NetworkView:
     steps: list[StepView]
     zero_init: list[ZeroInitView]
     inits: list[InitView]
+    zero_init_comment: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -723,7 +727,13 @@ class _ModuleBuilder:
                     self.imports[ORDERED_DICT] = None
         for step in self.plan.head:
             channels = self._network_layer(step, channels, scope, layers, steps, applied)
-        zero_init = [z for plan in self.plan.blocks.values() if (z := _zero_init(plan))]
+        zero_init, left = [], []
+        for plan in self.plan.blocks.values():
+            found = _zero_init(plan, self.plan.blocks)
+            if isinstance(found, ZeroInitView):
+                zero_init.append(found)
+            elif found is not None:
+                left.append(f"`{plan.name}` is left as it is: {found}.")
         has_zero_param = any(p.name == "zero_init_residual" for p in net.params)
         if zero_init and not has_zero_param:
             params.append(ParamView("zero_init_residual", "bool", "False"))
@@ -738,6 +748,7 @@ class _ModuleBuilder:
             steps,
             zero_init,
             self._inits(),
+            _zero_init_comment(zero_init, left),
         )
 
     def _inits(self) -> list[InitView]:
@@ -1109,24 +1120,118 @@ def _block_arguments(block: S.Block, given: Mapping[str, S.Expr], scope: _Scope)
     return args
 
 
-def _zero_init(plan: BlockPlan) -> ZeroInitView | None:
-    """The last layer of a residual block's main path whose op has a `zero_init` parameter (the
-    last batch norm): zeroing it starts the block as an identity, as torchvision's
-    zero_init_residual does."""
+def _zero_init(plan: BlockPlan, plans: Mapping[str, BlockPlan]) -> ZeroInitView | str | None:
+    """What zero_init_residual zeroes in a residual block: the last layer of its main path with
+    parameters whose zeros make its output zero, provided every layer after it maps zeros to
+    zeros at initialisation (each op declares both: Op.zeroed, Op.maps_zero), so that the
+    residual branch starts at zero. torchvision's blocks give their last batch norm; a branch
+    ending in a convolution with a bias gives that convolution's weight and bias. A reason when
+    no layer can do it, None for a block that is not residual."""
     if plan.merge is None or not plan.merge.residual:
         return None
-    conditional = plan.block.merge_condition is not None  # only instances with a residual
-    for step in reversed(plan.main):
-        if step.op is not None and step.op.zero_init:
-            weight = f"module.{ident(step.attr)}.{step.op.zero_init}"
-            return ZeroInitView(ident(plan.name), weight, conditional)
-        for index in reversed(range(len(step.items))):
-            item = step.items[index]
-            if item.op is not None and item.op.zero_init:
-                where = f".{ident(item.attr)}" if item.attr is not None else f"[{index}]"
-                weight = f"module.{ident(step.attr)}{where}.{item.op.zero_init}"
-                return ZeroInitView(ident(plan.name), weight, conditional)
-    return None
+    found = _zero_target(plan.main, plan, plans, "module")
+    if isinstance(found, ZeroInitView):
+        found.block = ident(plan.name)
+        found.conditional = plan.block.merge_condition is not None  # instances with a residual
+        return found
+    return found if found is not _KEEPS else "no layer of its residual branch can be zeroed"
+
+
+_KEEPS = "every layer keeps zero"  # _zero_target's answer when nothing blocks or can be zeroed
+
+
+def _zero_target(steps: Sequence[Step], owner: BlockPlan, plans, prefix: str):
+    """The view for the last zeroable layer of `steps` after which every layer keeps zero, a
+    reason when a layer that neither keeps zero nor can be zeroed comes after it, or _KEEPS."""
+    for index in reversed(range(len(steps))):
+        step = steps[index]
+        path = f"{prefix}.{ident(step.attr)}" if step.attr is not None else f"{prefix}[{index}]"
+        if step.kind in ("seq", "block"):
+            inner = plans[step.block] if step.kind == "block" else None
+            if inner is not None and inner.merge is not None:
+                if _block_keeps_zero(inner, plans):
+                    continue  # a squeeze-excite gate: x * gate(x) is zero for a zero x
+                return f"`{step.attr}` ({inner.name}) does not give zeros for zeros"
+            found = (
+                _zero_target(step.items, owner, plans, path)
+                if inner is None
+                else _zero_target(inner.main + inner.post, inner, plans, path)
+            )
+            if found is _KEEPS:
+                continue
+            return found
+        if step.kind == "dynamic":  # its op is a parameter's value, per instance
+            return f"`{step.attr}` is made by the op in `{step.via}`, which may not keep zeros"
+        op, values, name = _op_values(step, owner)
+        zeroed = op.zeroed(values) if step.kind == "op" else ()
+        if zeroed:
+            return ZeroInitView("", tuple(f"{path}.{p}" for p in zeroed), op.family is NORM)
+        if not op.maps_zero(values):
+            return (
+                f"its residual branch ends in `{name}` ({op.label(values, 'x')}) after its last "
+                "layer that can be zeroed, and that does not map zeros to zeros"
+            )
+    return _KEEPS
+
+
+def _op_values(step: Step, owner: BlockPlan) -> tuple[ops.Op, dict, str]:
+    """A layer's op (a reuse's: the module it applies again), its constant arguments with the
+    op's defaults, and its name."""
+    target = step
+    if step.kind == "reuse":
+        target = next(s for s in (*owner.main, *owner.post) if s.attr == step.target)
+    constants = {name: _constant(expr) for name, expr in target.args.items()}
+    known = {name: value for name, value in constants.items() if value is not None}
+    return target.op, target.op.with_defaults(known, set(target.args)), step.attr or target.op.name
+
+
+def _keeps_zero(steps: Iterable[Step], owner: BlockPlan, plans) -> bool:
+    """Whether every layer of `steps` maps zeros to zeros at initialisation."""
+    for step in steps:
+        if step.kind == "seq":
+            keeps = _keeps_zero(step.items, owner, plans)
+        elif step.kind == "block":
+            keeps = _block_keeps_zero(plans[step.block], plans)
+        elif step.kind == "dynamic":
+            keeps = False  # its op is a parameter's value, per instance
+        else:
+            op, values, _ = _op_values(step, owner)
+            keeps = op.maps_zero(values)
+        if not keeps:
+            return False
+    return True
+
+
+def _block_keeps_zero(plan: BlockPlan, plans) -> bool:
+    """Whether a block gives zeros for zeros: its paths, joined as its merge joins them (a sum
+    needs both zero, a product either), then `post`. A shortcut that is absent for some instance
+    is the identity there, which keeps zero."""
+    main = _keeps_zero(plan.main, plan, plans)
+    post = _keeps_zero(plan.post, plan, plans)
+    if plan.merge is None:
+        return main and post
+    shortcut = plan.shortcut is None or _keeps_zero(plan.shortcut.steps, plan, plans)
+    return plan.merge.zero_when(main, shortcut) and plan.merge.zero_when(main, True) and post
+
+
+def _zero_init_comment(zero_init: list[ZeroInitView], left: list[str]) -> list[str]:
+    """The comment above the zero_init_residual loop: torchvision's when it zeroes last batch
+    norms only; otherwise what it does; then the blocks it leaves as they are, and why."""
+    if all(z.norm for z in zero_init):
+        lines = [
+            "Zero-initialise the last BN of each residual branch, so that every residual block",
+            "starts as an identity (https://arxiv.org/abs/1706.02677).",
+        ]
+    else:
+        lines = textwrap.wrap(
+            "Zero-initialise the last layer of each residual branch whose zeros make the branch "
+            "output zero (its last BN, or a final convolution's weight and bias), so that every "
+            "residual block starts as its shortcut (https://arxiv.org/abs/1706.02677).",
+            88,
+        )
+    for note in left:
+        lines += textwrap.wrap(note, 88)
+    return lines
 
 
 def _repeats_text(stage: S.Stage, rule) -> str:

@@ -13,7 +13,8 @@ attributes and methods answer every question a later stage asks, so no stage com
     emit                    the nn.Module it becomes, its initialisation, helper code, imports
     label(args)             how summaries and diagrams name it; `family` gives its colour
     stateless               no parameters or buffers: one module may be applied again by name
-    zero_init               the parameter whose zeros make the output zero (zero_init_residual)
+    zero_init, zeroed(args) the parameters whose zeros make the output zero (zero_init_residual)
+    keeps_zero, maps_zero   whether a zero input gives a zero output at initialisation
     parameters(args, x)     the shapes of its parameter tensors; buffers(args, x) its buffers'
     storage(args, training) where its output lives: a new tensor, the input's storage (a view, or
                             the input itself), or the input overwritten in place
@@ -350,7 +351,11 @@ class Op:
     family: ClassVar[Family] = OTHER
     stateless: ClassVar[bool] = False
     emit: ClassVar[Emit | None] = None
-    zero_init: ClassVar[str | None] = None
+    # zero_init_residual (Goyal et al. 2017) zeroes a residual branch at its last layer that has
+    # parameters whose zeros make its output zero (`zeroed`), provided every layer after it maps
+    # a zero input to a zero output at initialisation (`maps_zero`).
+    zero_init: ClassVar[str | tuple[str, ...] | None] = None
+    keeps_zero: ClassVar[bool] = False
     # How torch.autocast (mixed precision) runs the op: "lower" casts its input and weights to
     # the low-precision dtype (torch's lower-precision list: convolutions, linear layers),
     # "float32" casts them up, None runs it in its input's dtype.
@@ -392,6 +397,19 @@ class Op:
     def counts(self, args: Args, x: Shape, y: Shape | None) -> Counts:
         """Parameters, buffers and MACs for input `x`; `y` is None when inference failed."""
         return NO_COUNTS
+
+    def zeroed(self, args: Args) -> tuple[str, ...]:
+        """The parameters whose zeros make the output zero whatever the input, the others at
+        their initial values (a batch norm's weight: its bias starts at 0); () when none do.
+        `args` may lack an argument that is not a constant. Default: `zero_init`."""
+        if self.zero_init is None:
+            return ()
+        return (self.zero_init,) if isinstance(self.zero_init, str) else tuple(self.zero_init)
+
+    def maps_zero(self, args: Args) -> bool:
+        """Whether a zero input gives a zero output at the op's initial parameters (ReLU and
+        pools do; a sigmoid gives 0.5, a convolution its bias). Default: `keeps_zero`."""
+        return self.keeps_zero
 
     def label(self, args: Args, times: str = "×") -> str:
         """A short description, e.g. `conv 3×3 s2 p1`; `times` joins the two axes of a size."""
@@ -473,6 +491,11 @@ class Merge(Op):
     def combine(self, main: Shape, other: Shape) -> Shape | None:
         """The joined shape, or None when the two do not fit together."""
         return main if main == other else None
+
+    def zero_when(self, main: bool, other: bool) -> bool:
+        """Whether the merge gives zeros when its main input is zeros (`main`) and when its
+        other input is (`other`): a sum needs both, a product either."""
+        return main and other
 
 
 def is_default(value, default) -> bool:

@@ -86,6 +86,13 @@ def _sliding(op: str, channels: int, x: Shape, windows, check: Check) -> Shape |
     return (channels, *sizes)
 
 
+def _weight_and_bias(args: Args) -> tuple[str, ...]:
+    """What zeroes a conv's or linear's output: its weight, and its bias when it has one (None
+    when `bias` is not a constant: the code could not say which)."""
+    bias = args.get("bias")
+    return ("weight", "bias") if bias is True else ("weight",) if bias is False else ()
+
+
 def _window_label(name: str, args: Args, times: str, extras) -> str:
     """`conv 3×3 s2 p1`: the kernel, then each (argument, key, default) that is not default."""
     shown = [
@@ -151,6 +158,12 @@ class Conv(Op):
                 break
         return _sliding(self.name, out, x, _windows(args), check)
 
+    def zeroed(self, args):
+        return _weight_and_bias(args)
+
+    def maps_zero(self, args):
+        return args.get("bias") is False
+
     def counts(self, args, x, y):
         # The weights follow the channels, whatever the sizes do: counted even when y is None.
         out, kernel = args["channels"], args["kernel"]
@@ -199,7 +212,8 @@ class BatchNorm(Op):
     )
     accepts = "spatial"
     family = NORM
-    zero_init = "weight"
+    zero_init = "weight"  # its bias starts at 0
+    keeps_zero = True  # bias 0, running mean 0; a batch of zeros has mean 0
     emit = Emit(
         "nn.BatchNorm2d",
         in_channels="num_features",
@@ -250,6 +264,7 @@ class ReLU(Op):
     params = (Param("inplace", "bool", False, "inplace"),)
     family = ACT
     stateless = True
+    keeps_zero = True
     emit = Emit("nn.ReLU")
 
     def storage(self, args, training):
@@ -274,6 +289,7 @@ class _Pool(Op):
     accepts = "spatial"
     family = POOL
     stateless = True
+    keeps_zero = True
 
     def spatial(self, args):
         return _windows(args)
@@ -340,6 +356,7 @@ class AdaptiveAvgPool(Op):
     accepts = "spatial"
     family = POOL
     stateless = True
+    keeps_zero = True
     emit = Emit("nn.AdaptiveAvgPool2d", positional=("size",))
 
     def spatial(self, args):
@@ -362,6 +379,7 @@ class Flatten(Op):
     name = "flatten"
     doc = "flatten C x H x W to one axis (start_dim=1)"
     stateless = True
+    keeps_zero = True
     emit = Emit("nn.Flatten")
 
     def channels(self, args, c):
@@ -416,6 +434,12 @@ class Linear(Op):
             )
         return (args["features"],)
 
+    def zeroed(self, args):
+        return _weight_and_bias(args)
+
+    def maps_zero(self, args):
+        return args.get("bias") is False
+
     def counts(self, args, x, y):
         out = args["features"]
         return Counts(x[0] * out + (out if args["bias"] else 0), 0, x[0] * out)
@@ -441,6 +465,7 @@ class Dropout(Op):
     doc = "dropout"
     params = (Param("p", "float", 0.5, "p", minimum=0, maximum=1),)
     stateless = True
+    keeps_zero = True
     emit = Emit("nn.Dropout")
 
     def label(self, args, times="×"):
@@ -466,6 +491,7 @@ class Identity(Op):
     name = "identity"
     doc = "does nothing; keeps a name in the module tree"
     stateless = True
+    keeps_zero = True
     emit = Emit("nn.Identity")
 
     def storage(self, args, training):
@@ -493,6 +519,7 @@ class PadChannels(Op):
     )
     accepts = "spatial"
     stateless = True
+    keeps_zero = True
     emit = Emit(
         "PadChannels",
         positional=("channels",),

@@ -30,6 +30,9 @@ class Mul(Merge):
         # mul: `other` for the input's gradient, the input for `other`'s (derivatives.yaml)
         return (Saved("input", needed_by="other"), Saved("other", needed_by="input"))
 
+    def zero_when(self, main, other):
+        return main or other
+
     def combine(self, main, other):
         """Broadcasting as torch does: C x H x W times C x 1 x 1 is C x H x W."""
         if main == other:

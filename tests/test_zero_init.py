@@ -1,0 +1,200 @@
+"""zero_init_residual against torch: each op's declaration (Op.maps_zero, Op.zeroed) checked on
+its own module, then random residual blocks: with the option on, a block with an identity
+shortcut and no post-merge layer returns its input exactly, and a block resgen leaves alone is
+one where zeroing no single layer of the residual branch would make it do so (found by trying
+each in torch)."""
+
+from __future__ import annotations
+
+import random
+import re
+
+import pytest
+
+from resgen import ops
+from resgen.build import analyse, import_source, load
+from resgen.codegen import generate
+
+torch = pytest.importorskip("torch")
+
+# One use of each built-in op, as the only layer of a network on a 4x6x6 input (flat ops get a
+# flatten first); `None` marks ops resgen cannot zero-initialise.
+OP_USES = [
+    "conv(4, 3, padding=1)",
+    "conv(4, 3, padding=1, bias=false)",
+    "batchnorm",
+    "relu",
+    "relu(inplace=true)",
+    "sigmoid",
+    "maxpool(3, stride=1, padding=1)",
+    "avgpool(3, stride=1, padding=1)",
+    "adaptive_avgpool(2)",
+    "flatten",
+    "linear(5)",
+    "linear(5, bias=false)",
+    "dropout",
+    "identity",
+    "pad_channels(6)",
+]
+
+
+def _network(tmp_path, body: str, name="n"):
+    path = tmp_path / f"{name}.arch"
+    path.write_text(body)
+    spec = load(path)
+    analysis = analyse(spec)
+    assert analysis.ok, analysis.diagnostics
+    source = generate(spec, analysis)
+    return spec, analysis, source, import_source(source, spec.network.name)
+
+
+def test_every_builtin_op_is_covered():
+    used = {re.match(r"\w+", use).group() for use in OP_USES}
+    assert used == {op.name for op in ops.registered() if not isinstance(op, ops.Merge)}
+
+
+@pytest.mark.parametrize("use", OP_USES)
+@torch.no_grad()
+def test_op_declarations_match_torch(tmp_path, use):
+    flat = use.startswith("linear")
+    stem = ("f = flatten " if flat else "") + f"l = {use}"
+    _, analysis, _, module = _network(tmp_path, f"network n {{ input 4x6x6 stem {{ {stem} }} }}")
+    node = analysis.nodes["l"]
+    layer = module.n().l
+    shape = (2, 4 * 36) if flat else (2, 4, 6, 6)
+    for mode in (layer.train, layer.eval):  # batch norm: batch statistics and running ones
+        mode()
+        out = layer(torch.zeros(shape))
+        assert bool((out == 0).all()) is node.op.maps_zero(node.args), use
+    zeroed = node.op.zeroed(node.args)
+    if zeroed:
+        for name in zeroed:
+            torch.nn.init.constant_(getattr(layer, name), 0)
+        assert bool((layer(torch.randn(shape)) == 0).all()), use
+    else:  # nothing to zero: no parameters, or they cannot give zeros
+        assert not list(layer.parameters()) or not node.op.zeroed(node.args)
+
+
+# Layers that keep C x H x W, to build residual branches from.
+LAYERS = [
+    "conv(in_channels, 3, padding=1)",
+    "conv(in_channels, 3, padding=1, bias=false)",
+    "conv(in_channels, 1)",
+    "batchnorm",
+    "relu",
+    "sigmoid",
+    "identity",
+    "dropout",
+    "avgpool(3, stride=1, padding=1)",
+    "maxpool(3, stride=1, padding=1)",
+    "seq { conv(in_channels, 1, bias=false) batchnorm }",
+    "seq { batchnorm sigmoid }",
+    "SE()",
+    "ConvBN()",
+    "Gated()",
+]
+
+LIBRARY = """
+block SE() {
+    main {
+        pool = adaptive_avgpool(1) fc1 = conv(2, 1) act = relu fc2 = conv(in_channels, 1)
+        gate = sigmoid
+    }
+    merge mul
+}
+block ConvBN() { main { conv = conv(in_channels, 1, bias=false) bn = batchnorm } }
+block Gated() { main { conv = conv(in_channels, 1) act = sigmoid } merge mul }
+"""
+
+
+def _random_blocks(seed: int, count: int) -> list[tuple[str, bool]]:
+    rng = random.Random(seed)
+    blocks = []
+    for _ in range(count):
+        layers = [rng.choice(LAYERS) for _ in range(rng.randint(1, 4))]
+        blocks.append(
+            (" ".join(f"l{i} = {layer}" for i, layer in enumerate(layers)), rng.random() < 0.25)
+        )
+    return blocks
+
+
+@torch.no_grad()
+def test_random_residual_blocks_start_as_their_shortcut(tmp_path):
+    blocks = _random_blocks(13, 40)
+    text = LIBRARY
+    for index, (main, projection) in enumerate(blocks):
+        shortcut = "shortcut proj { conv(in_channels, 1) }" if projection else ""
+        text += f"block R{index}() {{ main {{ {main} }} {shortcut} merge add }}\n"
+    stem = " ".join(f"b{i} = R{i}()" for i in range(len(blocks)))
+    _, _, source, module = _network(
+        tmp_path, text + f"network n {{ input 4x6x6 stem {{ {stem} }} }}"
+    )
+    zeroed = set(re.findall(r"isinstance\(module, (R\d+)\)", source))
+    model = module.n(zero_init_residual=True).eval()
+    x = torch.randn(2, 4, 6, 6, generator=torch.Generator().manual_seed(0))
+    checked = 0
+    for index, (main, projection) in enumerate(blocks):
+        block = getattr(model, f"b{index}")
+        expected = block.proj(x) if projection else x
+        if f"R{index}" in zeroed:
+            assert torch.equal(block(x), expected), main
+            checked += 1
+        else:
+            assert f"`R{index}` is left as it is" in source
+            assert not _some_layer_zeroes(module.n().eval(), f"b{index}", x, projection), main
+    assert 10 <= checked < len(blocks)  # the draw exercises both answers
+
+
+def _some_layer_zeroes(model, name: str, x, projection: bool) -> bool:
+    """Whether zeroing all parameters of one module of the residual branch makes the block
+    return its shortcut exactly: tried on each module that has parameters."""
+    block = getattr(model, name)
+    candidates = [m for n, m in block.named_modules() if n and not n.startswith("proj")]
+    for module in candidates:
+        params = list(module.parameters(recurse=False))
+        if not params:
+            continue
+        saved = [p.detach().clone() for p in params]
+        for p in params:
+            p.zero_()
+        same = torch.equal(block(x), block.proj(x) if projection else x)
+        for p, value in zip(params, saved, strict=True):
+            p.copy_(value)
+        if same:
+            return True
+    return False
+
+
+@torch.no_grad()
+def test_the_issue_example_convnext_like(tmp_path):
+    """dwconv -> norm -> 1x1 conv with bias -> act -> 1x1 conv with bias: zeroing the norm left
+    the output up to 0.75 away from the input; zeroing the last conv's weight and bias makes the
+    block an identity."""
+    text = """block CNX() {
+    main {
+        dw = conv(in_channels, 3, padding=1, groups=in_channels)
+        norm = batchnorm
+        pw1 = conv(in_channels * 4, 1)
+        act = relu
+        pw2 = conv(in_channels, 1)
+    }
+    merge add
+}
+network n { input 8x8x8 stem { b = CNX() } }
+"""
+    _, _, source, module = _network(tmp_path, text)
+    assert "nn.init.constant_(module.pw2.weight, 0)" in source
+    assert "nn.init.constant_(module.pw2.bias, 0)" in source
+    model = module.n(zero_init_residual=True).eval()
+    x = torch.randn(2, 8, 8, 8)
+    assert torch.equal(model(x), x)
+
+
+def test_torchvision_blocks_keep_their_rule_and_comment():
+    from pathlib import Path
+
+    spec = load(Path(__file__).resolve().parents[1] / "specs" / "resnet50.arch")
+    source = generate(spec)
+    assert "nn.init.constant_(module.bn3.weight, 0)" in source
+    assert "# Zero-initialise the last BN of each residual branch" in source
+    assert "left as it is" not in source
