@@ -103,12 +103,14 @@ class PreActResNet(nn.Module):
             elif isinstance(module, nn.BatchNorm2d):
                 nn.init.constant_(module.weight, 1)
                 nn.init.constant_(module.bias, 0)
-        # Zero-initialise the last BN of each residual branch, so that every residual block
-        # starts as an identity (https://arxiv.org/abs/1706.02677).
+        # Zero-initialise the last layer of each residual branch whose zeros make the branch
+        # output zero (every layer after it keeps zeros), so that every residual block starts as
+        # its shortcut (https://arxiv.org/abs/1706.02677; timm zeroes the last convolution of
+        # pre-activation blocks the same way).
         if zero_init_residual:
             for module in self.modules():
                 if isinstance(module, PreActBottleneck):
-                    nn.init.constant_(module.bn3.weight, 0)
+                    nn.init.constant_(module.conv3.weight, 0)
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.conv1(x)  # 64x112x112

@@ -1225,12 +1225,14 @@ def _zero_init_comment(zero_init: list[ZeroInitView], left: list[str]) -> list[s
     else:
         lines = textwrap.wrap(
             "Zero-initialise the last layer of each residual branch whose zeros make the branch "
-            "output zero (its last BN, or a final convolution's weight and bias), so that every "
-            "residual block starts as its shortcut (https://arxiv.org/abs/1706.02677).",
+            "output zero (every layer after it keeps zeros), so that every residual block starts "
+            "as its shortcut (https://arxiv.org/abs/1706.02677; timm zeroes the last convolution "
+            "of pre-activation blocks the same way).",
             88,
+            break_on_hyphens=False,
         )
     for note in left:
-        lines += textwrap.wrap(note, 88)
+        lines += textwrap.wrap(note, 88, break_on_hyphens=False)
     return lines
 
 
