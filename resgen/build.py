@@ -215,8 +215,11 @@ def _check_memory(analysis, limit: float | None) -> None:
 def verify(
     spec: S.Spec, analysis, *, max_memory: float | None = None
 ) -> tuple[list[Difference], int]:
-    """Run the generated model once at the analysed input size and compare it with `analysis`.
-    Returns the differences and how many layer outputs were compared.
+    """Run the generated model at the analysed input size and compare it with `analysis`: every
+    layer's output shape, the counts, and the values of the graph's own forward pass, in which
+    each path reads its input unchanged (resgen.reference). The input is seeded noise: zeros
+    would hide an in-place ReLU. Returns the differences and how many layer outputs were
+    compared.
 
     Before torch allocates anything, `memory_estimate` is compared with `max_memory` (bytes;
     None: half the available memory; math.inf: no limit) and MemoryBudget is raised above it.
@@ -226,6 +229,9 @@ def verify(
     _check_memory(analysis, default_memory_limit() if max_memory is None else max_memory)
     import torch
 
+    from resgen.reference import first_mismatch
+
+    x = torch.randn(1, *analysis.input, generator=torch.Generator().manual_seed(0))
     network_span = spec.network.span
     try:
         model = import_source(codegen.generate(spec, analysis), spec.network.name)
@@ -265,7 +271,7 @@ def verify(
             ]
     try:
         with torch.no_grad():
-            output = net(torch.zeros(1, *analysis.input))
+            output = net(x.clone())
     except Exception as err:  # the prediction said this runs: that is the difference
         where = running[-1] if running else "forward pass"
         span = _span_of(where, analysis) or network_span
@@ -305,6 +311,16 @@ def verify(
                 "output",
                 _shape(analysis.output),
                 _shape(tuple(output.shape[1:])),
+                network_span,
+            )
+        )
+    mismatch = None if differences else first_mismatch(net, analysis, x)
+    if mismatch is not None:
+        differences.append(
+            Difference(
+                f"{mismatch.node} values",
+                "the graph's forward, where each path reads its input unchanged",
+                f"values up to {mismatch.difference:.3g} away",
                 network_span,
             )
         )

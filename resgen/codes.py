@@ -72,7 +72,8 @@ RECURSIVE_BLOCK = _code("recursive-block", "a block that contains itself")
 EMPTY_BLOCK = _code("empty-block", "a block without `main` layers")
 SHORTCUT_WITHOUT_MERGE = _code("shortcut-without-merge", "a shortcut with nothing to join it")
 OVERWRITES_SHORTCUT_INPUT = _code(
-    "overwrites-shortcut-input", "an in-place layer changes a tensor the shortcut reads"
+    "overwrites-shortcut-input",
+    "an in-place layer changes a tensor another path reads afterwards",
 )
 MULTIPLE_NETWORKS = _code("multiple-networks", "a file that defines more than one network")
 MISSING_INPUT = _code("missing-input", "a network without an `input` shape")

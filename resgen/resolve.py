@@ -776,8 +776,6 @@ class _FileResolver:
                     hint="`shortcut NAME from LAYER` reads the output of a layer "
                     "declared in `main`",
                 )
-            elif shortcut.source is not None:
-                self._check_not_overwritten(main, declared, shortcut.source, owner)
             layers = self._items(shortcut.layers, scope, owner, f"shortcut `{shortcut.name}`")
             shortcut = shortcut.model_copy(update={"condition": cond, "layers": layers})
             if block.merge is None:
@@ -816,27 +814,6 @@ class _FileResolver:
                 "post": post,
             }
         )
-
-    def _check_not_overwritten(
-        self, main, declared: dict[str, S.Layer], source: str, owner: str
-    ) -> None:
-        """The layer after a shortcut's `from` layer must not change that output in place."""
-        index = next(
-            i for i, layer in enumerate(main) if layer.kind != "reuse" and layer.name == source
-        )
-        if index + 1 >= len(main):
-            return
-        after = main[index + 1]
-        target = declared.get(after.name) if after.kind == "reuse" else after
-        inplace = target.arg("inplace") if target is not None and target.kind == "op" else None
-        if isinstance(inplace, S.Bool) and inplace.value:
-            self.diags.error(
-                after.span,
-                codes.OVERWRITES_SHORTCUT_INPUT,
-                f"`{after.name}` changes `{source}`'s output in place, but "
-                f"{owner}'s shortcut reads that output",
-                hint=f"declare `{after.name}` with `inplace=false`",
-            )
 
     def _check_block_recursion(self, block: S.Block) -> None:
         def callees(b: S.Block):

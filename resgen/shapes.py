@@ -15,7 +15,7 @@ from fractions import Fraction
 from itertools import combinations
 from typing import TYPE_CHECKING
 
-from resgen import codes
+from resgen import aliasing, codes
 from resgen import spec as S
 from resgen.codes import Code
 from resgen.diagnostics import Diagnostic, Span
@@ -469,6 +469,7 @@ class _Inference:
                 )
             )
         stages = self.stage_infos(layers)
+        self.diagnostics.extend(aliasing.diagnostics(self.nodes, self.lowering))
         readers = skipping_readers(self.nodes, self.pred, self.lowering.succ)
         sizes = (
             input_sizes(self.nodes, self.pred, shapes, lowering.input[1:], gapped_axes(readers))

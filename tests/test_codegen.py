@@ -241,7 +241,9 @@ def test_corner_cases(odd):
     assert "        expansion = planes // 4\n" in source
     assert "self.layer1 = nn.Sequential(Plain(8, planes=4), Plain(4, planes=4))" in source
     assert "        identity = self.proj(x)\n" in source and "identity = x" not in source
-    assert "    def __init__(self) -> None:\n" in source and "def odd() -> Odd:" in source
+    # Gate's branch ends in a conv with a bias: zeroing both starts it at zero (zero_init.py)
+    assert "def odd(\n    zero_init_residual: bool = False,\n) -> Odd:" in source
+    assert "nn.init.constant_(module.conv.bias, 0)" in source
     assert "self.fc = nn.Linear(192, 5)" in source
 
 

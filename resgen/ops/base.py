@@ -21,6 +21,8 @@ attributes and methods answer every question a later stage asks, so no stage com
     saves(args, x, y, dev)  the tensors autograd keeps for its backward pass (resgen.memory)
     temporaries(...)        what else it allocates in an inference pass (max pooling's indices)
     autocast                how torch.autocast runs it: in lower precision, in float32, or as is
+    in_place(args), aliases whether it writes into its input tensor; whether its output may be
+                            its input itself or a view of it (resgen.aliasing)
 
 Built-in ops live in resgen.ops.layers and resgen.ops.merges; a plugin declares its own the same
 way and registers it (resgen.ops.register, or the `resgen.ops` entry-point group).
@@ -360,6 +362,9 @@ class Op:
     # the low-precision dtype (torch's lower-precision list: convolutions, linear layers),
     # "float32" casts them up, None runs it in its input's dtype.
     autocast: ClassVar[Autocast | None] = None
+    # The output may be the input tensor itself or a view of it (nn.Identity, nn.Flatten,
+    # nn.Dropout in eval mode): an in-place write after it reaches the input (resgen.aliasing).
+    aliases: ClassVar[bool] = False
     # The distribution that registered this op (None for resgen's own): named in its errors.
     plugin: str | None = None
 
@@ -410,6 +415,11 @@ class Op:
         """Whether a zero input gives a zero output at the op's initial parameters (ReLU and
         pools do; a sigmoid gives 0.5, a convolution its bias). Default: `keeps_zero`."""
         return self.keeps_zero
+
+    def in_place(self, args: Args) -> bool:
+        """Whether the op writes its result into its input tensor: torch's `inplace=True`
+        (the default reads an `inplace` argument, torch's keyword for it)."""
+        return bool(args.get("inplace", False))
 
     def label(self, args: Args, times: str = "×") -> str:
         """A short description, e.g. `conv 3×3 s2 p1`; `times` joins the two axes of a size."""
@@ -487,10 +497,18 @@ class Merge(Op):
     # The main path is added to the shortcut, so zeroing the main path's last scale makes the
     # block an identity at initialisation (zero_init_residual, Goyal et al. 2017).
     residual: ClassVar[bool] = False
+    # `statement` writes the sum into the main path's output (`out += identity`), so the merge's
+    # output is that tensor (resgen.aliasing).
+    writes_main: ClassVar[bool] = False
 
     def combine(self, main: Shape, other: Shape) -> Shape | None:
         """The joined shape, or None when the two do not fit together."""
         return main if main == other else None
+
+    def apply(self, main, other):
+        """The merge on two tensors, out of place: what `statement` computes (resgen.reference
+        runs the graph's own forward with it)."""
+        raise NotImplementedError
 
     def zero_when(self, main: bool, other: bool) -> bool:
         """Whether the merge gives zeros when its main input is zeros (`main`) and when its

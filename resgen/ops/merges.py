@@ -11,6 +11,10 @@ class Add(Merge):
     glyph = "+"
     statement = "out += identity"
     residual = True
+    writes_main = True
+
+    def apply(self, main, other):
+        return main + other
 
     def storage(self, args, training):
         return "in-place"  # `out += identity` overwrites the main path's output
@@ -29,6 +33,9 @@ class Mul(Merge):
     def saves(self, args, x, y, device):
         # mul: `other` for the input's gradient, the input for `other`'s (derivatives.yaml)
         return (Saved("input", needed_by="other"), Saved("other", needed_by="input"))
+
+    def apply(self, main, other):
+        return main * other
 
     def zero_when(self, main, other):
         return main or other
