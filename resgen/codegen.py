@@ -301,6 +301,7 @@ class _Scope:
         self.render_op = render_op
         self.floats = frozenset(floats)  # names holding a fraction: `/` stays `/` for them
         self.pairs = pairs  # names that may hold an (h, w) pair: compared as torch broadcasts
+        self.features_used = False  # a layer after `flatten` read the block's `in_features`
 
     def name(self, n: str) -> str:
         self.used.add(n)
@@ -439,6 +440,9 @@ class _ModuleBuilder:
         known from the analysis."""
         if step.kind == "seq":
             return self._sequential(step.items, channels, scope, node)
+        if channels is FLAT and node is None:  # after a flatten in a block: its in_features
+            scope.features_used = True
+            channels = S.Ref(span=step.span, name=FEATURES)
         if step.kind == "block":
             plan = self.plan.blocks[step.block]
             arguments = _block_arguments(plan.block, step.args, scope)
@@ -448,19 +452,17 @@ class _ModuleBuilder:
                 ]
             elif plan.positional:  # in the stem or head
                 arguments += list(self._at(plan, E.literal(0, step.span), scope))
+            if node is not None and _needs_features(plan, self.plan.blocks):
+                features = self._flat_features(plan, channels, step.args, node)
+                arguments.append(Keyword(FEATURES, scope.atom(features)))
             return Call(ident(plan.name), (scope.atom(channels), *arguments))
         if step.kind == "dynamic":
             return self._dynamic(step, channels, scope)
         if step.kind != "op":
             raise CodeError(f"layer `{step.attr}` of kind {step.kind} cannot be built")
         if step.op.emit.in_channels is not None and channels is FLAT:
-            raise E.EvalError(
-                step.span,
-                f"`{step.op.name}` after `flatten` inside a block: its input size depends on "
-                "H x W, which a block's code cannot know",
-                codes.FLATTEN_IN_BLOCK,
-                hint="put flatten and what follows it in the network's head",
-            )
+            # the analysis reports what code cannot size (flatten-in-block)
+            raise CodeError(f"cannot tell the input size of `{step.attr or step.op.name}`")
         if step.op.emit.owned is not None:  # a parameter of the block itself (layer scale)
             return self._owned(step.op, step.args, scope, scope.atom(channels))
         return self._op_call(step.op, step.args, scope, scope.atom(channels))
@@ -603,6 +605,14 @@ class _ModuleBuilder:
         post: list[StepView] = []
         for step in plan.post:
             channels = self._block_layer(step, channels, scope, post_layers, post)
+        if scope.features_used:  # a layer after flatten: its size per instance, from the caller
+            params.append(ParamView(FEATURES, "int", None, star_before=True))
+            starred = False  # only the first keyword-only parameter carries the `*`
+            for view in params:
+                view.star_before, starred = (
+                    view.star_before and not starred,
+                    starred or view.star_before,
+                )
         lets = _lets(block.lets, scope)
         merge = plan.merge
         inline = merge is not None and merge.inline is not None and shortcut is None
@@ -794,6 +804,8 @@ class _ModuleBuilder:
         after = channels_after(step, channels, self.plan.blocks)
         if after is not FLAT:
             return after
+        if step.kind == "block":  # a block ending in flatten: its features at this instance
+            return self._flat_features(self.plan.blocks[step.block], channels, step.args, node)
         in_shape = self._shape_of(node, "in_shape")
         if in_shape is None or len(in_shape) != 3:
             raise E.EvalError(
@@ -883,7 +895,7 @@ class _ModuleBuilder:
                     items.append(rest)
                 else:
                     items.append(Starred(Repeated(rest, str(rule.repeats - 1))))
-            elif repeats_free:
+            elif repeats_free:  # the analysis reports it (codegen), with repeats_alike
                 raise CodeError(
                     f"stage `{stage.name}` changes its channel count from block to "
                     "block, so its repeat count must be a constant"
@@ -949,6 +961,27 @@ class _ModuleBuilder:
             else Call("", tuple(items), "[]")
         )
         return Call("nn.Sequential", (Call("OrderedDict", (pairs,)),)), out
+
+    def _flat_features(
+        self, plan: BlockPlan, channels: Channels, args: Mapping[str, S.Expr], instance: str
+    ) -> S.Expr:
+        """The feature count the flatten of block instance `instance` gives: the channels
+        entering it, in the caller's names, times H x W there (from the analysis)."""
+        env = plan.scope.exprs({IN_CHANNELS: channels, **args})
+        c: Channels = S.Ref(span=plan.span, name=IN_CHANNELS)
+        for step, path in _flat_walk((*plan.main, *plan.post)):
+            after = channels_after(step, c, self.plan.blocks)
+            if after is FLAT:
+                in_shape = self._shape_of(f"{instance}.{path}", "in_shape")
+                if in_shape is None or len(in_shape) != 3:
+                    break
+                area = E.literal(in_shape[1] * in_shape[2], step.span)
+                before = E.substitute(c, env.get)
+                return E.fold(S.BinOp(span=step.span, op="*", left=before, right=area))
+            c = after
+        raise E.EvalError(
+            plan.span, f"cannot tell the size of `{instance}`'s flatten", codes.FLATTEN_SIZE
+        )
 
     # -- analysis lookups
     def _shape_of(self, node: str, which: str) -> tuple | None:
@@ -1101,6 +1134,31 @@ class _Containers:
 
 # Locals the generated __init__ itself uses.
 RESERVED_LOCALS = frozenset({"module", "self", STAGE_INDEX})
+
+
+FEATURES = "in_features"  # the block parameter of the feature count entering its flat layers
+
+
+def _flat_walk(steps: Iterable[Step]) -> Iterable[tuple[Step, str]]:
+    """Each op and block of a path with its node path, seq items in place of their seq."""
+    for step in steps:
+        if step.kind == "seq":
+            yield from _flat_walk(step.items)
+        elif step.kind != "reuse":
+            yield step, step.path
+
+
+def _needs_features(plan: BlockPlan, plans: Mapping[str, BlockPlan]) -> bool:
+    """Whether a layer after the block's flatten is sized by its input (a linear), so the block
+    takes `in_features`."""
+    flat = False
+    for step, _ in _flat_walk((*plan.main, *plan.post)):
+        sized = step.op is None or step.op.emit is None or step.op.emit.in_channels is not None
+        if flat and sized:
+            return True
+        if channels_after(step, S.Ref(span=plan.span, name=IN_CHANNELS), plans) is FLAT:
+            flat = True
+    return False
 
 
 def _block_arguments(block: S.Block, given: Mapping[str, S.Expr], scope: _Scope) -> list[Code]:

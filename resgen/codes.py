@@ -127,7 +127,9 @@ OVER_BUDGET = _code(
 )
 
 # -- code generation
-FLATTEN_IN_BLOCK = _code("flatten-in-block", "a layer after `flatten` inside a block")
+FLATTEN_IN_BLOCK = _code(
+    "flatten-in-block", "a flatten in a block that a stage repeats or another block contains"
+)
 FLATTEN_SIZE = _code("flatten-size", "a flatten whose input size is unknown")
 CODEGEN = _code("codegen", "a spec the code generator cannot write")
 UNSAFE_CODE = _code("unsafe-code", "rendered code outside what resgen emits (user templates)")

@@ -16,12 +16,13 @@ from itertools import combinations
 from typing import TYPE_CHECKING
 
 from resgen import aliasing, codes
+from resgen import expr as E
 from resgen import spec as S
 from resgen.codes import Code
 from resgen.diagnostics import Diagnostic, Span
 from resgen.graph import INPUT, OUTPUT, SKIP, Lowering, Node, lower, no_gc
 from resgen.ops.base import SIZE_HINT, Fixed, Shape
-from resgen.plan import NetworkPlan
+from resgen.plan import NetworkPlan, elaborate
 from resgen.sizes import (
     InputSizes,
     SizeFailure,
@@ -31,6 +32,7 @@ from resgen.sizes import (
     skipping_readers,
     skips,
 )
+from resgen.stages import apply_stage_rule, repeats_alike
 from resgen.storage import overwritten_saves
 from resgen.text import shape_text
 
@@ -138,15 +140,69 @@ def analyse(
     `sizes=False` skips the search for the input sizes the network accepts (`input_sizes` is
     then None), which is most of the time of a small network: a sweep needs only the counts."""
     with no_gc():
+        plan = plan or (elaborate(spec) if spec.network is not None else None)
         lowering = lower(spec, input_shape, plan)
         analysis = _Inference(lowering, sizes).run()
         # Training would fail at backward: an in-place op on a tensor autograd saved (storage).
         overwritten = overwritten_saves(analysis.nodes, lowering.edges, analysis.shapes)
-    if overwritten:
-        analysis.diagnostics = sorted(analysis.diagnostics + overwritten, key=Diagnostic.sort_key)
+    found = overwritten + _code_limits(spec, plan, analysis)
+    if found:
+        analysis.diagnostics = sorted(analysis.diagnostics + found, key=Diagnostic.sort_key)
         analysis.ok = False
     analysis.diagnostics = _with_instantiation_notes(analysis.diagnostics, spec.network)
     return analysis
+
+
+def _code_limits(spec: S.Spec, plan: NetworkPlan, analysis: Analysis) -> list[Diagnostic]:
+    """What generated code cannot express, reported by check (check ok means build ok): a
+    helper class resgen writes for an op (PadChannels) named like a block, the network's class
+    or its factory, and a stage whose blocks change the channel count with a repeat count that
+    is a network parameter."""
+    net, found = spec.network, []
+    taken = {name: f"block `{name}`" for name in analysis.block_types.values()}
+    taken[net.python_class] = "the network's class"  # resolve keeps these two apart
+    taken[net.name] = "the network's factory function"
+    for node in analysis.nodes.values():
+        emit = node.op.emit if node.op is not None else None
+        if emit is None or not emit.helper or emit.cls not in taken:
+            continue
+        name = emit.cls
+        found.append(
+            Diagnostic(
+                spec.blocks[name].span if name in spec.blocks else net.span,
+                codes.CODEGEN,
+                f"{taken[name]} and the class resgen writes for `{node.op.name}` would both be "
+                f"`{name}` in the generated module",
+                hint="rename the block (or give the network another `class`)",
+            )
+        )
+        taken.pop(name)
+    if not analysis.ok:
+        return found
+    try:
+        env, _ = plan.scope.values({}, lambda expr, values, _: E.evaluate(expr, values))
+        dilation = 1
+        for stage_plan in plan.stages:
+            stage = stage_plan.stage
+            block = plan.blocks[stage.block]
+            rule = apply_stage_rule(stage, block.block, env, dilation)
+            dilation = rule.dilation_after
+            entering = S.Ref(span=stage.span, name="channels")
+            if E.free_refs(stage.repeats) and not repeats_alike(block, entering, rule):
+                found.append(
+                    Diagnostic(
+                        stage.span,
+                        codes.CODEGEN,
+                        f"stage `{stage.name}` changes the channel count from block to block, "
+                        f"so its repeat count `{E.source_text(stage.repeats)}` must be a constant "
+                        "for code (each block's constructor call is written out)",
+                        hint="give the repeat count as a number",
+                        layer=stage.name,
+                    )
+                )
+    except E.EvalError:  # reported by the analysis already
+        pass
+    return found
 
 
 def _with_instantiation_notes(
@@ -470,6 +526,7 @@ class _Inference:
             )
         stages = self.stage_infos(layers)
         self.diagnostics.extend(aliasing.diagnostics(self.nodes, self.lowering))
+        self.flatten_placement()
         readers = skipping_readers(self.nodes, self.pred, self.lowering.succ)
         sizes = (
             input_sizes(self.nodes, self.pred, shapes, lowering.input[1:], gapped_axes(readers))
@@ -512,6 +569,37 @@ class _Inference:
             plan=lowering.plan,
             float_names=lowering.float_names,
         )
+
+    # -- the graph as a whole
+    def flatten_placement(self) -> None:
+        """A flatten's output size depends on H x W at that instance; the generated code gives it
+        to a block used as a network layer (`in_features`), not to a block a stage repeats or one
+        inside another block, whose classes are written once for all instances."""
+        stage_blocks = {b: e.name for e in self.lowering.stages for b in e.blocks}
+        types = self.lowering.block_types
+        for node_id, node in self.nodes.items():
+            block = node.block
+            if block is None or node.kind != "layer" or not _flattens(self.shapes[node_id]):
+                continue
+            parts = block.split(".")
+            outer = [".".join(parts[:i]) for i in range(1, len(parts))]
+            outer = [b for b in outer if b in types]
+            if block in stage_blocks:
+                where = f"a block of stage `{stage_blocks[block]}`"
+            elif outer:
+                where = f"inside block `{outer[-1]}`"
+            else:
+                continue
+            self.report(
+                _NodeCheck(self, node, self.shapes[node_id].tainted, None),
+                codes.FLATTEN_IN_BLOCK,
+                f"`{_local(node_id, block)}` flattens inside `{block}` ({types[block]}), "
+                f"{where}: what follows needs its size, H x W at each instance, which only a "
+                "block used as a layer of the network is given",
+                hint=f"use {types[block]} as a layer of the network's head (`head {{ h = "
+                f"{types[block]}(...) }}`), or flatten in the head",
+                layer=block,
+            )
 
     # -- warnings about the graph as a whole
     def unread_warnings(self, readers: dict[str, list]) -> None:

@@ -82,3 +82,14 @@ def apply_stage_rule(
             "it for the padding and dilation of its 3x3 convolutions",
         )
     return StageBlocks(repeats, first, rest, after)
+
+
+def repeats_alike(block_plan, channels, rule: StageBlocks) -> bool:
+    """Whether the blocks after a stage's first one give the channel count they take, so one
+    constructor call can repeat (`*[Block(256, 64) for _ in range(n)]`): true for torchvision's
+    stages, false for a block whose output grows (DenseNet-like). Code needs it when the repeat
+    count is a network parameter. `block_plan` is the block's resgen.plan.BlockPlan."""
+    from resgen.plan import block_out
+
+    out = block_out(block_plan, channels, rule.first)
+    return E.to_python(block_out(block_plan, out, rule.rest)) == E.to_python(out)
