@@ -515,19 +515,18 @@ def test_linear_after_flatten_gets_channels_times_area(tmp_path):
     assert model(torch.zeros(1, 3, 8, 8)).shape == (1, 10)
 
 
-def test_flatten_inside_a_block_is_a_located_error(tmp_path):
+def test_flatten_inside_a_head_block_gets_its_size(tmp_path):
+    # Issue 13: check said ok and build refused. The block takes in_features, each instance's
+    # C x H x W at its flatten: 3 channels at 2x2 here.
     spec = tmp_path / "inner.arch"
     spec.write_text(
         "block Head(classes) {\n"
         "    main { p = adaptive_avgpool(2) f = flatten fc = linear(classes) }\n}\n"
         "network inner {\n    input 3x8x8\n    stem { h = Head(10) }\n}\n"
     )
-    from resgen.diagnostics import SpecError
-
-    with pytest.raises(SpecError) as info:
-        resgen.generate(str(spec))
-    (diag,) = info.value.diagnostics
-    assert (diag.code, diag.span.line, diag.span.column) == ("flatten-in-block", 2, 48)
+    source = resgen.generate(str(spec))
+    assert "self.fc = nn.Linear(in_features, classes)" in source
+    assert "self.h = Head(3, 10, in_features=12)" in source
 
 
 def test_flatten_inside_a_head_seq_gets_its_size(tmp_path):
