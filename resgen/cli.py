@@ -25,6 +25,11 @@ EXIT_OK, EXIT_SPEC_ERROR, EXIT_USAGE = 0, 1, 2
 def parse_input(text: str) -> tuple[int | None, int, int]:
     """`3x512x512` or `512x384` (H x W, channels from the spec)."""
     parts = text.lower().replace("×", "x").split("x")
+    if len(parts) == 4 and all(p.strip().isdigit() for p in parts):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} has four sizes: 3-D (video) inputs, C x T x H x W, are out of scope; "
+            "resgen's networks are 2-D (nn.Conv2d): give CxHxW or HxW"
+        )
     if len(parts) not in (2, 3) or not all(p.strip().isdigit() for p in parts):
         raise argparse.ArgumentTypeError(f"expected CxHxW or HxW, e.g. 3x224x224, not {text!r}")
     values = [int(p) for p in parts]
@@ -162,10 +167,19 @@ def loader_for(args) -> Loader:
     return Loader(params=tuple(getattr(args, "param", None) or ()))
 
 
+def _version() -> str:
+    import resgen
+
+    return resgen.__version__
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="resgen",
         description="Check, summarise, draw and generate ResNet-family networks from .arch specs.",
+    )
+    parser.add_argument(
+        "--version", action="version", version=f"resgen {_version()}", help="print the version"
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -213,7 +227,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("diagram", help="draw the architecture with Graphviz")
     p.add_argument("spec", metavar="SPEC")
-    p.add_argument("--format", choices=["svg", "png", "pdf", "dot"], default="svg")
+    p.add_argument(
+        "--format",
+        choices=["svg", "png", "pdf", "dot"],
+        default=None,
+        help="default: from -o FILE's extension, else svg",
+    )
     p.add_argument("--detail", choices=["stages", "blocks", "layers"], default="stages")
     p.add_argument("--rankdir", choices=["LR", "TB"], default="TB")
     p.add_argument("-o", "--output", default=None, metavar="FILE")
@@ -467,15 +486,24 @@ def cmd_diagram(args) -> int:
     from resgen.shapes import analyse
 
     settings = memory_settings(args)
-    out = diagram.output_path(args.spec, args.detail, args.format, args.output)
-    implied = diagram.KNOWN_SUFFIXES.get(out.suffix.lower())
-    if implied is not None and implied != args.format:
+    given = Path(args.output) if args.output and not Path(args.output).is_dir() else None
+    suffix = given.suffix.lower() if given is not None else ""
+    implied = diagram.KNOWN_SUFFIXES.get(suffix)
+    if args.format is None:  # from the file name: `-o net.png` draws a PNG
+        args.format = implied or "svg"
+    if suffix and implied != args.format:  # never an SVG inside a .jpg
+        known = ", ".join(sorted(diagram.KNOWN_SUFFIXES))
         print(
-            f"resgen: error: {out} looks like {implied}, but the format is {args.format}: "
-            f"pass --format {implied}",
+            f"resgen: error: {given} "
+            + (
+                f"looks like {implied}, but the format is {args.format}: pass --format {implied}"
+                if implied
+                else f"is not a diagram file resgen writes ({known}): use one of those"
+            ),
             file=sys.stderr,
         )
         return EXIT_USAGE
+    out = diagram.output_path(args.spec, args.detail, args.format, args.output)
     # Refused before any work: a file of the user's, a directory, a device, a FIFO.
     problem = target_problem(out, KINDS[args.format], args.force)
     if problem:

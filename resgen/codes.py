@@ -108,6 +108,9 @@ NOT_SPATIAL = _code("not-spatial", "a C x H x W op after `flatten`")
 NOT_FLAT = _code("not-flat", "a flat op (linear) before `flatten`")
 MERGE_MISMATCH = _code("merge-mismatch", "main path and shortcut give different shapes")
 DROPPED_ROWS = _code("dropped-rows", "input rows or columns that no window reads (a warning)")
+INPUT_LAYOUT = _code(
+    "input-layout", "an input that looks like H x W x C, given where C x H x W goes (a warning)"
+)
 UNREAD_INPUT = _code(
     "unread-input",
     "rows or columns of a tensor that no path reads: strides over kernels (a warning)",

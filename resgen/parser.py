@@ -171,12 +171,22 @@ _SHAPES_OF = {
 
 
 def _hint_for(err: UnexpectedInput, text: str) -> str | None:
-    """When `x` was expected, the statement's form: `x` is easy to leave out of both forms."""
+    """When `x` was expected, the statement's form: `x` is easy to leave out of both forms.
+    A fourth size after `input C x H x W`: 3-D networks are out of scope, said so."""
     expected = getattr(err, "expected", None) or getattr(err, "allowed", None) or ()
-    if "`x`" not in {_describe_terminal(n) for n in expected}:
-        return None
     token = getattr(err, "token", None)
     end = token.start_pos if token is not None and token.start_pos is not None else len(text)
+    if (
+        token is not None
+        and str(token) == "x"
+        and re.search(r"(?m)^[^#\n]*\binput\s+\d+\s*x\s*\d+\s*x\s*\d+\s*$", text[:end])
+    ):
+        return (
+            "an input is C x H x W (or H x W); 3-D (video) inputs, C x T x H x W, are out of "
+            "scope: resgen's networks are 2-D (nn.Conv2d)"
+        )
+    if "`x`" not in {_describe_terminal(n) for n in expected}:
+        return None
     # The statement being written: the last line (comments removed) that starts with one.
     before = re.sub(r"#[^\n]*", "", text[:end])
     keywords = re.findall(r"(?m)^\s*(stage|input)\b", before)

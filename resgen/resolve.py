@@ -11,8 +11,10 @@ argument is named, every call says whether it is a built-in op or a block.
 from __future__ import annotations
 
 import errno
+import functools
 import itertools
 import os
+import re
 import stat
 from dataclasses import dataclass, field
 from importlib import resources
@@ -347,6 +349,36 @@ def _read_regular(path: Path, limit: int) -> bytes:
         os.close(fd)
 
 
+@functools.cache
+def _std_blocks() -> dict[str, str]:
+    """Block name -> the standard library module that defines it (`Bottleneck` -> std.resnet),
+    read from the library's text: no file of it is parsed for this."""
+    found: dict[str, str] = {}
+    for entry in sorted(resources.files("resgen.stdlib").iterdir(), key=lambda e: e.name):
+        if entry.name.endswith(".arch"):
+            for name in re.findall(r"(?m)^\s*block\s+(\w+)", entry.read_text(encoding="utf-8")):
+                found.setdefault(name, f"std.{entry.name[:-5]}")
+    return found
+
+
+def _std_import_hint(name: str) -> str | None:
+    r"""`add \`import std.resnet\``, for a block of the standard library not imported."""
+    module = _std_blocks().get(name)
+    return f"`{name}` is in the standard library: add `import {module}`" if module else None
+
+
+def _duplicate_hint(name: str, first: S.Layer, declared) -> str:
+    """Applying the first layer again works only for a parameter-free one (reuse-stateful)."""
+    op = ops.lookup(first.callee) if first.kind == "op" else None
+    if op is not None and op.stateless:
+        return f"write just `{name}` to apply it again"
+    free = next(f"{name}{n}" for n in range(2, 1000) if f"{name}{n}" not in declared)
+    return (
+        f"`{name}` has parameters, so a second one needs its own name (`{free} = ...`); only "
+        "parameter-free layers can be applied again by name"
+    )
+
+
 def load(path: str | os.PathLike) -> S.Spec:
     """Parse and resolve one .arch file. Raises SpecError (located) or UsageError."""
     return Loader().load(path)
@@ -598,7 +630,7 @@ class _FileResolver:
                         codes.DUPLICATE_NAME,
                         f"layer `{layer.name}` is already declared in {owner} "
                         f"(line {first.span.line})",
-                        hint=f"write just `{layer.name}` to apply it again" if reusable else None,
+                        hint=_duplicate_hint(layer.name, first, declared) if reusable else None,
                     )
             if layer.kind == "seq":
                 items = self._items(layer.items, scope, owner, f"seq `{layer.name}`")
@@ -631,6 +663,7 @@ class _FileResolver:
                 layer.callee_span,
                 codes.UNKNOWN_OP,
                 f"unknown layer type `{name}`" + did_you_mean(name, known),
+                hint=_std_import_hint(name),
             )
             return layer
         args = self._bind(layer.args, params, f"`{name}`", layer.callee_span, scope)
@@ -1002,6 +1035,7 @@ class _FileResolver:
                 stage.block_span,
                 codes.UNKNOWN_BLOCK,
                 f"unknown block `{stage.block}`" + did_you_mean(stage.block, self.blocks),
+                hint=_std_import_hint(stage.block),
             )
             return stage.model_copy(update={"repeats": repeats})
         for arg in stage.args:

@@ -295,6 +295,7 @@ class _Inference:
         severity: str = "error",
         layer: str | None = None,
         sizes_only: bool = False,
+        notes: tuple = (),
     ) -> None:
         node = check.node
         if check.tainted and _may_be_a_consequence(code, node.id in self.channel_tainted):
@@ -311,7 +312,9 @@ class _Inference:
             return
         self._reported.add(key)
         self.diagnostics.append(
-            Diagnostic(span, code, message, severity, layer or node.id, hint, node=node.id)
+            Diagnostic(
+                span, code, message, severity, layer or node.id, hint, tuple(notes), node=node.id
+            )
         )
 
     def run(self) -> Analysis:
@@ -321,6 +324,7 @@ class _Inference:
             if node.kind == INPUT:
                 self.geometry[node_id] = (1, 1, 1, 1)
                 shapes[node_id] = ShapeResult(None, self.lowering.input)
+                self.input_layout(node)
                 continue
             incoming = preds[node_id]
             if self.channel_tainted and any(p in self.channel_tainted for p in incoming):
@@ -433,9 +437,15 @@ class _Inference:
         # The merge's own rule says whether the channels fit (mul broadcasts a count of 1).
         spatial = node.op.combine(main_shape[:1], other_shape[:1]) is not None
         branches = [_branch(self.pred, self.nodes, tip, start) for tip in (main, other)]
+        notes = []  # each layer the arithmetic names, at its own line
         for steps in branches:
             for step in steps:
-                why.extend(self._explain(step, block, spatial))
+                explained = self._explain(step, block, spatial)
+                why.extend(explained)
+                if explained:
+                    name = _local(step, block)
+                    after = shape_text(self.shapes[step].out_shape)
+                    notes.append((self.nodes[step].span, f"`{name}` gives {after} here"))
         if not spatial and role == SKIP:
             why.append(f"the identity keeps the block input's {other_shape[0]} channels")
         message = (
@@ -474,6 +484,7 @@ class _Inference:
             hint=hint,
             layer=block,
             sizes_only=spatial and main_shape[0] == other_shape[0],
+            notes=notes,
         )
 
     def _explain(self, node_id: str, block: str | None, spatial: bool) -> list[str]:
@@ -569,6 +580,21 @@ class _Inference:
             plan=lowering.plan,
             float_names=lowering.float_names,
         )
+
+    def input_layout(self, node: Node) -> None:
+        """`--input 256x128x3`: an image's H x W x C where torch's C x H x W goes, read as 256
+        channels of 128 x 3 pixels. Warned when the last size looks like channels (1, 3 or 4:
+        grey, RGB, RGBA) and the first like a spatial size."""
+        c, h, w = self.lowering.input
+        if w in (1, 3, 4) and c > 4 and h > 4:
+            self.report(
+                _NodeCheck(self, node, False, None),
+                codes.INPUT_LAYOUT,
+                f"the input {c}x{h}x{w} reads as {c} channels of {h} x {w} pixels",
+                hint=f"sizes are C x H x W, torch's order: a {c} x {h} image with {w} "
+                f"channel{'s' * (w > 1)} is {w}x{c}x{h}",
+                severity="warning",
+            )
 
     # -- the graph as a whole
     def flatten_placement(self) -> None:

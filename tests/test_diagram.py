@@ -452,8 +452,10 @@ def test_output_directory_and_input_override(tmp_path):
 
 def test_usage_errors(tmp_path, capsys):
     spec = str(SPECS / "resnet18.arch")
-    assert main(["diagram", spec, "-o", str(tmp_path / "x.png")]) == 2  # --format is svg
+    # an extension that disagrees with --format (without it, the extension decides: issue 13)
+    assert main(["diagram", spec, "-o", str(tmp_path / "x.png"), "--format", "svg"]) == 2
     assert "--format png" in capsys.readouterr().err
+    assert main(["diagram", spec, "-o", str(tmp_path / "x.jpg")]) == 2  # not a format we write
     assert main(["diagram", str(tmp_path / "missing.arch")]) == 2
     assert main(["diagram", spec, "--format", "dot", "-o", str(tmp_path / "no/dir/x.dot")]) == 2
     assert not list(tmp_path.iterdir())
