@@ -125,7 +125,7 @@ def walk(
     device: Device = "cuda",
     kept: Mapping[str, str] | None = None,
 ) -> Pass:
-    """The storages of one forward pass over the analysed graph (`inputs`: `inputs_of(nodes, edges)`;
+    """The storages of one forward pass over the analysed graph (`inputs`: `inputs_of`;
     `shapes`: resgen.shapes' ShapeResult per node). In a training pass (`training`) batch norm
     uses batch statistics, dropout is active and each op's saved tensors are recorded. `kept`
     maps a block instance to the node whose output its forward keeps as `shortcut_input` (see
