@@ -90,12 +90,22 @@ def run(args) -> int:
     names = [a.name for a in axes] or []
 
     if args.csv:
-        _write(Path(args.csv), report.to_csv(shown, [p.name for p in sweep.network.params]))
+        _write(
+            Path(args.csv),
+            report.to_csv(shown, [p.name for p in sweep.network.params]),
+            "csv",
+            args.force,
+        )
     if args.plot:
         from resgen.sweep.plot import plot
 
         fmt = Path(args.plot).suffix.lower().lstrip(".")
-        _write(Path(args.plot), plot(shown, colour, title=_title(args, sweep, total), fmt=fmt))
+        _write(
+            Path(args.plot),
+            plot(shown, colour, title=_title(args, sweep, total), fmt=fmt),
+            "plot",
+            args.force,
+        )
     if args.json:
         print(report.to_json(shown))
     else:
@@ -161,21 +171,14 @@ class _progress:
 
 def _check_target(path: Path, kind: str, force: bool) -> None:
     """Refuse before any work: a target of the wrong type, or a file resgen did not write."""
-    from resgen.sweep.files import foreign_output, suffix_problem
+    from resgen.sweep.files import target_problem_for
 
-    problem = suffix_problem(path, kind)
+    problem = target_problem_for(path, kind, force)
     if problem:
         raise UsageError(problem)
-    if not force and foreign_output(path, kind):
-        raise UsageError(
-            f"not overwriting {path}: resgen did not write it (pass --force to replace it)"
-        )
 
 
-def _write(path: Path, data: bytes | str) -> None:
-    from resgen.output import write_atomic
+def _write(path: Path, data: bytes | str, kind: str, force: bool) -> None:
+    from resgen.sweep.files import write
 
-    try:
-        write_atomic(path, data)
-    except OSError as err:
-        raise UsageError(f"cannot write {path}: {err.strerror or err}") from None
+    write(path, data, kind, force)

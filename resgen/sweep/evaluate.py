@@ -25,7 +25,7 @@ from resgen import ops
 from resgen import spec as S
 from resgen.diagnostics import SpecError
 from resgen.expr import EvalError, Value
-from resgen.graph import _Lowerer
+from resgen.graph import POSITION, _Lowerer
 from resgen.limits import LIMITS
 from resgen.ops.base import Fixed, Shape
 from resgen.ops.layers import FLAT
@@ -105,6 +105,7 @@ class Evaluator(_Lowerer):
     def _run(self) -> Counted:
         net = self.net
         env = self.scope_env(self.plan.scope, {}, None)
+        self.num_blocks = self.count_stage_blocks(env)
         self._add_node()  # the input node
         self.input = self.input_shape(env)
         self.check_input(net.input.span if net.input else net.span)
@@ -138,14 +139,20 @@ class Evaluator(_Lowerer):
             self.block_names(stage, env, rule.repeats)  # reports bad names
         for index in range(rule.repeats):
             self.count_block(stage.span)
-            flow = self.block_flow(block, first if index == 0 else rest, flow)
+            position = (self.block_index, self.num_blocks)
+            self.block_index += 1
+            flow = self.block_flow(block, first if index == 0 else rest, flow, position)
         return flow, rule.dilation_after
 
     # -- blocks, memoised
-    def block_flow(self, plan: BlockPlan, args: Mapping[str, Value], flow: _Flow) -> _Flow:
+    def block_flow(
+        self, plan: BlockPlan, args: Mapping[str, Value], flow: _Flow, position: tuple[int, int]
+    ) -> _Flow:
+        """`position`: (block_index, num_blocks), as the lowering gives it (resgen.graph)."""
         key = (
             id(plan),
             tuple(args.items()),
+            position if plan.positional else None,
             flow.shape,
             flow.channels,
             flow.jump is None,
@@ -155,7 +162,7 @@ class Evaluator(_Lowerer):
         if found is None:
             before = (self.params, self.macs, self.node_count, self.block_count)
             inner = _Flow(flow.shape, flow.channels, (1, 1) if flow.jump else None, flow.flattened)
-            out = self.block_body(plan, dict(args), inner)
+            out = self.block_body(plan, dict(args), inner, position)
             after = (self.params, self.macs, self.node_count, self.block_count)
             delta = tuple(a - b for a, b in zip(after, before, strict=True))
             found = self.memo[key] = (out.shape, out.channels, out.jump, out.flattened, delta)
@@ -175,9 +182,9 @@ class Evaluator(_Lowerer):
             jump = (flow.jump[0] * factor[0], flow.jump[1] * factor[1])
         return _Flow(shape, channels, jump, flattened)
 
-    def block_body(self, plan: BlockPlan, args: dict, x: _Flow) -> _Flow:
+    def block_body(self, plan: BlockPlan, args: dict, x: _Flow, position) -> _Flow:
         # Paths only name errors, which this path never reports: one prefix serves all.
-        env = self.block_env(plan, args, x.channels, "_")
+        env = self.block_env(plan, args, x.channels, "_", position)
         self.instances += 1
         prefix = f"_{self.instances}."
         source = self.steps(plan.main[: plan.cut], env, prefix, x)
@@ -189,12 +196,17 @@ class Evaluator(_Lowerer):
         if sc is not None:
             present = True
             if sc.condition is not None:
-                present = self.shortcut_present(sc.condition, env, "_")
+                present = self.condition_holds(sc.condition, env, "_")
                 if present is None:
                     raise _Invalid
             if present:
                 other = self.steps(sc.steps, env, prefix, source)
-        if plan.merge is not None:
+        merging = plan.merge is not None
+        if merging and plan.block.merge_condition is not None:
+            merging = self.condition_holds(plan.block.merge_condition, env, "_")
+            if merging is None:
+                raise _Invalid
+        if merging:
             self._add_node()
             shape = plan.merge.combine(out.shape, other.shape)
             if shape is None:
@@ -216,13 +228,16 @@ class Evaluator(_Lowerer):
                 plan = self.plan.blocks[step.block]
                 self.count_block(step.span)
                 args = {k: self.evaluate(v, env, None) for k, v in step.args.items()}
-                flow = self.block_flow(plan, args, flow)
+                position = tuple(env.values.get(name, 0) for name in POSITION)  # the host's
+                flow = self.block_flow(plan, args, flow, position)
             else:
-                args, _, known = self.op_args(step, env, None)
+                op, args, _, known = self.op_args(step, env, None)
                 if not known:
                     raise _Invalid
-                self.modules[prefix + step.path] = (step.op, args)
-                flow = self.apply(step.op, args, flow)
+                if step.kind == "dynamic" and op.channels(args, flow.channels) != flow.channels:
+                    raise _Invalid  # the lowering's channels error
+                self.modules[prefix + step.path] = (op, args)
+                flow = self.apply(op, args, flow)
         return flow
 
     def apply(self, op: ops.Op, args: dict, flow: _Flow) -> _Flow:

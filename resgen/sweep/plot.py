@@ -34,7 +34,8 @@ def plot(records: Sequence, colour: str | None, title: str = "", fmt: str = "png
     import matplotlib.pyplot as plt
     from matplotlib import colors
 
-    from resgen.sweep.files import mark_png, mark_svg
+    from resgen.output import mark_png
+    from resgen.sweep.files import mark_svg
     from resgen.sweep.query import values_of
 
     fig, ax = plt.subplots(figsize=(8, 5.5), dpi=120)
