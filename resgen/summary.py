@@ -383,6 +383,7 @@ SUMMARY_MEMBERS = (
     "input_sizes",
     "stages",
     "layers",
+    "memory",
 )
 
 
