@@ -786,8 +786,11 @@ class _ModuleBuilder:
         if step.kind == "seq" and step.items:  # an nn.Sequential: its last layer's output
             node = f"{target}.{step.items[-1].key}"
         out_shape = self._shape_of(node, "out_shape")
+        op = step.op if step.kind == "op" else None  # layer scale: the network's own parameter
         steps.append(
-            StepView(f"self.{ident(target)}", shape_text(out_shape) if out_shape else None)
+            StepView(
+                _apply(op, f"self.{ident(target)}"), shape_text(out_shape) if out_shape else None
+            )
         )
         if step.kind == "reuse":
             return channels

@@ -250,13 +250,16 @@ def _bindings(tree: ast.Module) -> Iterable[tuple[str, ast.AST]]:
         elif isinstance(node, ast.ImportFrom):
             for alias in node.names:
                 yield alias.asname or alias.name, node
+        elif isinstance(node, ast.Import):  # `import torch` binds `torch` (`import a.b`: `a`)
+            for alias in node.names:
+                yield alias.asname or alias.name.partition(".")[0], node
 
 
 def _binding_problems(tree: ast.Module) -> Iterable[str]:
     """Bindings that would let one name mean two things (see the module docstring)."""
     once = {}  # module-level classes, functions and imports: name -> the node that binds it
     for node in tree.body:
-        if isinstance(node, ast.ClassDef | ast.FunctionDef | ast.ImportFrom):
+        if isinstance(node, ast.ClassDef | ast.FunctionDef | ast.ImportFrom | ast.Import):
             for name, binder in _bindings(ast.Module(body=[node], type_ignores=[])):
                 if binder is node and name not in once:
                     once[name] = node

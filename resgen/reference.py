@@ -58,12 +58,14 @@ def first_mismatch(net, analysis, x) -> Mismatch | None:
                 inputs = {e["role"]: values[p] for p, e in pred[node_id].items()}
                 main = inputs.pop("main")
                 value = node.op.apply(main, next(iter(inputs.values())))
+            elif _owned(node):  # layer scale: the enclosing module's parameter, no module
+                value = _apply_owned(net, node, values[next(iter(pred[node_id]))].clone())
             else:
                 module = net.get_submodule(node.module)
                 value = module(values[next(iter(pred[node_id]))].clone())
             values[node_id] = value
             seen = []
-            if node.kind == "layer":
+            if node.kind == "layer" and not _owned(node):
                 module, call = module_and_call(node_id)
                 seen.append((node_id, _nth(observed, module, call)))
             for block in ends.get(node_id, ()):
@@ -75,6 +77,19 @@ def first_mismatch(net, analysis, x) -> Mismatch | None:
                 if difference is not None:
                     return Mismatch(where, difference)
     return None
+
+
+def _owned(node) -> bool:
+    emit = node.op.emit if node.op is not None else None
+    return emit is not None and emit.owned is not None
+
+
+def _apply_owned(net, node, x):
+    """The op's own `apply` line (the code the generated forward runs, e.g. `{x} *
+    {self}.reshape(1, -1, 1, 1)`) on the parameter it owns."""
+    code = node.op.emit.apply.format(x="x", self="parameter")
+    parameter = net.get_parameter(node.module)
+    return eval(code, {"__builtins__": {}}, {"x": x, "parameter": parameter})  # noqa: S307
 
 
 def _block_ends(nodes, block_types) -> dict[str, list[str]]:

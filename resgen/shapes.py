@@ -153,6 +153,39 @@ def analyse(
     return analysis
 
 
+def _owned_in_containers(plan: NetworkPlan) -> list[Diagnostic]:
+    """An op whose parameter belongs to the module it sits in (layer_scale: `self.gamma`) is a
+    line of a block's main or post, or of the network's stem or head. Inside an nn.Sequential (a
+    `seq`, a shortcut, a stage's own layers) there is no module of its own to hold it."""
+    found: list[Diagnostic] = []
+
+    def walk(steps, container: str | None) -> None:
+        for step in steps:
+            emit = step.op.emit if step.op is not None else None
+            if container is not None and emit is not None and emit.owned is not None:
+                found.append(
+                    Diagnostic(
+                        step.span,
+                        codes.CODEGEN,
+                        f"`{step.op.name}` is a parameter of the module it is written in, so it "
+                        f"cannot be an item of {container} (an nn.Sequential of modules)",
+                        hint="write it as a line of the block's `main` or `post`",
+                    )
+                )
+            walk(step.items, container or "a `seq`")
+
+    for block in plan.blocks.values():
+        walk(block.main, None)
+        walk(block.post, None)
+        if block.shortcut is not None:
+            walk(block.shortcut.steps, "a shortcut")
+    walk(plan.stem, None)
+    walk(plan.head, None)
+    for stage in plan.stages:
+        walk(stage.layers, "a stage's own layers")
+    return found
+
+
 def _code_limits(spec: S.Spec, plan: NetworkPlan, analysis: Analysis) -> list[Diagnostic]:
     """What generated code cannot express, reported by check (check ok means build ok): a
     helper class resgen writes for an op (PadChannels) named like a block, the network's class
@@ -177,6 +210,7 @@ def _code_limits(spec: S.Spec, plan: NetworkPlan, analysis: Analysis) -> list[Di
             )
         )
         taken.pop(name)
+    found += _owned_in_containers(plan)
     if not analysis.ok:
         return found
     try:

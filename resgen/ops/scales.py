@@ -16,6 +16,7 @@ class LayerScale(Op):
     params = (Param("init", "float", 1e-6, doc="initial value of every channel's gain"),)
     accepts = "spatial"
     family = OTHER
+    keeps_zero = True  # x * gamma
     emit = Emit(
         "nn.Parameter",
         imports=("import torch",),
