@@ -44,7 +44,12 @@ def _backward_fails(spec, analysis) -> bool:
     """Build the generated model (as if the check had passed), run forward in training mode,
     then backward: True when torch refuses because of an in-place change."""
     others = [d for d in analysis.diagnostics if d.code != CODE]
-    assert not [d for d in others if d.severity == "error"], [d.message for d in others]
+    # An in-place layer that changes what another path reads (overwrites-shortcut-input) makes
+    # wrong values, not a failing backward: it is beside the point here.
+    wrong_values = {"overwrites-shortcut-input"}
+    assert not [d for d in others if d.severity == "error" and d.code not in wrong_values], [
+        d.message for d in others
+    ]
     buildable = dataclasses.replace(analysis, diagnostics=others, ok=True)
     module = import_source(codegen.generate(spec, buildable), spec.network.name)
     torch.manual_seed(0)

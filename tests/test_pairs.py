@@ -15,7 +15,7 @@ import pytest
 from resgen import expr as E
 from resgen import spec as S
 from resgen.build import analyse, build_module, load
-from resgen.diagnostics import Span
+from resgen.diagnostics import Span, SpecError
 
 SPAN = Span("<test>", 1, 1, 1, 1)
 
@@ -79,7 +79,6 @@ STD_BLOCKS = [
     ("resnet", "BottleneckV1", "4", True),
     ("timm", "BasicBlockD", "16", False),
     ("timm", "BottleneckD", "4", False),
-    ("timm", "SEBottleneck", "4", False),
     ("cifar", "CifarBasicBlockA", "16", False),
     ("cifar", "CifarBasicBlockB", "16", False),
     ("preact", "PreActBlock", "16", False),
@@ -87,19 +86,32 @@ STD_BLOCKS = [
 ]
 
 
-def test_every_stride_block_of_the_library_is_listed():
-    """A block added to the library with a stride parameter joins the list above. std.regnet
-    computes its padding from the stride (timm's get_padding), arithmetic pairs do not have."""
+def test_every_stride_block_of_the_library_takes_a_pair_or_says_so(tmp_path):
+    """The blocks above take (h, w) strides. The others follow timm's get_padding arithmetic
+    (`(stride - 1 + kernel - 1) // 2`), which timm computes on integers: given a pair they give
+    a located error (a `type` error at the arithmetic), never a traceback."""
     import resgen.stdlib
 
     library = Path(resgen.stdlib.__file__).parent
+    listed = {b for _, b, _, _ in STD_BLOCKS}
     found = set()
-    for path in library.glob("*.arch"):
-        if path.stem == "regnet":
-            continue
+    for path in sorted(library.glob("*.arch")):
         spec = load(path)
-        found |= {name for name, block in spec.blocks.items() if block.param("stride")}
-    assert found == {b for _, b, _, _ in STD_BLOCKS}
+        for name, block in spec.blocks.items():
+            if block.param("stride") is None:
+                continue
+            found.add(name)
+            if name in listed:
+                continue
+            required = [p.name for p in block.params if p.default is None and p.name != "stride"]
+            args = ", ".join([*(f"{r}=16" for r in required), "stride=(2, 1)"])
+            try:
+                diagnostics = analyse(_net(tmp_path, path.stem, name, args)).diagnostics
+            except SpecError as err:
+                diagnostics = err.diagnostics
+            errors = [d for d in diagnostics if d.severity == "error"]
+            assert all(d.span.line >= 1 for d in errors), (name, errors)
+    assert listed <= found
 
 
 def _outputs(model, x):

@@ -131,11 +131,13 @@ def test_block_positions_give_timms_schedule(specs):
 def test_mistakes_with_op_values_are_located(tmp_path, network, code, words):
     text = SPEC.replace("    param norm_layer = batchnorm", "    " + network)
     if "norm_layer = relu" in network:
-        # relu takes no channels: called like a norm (`norm_layer(planes)`) it is refused at
-        # build time, and its layers keep their channels, so check reports nothing
+        # relu keeps the channels, so as a norm it is no channels error; but `bn1 = relu` then
+        # `act1 = relu(inplace=true)` overwrites what the first ReLU saved for backward, which
+        # torch refuses at loss.backward()
         (tmp_path / "net.arch").write_text(text)
-        source = generate(load(tmp_path / "net.arch"))
-        assert "self.bn1 = norm_layer()" in source  # called as the op it holds is called
+        errors = analyse(load(tmp_path / "net.arch")).errors
+        assert errors and {e.code for e in errors} == {"overwrites-saved"}, errors
+        assert "`act1` (relu) overwrites its input in place" in errors[0].message
         return
     (tmp_path / "net.arch").write_text(text)
     try:

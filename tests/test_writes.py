@@ -86,13 +86,19 @@ def test_diagram_never_replaces_a_users_file(case, fmt, tmp_path, capsys):
     target = tmp_path / name
     target.write_bytes(data)
     spec = _spec(tmp_path)
+    diagram_name = Path(name).suffix in FORMAT_SUFFIX.values()
     status, text = _run(capsys, "diagram", str(spec), "--format", fmt, "-o", str(target))
-    assert status == 2 and "--force" in text, text
+    # A diagram's own suffix: refused unless --force. Another (mycode.py): never a diagram.
+    expected = "--force" if diagram_name else "is not a diagram file resgen writes"
+    assert status == 2 and expected in text, text
     assert target.read_bytes() == data
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([name, "net.arch"])
     status, text = _run(capsys, "diagram", str(spec), "--format", fmt, "-o", str(target), "--force")
-    assert status == 0, text
-    assert target.read_bytes() != data
+    if diagram_name:
+        assert status == 0, text
+        assert target.read_bytes() != data
+    else:
+        assert status == 2 and target.read_bytes() == data, text
 
 
 @NEEDS_DOT
@@ -144,8 +150,10 @@ def test_resgens_file_of_another_kind_is_not_replaced(tmp_path, capsys):
     status, text = _run(
         capsys, "diagram", str(spec), "--format", "png", "-o", str(tmp_path / "net.py")
     )
-    assert status == 2 and "--force" in text
+    assert status == 2 and "is not a diagram file resgen writes" in text  # refused by suffix
     assert (tmp_path / "net.py").read_bytes() == module
+    # and below the command line, by kind: a resgen .py is not a resgen PNG
+    assert output.target_problem(tmp_path / "net.py", output.KINDS["png"]) is not None
 
 
 @pytest.mark.parametrize("name", ["net.py", "net.dot", "net.svg"])
