@@ -75,7 +75,7 @@ def summary(spec_or_path, input=None) -> dict:
     params, buffers and macs (counts; macs per image), params_exact/macs_exact (false when
     errors left counts partial), output_stride and receptive_field (pixels), input_sizes, and
     per stage and per layer the same, with the diagnostics. Raises as `analyse` does."""
-    from resgen.summary import to_json
+    from resgen.report import to_json
 
     return to_json(analyse(spec_or_path, input))
 

@@ -359,8 +359,8 @@ def _check_one(loader: Loader, path: str, input_shape, settings=None, budget=Non
 
 
 def cmd_summary(args) -> int:
+    from resgen.report import DEFAULT_DEPTH, failed_json, render, to_json
     from resgen.shapes import analyse
-    from resgen.summary import DEFAULT_DEPTH, failed_json, render, to_json
 
     settings = memory_settings(args)
     loader = loader_for(args)

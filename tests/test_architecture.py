@@ -73,7 +73,7 @@ def test_resgen_modules_import_each_other_without_a_cycle():
     assert cycles == []
     # The library does not reach for the command line: resgen.load() loads no argparse code.
     assert not nx.has_path(graph, "resgen.build", "resgen.cli")
-    for module in ("resgen.summary", "resgen.diagram", "resgen.codegen", "resgen.shapes"):
+    for module in ("resgen.report", "resgen.diagram", "resgen.codegen", "resgen.shapes"):
         assert "resgen.cli" not in nx.descendants(graph, module), module
 
 

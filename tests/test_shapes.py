@@ -635,7 +635,7 @@ def test_reference_specs_have_no_diagnostics(path):
 def test_torch_is_not_imported():
     code = (
         "import sys; from resgen.resolve import load; from resgen.shapes import analyse; "
-        "from resgen import summary; analyse(load('specs/resnet50.arch')); "
+        "from resgen import report; analyse(load('specs/resnet50.arch')); "
         "print('torch' in sys.modules)"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)

@@ -6,9 +6,9 @@ import json
 from pathlib import Path
 
 from resgen.cli import main
+from resgen.report import human, rows
 from resgen.resolve import Loader
 from resgen.shapes import analyse
-from resgen.summary import human, rows
 
 ROOT = Path(__file__).resolve().parents[1]
 SPECS = ROOT / "specs"
