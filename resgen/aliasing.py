@@ -3,10 +3,10 @@
 The language's semantics: every path of a block reads the block input as it entered the block
 (the main path, the shortcut, the identity, a gate's `x * out`), and `shortcut ... from LAYER`
 reads LAYER's output as it was produced. Generated code runs the main path first, then the
-shortcut, then the merge (torchvision's order). An in-place write (`relu(inplace=true)`:
-Op.in_place; `merge add`'s `out += identity`: Merge.writes_main) changes the tensor its input is,
+shortcut, then the merge (torchvision's order). An in-place write (`relu(inplace=true)`,
+`merge add`'s `out += identity`: Op.storage says "in-place") changes the tensor its input is,
 found by walking back through layers that return their input itself or a view of it (identity,
-dropout, flatten, another in-place layer: Op.aliases). When a layer of another path reads that
+dropout, flatten, another in-place layer: Op.storage). When a layer of another path reads that
 tensor after the write, it would see the changed values: `overwrites-shortcut-input`, an error
 at the writing layer.
 
@@ -27,22 +27,21 @@ from resgen.diagnostics import Diagnostic
 _MAIN, _SKIP = "main", "skip"  # merge edge roles (resgen.graph)
 
 
-def writes(node) -> bool:
-    """Whether a node writes its result into its (main) input tensor."""
+def _storages(node) -> set[str]:
+    """Where the node's output may live, in a training or an eval pass (Op.storage)."""
     if node.op is None or not node.known:
-        return False
-    if node.kind == "merge":
-        return node.op.writes_main
-    return node.op.in_place(node.args)
+        return {"new"}
+    return {node.op.storage(node.args, training) for training in (True, False)}
+
+
+def writes(node) -> bool:
+    """Whether a node writes its result into its (main) input tensor (`out += identity` too)."""
+    return "in-place" in _storages(node)
 
 
 def aliases(node) -> bool:
     """Whether a node's output may be its input tensor itself or a view of it."""
-    if node.op is None or not node.known:
-        return False
-    if node.kind == "merge":
-        return node.op.writes_main
-    return node.op.aliases or node.op.in_place(node.args)
+    return _storages(node) != {"new"}
 
 
 @dataclass(frozen=True)
@@ -67,14 +66,12 @@ def overwrites(nodes: Mapping, graph) -> list[Overwrite]:
         op = node.op
         if op is None or not node.known:
             continue
-        if node.kind == "merge":
-            if not op.writes_main:
-                continue
-            written = next(p for p, e in pred[node_id].items() if e["role"] == _MAIN)
-        elif op.in_place(node.args):
-            written = next(iter(pred[node_id]))
-        else:
+        if not writes(node):
             continue
+        if node.kind == "merge":  # `out += identity` writes into the main path's output
+            written = next(p for p, e in pred[node_id].items() if e["role"] == _MAIN)
+        else:
+            written = next(iter(pred[node_id]))
         if len(succ[written]) == 1 and not aliases(nodes[written]):
             continue  # the common case: a fresh tensor only this layer reads (a ReLU after BN)
         path = [written]  # the tensor's nodes, back to the layer that made it

@@ -21,8 +21,6 @@ attributes and methods answer every question a later stage asks, so no stage com
     saves(args, x, y, dev)  the tensors autograd keeps for its backward pass (resgen.memory)
     temporaries(...)        what else it allocates in an inference pass (max pooling's indices)
     autocast                how torch.autocast runs it: in lower precision, in float32, or as is
-    in_place(args), aliases whether it writes into its input tensor; whether its output may be
-                            its input itself or a view of it (resgen.aliasing)
 
 Built-in ops live in resgen.ops.layers and resgen.ops.merges; a plugin declares its own the same
 way and registers it (resgen.ops.register, or the `resgen.ops` entry-point group).
@@ -362,9 +360,6 @@ class Op:
     # the low-precision dtype (torch's lower-precision list: convolutions, linear layers),
     # "float32" casts them up, None runs it in its input's dtype.
     autocast: ClassVar[Autocast | None] = None
-    # The output may be the input tensor itself or a view of it (nn.Identity, nn.Flatten,
-    # nn.Dropout in eval mode): an in-place write after it reaches the input (resgen.aliasing).
-    aliases: ClassVar[bool] = False
     # The distribution that registered this op (None for resgen's own): named in its errors.
     plugin: str | None = None
 
@@ -416,11 +411,6 @@ class Op:
         pools do; a sigmoid gives 0.5, a convolution its bias). Default: `keeps_zero`."""
         return self.keeps_zero
 
-    def in_place(self, args: Args) -> bool:
-        """Whether the op writes its result into its input tensor: torch's `inplace=True`
-        (the default reads an `inplace` argument, torch's keyword for it)."""
-        return bool(args.get("inplace", False))
-
     def label(self, args: Args, times: str = "×") -> str:
         """A short description, e.g. `conv 3×3 s2 p1`; `times` joins the two axes of a size."""
         return self.name
@@ -438,8 +428,10 @@ class Op:
         """Where the output lives: "new" (a tensor of its own), "input" (the input's storage,
         unchanged: a view such as flatten, or the input itself as nn.Identity returns it), or
         "in-place" (the input's storage, overwritten: relu(inplace=True)). `training`: in a
-        training forward pass (dropout is the identity in eval mode)."""
-        return "new"
+        training forward pass (dropout is the identity in eval mode). The default reads torch's
+        `inplace` keyword. resgen.storage (memory, saved tensors) and resgen.aliasing (what an
+        in-place write changes) both ask this."""
+        return "in-place" if args.get("inplace") else "new"
 
     def saves(self, args: Args, x: Shape, y: Shape, device: Device) -> tuple[Saved, ...]:
         """The tensors autograd keeps for this op's backward pass, in a training forward pass
@@ -497,9 +489,6 @@ class Merge(Op):
     # The main path is added to the shortcut, so zeroing the main path's last scale makes the
     # block an identity at initialisation (zero_init_residual, Goyal et al. 2017).
     residual: ClassVar[bool] = False
-    # `statement` writes the sum into the main path's output (`out += identity`), so the merge's
-    # output is that tensor (resgen.aliasing).
-    writes_main: ClassVar[bool] = False
 
     def combine(self, main: Shape, other: Shape) -> Shape | None:
         """The joined shape, or None when the two do not fit together."""

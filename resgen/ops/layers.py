@@ -380,7 +380,6 @@ class Flatten(Op):
     doc = "flatten C x H x W to one axis (start_dim=1)"
     stateless = True
     keeps_zero = True
-    aliases = True  # a view
     emit = Emit("nn.Flatten")
 
     def channels(self, args, c):
@@ -467,7 +466,6 @@ class Dropout(Op):
     params = (Param("p", "float", 0.5, "p", minimum=0, maximum=1),)
     stateless = True
     keeps_zero = True
-    aliases = True  # in eval mode
     emit = Emit("nn.Dropout")
 
     def label(self, args, times="×"):
@@ -494,7 +492,6 @@ class Identity(Op):
     doc = "does nothing; keeps a name in the module tree"
     stateless = True
     keeps_zero = True
-    aliases = True  # the input itself
     emit = Emit("nn.Identity")
 
     def storage(self, args, training):

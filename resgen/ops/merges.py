@@ -11,7 +11,6 @@ class Add(Merge):
     glyph = "+"
     statement = "out += identity"
     residual = True
-    writes_main = True
 
     def apply(self, main, other):
         return main + other
