@@ -6,6 +6,11 @@ modules are made of: imports of torch and typing, nn.Module classes, functions, 
 `if`/`for`, calls of known callables, and attribute chains into torch.nn that name a layer class
 or init function. Anything else (another import, `while`, a lambda, eval or open, a dunder, a
 chain like `torch.hub.load`) is refused with its line number.
+
+Helper modules (an op's `Emit.helper`) may also subclass a torch layer an op emits (`class
+StdConv2d(nn.Conv2d)`, as timm writes it), call methods of their own tensors (`x.permute(...)`:
+a function's parameters and locals), and use `import torch` or `import math` when a registered
+op declares it, reaching only the paths ops declare (`torch.cat`, `math.log`).
 """
 
 from __future__ import annotations
@@ -33,11 +38,17 @@ ALLOWED_IMPORTS = {
 STRUCTURAL_PATHS = frozenset({"nn.Module", "nn.Sequential", "nn.init.constant_", "torch.Tensor"})
 
 
-def allowed() -> tuple[frozenset[str], dict[str, set[str]]]:
-    """The torch paths and the imports generated code may use: resgen's own, plus exactly what
-    the registered ops (plugins' too) declare in their `emit`."""
+# Names of modules whose attribute chains must end in an allowed path.
+MODULE_ROOTS = frozenset({"nn", "torch"})
+
+
+def allowed() -> tuple[frozenset[str], dict[str, set[str]], frozenset[str]]:
+    """The torch paths, the `from` imports and the plainly imported modules (`import torch`)
+    generated code may use: resgen's own, plus exactly what the registered ops (plugins' too)
+    declare in their `emit`."""
     paths = set(STRUCTURAL_PATHS)
     imports = {module: set(names) for module, names in ALLOWED_IMPORTS.items()}
+    modules: set[str] = set()
     for op in ops.registered():
         emit = op.emit
         if emit is None:
@@ -46,19 +57,24 @@ def allowed() -> tuple[frozenset[str], dict[str, set[str]]]:
             paths.add(emit.cls)
         paths.update(emit.uses)
         for line in emit.imports:
-            module, _, names = line.removeprefix("from ").partition(" import ")
-            imports.setdefault(module.strip(), set()).update(n.strip() for n in names.split(","))
-    return frozenset(paths), imports
+            statement = ast.parse(line).body[0]  # checked when the op was registered
+            if isinstance(statement, ast.Import):
+                modules.update(alias.name for alias in statement.names)
+            else:
+                names = imports.setdefault(statement.module, set())
+                names.update(alias.name for alias in statement.names)
+    return frozenset(paths), imports, frozenset(modules)
 
 
 BUILTIN_CALLS = frozenset(
-    {"super", "range", "isinstance", "len", "int", "bool", "float", "round", "min", "max"}
+    {"super", "range", "isinstance", "len", "int", "bool", "float", "round", "min", "max", "abs"}
     | {"OrderedDict"}  # imported from collections, for nn.Sequential with named layers
 )
 
 _NODES = (
     ast.Module,
     ast.Expr,
+    ast.Import,
     ast.ImportFrom,
     ast.alias,
     ast.ClassDef,
@@ -118,30 +134,63 @@ def _dotted(node: ast.AST) -> str | None:
 
 
 def _root(node: ast.AST) -> ast.AST:
-    """The start of an attribute chain: `self` in self.conv1.weight, `super()` in
-    super().__init__."""
-    while isinstance(node, ast.Attribute):
-        node = node.value
-    return node
+    """The start of an attribute chain, through method calls and indexing: `self` in
+    self.conv1.weight and self.weight[0].numel, `x` in x.permute(0, 2, 3, 1).contiguous,
+    `super()` in super().__init__."""
+    while True:
+        if isinstance(node, ast.Attribute | ast.Subscript):
+            node = node.value
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+            node = node.func
+        else:
+            return node
 
 
-def _call_problem(call: ast.Call, defined: set[str]) -> str | None:
+def _call_problem(call: ast.Call, defined: set[str], roots: set[str]) -> str | None:
     """Only calls of known things: allowed built-ins and the module's own classes and
-    functions by name, methods through `self`, and torch.nn paths (checked as attributes)."""
+    functions by name, methods through `self` or through a function's own parameters and
+    locals (`roots` holds those, and the imported modules, whose paths are checked as
+    attributes)."""
     func = call.func
     if isinstance(func, ast.Name):
         return None if func.id in BUILTIN_CALLS or func.id in defined else f"{func.id}()"
     root = _root(func)
     if isinstance(func, ast.Attribute) and (
-        (isinstance(root, ast.Name) and root.id in ("self", "nn"))
+        (isinstance(root, ast.Name) and root.id in roots)
         or (isinstance(root, ast.Call) and _dotted(root.func) == "super")
     ):
         return None
     return "a computed callable"
 
 
+def _scopes(tree: ast.Module, modules: frozenset[str]) -> dict[ast.AST, set[str]]:
+    """Per function, the names whose methods it may call: `self`, its parameters and locals
+    (tensors: `x.permute(...)`), and the modules the file imports (`nn`, `torch`)."""
+    scopes: dict[ast.AST, set[str]] = {}
+    for function in ast.walk(tree):
+        if not isinstance(function, ast.FunctionDef):
+            continue
+        arguments = function.args
+        names = {a.arg for a in (*arguments.posonlyargs, *arguments.args, *arguments.kwonlyargs)}
+        names |= {
+            node.id
+            for node in ast.walk(function)
+            if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store)
+        }
+        names |= {"self", "nn"} | modules
+        for node in ast.walk(function):
+            if isinstance(node, ast.Call):
+                scopes[node] = names
+    return scopes
+
+
 def _problems(tree: ast.Module) -> Iterable[str]:
-    paths, imports = allowed()
+    paths, imports, modules = allowed()
+    roots = MODULE_ROOTS | modules
+    scopes = _scopes(tree, modules)
+    parents = {child: node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)}
+    # A helper may extend a torch layer (`class StdConv2d(nn.Conv2d)`, as timm writes it).
+    bases = {"nn.Module"} | {p for p in paths if p.startswith("nn.")}
     prefixes = frozenset(p.rsplit(".", i)[0] for p in paths for i in range(p.count(".")))
     # Top-level definitions only: a method named `exec` must not make `exec(...)` callable.
     # Plugin classes a registered op declares it imports are callable too.
@@ -162,6 +211,10 @@ def _problems(tree: ast.Module) -> Iterable[str]:
         line = f"line {getattr(node, 'lineno', '?')}"
         if not isinstance(node, _NODES):
             yield f"{line}: {type(node).__name__}"
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name not in modules or alias.asname:
+                    yield f"{line}: import of {alias.name}"
         elif isinstance(node, ast.ImportFrom):
             names = imports.get(node.module or "", set())
             for alias in node.names:
@@ -170,24 +223,36 @@ def _problems(tree: ast.Module) -> Iterable[str]:
         elif isinstance(node, ast.ClassDef | ast.FunctionDef) and node.decorator_list:
             yield f"{line}: decorator"
         elif isinstance(node, ast.ClassDef) and (
-            node.keywords or [_dotted(b) for b in node.bases] != ["nn.Module"]
+            node.keywords or len(node.bases) != 1 or _dotted(node.bases[0]) not in bases
         ):
-            yield f"{line}: class {node.name} is not a plain nn.Module"
+            yield f"{line}: class {node.name} is not a plain nn.Module or torch layer"
         elif isinstance(node, ast.Name) and node.id.startswith("__"):
             yield f"{line}: name {node.id}"
+        elif isinstance(node, ast.Name) and node.id in roots and not _starts_chain(node, parents):
+            # `m = nn` (or `f(torch)`) would let `m.modules.module.os` escape the path check.
+            yield f"{line}: the module {node.id} used as a value"
         elif isinstance(node, ast.Attribute):
-            yield from _attribute_problems(node, line, paths, prefixes)
-        elif isinstance(node, ast.Call) and (problem := _call_problem(node, defined)):
+            yield from _attribute_problems(node, line, paths, prefixes, roots, parents)
+        elif isinstance(node, ast.Call) and (
+            problem := _call_problem(node, defined, scopes.get(node, {"self", "nn", *modules}))
+        ):
             yield f"{line}: call to {problem}"
         elif (
             isinstance(node, ast.Name)
             and isinstance(node.ctx, ast.Store)
-            and node.id in ("nn", "torch", "Tensor", "self")
+            and node.id in roots | {"Tensor", "self"}
         ):
             yield f"{line}: assignment to {node.id}"
 
 
-def _attribute_problems(node: ast.Attribute, line: str, paths, prefixes) -> Iterable[str]:
+def _starts_chain(node: ast.Name, parents: dict) -> bool:
+    parent = parents.get(node)
+    return isinstance(parent, ast.Attribute) and parent.value is node
+
+
+def _attribute_problems(
+    node: ast.Attribute, line: str, paths, prefixes, roots, parents: dict
+) -> Iterable[str]:
     if node.attr.startswith("_") and not (
         node.attr == "__init__"
         and isinstance(node.value, ast.Call)
@@ -196,6 +261,9 @@ def _attribute_problems(node: ast.Attribute, line: str, paths, prefixes) -> Iter
         yield f"{line}: attribute {node.attr}"
         return
     path = _dotted(node)
-    if path and path.split(".")[0] in ("nn", "torch"):
-        if path not in paths and path not in prefixes:
+    if path and path.split(".")[0] in roots:
+        # A chain that ends here must be an allowed path; one that goes on may be a prefix.
+        parent = parents.get(node)
+        whole = not (isinstance(parent, ast.Attribute) and parent.value is node)
+        if path not in paths and (whole or path not in prefixes):
             yield f"{line}: {path} is not a layer class or init function resgen uses"

@@ -12,7 +12,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from resgen.ops.base import Fixed, dropped_rows, window_out
+from resgen.ops.base import Fixed, dropped_rows
 
 _SEARCH_WORK = 3_000_000  # steps x sizes; beyond it the size search gives up
 
@@ -81,10 +81,11 @@ def _run_axis(program: list[tuple], axis: int, n: int) -> tuple[bool, bool, bool
         kind, inputs, what = program[index]
         if kind == "window":
             size = sizes[inputs[0]]
-            k, s, p, d, ceil = what[axis]
-            out = window_out(size, k, s, p, d, ceil)
-            if out < 1:
+            window = what[axis]
+            if not window.takes(size):  # the output is at least 1, and the op's own conditions
                 return False, False, False
+            k, s, p, d, ceil = window
+            out = window.out(size)
             if s > 1:
                 if size % s:
                     exact = False

@@ -81,7 +81,6 @@ def test_readme_documents_every_diagnostic_code_and_builtin_op():
     """README's error tables list exactly the codes of resgen.codes, and its op table exactly
     the registered built-in ops, so neither can drift from the registries."""
     from resgen.codes import CODES
-    from resgen.ops import layers
 
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     errors = readme[readme.index("## Errors") : readme.index("## Adding ops")]
@@ -92,4 +91,4 @@ def test_readme_documents_every_diagnostic_code_and_builtin_op():
     assert documented == set(CODES)
     table = readme[readme.index("### Built-in ops") : readme.index("## Networks")]
     rows = {line.split("`")[1] for line in table.splitlines() if line.startswith("| `")}
-    assert rows == {op.name for op in layers.BUILTIN}
+    assert rows == {op.name for op in ops.BUILTIN}
