@@ -40,6 +40,35 @@ block SqueezeExcite(reduction = 2) {
 
 KERNELS = ["1", "3", "5", "(1, 3)", "(3, 1)", "(3, 5)"]
 
+# Parameter-free activations (a block applies its `act` again by name), in place where torch
+# allows it; the norms of issue 15 that fit any even channel count >= 4 and any size. `prelu` has
+# parameters, so it appears only where it is not re-applied.
+ACTIVATIONS = [
+    "relu(inplace=true)",
+    "silu(inplace=true)",
+    "gelu",
+    "gelu_tanh",
+    "leaky_relu(0.1, inplace=true)",
+    "elu(alpha=0.5)",
+    "hardswish",
+    "hardsigmoid(inplace=true)",
+    "mish",
+    "tanh",
+]
+NORMS = [
+    "batchnorm",
+    "batchnorm",
+    "groupnorm(2)",
+    "groupnorm(group_size=2)",
+    "layernorm2d",
+    "rmsnorm2d",
+    "simplenorm2d",
+    "grn",
+    "frozen_batchnorm",
+]
+# Layers that keep C x H x W whatever it is.
+EXTRAS = ["prelu(per_channel=true)"]
+
 
 def _same_padding(kernel: str, dilated: bool) -> str:
     """The padding that keeps the size for an odd kernel (per axis for a pair)."""
@@ -74,23 +103,25 @@ def custom_block(draw, name: str, mistake: str | None = None) -> str:
     style = draw(st.sampled_from(["plain", "seq"]))
     # Pre-activation (ResNet v2): the projection reads the activated input (`shortcut ... from`).
     preact = merge is not None and draw(st.booleans())
+    act = draw(st.sampled_from(ACTIVATIONS))
     if preact:
-        lines += ["        pre_bn = batchnorm", "        pre_act = relu(inplace=true)"]
+        lines += [f"        pre_bn = {draw(st.sampled_from(NORMS))}", f"        pre_act = {act}"]
     middles = draw(st.integers(1, 2))
     stride_on = draw(st.integers(0, middles))  # 0: the 1x1 reduce conv takes the stride
     if style == "seq":
+        stride = "stride" if stride_on == 0 else "1"
+        norm = draw(st.sampled_from(NORMS))
         lines.append(
-            "        reduce = seq { conv(width, 1, stride=%s, bias=false) batchnorm "
-            "relu(inplace=true) }" % ("stride" if stride_on == 0 else "1")
+            f"        reduce = seq {{ conv(width, 1, stride={stride}, bias=false) {norm} {act} }}"
         )
-        lines.append("        act = relu")
+        lines.append(f"        act = {act.replace('(inplace=true)', '')}")
     else:
         lines.append(
             "        reduce = conv(width, 1, stride=%s, bias=false)"
             % ("stride" if stride_on == 0 else "1")
         )
-        lines.append("        bn0 = batchnorm")
-        lines.append("        act = relu(inplace=true)")
+        lines.append(f"        bn0 = {draw(st.sampled_from(NORMS))}")
+        lines.append(f"        act = {act}")
     spatial_mistake_at = draw(st.integers(1, middles)) if mistake == "spatial" else None
     for i in range(1, middles + 1):
         kernel = draw(st.sampled_from(KERNELS))
@@ -108,11 +139,16 @@ def custom_block(draw, name: str, mistake: str | None = None) -> str:
             f"padding={padding}{dil}, groups=groups, bias=false)"
         )
         if draw(st.booleans()):
-            lines.append(f"        bn{i} = batchnorm")
+            lines.append(f"        bn{i} = {draw(st.sampled_from(NORMS))}")
         lines.append("        act")
+        if draw(st.integers(0, 3)) == 0:
+            lines.append(f"        extra{i} = {draw(st.sampled_from(EXTRAS))}")
     out = "planes * expansion" + (" + 1" if mistake == "channels" else "")
     lines.append(f"        expand = conv({out}, 1, bias=false)")
-    lines.append("        bn9 = batchnorm")
+    # The last norm sees `out`, odd when the mistake is a channel off: group norms would add an
+    # error of their own there.
+    last_norms = ["batchnorm", "layernorm2d", "frozen_batchnorm"] if mistake else NORMS
+    lines.append(f"        bn9 = {draw(st.sampled_from(last_norms))}")
     if draw(st.booleans()):
         lines.append("        se = SqueezeExcite()")
     lines.append("    }")
@@ -188,7 +224,11 @@ def network_design(draw, mistake: str | None = None) -> str:
     bn = "batchnorm"
     if mistake == "batchnorm":
         bn = f"batchnorm({stem_width + draw(st.integers(1, 4))})"
+    elif mistake == "groupnorm":
+        bn = "groupnorm(3)"  # the stem is 4, 8 or 16 wide
     stem += [f"        bn1 = {bn}", "        relu = relu(inplace=true)"]
+    if draw(st.booleans()):
+        stem.append(f"        act = {draw(st.sampled_from([*ACTIVATIONS, 'prelu']))}")
     pool = draw(st.sampled_from([None, "maxpool", "avgpool"]))
     if mistake == "pool-padding":
         pool = draw(st.sampled_from(["maxpool", "avgpool"]))
@@ -227,6 +267,8 @@ def network_design(draw, mistake: str | None = None) -> str:
     head = [f"        avgpool = adaptive_avgpool({size})", "        flatten = flatten"]
     if draw(st.booleans()):
         head.append("        drop = dropout(0.25)")
+    if draw(st.integers(0, 3)) == 0:
+        head.append("        bn = batchnorm1d")
     in_features = ""
     if mistake == "linear":
         in_features = f", in_features={draw(st.integers(1000, 1005))}"  # never the real one
@@ -254,7 +296,16 @@ def network_design(draw, mistake: str | None = None) -> str:
     return "\n".join(text)
 
 
-MISTAKES = ("too-small", "spatial", "channels", "groups", "pool-padding", "linear", "batchnorm")
+MISTAKES = (
+    "too-small",
+    "spatial",
+    "channels",
+    "groups",
+    "pool-padding",
+    "linear",
+    "batchnorm",
+    "groupnorm",
+)
 
 
 def valid_specs() -> st.SearchStrategy[str]:

@@ -1,11 +1,10 @@
 """The op registry: every layer op and merge resgen knows, by its .arch name.
 
-resgen's own ops are registered on import (resgen.ops.layers and .merges; `BUILTIN` lists the
-layer ops). A Python package adds its own through the entry-point group `resgen.ops`: each entry
-point names an `Op` subclass, an instance, or a sequence of them, and resgen passes each to
-`register` - the same
-public function a program (or a test) may call itself. Entry points are read only when a spec
-names an op that is not registered, so start-up does not pay for them.
+resgen's own ops are registered on import (one module of resgen.ops per kind; `BUILTIN` lists
+the layer ops). A Python package adds its own through the entry-point group `resgen.ops`: each
+entry point names an `Op` subclass, an instance, or a sequence of them, and resgen passes each to
+`register` - the same public function a program (or a test) may call itself. Entry points are
+read only when a spec names an op that is not registered, so start-up does not pay for them.
 
     # pyproject.toml of a plugin
     [project.entry-points."resgen.ops"]
@@ -20,7 +19,7 @@ from collections.abc import Iterable
 from importlib import metadata
 
 from resgen.diagnostics import UsageError
-from resgen.ops import layers, merges
+from resgen.ops import activations, layers, merges, norms
 from resgen.ops.base import (
     DERIVED,
     FROM_INPUT,
@@ -205,8 +204,12 @@ def _import_statement(line: str) -> ast.ImportFrom | ast.Import | None:
     return None if statement.level or not statement.module else statement
 
 
-# resgen's own layer ops (merges are apart).
-BUILTIN: tuple[Op, ...] = layers.BUILTIN
+# resgen's own layer ops, by kind (each module keeps its kind's ops; merges are apart).
+BUILTIN: tuple[Op, ...] = (
+    *layers.BUILTIN,
+    *activations.BUILTIN,
+    *norms.BUILTIN,
+)
 
 for _op in (*BUILTIN, *merges.BUILTIN):
     register(_op)

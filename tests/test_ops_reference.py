@@ -1,0 +1,288 @@
+"""The layer ops of issue 15 against their references: timm's and torchvision's modules, and
+torch's own functions and FLOP counter. Never against resgen itself.
+
+For every op, one network holding just that layer is built from its generated code, then:
+- the shape engine's output shape is torch's, over a range of input sizes;
+- parameter and buffer counts are torch's `numel` sums, and MACs are half of what
+  torch.utils.flop_counter counts (the convolutions and matrix products it runs);
+- a reference module (timm's, torchvision's or torch's) with random values in every tensor of
+  its state_dict loads into the generated one with `strict=True`, with the same keys in the
+  same order and shapes, and both give the same output.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import pytest
+
+torch = pytest.importorskip("torch")
+timm_layers = pytest.importorskip("timm.layers")
+
+from timm.layers.grn import GlobalResponseNorm  # noqa: E402
+from torch import nn  # noqa: E402
+from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
+from torchvision.ops import FrozenBatchNorm2d  # noqa: E402
+
+from resgen import codegen  # noqa: E402
+from resgen.build import import_source  # noqa: E402
+from resgen.resolve import Loader  # noqa: E402
+from resgen.shapes import analyse  # noqa: E402
+
+
+class Function(nn.Module):
+    """A torch function as a reference module (for the stateless ops)."""
+
+    def __init__(self, fn: Callable):
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, x):
+        return self.fn(x)
+
+
+F = torch.nn.functional
+
+
+@dataclass
+class Case:
+    layer: str  # the .arch layer
+    reference: Callable[[int], nn.Module]  # input channels -> the reference module
+    channels: int = 8
+    sizes: tuple = ((8, 8), (7, 5), (1, 1), (16, 12))
+    flat: bool = False  # the op takes flat features: a flatten comes first
+    tolerance: float = 1e-6
+    train: bool = False  # also compare in training mode (batch statistics)
+    extra: dict = field(default_factory=dict)
+
+
+CASES: dict[str, Case] = {
+    # activations
+    "silu": Case("silu(inplace=true)", lambda c: Function(F.silu)),
+    "gelu": Case("gelu", lambda c: timm_layers.activations.GELU()),
+    "gelu_tanh": Case("gelu_tanh", lambda c: timm_layers.activations.GELUTanh()),
+    "leaky_relu": Case("leaky_relu(0.2)", lambda c: nn.LeakyReLU(0.2)),
+    "elu": Case("elu(alpha=0.7)", lambda c: Function(lambda x: F.elu(x, 0.7))),
+    "hardswish": Case("hardswish", lambda c: timm_layers.activations.HardSwish()),
+    "hardsigmoid": Case("hardsigmoid", lambda c: timm_layers.activations.HardSigmoid()),
+    "mish": Case("mish", lambda c: timm_layers.activations.Mish()),
+    "tanh": Case("tanh", lambda c: Function(torch.tanh)),
+    "prelu": Case("prelu(init=0.1)", lambda c: nn.PReLU(init=0.1)),
+    "prelu_per_channel": Case("prelu(per_channel=true)", lambda c: nn.PReLU(c)),
+    # norms
+    "groupnorm": Case("groupnorm(4)", lambda c: timm_layers.GroupNorm(c, 4), train=True),
+    "groupnorm_default": Case("groupnorm", lambda c: nn.GroupNorm(32, c), channels=64),
+    "groupnorm_size": Case("groupnorm(group_size=2)", lambda c: nn.GroupNorm(c // 2, c)),
+    "layernorm2d": Case("layernorm2d", lambda c: timm_layers.LayerNorm2d(c)),
+    "rmsnorm2d": Case("rmsnorm2d(eps=1e-5)", lambda c: timm_layers.RmsNorm2d(c, eps=1e-5)),
+    "simplenorm2d": Case("simplenorm2d", lambda c: timm_layers.SimpleNorm2d(c), tolerance=1e-5),
+    "grn": Case("grn", lambda c: GlobalResponseNorm(c, channels_last=False)),
+    "frozen_batchnorm": Case("frozen_batchnorm", lambda c: FrozenBatchNorm2d(c), train=True),
+    "batchnorm1d": Case(
+        "batchnorm1d", lambda c: nn.BatchNorm1d(c), flat=True, sizes=((1, 1),), train=True
+    ),
+}
+
+
+def _text(case: Case, h: int, w: int) -> str:
+    layers = f"flatten = flatten op = {case.layer}" if case.flat else f"op = {case.layer}"
+    return f"network one {{\n    input {case.channels}x{h}x{w}\n    stem {{ {layers} }}\n}}\n"
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """name -> (spec, the generated model); one build per op, whatever the input size."""
+    cache = {}
+
+    def build(name: str):
+        if name not in cache:
+            case = CASES[name]
+            path = tmp_path_factory.mktemp(name) / "one.arch"
+            path.write_text(_text(case, *case.sizes[0]))
+            spec = Loader().load(path)
+            analysis = analyse(spec)
+            assert analysis.ok, [d.message for d in analysis.diagnostics]
+            module = import_source(codegen.generate(spec, analysis), "one")
+            cache[name] = spec, module.one().eval()
+        return cache[name]
+
+    return build
+
+
+def _input(case: Case, h: int, w: int, batch: int = 2):
+    return torch.randn(batch, case.channels, h, w, generator=torch.Generator().manual_seed(h * w))
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_shapes_and_counts_are_torch_s(name, built):
+    case = CASES[name]
+    spec, model = built(name)
+    for h, w in case.sizes:
+        analysis = analyse(spec, (None, h, w))
+        assert analysis.ok, (h, w, [d.message for d in analysis.diagnostics])
+        with FlopCounterMode(display=False) as flops, torch.no_grad():
+            out = model(_input(case, h, w, batch=1))
+        assert tuple(out.shape[1:]) == tuple(analysis.output), (h, w)
+        assert analysis.params == sum(p.numel() for p in model.parameters())
+        assert analysis.buffers == sum(b.numel() for b in model.buffers())
+        assert 2 * analysis.macs == flops.get_total_flops(), (h, w)
+
+
+@torch.no_grad()
+def _randomise(module: nn.Module, seed: int = 0) -> None:
+    """Every floating tensor of the state_dict uniform in [0.5, 1.5) (positive, so variances
+    stay variances), including those timm initialises to zero (GRN) or one."""
+    generator = torch.Generator().manual_seed(seed)
+    for tensor in module.state_dict().values():
+        if tensor.is_floating_point():
+            tensor.copy_(0.5 + torch.rand(tensor.shape, generator=generator))
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_matches_the_reference_module(name, built):
+    case = CASES[name]
+    _, model = built(name)
+    ours = model.op
+    reference = case.reference(case.channels).eval()
+    _randomise(reference)
+    theirs = reference.state_dict()
+    assert list(ours.state_dict()) == list(theirs)
+    assert {k: v.shape for k, v in ours.state_dict().items()} == {
+        k: v.shape for k, v in theirs.items()
+    }
+    ours.load_state_dict(theirs, strict=True)
+    modes = (False, True) if case.train else (False,)
+    for training in modes:
+        ours.train(training)
+        reference.train(training)
+        for h, w in case.sizes:
+            x = _input(case, h, w)
+            if case.flat:
+                x = x.flatten(1)
+            with torch.no_grad():
+                expected, got = reference(x.clone()), ours(x.clone())
+            assert got.shape == expected.shape
+            assert torch.allclose(got, expected, rtol=case.tolerance, atol=case.tolerance), (
+                name,
+                h,
+                w,
+                (got - expected).abs().max().item(),
+            )
+
+
+def test_frozen_batchnorm_takes_a_batchnorm_checkpoint(built):
+    """torchvision's FrozenBatchNorm2d loads nn.BatchNorm2d's state_dict (num_batches_tracked
+    dropped), so an ImageNet backbone's weights freeze into it."""
+    _, model = built("frozen_batchnorm")
+    bn = nn.BatchNorm2d(8).eval()
+    _randomise(bn)
+    model.op.load_state_dict(bn.state_dict(), strict=True)
+    x = torch.randn(2, 8, 5, 5)
+    with torch.no_grad():
+        assert torch.allclose(model.op(x), bn(x), atol=1e-6)
+
+
+def test_grn_starts_as_the_identity(built):
+    """timm zero-initialises GRN's weight and bias: a fresh one passes its input through."""
+    _, model = built("grn")
+    fresh = type(model.op)(8)
+    x = torch.randn(2, 8, 4, 4)
+    with torch.no_grad():
+        assert torch.equal(fresh(x), x)
+    assert [n for n, p in fresh.named_parameters() if p.count_nonzero()] == []
+
+
+# ---------------------------------------------------------------------------------------------
+# Errors: located, with the arithmetic, where torch fails too
+
+ERRORS = {
+    # (input, layer): (code, message part, torch's own failure)
+    "groupnorm": (
+        "8x4x4",
+        "groupnorm(3)",
+        "groups",
+        "input channels 8 are not divisible by groups=3 (8 / 3 leaves 2)",
+        lambda: nn.GroupNorm(3, 8),
+    ),
+    "groupnorm_default": (
+        "48x4x4",
+        "groupnorm",
+        "groups",
+        "input channels 48 are not divisible by groups=32 (48 / 32 leaves 16)",
+        lambda: nn.GroupNorm(32, 48),
+    ),
+    "groupnorm_size": (
+        "8x4x4",
+        "groupnorm(group_size=3)",
+        "groups",
+        "input channels 8 are not divisible by group_size=3 (8 / 3 leaves 2)",
+        None,
+    ),
+    "groupnorm_both": (
+        "8x4x4",
+        "groupnorm(4, group_size=2)",
+        "bad-argument",
+        "groupnorm takes `groups` or `group_size`, not both (groups=4, group_size=2)",
+        None,
+    ),
+    "simplenorm2d": (
+        "1x4x4",
+        "simplenorm2d",
+        "channels",
+        "its unbiased variance over 1 channel divides by C - 1 = 0, so every output would be NaN",
+        None,  # torch gives NaN: checked below
+    ),
+    "leaky_relu_inplace": (
+        "4x4x4",
+        "leaky_relu(-0.1, inplace=true)",
+        "bad-argument",
+        "leaky_relu with inplace=true and slope=-0.1: torch cannot compute its gradient in place",
+        None,
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ERRORS))
+def test_bad_arguments_and_inputs_are_located_errors(name, tmp_path):
+    shape, layer, code, message, torch_fails = ERRORS[name]
+    path = tmp_path / "bad.arch"
+    path.write_text(
+        f"network bad {{\n    input {shape}\n    stem {{\n        op = {layer}\n    }}\n}}\n"
+    )
+    analysis = analyse(Loader().load(path))
+    (error,) = analysis.errors
+    assert error.code == code
+    assert message in error.message, error.message
+    assert error.span.line == 4 and error.span.column >= 9  # at the layer or its argument
+    if torch_fails is not None:
+        with pytest.raises((RuntimeError, ValueError)):
+            torch_fails()
+
+
+def test_what_torch_does_where_resgen_refuses():
+    """The refusals without a torch error: SimpleNorm2d over one channel is NaN everywhere,
+    and an in-place leaky ReLU with a negative slope fails in backward."""
+    with pytest.warns(UserWarning):  # torch: degrees of freedom <= 0
+        assert timm_layers.SimpleNorm2d(1)(torch.randn(1, 1, 4, 4)).isnan().all()
+    x = torch.randn(4, requires_grad=True)
+    with pytest.raises(RuntimeError, match="negative slope"):
+        F.leaky_relu(x * 1, -0.1, inplace=True).sum().backward()
+
+
+def test_prelu_per_channel_must_be_a_constant(tmp_path):
+    """It decides nn.PReLU's arguments (nn.PReLU(C) or nn.PReLU()), so codegen needs its value:
+    a block parameter is a located codegen error, not a wrong module."""
+    from resgen.diagnostics import SpecError
+
+    path = tmp_path / "prelu.arch"
+    path.write_text(
+        "block Act(flag = true) {\n    main { act = prelu(per_channel=flag) }\n}\n"
+        "network net {\n    input 4x4x4\n    stem { a = Act() }\n}\n"
+    )
+    spec = Loader().load(path)
+    with pytest.raises(SpecError) as caught:
+        codegen.generate(spec)
+    (error,) = caught.value.diagnostics
+    assert error.code == "codegen" and (error.span.line, error.span.column) == (2, 36)
+    assert "`per_channel` of prelu decides the arguments of its constructor" in error.message
