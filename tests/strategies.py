@@ -41,8 +41,8 @@ block SqueezeExcite(reduction = 2) {
 KERNELS = ["1", "3", "5", "(1, 3)", "(3, 1)", "(3, 5)"]
 
 # Parameter-free activations (a block applies its `act` again by name), in place where torch
-# allows it; the norms of issue 15 that fit any even channel count >= 4 and any size. `prelu` has
-# parameters, so it appears only where it is not re-applied.
+# allows it; the norms and convolutions of issue 15 that fit any even channel count >= 4 and any
+# size. `prelu` has parameters, so it appears only where it is not re-applied.
 ACTIVATIONS = [
     "relu(inplace=true)",
     "silu(inplace=true)",
@@ -66,7 +66,9 @@ NORMS = [
     "grn",
     "frozen_batchnorm",
 ]
-# Layers that keep C x H x W whatever it is.
+UNGROUPED = [norm for norm in NORMS if not norm.startswith("groupnorm")]  # any channel count
+CONVS = ["conv", "conv", "conv", "std_conv", "scaled_std_conv"]
+# Layers that keep C x H x W whatever it is (channel_linear's width is the block's `width`).
 EXTRAS = ["prelu(per_channel=true)"]
 
 
@@ -105,7 +107,10 @@ def custom_block(draw, name: str, mistake: str | None = None) -> str:
     preact = merge is not None and draw(st.booleans())
     act = draw(st.sampled_from(ACTIVATIONS))
     if preact:
-        lines += [f"        pre_bn = {draw(st.sampled_from(NORMS))}", f"        pre_act = {act}"]
+        # It sees the block's input, whose channels an earlier block's mistake may have made
+        # odd: torch would then fail building a group norm before running that mistake.
+        pre_norm = draw(st.sampled_from(UNGROUPED))
+        lines += [f"        pre_bn = {pre_norm}", f"        pre_act = {act}"]
     middles = draw(st.integers(1, 2))
     stride_on = draw(st.integers(0, middles))  # 0: the 1x1 reduce conv takes the stride
     if style == "seq":
@@ -134,8 +139,12 @@ def custom_block(draw, name: str, mistake: str | None = None) -> str:
             dilated = False
         stride = "stride" if stride_on == i else "1"
         dil = ", dilation=dilation" if dilated else ""
+        # A standardised 1x1 conv may have one weight per output channel (groups = width):
+        # torch cannot standardise one value, so those get a plain conv.
+        standardised = spatial_mistake_at != i and kernel != "1"
+        conv = draw(st.sampled_from(CONVS)) if standardised else "conv"
         lines.append(
-            f"        conv{i} = conv(width, {kernel}, stride={stride}, "
+            f"        conv{i} = {conv}(width, {kernel}, stride={stride}, "
             f"padding={padding}{dil}, groups=groups, bias=false)"
         )
         if draw(st.booleans()):
@@ -143,11 +152,13 @@ def custom_block(draw, name: str, mistake: str | None = None) -> str:
         lines.append("        act")
         if draw(st.integers(0, 3)) == 0:
             lines.append(f"        extra{i} = {draw(st.sampled_from(EXTRAS))}")
+    if draw(st.integers(0, 3)) == 0:
+        lines.append("        mix = channel_linear(width)")
     out = "planes * expansion" + (" + 1" if mistake == "channels" else "")
     lines.append(f"        expand = conv({out}, 1, bias=false)")
     # The last norm sees `out`, odd when the mistake is a channel off: group norms would add an
     # error of their own there.
-    last_norms = ["batchnorm", "layernorm2d", "frozen_batchnorm"] if mistake else NORMS
+    last_norms = UNGROUPED if mistake else NORMS
     lines.append(f"        bn9 = {draw(st.sampled_from(last_norms))}")
     if draw(st.booleans()):
         lines.append("        se = SqueezeExcite()")
@@ -215,12 +226,22 @@ def network_design(draw, mistake: str | None = None) -> str:
     width = draw(st.integers(1, 64))
     if draw(st.booleans()):
         width = height  # square inputs are common; keep them common here too
+    if mistake == "too-small":  # an unpadded conv (below) that needs more than the input has
+        height, width = draw(st.integers(1, 6)), draw(st.integers(1, 6))
     stem_width = draw(st.sampled_from([4, 8, 16]))
     kernel = draw(st.sampled_from(["3", "5", "7", "(3, 5)", "(7, 3)"]))
-    stem = [
-        f"        conv1 = conv(width, {kernel}, stride={draw(st.sampled_from([1, 2]))}, "
-        f"padding={_same_padding(kernel, False)}, bias=false)"
-    ]
+    stem = []
+    if mistake == "indivisible":  # an odd size where space_to_depth needs an even one
+        height = 2 * draw(st.integers(1, 31)) + 1
+    if mistake == "indivisible" or (height % 2 == 0 and width % 2 == 0 and draw(st.booleans())):
+        stem.append("        s2d = space_to_depth(2)")  # 4 C x H/2 x W/2
+    if draw(st.integers(0, 3)) == 0:
+        stem.append(f"        pad = constant_pad({draw(st.integers(0, 2))})")
+    stem.append(
+        f"        conv1 = {draw(st.sampled_from(CONVS))}(width, {kernel}, "
+        f"stride={draw(st.sampled_from([1, 2]))}, padding={_same_padding(kernel, False)}, "
+        "bias=false)"
+    )
     bn = "batchnorm"
     if mistake == "batchnorm":
         bn = f"batchnorm({stem_width + draw(st.integers(1, 4))})"
@@ -229,6 +250,9 @@ def network_design(draw, mistake: str | None = None) -> str:
     stem += [f"        bn1 = {bn}", "        relu = relu(inplace=true)"]
     if draw(st.booleans()):
         stem.append(f"        act = {draw(st.sampled_from([*ACTIVATIONS, 'prelu']))}")
+    # Reflect padding needs a size above the padding: only where the input is surely large.
+    if height > 8 and width > 8 and draw(st.integers(0, 3)) == 0:
+        stem.append(f"        aa = blurpool({draw(st.sampled_from([2, 3]))})")
     pool = draw(st.sampled_from([None, "maxpool", "avgpool"]))
     if mistake == "pool-padding":
         pool = draw(st.sampled_from(["maxpool", "avgpool"]))
@@ -240,8 +264,7 @@ def network_design(draw, mistake: str | None = None) -> str:
         stem.append(
             f"        pool = {pool}({k}, stride={draw(st.sampled_from([1, 2]))}, padding={padding})"
         )
-    if mistake == "too-small":  # an unpadded conv that needs more than the input has
-        height, width = draw(st.integers(1, 6)), draw(st.integers(1, 6))
+    if mistake == "too-small":
         stem.append(f"        valid = conv(width, {draw(st.sampled_from([5, 7]))})")
 
     block_names = ["BasicBlock", "Bottleneck", "Custom1", "Custom2"]
@@ -264,7 +287,13 @@ def network_design(draw, mistake: str | None = None) -> str:
         stages.append(f"    stage layer{len(stages) + 1} = 1 x Custom2({planes}, groups={groups})")
 
     size = draw(st.sampled_from(["1", "1", "(2, 1)", "(1, 3)"]))
-    head = [f"        avgpool = adaptive_avgpool({size})", "        flatten = flatten"]
+    pool = draw(
+        st.sampled_from(
+            ["adaptive_avgpool", "adaptive_avgpool", "adaptive_maxpool", "adaptive_avgmaxpool"]
+            + ["adaptive_catavgmaxpool"]
+        )
+    )
+    head = [f"        avgpool = {pool}({size})", "        flatten = flatten"]
     if draw(st.booleans()):
         head.append("        drop = dropout(0.25)")
     if draw(st.integers(0, 3)) == 0:
@@ -305,6 +334,7 @@ MISTAKES = (
     "linear",
     "batchnorm",
     "groupnorm",
+    "indivisible",
 )
 
 

@@ -370,7 +370,7 @@ class _Helper(Op):
         "nn.Conv2d",
         in_channels="in_channels",
         imports=("import math", "import torch"),
-        uses=("math.comb", "torch.cat"),
+        uses=("math.isqrt", "torch.stack"),
     )
 
 
@@ -387,15 +387,15 @@ def test_guard_allows_what_helpers_are_written_with():
         "    def forward(self, x: Tensor) -> Tensor:\n"
         "        n, c, h, w = x.size()\n"
         "        y = x.view(n, c, h, w).permute(0, 2, 3, 1).contiguous()\n"
-        "        k = math.comb(3, 1) * self.weight[0].numel()\n"
-        "        return torch.cat((y, y), 1) * k\n"
+        "        k = math.isqrt(9) * self.weight[0].numel()\n"
+        "        return torch.stack((y, y), 1) * k\n"
     )
     op = ops.register(_Helper)
     try:
         check_source(source)
         with pytest.raises(CodeError, match="math.fsum"):  # a path no op declares
-            check_source(source.replace("math.comb(3, 1)", "math.fsum([3])"))
+            check_source(source.replace("math.isqrt(9)", "math.fsum([3])"))
     finally:
         ops.unregister(op.name)
-    with pytest.raises(CodeError, match="import of math"):
+    with pytest.raises(CodeError, match="math.isqrt"):
         check_source(source)

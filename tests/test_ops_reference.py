@@ -42,6 +42,20 @@ class Function(nn.Module):
         return self.fn(x)
 
 
+class ChannelsLast(nn.Module):
+    """timm's ConvNeXt applies its MLP (nn.Linear) to N x H x W x C tensors."""
+
+    def __init__(self, module: nn.Module):
+        super().__init__()
+        self.module = module
+
+    def forward(self, x):
+        return self.module(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+    def state_dict(self, *args, **kwargs):
+        return self.module.state_dict(*args, **kwargs)
+
+
 F = torch.nn.functional
 
 
@@ -81,6 +95,46 @@ CASES: dict[str, Case] = {
     "frozen_batchnorm": Case("frozen_batchnorm", lambda c: FrozenBatchNorm2d(c), train=True),
     "batchnorm1d": Case(
         "batchnorm1d", lambda c: nn.BatchNorm1d(c), flat=True, sizes=((1, 1),), train=True
+    ),
+    # pools and resampling
+    "adaptive_maxpool": Case("adaptive_maxpool((2, 3))", lambda c: nn.AdaptiveMaxPool2d((2, 3))),
+    "adaptive_avgmaxpool": Case(
+        "adaptive_avgmaxpool(1)", lambda c: timm_layers.SelectAdaptivePool2d(pool_type="avgmax")
+    ),
+    "adaptive_catavgmaxpool": Case(
+        "adaptive_catavgmaxpool(2)",
+        lambda c: timm_layers.SelectAdaptivePool2d(2, pool_type="catavgmax"),
+    ),
+    "blurpool": Case(
+        "blurpool", lambda c: timm_layers.BlurPool2d(c), sizes=((8, 8), (7, 5), (2, 2), (9, 3))
+    ),
+    "blurpool_5": Case(
+        "blurpool(5, stride=1)",
+        lambda c: timm_layers.BlurPool2d(c, filt_size=5, stride=1),
+        sizes=((8, 8), (3, 4), (5, 9)),
+    ),
+    "constant_pad": Case("constant_pad(2, value=0.5)", lambda c: nn.ConstantPad2d(2, 0.5)),
+    "space_to_depth": Case(
+        "space_to_depth",
+        lambda c: timm_layers.SpaceToDepth(4),
+        sizes=((8, 8), (4, 12), (16, 4)),
+        channels=3,
+    ),
+    # convolutions and the channel linear
+    "std_conv": Case(
+        "std_conv(16, 3, stride=2, padding=1, eps=1e-8)",
+        lambda c: timm_layers.StdConv2d(c, 16, 3, stride=2, padding=1, eps=1e-8),
+        tolerance=1e-5,
+    ),
+    "scaled_std_conv": Case(
+        "scaled_std_conv(12, (3, 1), padding=(1, 0), groups=2, gamma=1.7, gain_init=0.5)",
+        lambda c: timm_layers.ScaledStdConv2d(
+            c, 12, (3, 1), padding=(1, 0), groups=2, gamma=1.7, gain_init=0.5
+        ),
+        tolerance=1e-5,
+    ),
+    "channel_linear": Case(
+        "channel_linear(20)", lambda c: ChannelsLast(nn.Linear(c, 20)), tolerance=1e-5
     ),
 }
 
@@ -183,6 +237,15 @@ def test_frozen_batchnorm_takes_a_batchnorm_checkpoint(built):
         assert torch.allclose(model.op(x), bn(x), atol=1e-6)
 
 
+def test_scaled_std_conv_parameters_in_timm_s_order(built):
+    _, model = built("scaled_std_conv")
+    fresh = type(model.op)(8, 12, (3, 1), groups=2, gain_init=0.5)
+    reference = timm_layers.ScaledStdConv2d(8, 12, (3, 1), groups=2, gain_init=0.5)
+    assert [n for n, _ in fresh.named_parameters()] == ["weight", "bias", "gain"]
+    assert [n for n, _ in fresh.named_parameters()] == [n for n, _ in reference.named_parameters()]
+    assert torch.equal(fresh.gain.detach(), torch.full((12, 1, 1, 1), 0.5))
+
+
 def test_grn_starts_as_the_identity(built):
     """timm zero-initialises GRN's weight and bias: a fresh one passes its input through."""
     _, model = built("grn")
@@ -191,6 +254,112 @@ def test_grn_starts_as_the_identity(built):
     with torch.no_grad():
         assert torch.equal(fresh(x), x)
     assert [n for n, p in fresh.named_parameters() if p.count_nonzero()] == []
+
+
+def test_blurpool_filter_is_a_non_persistent_buffer(built):
+    """timm's BlurPool2d keeps its binomial filter out of the state_dict."""
+    _, model = built("blurpool")
+    assert list(model.op.state_dict()) == []
+    (filt,) = model.op.buffers()
+    assert filt.shape == (8, 1, 3, 3)
+    assert torch.equal(filt[0, 0], torch.tensor([[1, 2, 1], [2, 4, 2], [1, 2, 1]]) / 16)
+
+
+def test_space_to_depth_is_not_pixel_unshuffle(built):
+    """timm's channel order (b, b, C) differs from pixel_unshuffle's (C, b, b) for C > 1."""
+    _, model = built("space_to_depth")
+    x = torch.randn(1, 3, 8, 8)
+    ours = model.op(x)
+    assert not torch.equal(ours, F.pixel_unshuffle(x, 4))
+    # channel (i*4 + j)*3 + c holds pixel (i, j) of each 4x4 patch of channel c
+    for i, j, c in ((0, 0, 0), (1, 2, 2), (3, 3, 1)):
+        assert torch.equal(ours[0, (i * 4 + j) * 3 + c], x[0, c, i::4, j::4])
+
+
+# ---------------------------------------------------------------------------------------------
+# Whole blocks: ConvNeXt v1 and v2 with timm's keys, written with the channel-axis ops
+
+
+def _convnext_block(name: str, grn: str) -> str:
+    return f"""
+block {name}() {{
+    main {{
+        conv_dw = conv(in_channels, 7, padding=3, groups=in_channels)
+        norm = layernorm2d
+        mlp = seq {{
+            fc1 = channel_linear(4 * in_channels)
+            act = gelu{grn}
+            fc2 = channel_linear(in_channels)
+        }}
+    }}
+    merge add
+}}
+"""
+
+
+CONVNEXT = (
+    _convnext_block("ConvNeXtBlock", "")
+    + _convnext_block("ConvNeXtV2Block", "\n            grn = grn")
+    + """
+network blocks {
+    input 32x9x9
+    stem {
+        v1 = ConvNeXtBlock()
+        v2 = ConvNeXtV2Block()
+    }
+}
+"""
+)
+
+
+def test_convnext_blocks_are_timm_s(tmp_path):
+    """timm's ConvNeXtBlock (channels-last MLP, no layer scale) and its ConvNeXt-V2 variant
+    (GRN in the MLP): the same keys in the same order, strict loads, equal outputs."""
+    from timm.models.convnext import ConvNeXtBlock
+
+    path = tmp_path / "blocks.arch"
+    path.write_text(CONVNEXT)
+    spec = Loader().load(path)
+    model = import_source(codegen.generate(spec), "blocks").blocks().eval()
+    for ours, use_grn in ((model.v1, False), (model.v2, True)):
+        reference = ConvNeXtBlock(32, ls_init_value=None, use_grn=use_grn).eval()
+        _randomise(reference)
+        assert list(ours.state_dict()) == list(reference.state_dict())
+        ours.load_state_dict(reference.state_dict(), strict=True)
+        x = torch.randn(2, 32, 9, 9)
+        with torch.no_grad():
+            assert torch.allclose(ours(x), reference(x), atol=1e-5, rtol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------
+# Input sizes: the size search (resgen.sizes) knows each op's own condition
+
+
+@pytest.mark.parametrize(
+    "layers",
+    [
+        "op = blurpool",  # reflect padding 1: at least 2
+        "op = blurpool(5, stride=1)",  # reflect padding 2: at least 3
+        "op = space_to_depth",  # multiples of 4
+        "op = space_to_depth(2) pool = blurpool(4, stride=3)",
+    ],
+)
+def test_accepted_input_sizes_are_those_torch_runs(layers, tmp_path):
+    path = tmp_path / "sizes.arch"
+    path.write_text(f"network sizes {{\n    input 2x16x16\n    stem {{ {layers} }}\n}}\n")
+    spec = Loader().load(path)
+    model = import_source(codegen.generate(spec), "sizes").sizes().eval()
+    runs = []
+    for n in range(1, 25):
+        try:
+            with torch.no_grad():
+                model(torch.randn(1, 2, n, n))
+            runs.append(n)
+        except RuntimeError:
+            pass
+    accepted = [n for n in range(1, 25) if analyse(spec, (None, n, n)).ok]
+    assert accepted == runs
+    assert analyse(spec).input_sizes.smallest == (runs[0], runs[0])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -226,6 +395,30 @@ ERRORS = {
         "groupnorm takes `groups` or `group_size`, not both (groups=4, group_size=2)",
         None,
     ),
+    "space_to_depth": (
+        "3x30x32",
+        "space_to_depth",
+        "indivisible-size",
+        "space_to_depth(4) needs a height and width divisible by 4, but its input is 3x30x32: "
+        "height 30 = 4*7 + 2",
+        lambda: timm_layers.SpaceToDepth(4)(torch.randn(1, 3, 30, 32)),
+    ),
+    "blurpool": (
+        "4x1x8",
+        "blurpool",
+        "too-small",
+        "blurpool pads its height 1 by 1 on each side by reflection, which needs an input of at "
+        "least 2",
+        lambda: timm_layers.BlurPool2d(4)(torch.randn(1, 4, 1, 8)),
+    ),
+    "blurpool_5": (
+        "4x8x2",
+        "blurpool(5)",
+        "too-small",
+        "blurpool pads its width 2 by 2 on each side by reflection, which needs an input of at "
+        "least 3",
+        lambda: timm_layers.BlurPool2d(4, filt_size=5)(torch.randn(1, 4, 8, 2)),
+    ),
     "simplenorm2d": (
         "1x4x4",
         "simplenorm2d",
@@ -240,6 +433,15 @@ ERRORS = {
         "leaky_relu with inplace=true and slope=-0.1: torch cannot compute its gradient in place",
         None,
     ),
+    "std_conv_fan_in": (
+        "4x4x4",
+        "std_conv(4, 1, groups=4)",
+        "channels",
+        "std_conv standardises each output channel's 4/4*1*1 = 1 weight, but the variance of "
+        "one value is undefined",
+        lambda: timm_layers.StdConv2d(4, 4, 1, groups=4)(torch.randn(1, 4, 4, 4)),
+    ),
+    "blurpool_kernel": ("4x4x4", "blurpool(1)", "bad-argument", "must be at least 2", None),
 }
 
 

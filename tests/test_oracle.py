@@ -43,6 +43,7 @@ SHAPE_CODES = frozenset(
         "channels",
         "not-spatial",
         "not-flat",
+        "indivisible-size",
     }
 )
 # `batchnorm(64)` and `linear(10, in_features=512)` declare what they expect; the generated code

@@ -19,7 +19,7 @@ from collections.abc import Iterable
 from importlib import metadata
 
 from resgen.diagnostics import UsageError
-from resgen.ops import activations, layers, merges, norms
+from resgen.ops import activations, convs, layers, merges, norms, pools
 from resgen.ops.base import (
     DERIVED,
     FROM_INPUT,
@@ -209,6 +209,8 @@ BUILTIN: tuple[Op, ...] = (
     *layers.BUILTIN,
     *activations.BUILTIN,
     *norms.BUILTIN,
+    *pools.BUILTIN,
+    *convs.BUILTIN,
 )
 
 for _op in (*BUILTIN, *merges.BUILTIN):
