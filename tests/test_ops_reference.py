@@ -136,6 +136,11 @@ CASES: dict[str, Case] = {
     "channel_linear": Case(
         "channel_linear(20)", lambda c: ChannelsLast(nn.Linear(c, 20)), tolerance=1e-5
     ),
+    # attention, scale, stochastic depth
+    "eca": Case("eca", lambda c: timm_layers.EcaModule(c), channels=128),
+    "eca_kernel": Case("eca(kernel=7)", lambda c: timm_layers.EcaModule(kernel_size=7)),
+    "scale": Case("scale(1.7)", lambda c: Function(lambda x: x * 1.7)),
+    "drop_path": Case("drop_path(0.3)", lambda c: timm_layers.DropPath(0.3)),
 }
 
 
@@ -225,6 +230,22 @@ def test_matches_the_reference_module(name, built):
             )
 
 
+def test_drop_path_in_training_is_timm_s_per_sample_mask(built):
+    """In training the same seed draws the same per-sample mask as timm's DropPath: whole
+    samples zeroed, the others divided by the keep probability."""
+    _, model = built("drop_path")
+    ours, reference = model.op.train(), timm_layers.DropPath(0.3).train()
+    x = torch.randn(64, 8, 3, 3)
+    torch.manual_seed(7)
+    got = ours(x)
+    torch.manual_seed(7)
+    expected = reference(x)
+    assert torch.equal(got, expected)
+    kept = got.flatten(1).abs().sum(1) > 0
+    assert 0 < int(kept.sum()) < 64
+    assert torch.allclose(got[kept], x[kept] / 0.7)
+
+
 def test_frozen_batchnorm_takes_a_batchnorm_checkpoint(built):
     """torchvision's FrozenBatchNorm2d loads nn.BatchNorm2d's state_dict (num_batches_tracked
     dropped), so an ImageNet backbone's weights freeze into it."""
@@ -274,6 +295,19 @@ def test_space_to_depth_is_not_pixel_unshuffle(built):
     # channel (i*4 + j)*3 + c holds pixel (i, j) of each 4x4 patch of channel c
     for i, j, c in ((0, 0, 0), (1, 2, 2), (3, 3, 1)):
         assert torch.equal(ours[0, (i * 4 + j) * 3 + c], x[0, c, i::4, j::4])
+
+
+@pytest.mark.parametrize("channels", [1, 2, 3, 8, 63, 64, 100, 128, 255, 256, 511, 512, 2048])
+def test_eca_kernel_follows_timm_for_every_width(channels, tmp_path):
+    """The kernel rule, math.log(C, 2) included, against timm's EcaModule: params = k."""
+    path = tmp_path / "eca.arch"
+    path.write_text(
+        f"network one {{ input {channels}x4x4 stem {{ op = eca(gamma=2, beta=1) }} }}\n"
+    )
+    analysis = analyse(Loader().load(path))
+    kernel = timm_layers.EcaModule(channels).conv.kernel_size[0]
+    assert analysis.params == kernel
+    assert analysis.macs == channels * kernel
 
 
 # ---------------------------------------------------------------------------------------------
@@ -426,6 +460,15 @@ ERRORS = {
         "its unbiased variance over 1 channel divides by C - 1 = 0, so every output would be NaN",
         None,  # torch gives NaN: checked below
     ),
+    "eca_even": (
+        "16x4x4",
+        "eca(kernel=4)",
+        "bad-argument",
+        "eca's kernel must be odd to keep the 16 channels (padding (k - 1) / 2), but it is 4: "
+        "the gate would have 15",
+        None,  # timm asserts the same; torch fails at the product: checked below
+    ),
+    "eca_gamma": ("16x4x4", "eca(gamma=0)", "bad-argument", "divides by gamma, which is 0", None),
     "leaky_relu_inplace": (
         "4x4x4",
         "leaky_relu(-0.1, inplace=true)",
@@ -441,6 +484,7 @@ ERRORS = {
         "one value is undefined",
         lambda: timm_layers.StdConv2d(4, 4, 1, groups=4)(torch.randn(1, 4, 4, 4)),
     ),
+    "drop_path_p": ("4x4x4", "drop_path(1.5)", "bad-argument", "is between 0 and 1", None),
     "blurpool_kernel": ("4x4x4", "blurpool(1)", "bad-argument", "must be at least 2", None),
 }
 
@@ -464,9 +508,16 @@ def test_bad_arguments_and_inputs_are_located_errors(name, tmp_path):
 
 def test_what_torch_does_where_resgen_refuses():
     """The refusals without a torch error: SimpleNorm2d over one channel is NaN everywhere,
-    and an in-place leaky ReLU with a negative slope fails in backward."""
+    an even ECA kernel breaks the gate's product, and an in-place leaky ReLU with a negative
+    slope fails in backward."""
     with pytest.warns(UserWarning):  # torch: degrees of freedom <= 0
         assert timm_layers.SimpleNorm2d(1)(torch.randn(1, 1, 4, 4)).isnan().all()
+    with pytest.raises(AssertionError):
+        timm_layers.EcaModule(kernel_size=4)
+    eca = timm_layers.EcaModule(kernel_size=3)
+    eca.conv = nn.Conv1d(1, 1, 4, padding=1, bias=False)
+    with pytest.raises(RuntimeError):
+        eca(torch.randn(1, 16, 4, 4))
     x = torch.randn(4, requires_grad=True)
     with pytest.raises(RuntimeError, match="negative slope"):
         F.leaky_relu(x * 1, -0.1, inplace=True).sum().backward()

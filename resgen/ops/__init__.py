@@ -19,7 +19,7 @@ from collections.abc import Iterable
 from importlib import metadata
 
 from resgen.diagnostics import UsageError
-from resgen.ops import activations, convs, layers, merges, norms, pools
+from resgen.ops import activations, attention, convs, layers, merges, norms, pools
 from resgen.ops.base import (
     DERIVED,
     FROM_INPUT,
@@ -211,6 +211,7 @@ BUILTIN: tuple[Op, ...] = (
     *norms.BUILTIN,
     *pools.BUILTIN,
     *convs.BUILTIN,
+    *attention.BUILTIN,
 )
 
 for _op in (*BUILTIN, *merges.BUILTIN):
