@@ -181,10 +181,11 @@ class ModuleView:
     @property
     def import_lines(self) -> list[str]:
         """The standard library's imports, a blank line, then torch's and any plugin's, each
-        group sorted by module, as isort (ruff) lays them out."""
+        group sorted as isort (ruff) lays them out: `import x` lines first, then `from`
+        lines, each by module."""
         lines = {"from torch import Tensor, nn", *self.imports}
-        stdlib = sorted((line for line in lines if _module(line) in _STDLIB), key=_import_key)
-        others = sorted((line for line in lines if _module(line) not in _STDLIB), key=_import_key)
+        stdlib = sorted((line for line in lines if _module(line) in _STDLIB), key=_import_order)
+        others = sorted((line for line in lines if _module(line) not in _STDLIB), key=_import_order)
         return [*stdlib, *([""] if stdlib else []), *others]
 
     @property
@@ -201,9 +202,8 @@ def _module(line: str) -> str:
     return line.split()[1]
 
 
-def _import_key(line: str) -> tuple[str, bool]:
-    """isort's order within a section: by module, `import x` before `from x import y`."""
-    return _module(line), line.startswith("from ")
+def _import_order(line: str) -> tuple[bool, str]:
+    return line.startswith("from "), _module(line)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -465,7 +465,8 @@ class _ModuleBuilder:
             raise CodeError(f"cannot tell the input size of `{step.attr or step.op.name}`")
         if step.op.emit.owned is not None:  # a parameter of the block itself (layer scale)
             return self._owned(step.op, step.args, scope, scope.atom(channels))
-        return self._op_call(step.op, step.args, scope, scope.atom(channels))
+        known = None if channels is FLAT else channels
+        return self._op_call(step.op, step.args, scope, known, step.span)
 
     def _owned(self, op: ops.Op, given: Mapping[str, S.Expr], scope: _Scope, channels) -> Code:
         """`nn.Parameter(torch.full((planes,), 1e-06))`: the op's `owned` template with the
@@ -480,22 +481,50 @@ class _ModuleBuilder:
         return Atom(op.emit.owned.format(channels=channels, **code))
 
     def _op_call(
-        self, op: ops.Op, given: Mapping[str, S.Expr], scope: _Scope, channels: Code, *extra
+        self,
+        op: ops.Op,
+        given: Mapping[str, S.Expr],
+        scope: _Scope,
+        channels: S.Expr | None,
+        span: S.Span,
+        *extra,
     ) -> Call:
-        """`nn.Conv2d(64, 128, kernel_size=3, ...)`: the op's class, the incoming channels first
-        when it takes them, its positional arguments, then keywords for what differs from its
-        defaults (torchvision does not spell out defaults); `extra` after them (`**kwargs`)."""
+        """`nn.Conv2d(64, 128, kernel_size=3, ...)`: the op's class; the incoming channels and
+        the op's positional arguments in the order it declares (nn.GroupNorm(32, 64)), with
+        derived values (a group norm's groups from group_size) and defaults torch may lack
+        written out; then keywords for what differs from its defaults (torchvision does not
+        spell out defaults), the op's constant keywords, and `extra` (`**kwargs`)."""
         emit = op.emit
-        args: list[Code] = [channels] if emit.in_channels is not None else []
-        args += [scope.atom(given[name]) for name in emit.positional if name in given]
+        given = dict(given)
+        if channels is not None:
+            for name, value in op.derived(given, channels).items():
+                given.setdefault(
+                    name, value if isinstance(value, S.Node) else E.literal(value, span)
+                )
+        args: list[Code] = []
+        by_position: set[str] = set()
+        for name in emit.order:
+            if name == emit.in_channels:
+                if channels is not None and _passes_channels(op, given):
+                    args.append(scope.atom(channels))
+                continue
+            param = op.param(name)
+            if name in given:
+                args.append(scope.atom(given[name]))
+            elif param is not None and param.fixed_default:  # torch may have no default here
+                args.append(Atom(literal(param.default)))
+            else:
+                break  # the rest go by keyword
+            by_position.add(name)
         for p in op.params:
             value = given.get(p.name)
-            if value is None or p.name in emit.positional or p.torch is None:
+            if value is None or p.name in by_position or p.torch is None:
                 continue
             constant = _constant(value)
             if p.fixed_default and constant == p.default and type(constant) is type(p.default):
                 continue
             args.append(Keyword(ident(p.torch), scope.atom(value)))
+        args += [Keyword(ident(key), Atom(_constant_code(value))) for key, value in emit.keywords]
         if emit.helper is not None:  # a small module the generated file defines (PadChannels)
             self.helpers[ident(emit.cls)] = emit.helper
         self.imports.update(dict.fromkeys(emit.imports))
@@ -534,15 +563,24 @@ class _ModuleBuilder:
             ) from None
         op = value.op
         self.imports[CALLABLE] = None
-        if not value.args and not op.emit.positional and op.emit.helper is None:
+        if (
+            not value.args
+            and not op.emit.positional
+            and not op.emit.keywords
+            and op.emit.in_channels_if is None
+        ):
+            if op.emit.helper is not None:  # FrozenBatchNorm2d: a class the module defines
+                self.helpers[ident(op.emit.cls)] = op.emit.helper
             self.imports.update(dict.fromkeys(op.emit.imports))
             return dotted(op.emit.cls)
         factory = self.factories.get(value)
         if factory is None:
             name = _factory_name(value, {f.name for f in self.factories.values()})
             given = {k: E.literal(v, expr.span) for k, v in value.args}
-            channels = Atom("channels") if op.emit.in_channels is not None else None
-            call = self._op_call(op, given, _Scope(), channels, Atom("**kwargs"))
+            channels = (
+                S.Ref(span=expr.span, name="channels") if op.emit.in_channels is not None else None
+            )
+            call = self._op_call(op, given, _Scope(), channels, expr.span, Atom("**kwargs"))
             signature = "channels: int, **kwargs" if channels is not None else "**kwargs"
             factory = self.factories[value] = FactoryView(name, signature, call, str(value))
         return factory.name
@@ -1162,6 +1200,31 @@ def _needs_features(plan: BlockPlan, plans: Mapping[str, BlockPlan]) -> bool:
         if channels_after(step, S.Ref(span=plan.span, name=IN_CHANNELS), plans) is FLAT:
             flat = True
     return False
+
+
+def _constant_code(value: object) -> str:
+    """A constant argument of an op's declaration as Python, strings in double quotes as ruff
+    formats them (`approximate="tanh"`)."""
+    if isinstance(value, str) and value.isprintable() and not set(value) & {'"', "\\"}:
+        return f'"{value}"'
+    return literal(value)
+
+
+def _passes_channels(op: ops.Op, given: Mapping[str, S.Expr]) -> bool:
+    """Whether the constructor receives the channel count: always, unless the op makes it
+    depend on a bool argument (`Emit.in_channels_if`), which must then be a constant."""
+    gate = op.emit.in_channels_if
+    if gate is None:
+        return True
+    value = _constant(given[gate]) if gate in given else op.param(gate).default
+    if not isinstance(value, bool):
+        raise E.EvalError(
+            given[gate].span,
+            f"`{gate}` of {op.name} decides the arguments of its constructor, so it must be "
+            "true or false in the spec, not an expression of parameters",
+            codes.CODEGEN,
+        )
+    return value
 
 
 def _block_arguments(block: S.Block, given: Mapping[str, S.Expr], scope: _Scope) -> list[Code]:

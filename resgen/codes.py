@@ -100,10 +100,15 @@ PADDING_TOO_LARGE = _code(
     "never",
     keeps_channels=True,
 )
-GROUPS = _code("groups", "channels not divisible by a convolution's groups", "channels")
+GROUPS = _code("groups", "channels not divisible by the groups of a conv or group norm", "channels")
 CHANNELS = _code("channels", "a channel count that does not fit the input", "channels")
 IN_FEATURES = _code("in-features", "a linear layer's declared input size does not fit")
 TOO_SMALL = _code("too-small", "a window larger than its (padded) input", keeps_channels=True)
+INDIVISIBLE_SIZE = _code(
+    "indivisible-size",
+    "a height or width a layer needs divisible by its block",
+    keeps_channels=True,
+)
 NOT_SPATIAL = _code("not-spatial", "a C x H x W op after `flatten`")
 NOT_FLAT = _code("not-flat", "a flat op (linear) before `flatten`")
 MERGE_MISMATCH = _code("merge-mismatch", "main path and shortcut give different shapes")

@@ -25,6 +25,11 @@ ever the start of an attribute chain that ends in an allowed path (`f(nn)` or `x
 would hand a module to code that calls its attributes), `self` is only ever the first parameter
 of a method, and no attribute starting with `_` or reaching the interpreter's internals
 (`gi_frame`, `f_globals`, `mro`, ...: resgen.names.INTERNAL_ATTRIBUTES) is read.
+
+Helper modules (an op's `Emit.helper`) may also subclass a torch layer an op emits (`class
+StdConv2d(nn.Conv2d)`, as timm writes it), call methods of their own tensors (`x.permute(...)`:
+a function's parameters and locals), and use `import torch` or `import math` when a registered
+op declares it, reaching only the paths ops declare (`torch.cat`, `math.log`).
 """
 
 from __future__ import annotations
@@ -54,15 +59,18 @@ ALLOWED_IMPORTS = {
 STRUCTURAL_PATHS = frozenset({"nn.Module", "nn.Sequential", "nn.init.constant_", "torch.Tensor"})
 
 
-def allowed() -> tuple[frozenset[str], dict[str, set[str]]]:
-    """The torch paths and the imports generated code may use: resgen's own, plus exactly what
-    the registered ops (plugins' too) declare in their `emit`."""
+# Names of modules whose attribute chains must end in an allowed path.
+MODULE_ROOTS = frozenset({"nn", "torch"})
+
+
+def allowed() -> tuple[frozenset[str], dict[str, set[str]], frozenset[str]]:
+    """The torch paths, the `from` imports and the plainly imported modules (`import torch`)
+    generated code may use: resgen's own, plus exactly what the registered ops (plugins' too)
+    declare in their `emit`."""
     paths = set(STRUCTURAL_PATHS)
     imports = {module: set(names) for module, names in ALLOWED_IMPORTS.items()}
-    for lines in designspace.IMPORTS.values():  # what its functions' source needs
-        for line in lines:
-            module, _, names = line.removeprefix("from ").partition(" import ")
-            imports.setdefault(module.strip(), set()).update(n.strip() for n in names.split(","))
+    modules: set[str] = set()
+    lines = [line for lines in designspace.IMPORTS.values() for line in lines]  # its functions'
     for op in ops.registered():
         emit = op.emit
         if emit is None:
@@ -70,20 +78,19 @@ def allowed() -> tuple[frozenset[str], dict[str, set[str]]]:
         if emit.cls.startswith("nn."):
             paths.add(emit.cls)
         paths.update(emit.uses)
-        for line in emit.imports:
-            if line.startswith("import "):  # `import torch`: a module, used by its paths
-                imports.setdefault(MODULES, set()).add(line.removeprefix("import ").strip())
-                continue
-            module, _, names = line.removeprefix("from ").partition(" import ")
-            imports.setdefault(module.strip(), set()).update(n.strip() for n in names.split(","))
-    return frozenset(paths), imports
-
-
-MODULES = "<modules>"  # key of allowed() for `import MODULE` statements
+        lines += emit.imports
+    for line in lines:
+        statement = ast.parse(line).body[0]  # checked when the op was registered
+        if isinstance(statement, ast.Import):
+            modules.update(alias.name for alias in statement.names)
+        else:
+            names = imports.setdefault(statement.module, set())
+            names.update(alias.name for alias in statement.names)
+    return frozenset(paths), imports, frozenset(modules)
 
 
 BUILTIN_CALLS = frozenset(
-    {"super", "range", "isinstance", "len", "int", "bool", "float", "round", "min", "max"}
+    {"super", "range", "isinstance", "len", "int", "bool", "float", "round", "min", "max", "abs"}
     | {"ValueError"}  # raised by resgen.designspace's functions for values outside their space
     | {"OrderedDict"}  # imported from collections, for nn.Sequential with named layers
 )
@@ -94,8 +101,8 @@ BUILTINS = frozenset(name for name in dir(builtins) if not name.startswith("_"))
 _NODES = (
     ast.Module,
     ast.Expr,
-    ast.ImportFrom,
     ast.Import,
+    ast.ImportFrom,
     ast.alias,
     ast.ClassDef,
     ast.FunctionDef,
@@ -156,30 +163,63 @@ def _dotted(node: ast.AST) -> str | None:
 
 
 def _root(node: ast.AST) -> ast.AST:
-    """The start of an attribute chain: `self` in self.conv1.weight, `super()` in
-    super().__init__."""
-    while isinstance(node, ast.Attribute):
-        node = node.value
-    return node
+    """The start of an attribute chain, through method calls and indexing: `self` in
+    self.conv1.weight and self.weight[0].numel, `x` in x.permute(0, 2, 3, 1).contiguous,
+    `super()` in super().__init__."""
+    while True:
+        if isinstance(node, ast.Attribute | ast.Subscript):
+            node = node.value
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+            node = node.func
+        else:
+            return node
 
 
-def _call_problem(call: ast.Call, defined: set[str]) -> str | None:
+def _call_problem(call: ast.Call, defined: set[str], roots: set[str]) -> str | None:
     """Only calls of known things: allowed built-ins and the module's own classes and
-    functions by name, methods through `self`, and torch.nn paths (checked as attributes)."""
+    functions by name, methods through `self` or through a function's own parameters and
+    locals (`roots` holds those, and the imported modules, whose paths are checked as
+    attributes)."""
     func = call.func
     if isinstance(func, ast.Name):
         return None if func.id in BUILTIN_CALLS or func.id in defined else f"{func.id}()"
     root = _root(func)
     if isinstance(func, ast.Attribute) and (
-        (isinstance(root, ast.Name) and root.id in ("self", "nn", "torch"))
+        (isinstance(root, ast.Name) and root.id in roots)
         or (isinstance(root, ast.Call) and _dotted(root.func) == "super")
     ):
         return None
     return "a computed callable"
 
 
+def _scopes(tree: ast.Module, modules: frozenset[str]) -> dict[ast.AST, set[str]]:
+    """Per function, the names whose methods it may call: `self`, its parameters and locals
+    (tensors: `x.permute(...)`), and the modules the file imports (`nn`, `torch`)."""
+    scopes: dict[ast.AST, set[str]] = {}
+    for function in ast.walk(tree):
+        if not isinstance(function, ast.FunctionDef):
+            continue
+        arguments = function.args
+        names = {a.arg for a in (*arguments.posonlyargs, *arguments.args, *arguments.kwonlyargs)}
+        names |= {
+            node.id
+            for node in ast.walk(function)
+            if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store)
+        }
+        names |= {"self", "nn"} | modules
+        for node in ast.walk(function):
+            if isinstance(node, ast.Call):
+                scopes[node] = names
+    return scopes
+
+
 def _problems(tree: ast.Module) -> Iterable[str]:
-    paths, imports = allowed()
+    paths, imports, modules = allowed()
+    roots = MODULE_ROOTS | modules
+    scopes = _scopes(tree, modules)
+    parents = {child: node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)}
+    # A helper may extend a torch layer (`class StdConv2d(nn.Conv2d)`, as timm writes it).
+    bases = {"nn.Module"} | {p for p in paths if p.startswith("nn.")}
     prefixes = frozenset(p.rsplit(".", i)[0] for p in paths for i in range(p.count(".")))
     # Module-level classes and functions, and the plugin classes a registered op declares it
     # imports, are callable by name; the binding rules below keep each name meaning one thing.
@@ -194,37 +234,35 @@ def _problems(tree: ast.Module) -> Iterable[str]:
         if arg.annotation is not None and ast.unparse(arg.annotation) == "Callable[..., nn.Module]"
     }
     defined |= {
-        name
-        for module, names in imports.items()
-        if module not in ALLOWED_IMPORTS and module != MODULES
-        for name in names
+        name for module, names in imports.items() if module not in ALLOWED_IMPORTS for name in names
     }
-    parents = {child: node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)}
     yield from _binding_problems(tree)
-    yield from _torch_module_problems(tree, parents)
     yield from _self_problems(tree)
     bound = {name for name, _node in _bindings(tree)}
     for node in ast.walk(tree):
         line = f"line {getattr(node, 'lineno', '?')}"
         if not isinstance(node, _NODES):
             yield f"{line}: {type(node).__name__}"
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name not in modules or alias.asname:
+                    yield f"{line}: import of {alias.name}"
         elif isinstance(node, ast.ImportFrom):
             names = imports.get(node.module or "", set())
             for alias in node.names:
                 if node.level or alias.name not in names or alias.asname:
                     yield f"{line}: import of {node.module}.{alias.name}"
-        elif isinstance(node, ast.Import):
-            for alias in node.names:
-                if alias.name not in imports.get(MODULES, set()) or alias.asname:
-                    yield f"{line}: import of {alias.name}"
         elif isinstance(node, ast.ClassDef | ast.FunctionDef) and node.decorator_list:
             yield f"{line}: decorator"
         elif isinstance(node, ast.ClassDef) and (
-            node.keywords or [_dotted(b) for b in node.bases] != ["nn.Module"]
+            node.keywords or len(node.bases) != 1 or _dotted(node.bases[0]) not in bases
         ):
-            yield f"{line}: class {node.name} is not a plain nn.Module"
+            yield f"{line}: class {node.name} is not a plain nn.Module or torch layer"
         elif isinstance(node, ast.Name) and node.id.startswith("__"):
             yield f"{line}: name {node.id}"
+        elif isinstance(node, ast.Name) and node.id in roots and not _starts_chain(node, parents):
+            # `m = nn` (or `f(torch)`) would let `m.modules.module.os` escape the path check.
+            yield f"{line}: the module {node.id} used as a value"
         elif (
             isinstance(node, ast.Name)
             and isinstance(node.ctx, ast.Load)
@@ -233,9 +271,17 @@ def _problems(tree: ast.Module) -> Iterable[str]:
         ):
             yield f"{line}: name {node.id} is neither defined here nor a builtin resgen uses"
         elif isinstance(node, ast.Attribute):
-            yield from _attribute_problems(node, line, paths, prefixes, parents)
-        elif isinstance(node, ast.Call) and (problem := _call_problem(node, defined)):
+            yield from _attribute_problems(node, line, paths, prefixes, roots, parents)
+        elif isinstance(node, ast.Call) and (
+            problem := _call_problem(node, defined, scopes.get(node, {"self", "nn", *modules}))
+        ):
             yield f"{line}: call to {problem}"
+        elif (
+            isinstance(node, ast.Name)
+            and isinstance(node.ctx, ast.Store)
+            and node.id in roots | {"Tensor", "self"}
+        ):
+            yield f"{line}: assignment to {node.id}"
 
 
 def _bindings(tree: ast.Module) -> Iterable[tuple[str, ast.AST]]:
@@ -277,8 +323,13 @@ def _role(node: ast.AST) -> str:
     return "function" if isinstance(node, ast.FunctionDef) else "import"
 
 
+def _starts_chain(node: ast.Name, parents: dict) -> bool:
+    parent = parents.get(node)
+    return isinstance(parent, ast.Attribute) and parent.value is node
+
+
 def _attribute_problems(
-    node: ast.Attribute, line: str, paths, prefixes, parents: dict
+    node: ast.Attribute, line: str, paths, prefixes, roots, parents: dict
 ) -> Iterable[str]:
     if node.attr.startswith("_") and not (
         node.attr == "__init__"
@@ -291,20 +342,12 @@ def _attribute_problems(
         yield f"{line}: attribute {node.attr} reaches the interpreter's internals"
         return
     path = _dotted(node)
-    if path and path.split(".")[0] in ("nn", "torch"):
+    if path and path.split(".")[0] in roots:
+        # A chain that ends here must be an allowed path; one that goes on may be a prefix.
         parent = parents.get(node)
         whole = not (isinstance(parent, ast.Attribute) and parent.value is node)
         if path not in paths and (whole or path not in prefixes):
             yield f"{line}: {path} is not a layer class or init function resgen uses"
-
-
-def _torch_module_problems(tree: ast.Module, parents: dict) -> Iterable[str]:
-    """`nn` (torch.nn itself) read other than as the start of an attribute chain."""
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Name) and node.id == "nn" and isinstance(node.ctx, ast.Load):
-            parent = parents.get(node)
-            if not (isinstance(parent, ast.Attribute) and parent.value is node):
-                yield f"line {node.lineno}: torch.nn used as a value"
 
 
 def _self_problems(tree: ast.Module) -> Iterable[str]:

@@ -250,7 +250,7 @@ def totals(analysis: Analysis) -> list[tuple[str, str]]:
         ("Params", f"{analysis.params:,}" + ("" if analysis.params_exact else partial)),
         (
             "Buffers",
-            f"{analysis.buffers:,} (batch norm running statistics and counters)"
+            f"{analysis.buffers:,} (not trained: running statistics, counters, fixed filters)"
             + ("" if analysis.params_exact else partial),
         ),
         (

@@ -133,7 +133,13 @@ class Loader:
                 )
                 continue
             let = parsed.lets[0]
-            calls = [e for e in E.walk(let.value) if isinstance(e, S.Func)]
+            # An op is a value too (`--param norm_layer=groupnorm(32)`), bound as in a spec.
+            resolver = _FileResolver(self, parsed)
+            value = resolver._op_values(let.value, set())
+            if resolver.diags.has_errors:
+                diags.extend(resolver.diags.items)
+                continue
+            calls = [e for e in E.walk(value) if isinstance(e, S.Func)]
             unknown = [c for c in calls if c.name not in E.FUNCTIONS]
             if unknown:
                 diags.error(
@@ -143,7 +149,7 @@ class Loader:
                     + did_you_mean(unknown[0].name, E.FUNCTIONS),
                 )
                 continue
-            refs = E.free_refs(let.value)
+            refs = E.free_refs(value)
             if refs:
                 diags.error(
                     refs[0].span,
@@ -151,7 +157,7 @@ class Loader:
                     f"a --param value is a constant expression; `{refs[0].name}` is not known here",
                 )
                 continue
-            new_defaults[name] = let.value
+            new_defaults[name] = value
         diags.raise_if_errors()
         params = tuple(
             p.model_copy(update={"default": new_defaults[p.name]}) if p.name in new_defaults else p

@@ -193,9 +193,10 @@ def _spatial_sizes(program: Sequence[_Step], axis: int, n: int) -> tuple[list[in
         if kind == "input":
             sizes[index] = n
         elif kind == "window":
-            out = step.what[axis].out(sizes[step.inputs[0]])
-            if out < 1:
+            window = step.what[axis]
+            if not window.takes(sizes[step.inputs[0]]):  # output >= 1, and the op's own rules
                 return sizes, index
+            out = window.out(sizes[step.inputs[0]])
             sizes[index] = out
         elif kind == "fixed":
             sizes[index] = step.what[axis]

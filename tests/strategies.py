@@ -56,6 +56,37 @@ block SqueezeExcite(reduction = 2) {
 
 KERNELS = ["1", "3", "5", "(1, 3)", "(3, 1)", "(3, 5)"]
 
+# Parameter-free activations (a block applies its `act` again by name), in place where torch
+# allows it; the norms and convolutions of issue 15 that fit any even channel count >= 4 and any
+# size. `prelu` has parameters, so it appears only where it is not re-applied.
+ACTIVATIONS = [
+    "relu(inplace=true)",
+    "silu(inplace=true)",
+    "gelu",
+    "gelu_tanh",
+    "leaky_relu(0.1, inplace=true)",
+    "elu(alpha=0.5)",
+    "hardswish",
+    "hardsigmoid(inplace=true)",
+    "mish",
+    "tanh",
+]
+NORMS = [
+    "batchnorm",
+    "batchnorm",
+    "groupnorm(2)",
+    "groupnorm(group_size=2)",
+    "layernorm2d",
+    "rmsnorm2d",
+    "simplenorm2d",
+    "grn",
+    "frozen_batchnorm",
+]
+UNGROUPED = [norm for norm in NORMS if not norm.startswith("groupnorm")]  # any channel count
+CONVS = ["conv", "conv", "conv", "std_conv", "scaled_std_conv"]
+# Layers that keep C x H x W whatever it is (channel_linear's width is the block's `width`).
+EXTRAS = ["eca", "eca(kernel=5)", "drop_path(0.2)", "scale(0.5)", "prelu(per_channel=true)"]
+
 
 def _same_padding(kernel: str, dilated: bool) -> str:
     """The padding that keeps the size for an odd kernel (per axis for a pair)."""
@@ -90,23 +121,28 @@ def custom_block(draw, name: str, mistake: str | None = None) -> str:
     style = draw(st.sampled_from(["plain", "seq"]))
     # Pre-activation (ResNet v2): the projection reads the activated input (`shortcut ... from`).
     preact = merge is not None and draw(st.booleans())
+    act = draw(st.sampled_from(ACTIVATIONS))
     if preact:
-        lines += ["        pre_bn = batchnorm", "        pre_act = relu(inplace=true)"]
+        # It sees the block's input, whose channels an earlier block's mistake may have made
+        # odd: torch would then fail building a group norm before running that mistake.
+        pre_norm = draw(st.sampled_from(UNGROUPED))
+        lines += [f"        pre_bn = {pre_norm}", f"        pre_act = {act}"]
     middles = draw(st.integers(1, 2))
     stride_on = draw(st.integers(0, middles))  # 0: the 1x1 reduce conv takes the stride
     if style == "seq":
+        stride = "stride" if stride_on == 0 else "1"
+        norm = draw(st.sampled_from(NORMS))
         lines.append(
-            "        reduce = seq { conv(width, 1, stride=%s, bias=false) batchnorm "
-            "relu(inplace=true) }" % ("stride" if stride_on == 0 else "1")
+            f"        reduce = seq {{ conv(width, 1, stride={stride}, bias=false) {norm} {act} }}"
         )
-        lines.append("        act = relu")
+        lines.append(f"        act = {act.replace('(inplace=true)', '')}")
     else:
         lines.append(
             "        reduce = conv(width, 1, stride=%s, bias=false)"
             % ("stride" if stride_on == 0 else "1")
         )
-        lines.append("        bn0 = batchnorm")
-        lines.append("        act = relu(inplace=true)")
+        lines.append(f"        bn0 = {draw(st.sampled_from(NORMS))}")
+        lines.append(f"        act = {act}")
     spatial_mistake_at = draw(st.integers(1, middles)) if mistake == "spatial" else None
     for i in range(1, middles + 1):
         kernel = draw(st.sampled_from(KERNELS))
@@ -119,16 +155,27 @@ def custom_block(draw, name: str, mistake: str | None = None) -> str:
             dilated = False
         stride = "stride" if stride_on == i else "1"
         dil = ", dilation=dilation" if dilated else ""
+        # A standardised 1x1 conv may have one weight per output channel (groups = width):
+        # torch cannot standardise one value, so those get a plain conv.
+        standardised = spatial_mistake_at != i and kernel != "1"
+        conv = draw(st.sampled_from(CONVS)) if standardised else "conv"
         lines.append(
-            f"        conv{i} = conv(width, {kernel}, stride={stride}, "
+            f"        conv{i} = {conv}(width, {kernel}, stride={stride}, "
             f"padding={padding}{dil}, groups=groups, bias=false)"
         )
         if draw(st.booleans()):
-            lines.append(f"        bn{i} = batchnorm")
+            lines.append(f"        bn{i} = {draw(st.sampled_from(NORMS))}")
         lines.append("        act")
+        if draw(st.integers(0, 3)) == 0:
+            lines.append(f"        extra{i} = {draw(st.sampled_from(EXTRAS))}")
+    if draw(st.integers(0, 3)) == 0:
+        lines.append("        mix = channel_linear(width)")
     out = "planes * expansion" + (" + 1" if mistake == "channels" else "")
     lines.append(f"        expand = conv({out}, 1, bias=false)")
-    lines.append("        bn9 = batchnorm")
+    # The last norm sees `out`, odd when the mistake is a channel off: group norms would add an
+    # error of their own there.
+    last_norms = UNGROUPED if mistake else NORMS
+    lines.append(f"        bn9 = {draw(st.sampled_from(last_norms))}")
     if draw(st.booleans()):
         lines.append("        se = SqueezeExcite()")
     lines.append("    }")
@@ -242,15 +289,27 @@ def network_design(draw, mistake: str | None = None, hazards: bool = False) -> s
     width = draw(st.integers(1, 64))
     if draw(st.booleans()):
         width = height  # square inputs are common; keep them common here too
+    if mistake == "too-small":  # an unpadded conv (below) that needs more than the input has
+        height, width = draw(st.integers(1, 6)), draw(st.integers(1, 6))
     stem_width = draw(st.sampled_from([4, 8, 16]))
     kernel = draw(st.sampled_from(["3", "5", "7", "(3, 5)", "(7, 3)"]))
-    stem = [
-        f"        conv1 = conv(width, {kernel}, stride={draw(st.sampled_from([1, 2]))}, "
-        f"padding={_same_padding(kernel, False)}, bias=false)"
-    ]
+    stem = []
+    if mistake == "indivisible":  # an odd size where space_to_depth needs an even one
+        height = 2 * draw(st.integers(1, 31)) + 1
+    if mistake == "indivisible" or (height % 2 == 0 and width % 2 == 0 and draw(st.booleans())):
+        stem.append("        s2d = space_to_depth(2)")  # 4 C x H/2 x W/2
+    if draw(st.integers(0, 3)) == 0:
+        stem.append(f"        pad = constant_pad({draw(st.integers(0, 2))})")
+    stem.append(
+        f"        conv1 = {draw(st.sampled_from(CONVS))}(width, {kernel}, "
+        f"stride={draw(st.sampled_from([1, 2]))}, padding={_same_padding(kernel, False)}, "
+        "bias=false)"
+    )
     bn = "batchnorm"
     if mistake == "batchnorm":
         bn = f"batchnorm({stem_width + draw(st.integers(1, 4))})"
+    elif mistake == "groupnorm":
+        bn = "groupnorm(3)"  # the stem is 4, 8 or 16 wide
     hazard = draw(_hazards()) if hazards else None
     if hazard:
         bn = f"batchnorm(eps={hazard['eps']}, momentum={hazard['momentum']})"
@@ -266,6 +325,11 @@ def network_design(draw, mistake: str | None = None, hazards: bool = False) -> s
             f"        hpool = {pool}({hazard['pool_kernel']}, stride=1, "
             f"padding={hazard['pool_padding']}{dilation}, ceil_mode={hazard['pool_ceil']})"
         )
+    if draw(st.booleans()):
+        stem.append(f"        act = {draw(st.sampled_from([*ACTIVATIONS, 'prelu']))}")
+    # Reflect padding needs a size above the padding: only where the input is surely large.
+    if height > 8 and width > 8 and draw(st.integers(0, 3)) == 0:
+        stem.append(f"        aa = blurpool({draw(st.sampled_from([2, 3]))})")
     pool = draw(st.sampled_from([None, "maxpool", "avgpool"]))
     if mistake == "pool-padding":
         pool = draw(st.sampled_from(["maxpool", "avgpool"]))
@@ -277,8 +341,7 @@ def network_design(draw, mistake: str | None = None, hazards: bool = False) -> s
         stem.append(
             f"        pool = {pool}({k}, stride={draw(st.sampled_from([1, 2]))}, padding={padding})"
         )
-    if mistake == "too-small":  # an unpadded conv that needs more than the input has
-        height, width = draw(st.integers(1, 6)), draw(st.integers(1, 6))
+    if mistake == "too-small":
         stem.append(f"        valid = conv(width, {draw(st.sampled_from([5, 7]))})")
 
     block_names = ["BasicBlock", "Bottleneck", "Custom1", "Custom2"]
@@ -301,11 +364,19 @@ def network_design(draw, mistake: str | None = None, hazards: bool = False) -> s
         stages.append(f"    stage layer{len(stages) + 1} = 1 x Custom2({planes}, groups={groups})")
 
     size = draw(st.sampled_from(["1", "1", "(2, 1)", "(1, 3)"]))
-    head = [f"        avgpool = adaptive_avgpool({size})", "        flatten = flatten"]
+    pool = draw(
+        st.sampled_from(
+            ["adaptive_avgpool", "adaptive_avgpool", "adaptive_maxpool", "adaptive_avgmaxpool"]
+            + ["adaptive_catavgmaxpool"]
+        )
+    )
+    head = [f"        avgpool = {pool}({size})", "        flatten = flatten"]
     if hazard:
         head.append(f"        drop = dropout({hazard['p']})")
     elif draw(st.booleans()):
         head.append("        drop = dropout(0.25)")
+    if draw(st.integers(0, 3)) == 0:
+        head.append("        bn = batchnorm1d")
     in_features = ""
     if mistake == "linear":
         in_features = f", in_features={draw(st.integers(1000, 1005))}"  # never the real one
@@ -336,7 +407,17 @@ def network_design(draw, mistake: str | None = None, hazards: bool = False) -> s
     return "\n".join(text)
 
 
-MISTAKES = ("too-small", "spatial", "channels", "groups", "pool-padding", "linear", "batchnorm")
+MISTAKES = (
+    "too-small",
+    "spatial",
+    "channels",
+    "groups",
+    "pool-padding",
+    "linear",
+    "batchnorm",
+    "groupnorm",
+    "indivisible",
+)
 
 
 def valid_specs() -> st.SearchStrategy[str]:

@@ -93,3 +93,30 @@ def test_a_param_given_twice_is_an_error(capsys):
     )
     (record,) = json.loads(capsys.readouterr().out)
     assert record["code"] == "duplicate-argument"
+
+
+def test_an_op_is_a_param_value(capsys):
+    """`--param act_layer=silu(inplace=true)` swaps every activation, as a derived network
+    would: the parameter count stays timm's resnet50_gn's, and the summary names the new op."""
+    gn = "specs/timm/resnet50_gn.arch"
+    args = ["--param", "act_layer=silu(inplace=true)", "--param", "drop_path_rate=0.1"]
+    assert main(["summary", gn, "--json", "--depth", "3", *args]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["params"] == 25_557_032  # timm.create_model("resnet50_gn")
+    ops_used = {layer["op"] for layer in summary["layers"]}
+    assert {"silu", "drop_path", "groupnorm"} <= ops_used and "relu" not in ops_used
+
+
+@pytest.mark.parametrize(
+    "option, code, column",
+    [
+        ("norm_layer=groupnorm(bogus=1)", "unknown-argument", 28),
+        ("norm_layer=groupnorm(x)", "bad-argument", 28),
+        ("norm_layer=groupnrom(32)", "unknown-function", 18),
+    ],
+)
+def test_bad_op_values_are_located_in_the_option(capsys, option, code, column):
+    assert main(["check", "specs/timm/resnet50_gn.arch", "--param", option, "--json"]) == 1
+    record = json.loads(capsys.readouterr().out)[0]
+    where = (record["file"], record["column"], record["code"])
+    assert where == ("--param norm_layer", column, code)

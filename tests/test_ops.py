@@ -239,3 +239,163 @@ def test_counts_default_to_none_for_a_pointwise_op():
     assert Gelu().counts({}, (8, 4, 4), (8, 4, 4)) == Counts(0, 0, 0)
     assert Gelu().infer((8, 4, 4), {}, None) == (8, 4, 4)
     assert textwrap.dedent(Gelu.__doc__).startswith("The whole of")
+
+
+# ---------------------------------------------------------------------------------------------
+# How a declaration writes its constructor call (Emit) and what the AST guard lets helpers do
+
+
+class _Grouped(Op):
+    """nn.GroupNorm(groups, C): the channel count goes second, and a derived argument."""
+
+    name = "test_grouped"
+    doc = "group norm with the channel count second"
+    params = (
+        Param("groups", "int", ops.DERIVED, "num_groups"),
+        Param("eps", "float", 1e-5, "eps"),
+    )
+    accepts = "spatial"
+    emit = Emit("nn.GroupNorm", in_channels="num_channels", positional=("groups", "num_channels"))
+
+    def derived(self, args, c):
+        return {} if "groups" in args else {"groups": ops.quotient(c, 4)}
+
+
+class _Tanh(Op):
+    name = "test_tanh_gelu"
+    doc = "a constant keyword"
+    stateless = True
+    emit = Emit("nn.GELU", keywords=(("approximate", "tanh"),))
+
+
+class _Slopes(Op):
+    name = "test_slopes"
+    doc = "the channel count passed only when a bool says so"
+    params = (Param("per_channel", "bool", False),)
+    emit = Emit("nn.PReLU", in_channels="num_parameters", in_channels_if="per_channel")
+
+
+class _Pad(Op):
+    name = "test_pad"
+    doc = "a positional default torch does not have"
+    params = (Param("padding", "int", torch="padding"), Param("value", "float", 0.0, "value"))
+    accepts = "spatial"
+    stateless = True
+    emit = Emit("nn.ConstantPad2d", positional=("padding", "value"))
+
+    def infer(self, x, args, check):
+        return (x[0], x[1] + 2 * args["padding"], x[2] + 2 * args["padding"])
+
+
+EMITTED = {
+    "test_grouped": "nn.GroupNorm(in_channels // 4, in_channels)",
+    "test_grouped(2)": "nn.GroupNorm(2, in_channels)",
+    "test_tanh_gelu": 'nn.GELU(approximate="tanh")',
+    "test_slopes": "nn.PReLU()",
+    "test_slopes(per_channel=true)": "nn.PReLU(in_channels)",
+    "test_pad(1)": "nn.ConstantPad2d(1, 0.0)",
+    "test_pad(1, value=0.5)": "nn.ConstantPad2d(1, 0.5)",
+}
+
+
+@pytest.fixture
+def emitters():
+    registered = [ops.register(op) for op in (_Grouped, _Tanh, _Slopes, _Pad)]
+    yield
+    for op in registered:
+        ops.unregister(op.name)
+
+
+@pytest.mark.parametrize("layer", sorted(EMITTED))
+def test_emit_writes_the_constructor_as_torchvision_does(layer, emitters, tmp_path):
+    """The channel count where torch takes it, derived and positional defaults written out,
+    constant keywords, and a channel count that depends on a bool; the model runs in torch."""
+    from resgen.build import build_module, generate
+
+    spec = tmp_path / "emit.arch"
+    spec.write_text(
+        f"block B(width) {{\n    main {{ op = {layer} }}\n}}\n"
+        "network emit {\n    input 8x4x4\n    stem { b = B(8) }\n}\n"
+    )
+    assert f"self.op = {EMITTED[layer]}" in generate(spec)
+    torch = pytest.importorskip("torch")
+    build_module(spec)(torch.randn(1, 8, 4, 4))
+
+
+@pytest.mark.parametrize(
+    "emit, message",
+    [
+        (Emit("nn.PReLU", in_channels="n", in_channels_if="missing"), "is not a bool parameter"),
+        (Emit("nn.GELU", keywords=(("not a name", 1),)), "which is not a Python name"),
+        (Emit("X", helper="x.jinja", imports=("import os.path",)), "`import MODULE`"),
+        (Emit("X", helper="x.jinja", imports=("import torch as t",)), "`import MODULE`"),
+    ],
+)
+def test_bad_emit_declarations_are_refused(emit, message):
+    op = type("Bad", (Op,), {"name": "test_bad_emit", "doc": "bad", "emit": emit})
+    with pytest.raises(OpError, match=message):
+        ops.register(op, plugin="resgen-example")
+    assert ops.lookup("test_bad_emit", load_plugins=False) is None
+
+
+GUARD_REFUSES = {
+    # An alias of a module inside a function would make its methods callable as a local's.
+    "local-alias": "from torch import nn\ndef f():\n    m = nn\n    m.modules.module.os.system()",
+    "prefix-alias": "from torch import nn\ndef f():\n    m = nn.functional\n    m.torch.hub.load()",
+    "module-argument": "import torch\ndef f(x):\n    return g(torch)\ndef g(m):\n    return m.hub",
+    "undeclared-path": "import math\ndef f():\n    return math.fsum([1])",
+    "torch-hub": "import torch\ndef f():\n    torch.hub.load('a/b', 'c')",
+    "import-os": "import os",
+    "base-object": "class A(object):\n    pass",
+    "base-two": "from torch import nn\nclass A(nn.Module, nn.Conv2d):\n    pass",
+    "computed-callable": "def f(x):\n    return [x][0]()",
+}
+
+
+@pytest.mark.parametrize("case", sorted(GUARD_REFUSES))
+def test_guard_refuses_what_helpers_cannot_do(case):
+    from resgen.codegen import check_source
+    from resgen.render import CodeError
+
+    with pytest.raises(CodeError):
+        check_source(GUARD_REFUSES[case])
+
+
+class _Helper(Op):
+    """Declares what its helper class needs: `import math`, `import torch`, and the paths."""
+
+    name = "test_helper"
+    doc = "a helper with imports"
+    emit = Emit(
+        "nn.Conv2d",
+        in_channels="in_channels",
+        imports=("import math", "import torch"),
+        uses=("math.isqrt", "torch.stack"),
+    )
+
+
+def test_guard_allows_what_helpers_are_written_with():
+    """Methods of a function's own tensors (chained), `import torch` and `import math` with
+    the paths a registered op declares, and a torch layer as the base class; without the
+    declaration, the same source is refused."""
+    from resgen.codegen import check_source
+    from resgen.render import CodeError
+
+    source = (
+        "import math\n\nimport torch\nfrom torch import Tensor, nn\n\n\n"
+        "class S(nn.Conv2d):\n"
+        "    def forward(self, x: Tensor) -> Tensor:\n"
+        "        n, c, h, w = x.size()\n"
+        "        y = x.view(n, c, h, w).permute(0, 2, 3, 1).contiguous()\n"
+        "        k = math.isqrt(9) * self.weight[0].numel()\n"
+        "        return torch.stack((y, y), 1) * k\n"
+    )
+    op = ops.register(_Helper)
+    try:
+        check_source(source)
+        with pytest.raises(CodeError, match="math.fsum"):  # a path no op declares
+            check_source(source.replace("math.isqrt(9)", "math.fsum([3])"))
+    finally:
+        ops.unregister(op.name)
+    with pytest.raises(CodeError, match="math.isqrt"):
+        check_source(source)

@@ -24,6 +24,8 @@ from strategies import examples, invalid_specs, valid_specs  # noqa: E402
 
 torch = pytest.importorskip("torch")
 
+from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
+
 from resgen import codegen  # noqa: E402
 from resgen.build import import_source  # noqa: E402
 from resgen.diagnostics import SpecError  # noqa: E402
@@ -41,6 +43,7 @@ SHAPE_CODES = frozenset(
         "channels",
         "not-spatial",
         "not-flat",
+        "indivisible-size",
     }
 )
 # `batchnorm(64)` and `linear(10, in_features=512)` declare what they expect; the generated code
@@ -160,12 +163,14 @@ def _agrees_when_accepted(spec, analysis, text: str) -> None:
     net = _build(spec, analysis)
     trace = _Trace(net)
     try:
-        with torch.no_grad():
+        with torch.no_grad(), FlopCounterMode(display=False) as flops:
             output = tuple(net(torch.randn(1, *analysis.input)).shape[1:])
     finally:
         trace.remove()
     where = f"\n--- spec ---\n{text}"
     assert output == tuple(analysis.output), f"network output{where}"
+    # MACs: the multiply-accumulates of every convolution and matrix product torch runs.
+    assert 2 * analysis.macs == flops.get_total_flops(), where
     for layer in analysis.layers:
         if layer.op in MERGES:
             seen = _merge_observed(analysis, layer.name, trace, output)
@@ -176,10 +181,23 @@ def _agrees_when_accepted(spec, analysis, text: str) -> None:
     predicted_modules = {
         _module_of(analysis, layer.name) for layer in analysis.layers if layer.op not in MERGES
     }
-    leaves = {name for name, m in net.named_modules() if name and not list(m.children())}
+    leaves = {
+        _owner(name, predicted_modules)
+        for name, m in net.named_modules()
+        if name and not list(m.children())
+    }
     assert predicted_modules == leaves, where
     assert analysis.params == sum(p.numel() for p in net.parameters()), where
     assert analysis.buffers == sum(b.numel() for b in net.buffers()), where
+
+
+def _owner(name: str, layers: set[str]) -> str:
+    """The layer a module belongs to: itself, or the op whose helper class holds it as a child
+    (EcaModule's `conv`)."""
+    parts = name.split(".")
+    return next(
+        (prefix for n in range(1, len(parts)) if (prefix := ".".join(parts[:n])) in layers), name
+    )
 
 
 def _buildable(spec, analysis):

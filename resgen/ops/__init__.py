@@ -1,10 +1,10 @@
 """The op registry: every layer op and merge resgen knows, by its .arch name.
 
-resgen's own ops are registered on import (resgen.ops.layers, resgen.ops.merges). A Python
-package adds its own through the entry-point group `resgen.ops`: each entry point names an `Op`
-subclass, an instance, or a sequence of them, and resgen passes each to `register` - the same
-public function a program (or a test) may call itself. Entry points are read only when a spec
-names an op that is not registered, so start-up does not pay for them.
+resgen's own ops are registered on import (one module of resgen.ops per kind; `BUILTIN` lists
+the layer ops). A Python package adds its own through the entry-point group `resgen.ops`: each
+entry point names an `Op` subclass, an instance, or a sequence of them, and resgen passes each to
+`register` - the same public function a program (or a test) may call itself. Entry points are
+read only when a spec names an op that is not registered, so start-up does not pay for them.
 
     # pyproject.toml of a plugin
     [project.entry-points."resgen.ops"]
@@ -18,8 +18,9 @@ import keyword
 from collections.abc import Iterable
 
 from resgen.diagnostics import UsageError
-from resgen.ops import layers, merges, scales
+from resgen.ops import activations, attention, convs, layers, merges, norms, pools, scales
 from resgen.ops.base import (
+    DERIVED,
     FROM_INPUT,
     REQUIRED,
     Counts,
@@ -30,6 +31,8 @@ from resgen.ops.base import (
     Param,
     SameAs,
     Window,
+    product,
+    quotient,
 )
 
 ENTRY_POINT_GROUP = "resgen.ops"
@@ -158,15 +161,25 @@ def _declaration_problem(op: Op) -> str | None:
     if not all(part.isidentifier() for part in emit.cls.split(".")):
         return f"emits the class {emit.cls!r}, which is not a dotted Python name"
     for key in emit.positional:
-        if key not in seen:
+        if key not in seen and key != emit.in_channels:
             return f"passes `{key}` by position, but has no such parameter"
+    if emit.in_channels_if is not None:
+        gate = op.param(emit.in_channels_if)
+        if gate is None or gate.type != "bool" or not gate.fixed_default:
+            return (
+                f"passes the channel count when `{emit.in_channels_if}` holds, which is not a "
+                "bool parameter with a default"
+            )
+    for key, _value in emit.keywords:
+        if not key.isidentifier() or keyword.iskeyword(key):
+            return f"passes the constant keyword {key!r}, which is not a Python name"
     imported = set()
     for line in emit.imports:
         statement = _import_statement(line)
         if statement is None:
             return (
                 f"declares the import {line!r}, which is not one `from MODULE import NAME` "
-                "(or `import MODULE`)"
+                "or `import MODULE`"
             )
         imported.update(alias.asname or alias.name for alias in statement.names)
     if not emit.cls.startswith("nn.") and emit.helper is None and emit.cls not in imported:
@@ -175,22 +188,40 @@ def _declaration_problem(op: Op) -> str | None:
 
 
 def _import_statement(line: str) -> ast.ImportFrom | ast.Import | None:
+    """`from MODULE import NAME, ...`, or `import MODULE` of one top-level module, unaliased."""
     try:
         tree = ast.parse(line)
     except SyntaxError:
         return None
-    if len(tree.body) != 1 or not isinstance(tree.body[0], ast.ImportFrom | ast.Import):
+    if len(tree.body) != 1:
         return None
     statement = tree.body[0]
     if isinstance(statement, ast.Import):
-        return statement if all(a.asname is None for a in statement.names) else None
+        (alias, *more) = statement.names
+        plain = not more and alias.asname is None and "." not in alias.name
+        return statement if plain else None
+    if not isinstance(statement, ast.ImportFrom):
+        return None
     return None if statement.level or not statement.module else statement
 
 
-for _op in (*layers.BUILTIN, *scales.BUILTIN, *merges.BUILTIN):
+# resgen's own layer ops, by kind (each module keeps its kind's ops; merges are apart).
+BUILTIN: tuple[Op, ...] = (
+    *layers.BUILTIN,
+    *activations.BUILTIN,
+    *norms.BUILTIN,
+    *pools.BUILTIN,
+    *convs.BUILTIN,
+    *attention.BUILTIN,
+    *scales.BUILTIN,
+)
+
+for _op in (*BUILTIN, *merges.BUILTIN):
     register(_op)
 
 __all__ = [
+    "BUILTIN",
+    "DERIVED",
     "ENTRY_POINT_GROUP",
     "FROM_INPUT",
     "REQUIRED",
@@ -206,6 +237,8 @@ __all__ = [
     "lookup",
     "merge",
     "names",
+    "product",
+    "quotient",
     "register",
     "registered",
     "unregister",

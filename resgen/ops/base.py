@@ -21,6 +21,7 @@ attributes and methods answer every question a later stage asks, so no stage com
     saves(args, x, y, dev)  the tensors autograd keeps for its backward pass (resgen.memory)
     temporaries(...)        what else it allocates in an inference pass (max pooling's indices)
     autocast                how torch.autocast runs it: in lower precision, in float32, or as is
+    derived(args, c)        constructor arguments the op works out from others (codegen)
 
 Built-in ops live in resgen.ops.layers and resgen.ops.merges; a plugin declares its own the same
 way and registers it (resgen.ops.register, or the `resgen.ops` entry-point group).
@@ -34,6 +35,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Literal, NamedTuple, Protocol
 
 from resgen import codes
+from resgen import spec as S
 from resgen.codes import Code
 from resgen.limits import LIMITS
 
@@ -51,6 +53,9 @@ class _Sentinel:
 
 REQUIRED = _Sentinel("<required>")  # the argument must be given
 FROM_INPUT = _Sentinel("<from the input>")  # follows the incoming tensor; checked when given
+# Worked out by the op from its other arguments and its input when not given (a group norm's
+# groups from group_size, an ECA kernel from the channel count): see Op.derived.
+DERIVED = _Sentinel("<derived>")
 
 
 @dataclass(frozen=True)
@@ -93,7 +98,7 @@ class Param:
 
     @property
     def fixed_default(self) -> bool:
-        """A literal default (not REQUIRED, FROM_INPUT or another argument's value)."""
+        """A literal default (not REQUIRED, FROM_INPUT, DERIVED or another argument's value)."""
         return not isinstance(self.default, _Sentinel | SameAs)
 
     def problem(self, value: object) -> str | None:
@@ -181,6 +186,12 @@ class Window(NamedTuple):
 
     def out(self, n: int) -> int:
         return window_out(n, *self)
+
+    def takes(self, n: int) -> bool:
+        """Whether an input of size n is accepted: the output is at least 1. Subclasses add
+        the conditions of their op (reflect padding needs n > padding, space-to-depth n
+        divisible by its block), so the input-size search (resgen.sizes) knows them."""
+        return self.out(n) >= 1
 
     def keeps_size(self) -> bool:
         """Whether every input size comes out unchanged ('same' padding at stride 1)."""
@@ -313,18 +324,29 @@ class Emit:
     cls          `nn.Conv2d`; for a helper or plugin op, the class name the module defines or
                  imports (`PadChannels`)
     in_channels  the constructor keyword that receives the incoming channel count; it is passed
-                 first, by position, as torchvision writes nn.Conv2d(64, 128, kernel_size=3)
-    positional   .arch parameters passed by position after it (nn.Linear(2048, num_classes))
+                 by position, first unless `positional` places it, as torchvision writes
+                 nn.Conv2d(64, 128, kernel_size=3) and nn.GroupNorm(32, 64)
+    in_channels_if  a bool parameter that decides whether the channel count is passed at all
+                 (nn.PReLU(64) learns a slope per channel, nn.PReLU() one); it must be constant
+    positional   .arch parameters passed by position after it (nn.Linear(2048, num_classes)),
+                 and `in_channels` where it goes elsewhere; a default is written out, since a
+                 positional argument of torch's may have none (nn.ConstantPad2d(1, 0.0))
+    keywords     constant keyword arguments, (torch keyword, value) pairs that are always
+                 passed (nn.GELU(approximate="tanh"))
     helper       a template of resgen.templates that defines `cls` in the generated file, once
-    imports      import lines the generated module needs (a plugin's `from pkg import Cls`)
+    imports      import lines the generated module needs (a plugin's `from pkg import Cls`, or
+                 `import torch` for a helper that calls torch.cat)
     init         the network's initialisation of each module of this class (`module` is it)
-    uses         other torch paths the helper or init code touches (the AST guard allows them)
+    uses         other torch paths the helper or init code touches (the AST guard allows them,
+                 and only them, on the modules `imports` brings in)
     owned, apply an op whose state is the enclosing module's own (see below)
     """
 
     cls: str
     in_channels: str | None = None
+    in_channels_if: str | None = None
     positional: tuple[str, ...] = ()
+    keywords: tuple[tuple[str, object], ...] = ()
     helper: str | None = None
     imports: tuple[str, ...] = ()
     init: tuple[str, ...] = ()
@@ -335,6 +357,13 @@ class Emit:
     # it, `{x}` the input and `{self}` the attribute.
     owned: str | None = None
     apply: str = "{self}({x})"
+
+    @property
+    def order(self) -> tuple[str, ...]:
+        """Everything passed by position, the channel count included, in order."""
+        if self.in_channels is None or self.in_channels in self.positional:
+            return self.positional
+        return (self.in_channels, *self.positional)
 
 
 Accepts = Literal["any", "spatial", "flat"]
@@ -382,8 +411,10 @@ class Op:
         return {p.name: full[p.name] for p in self.params if p.name in full}
 
     def channels(self, args: Args, c):
-        """Output channels from the arguments and the input's `c`. Called with ints by the shape
-        engine and with .arch expressions (which support + - * //) by the code generator."""
+        """Output channels from the arguments and the input's `c`. Called with ints (defaults
+        filled in) by the shape engine, and with .arch expressions of the arguments the spec
+        writes (no defaults: see with_defaults) by the code generator; `product` and
+        `quotient` compute with either."""
         return c
 
     def infer(self, x: Shape, args: Args, check: Check) -> Shape | None:
@@ -447,6 +478,13 @@ class Op:
         forward pass, freed when it returns: max pooling computes its indices all the same."""
         return ()
 
+    def derived(self, args: Args, c) -> dict[str, Any]:
+        """Values for DERIVED parameters the code generator must pass although the spec left
+        them out (a group norm given `group_size` passes num_groups = C // group_size), by
+        parameter name. Called with the spec's argument expressions and the channel count as
+        an .arch expression: build values with `product` and `quotient`, or give plain ints."""
+        return {}
+
     def explain(self, args: Args, x: Shape, y: Shape, spatial: bool) -> str | None:
         """Why this layer changed the shape, for a merge mismatch: the worked arithmetic of a
         size change, or the channel change. None when it did not change what differs."""
@@ -505,6 +543,26 @@ class Merge(Op):
         return main and other
 
 
+def product(a, b):
+    """a * b for ints, or the .arch expression of it (folded) when either is an expression."""
+    return _arithmetic("*", a, b)
+
+
+def quotient(a, b):
+    """a // b for ints, or the .arch expression of it (folded) when either is an expression."""
+    return _arithmetic("//", a, b)
+
+
+def _arithmetic(op: str, a, b):
+    if isinstance(a, int) and isinstance(b, int):
+        return a * b if op == "*" else a // b
+    span = next(v.span for v in (a, b) if isinstance(v, S.Node))
+    left, right = (v if isinstance(v, S.Node) else S.Int(span=span, value=v) for v in (a, b))
+    if isinstance(left, S.Int) and isinstance(right, S.Int):  # folded, as the spec's literals
+        return S.Int(span=span, value=_arithmetic(op, left.value, right.value))
+    return S.BinOp(span=span, op=op, left=left, right=right)
+
+
 def is_default(value, default) -> bool:
     """Whether an argument (an int or a per-axis pair) equals a scalar default on every axis."""
     return value == default or (
@@ -515,6 +573,7 @@ def is_default(value, default) -> bool:
 __all__ = [
     "ACT",
     "CONV",
+    "DERIVED",
     "FAMILIES",
     "FROM_INPUT",
     "LINEAR",
@@ -549,5 +608,7 @@ __all__ = [
     "codes",
     "dropped_rows",
     "is_default",
+    "product",
+    "quotient",
     "window_out",
 ]

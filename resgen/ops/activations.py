@@ -1,0 +1,138 @@
+"""Activations beyond ReLU and the sigmoid (resgen.ops.layers): one class each, all torch.nn.
+
+Each is element-wise: the shape stays, and MACs count 0 (torchvision's convention counts
+convolutions and linear layers only). Only `prelu` has parameters. `inplace` is offered exactly
+where the torch module takes it (nn.Tanh and nn.GELU do not).
+"""
+
+from __future__ import annotations
+
+from resgen import codes
+from resgen.ops.base import ACT, Counts, Emit, Op, Param
+
+_INPLACE = Param("inplace", "bool", False, "inplace", "overwrite the input (torch's inplace)")
+
+
+class _Activation(Op):
+    family = ACT
+    stateless = True
+
+
+class SiLU(_Activation):
+    name = "silu"
+    doc = "SiLU (swish), x * sigmoid(x)"
+    params = (_INPLACE,)
+    emit = Emit("nn.SiLU")
+
+
+class GELU(_Activation):
+    name = "gelu"
+    doc = "GELU, exact: x * Phi(x) (Hendrycks and Gimpel 2016)"
+    emit = Emit("nn.GELU")
+
+
+class GELUTanh(_Activation):
+    """timm's `gelu_tanh` (GELUTanh): torch's GELU with approximate="tanh"."""
+
+    name = "gelu_tanh"
+    doc = "GELU, tanh approximation"
+    emit = Emit("nn.GELU", keywords=(("approximate", "tanh"),))
+
+
+class _NegativeSide(_Activation):
+    """An activation whose negative side is scaled by an argument (`slope`, `alpha`). torch
+    computes it in place only for a non-negative factor: backward refuses a negative one."""
+
+    factor = ""
+
+    def infer(self, x, args, check):
+        value = args.get(self.factor)
+        if args.get("inplace") and value is not None and value < 0:
+            check.error(
+                codes.BAD_ARGUMENT,
+                f"{self.name} with inplace=true and {self.factor}={value:g}: torch cannot "
+                f"compute its gradient in place for a negative {self.factor}",
+                arg="inplace",
+                hint=f"write inplace=false, or use a {self.factor} of at least 0",
+            )
+        return x
+
+
+class LeakyReLU(_NegativeSide):
+    name = "leaky_relu"
+    doc = "leaky ReLU: x for x >= 0, slope * x below"
+    params = (Param("slope", "float", 0.01, "negative_slope", "the slope for x < 0"), _INPLACE)
+    emit = Emit("nn.LeakyReLU")
+    factor = "slope"
+
+    def label(self, args, times="×"):
+        return f"leaky_relu {args.get('slope', '?'):g}"
+
+
+class ELU(_NegativeSide):
+    name = "elu"
+    doc = "ELU: x for x > 0, alpha * (exp(x) - 1) below"
+    params = (Param("alpha", "float", 1.0, "alpha", "the saturation value for x -> -inf"), _INPLACE)
+    emit = Emit("nn.ELU")
+    factor = "alpha"
+
+
+class Hardswish(_Activation):
+    name = "hardswish"
+    doc = "hard swish, x * relu6(x + 3) / 6 (MobileNetV3)"
+    params = (_INPLACE,)
+    emit = Emit("nn.Hardswish")
+
+
+class Hardsigmoid(_Activation):
+    name = "hardsigmoid"
+    doc = "hard sigmoid, relu6(x + 3) / 6 (MobileNetV3)"
+    params = (_INPLACE,)
+    emit = Emit("nn.Hardsigmoid")
+
+
+class Mish(_Activation):
+    name = "mish"
+    doc = "Mish, x * tanh(softplus(x)) (Misra 2019)"
+    params = (_INPLACE,)
+    emit = Emit("nn.Mish")
+
+
+class Tanh(_Activation):
+    name = "tanh"
+    doc = "hyperbolic tangent"
+    emit = Emit("nn.Tanh")
+
+
+class PReLU(Op):
+    """nn.PReLU: a learnable slope for x < 0, one shared (nn.PReLU()) or one per channel
+    (nn.PReLU(C), the face-recognition ResNets' choice). Parameters: 1 or C."""
+
+    name = "prelu"
+    doc = "parametric ReLU: a learnable slope for x < 0"
+    params = (
+        Param("per_channel", "bool", False, doc="one slope per channel instead of one shared"),
+        Param("init", "float", 0.25, "init", "the slopes' initial value"),
+    )
+    family = ACT
+    emit = Emit("nn.PReLU", in_channels="num_parameters", in_channels_if="per_channel")
+
+    def counts(self, args, x, y):
+        return Counts(x[0] if args["per_channel"] else 1, 0, 0)
+
+    def label(self, args, times="×"):
+        return "prelu per channel" if args.get("per_channel") else "prelu"
+
+
+BUILTIN: tuple[Op, ...] = (
+    SiLU(),
+    GELU(),
+    GELUTanh(),
+    LeakyReLU(),
+    ELU(),
+    Hardswish(),
+    Hardsigmoid(),
+    Mish(),
+    Tanh(),
+    PReLU(),
+)

@@ -1,0 +1,242 @@
+"""Normalisation layers beyond batchnorm (resgen.ops.layers): one class each.
+
+All keep their input's shape and count 0 MACs (torchvision's convention counts convolutions and
+linear layers only). Parameters and buffers are counted as torch does (`numel`). Where torch has
+the module the generated code uses it (nn.GroupNorm, nn.BatchNorm1d); timm's and torchvision's
+others become small helper classes in the generated file (templates/*.py.jinja), with the same
+state_dict keys, so their checkpoints load.
+"""
+
+from __future__ import annotations
+
+from resgen import codes
+from resgen.ops.base import DERIVED, FROM_INPUT, NORM, Counts, Emit, Op, Param, quotient
+from resgen.ops.layers import BatchNorm
+from resgen.text import shape_text
+
+_EPS_6 = Param("eps", "float", 1e-6, "eps", "added to the variance", minimum=0)
+
+
+class GroupNorm(Op):
+    """nn.GroupNorm(num_groups, num_channels): statistics over each group of C / groups
+    channels and H x W. Give the number of groups or the channels per group (timm's
+    group_size); with neither, 32 groups (Wu and He 2018; torchvision's GroupNorm(32, C))."""
+
+    name = "groupnorm"
+    doc = "group normalisation"
+    params = (
+        Param(
+            "groups", "int", DERIVED, "num_groups", "32, or C / group_size", limit="max_channels"
+        ),
+        Param("group_size", "int", DERIVED, doc="channels per group", limit="max_channels"),
+        Param("eps", "float", 1e-5, "eps", "added to the variance", minimum=0),
+    )
+    accepts = "spatial"
+    family = NORM
+    zero_init = "weight"
+    emit = Emit("nn.GroupNorm", in_channels="num_channels", positional=("groups", "num_channels"))
+    default_groups = 32
+
+    def groups(self, args, c):
+        if "groups" in args:
+            return args["groups"]
+        if "group_size" in args:
+            return quotient(c, args["group_size"])
+        return self.default_groups
+
+    def derived(self, args, c):
+        return {"groups": self.groups(args, c)}
+
+    def infer(self, x, args, check):
+        c = x[0]
+        if "groups" in args and "group_size" in args:
+            check.error(
+                codes.BAD_ARGUMENT,
+                f"groupnorm takes `groups` or `group_size`, not both (groups={args['groups']}, "
+                f"group_size={args['group_size']})",
+                arg="group_size",
+                hint="keep one: the other follows from the channel count",
+            )
+            return x
+        if "group_size" in args:
+            size = args["group_size"]
+            if c % size:
+                check.error(
+                    codes.GROUPS,
+                    f"input channels {c} are not divisible by group_size={size} ({c} / {size} "
+                    f"leaves {c % size})",
+                    arg="group_size",
+                    hint="group_size must divide the channel count",
+                )
+            return x
+        groups = self.groups(args, c)
+        if c % groups:
+            check.error(
+                codes.GROUPS,
+                f"input channels {c} are not divisible by groups={groups} ({c} / {groups} "
+                f"leaves {c % groups})",
+                arg="groups" if "groups" in args else None,
+                hint="groups must divide the channel count"
+                + ("" if "groups" in args else f" (groupnorm uses {groups} groups by default)"),
+            )
+        return x
+
+    def counts(self, args, x, y):
+        return Counts(2 * x[0], 0, 0)  # weight and bias
+
+    def label(self, args, times="×"):
+        if "group_size" in args and "groups" not in args:
+            return f"groupnorm {args['group_size']}/group"
+        return f"groupnorm g{args.get('groups', self.default_groups)}"
+
+
+class _ChannelNorm(Op):
+    """A norm over the channels of C x H x W with one learnable vector per parameter name."""
+
+    params = (_EPS_6,)
+    accepts = "spatial"
+    family = NORM
+    zero_init = "weight"
+    vectors = 1  # learnable C-vectors: weight (and bias)
+
+    def counts(self, args, x, y):
+        return Counts(self.vectors * x[0], 0, 0)
+
+
+class LayerNorm2d(_ChannelNorm):
+    """timm's LayerNorm2d: nn.LayerNorm over C at each position of N x C x H x W. ConvNeXt's
+    channels-last `norm` (LayerNorm on N x H x W x C) is the same function with the same keys
+    (weight, bias), so it is written with this op too."""
+
+    name = "layernorm2d"
+    doc = "layer normalisation over the channels at each position"
+    emit = Emit(
+        "LayerNorm2d",
+        in_channels="num_channels",
+        helper="layer_norm_2d.py.jinja",
+        uses=("nn.LayerNorm", "nn.functional.layer_norm"),
+    )
+    vectors = 2
+
+
+class RmsNorm2d(_ChannelNorm):
+    """timm's RmsNorm2d: x / sqrt(mean_C(x^2) + eps) * weight, at each position."""
+
+    name = "rmsnorm2d"
+    doc = "RMS normalisation over the channels at each position"
+    emit = Emit(
+        "RmsNorm2d",
+        in_channels="channels",
+        helper="rms_norm_2d.py.jinja",
+        imports=("import torch",),
+        uses=("nn.Parameter", "torch.ones", "torch.rsqrt", "torch.mean"),
+    )
+
+
+class SimpleNorm2d(_ChannelNorm):
+    """timm's SimpleNorm2d: x / sqrt(var_C(x) + eps) * weight, at each position, with the
+    unbiased variance (divided by C - 1, torch.var's default), so it needs 2 channels."""
+
+    name = "simplenorm2d"
+    doc = "scale normalisation by the channels' unbiased variance at each position"
+    emit = Emit(
+        "SimpleNorm2d",
+        in_channels="channels",
+        helper="simple_norm_2d.py.jinja",
+        imports=("import torch",),
+        uses=("nn.Parameter", "torch.ones", "torch.rsqrt", "torch.var"),
+    )
+
+    def infer(self, x, args, check):
+        if x[0] < 2:
+            check.error(
+                codes.CHANNELS,
+                f"simplenorm2d of {shape_text(x)}: its unbiased variance over {x[0]} channel "
+                f"divides by C - 1 = {x[0] - 1}, so every output would be NaN",
+                hint="use it where there are at least 2 channels, or use rmsnorm2d",
+            )
+        return x
+
+
+class GlobalResponseNorm(_ChannelNorm):
+    """ConvNeXt-V2's GRN (timm's GlobalResponseNorm, channels first): weight and bias start at
+    zero, so zeroing them is its initial state, not a way to zero its output (no zero_init)."""
+
+    name = "grn"
+    doc = "global response normalisation (ConvNeXt-V2)"
+    zero_init = None
+    emit = Emit(
+        "GlobalResponseNorm",
+        in_channels="channels",
+        helper="global_response_norm.py.jinja",
+        imports=("import torch",),
+        uses=("nn.Parameter", "torch.zeros", "torch.addcmul"),
+    )
+    vectors = 2
+
+
+class FrozenBatchNorm(Op):
+    """torchvision.ops.FrozenBatchNorm2d: a batch norm whose weight, bias and running
+    statistics are all buffers (4 C; no num_batches_tracked), for detection backbones."""
+
+    name = "frozen_batchnorm"
+    doc = "batch normalisation with frozen statistics and affine parameters"
+    params = (Param("eps", "float", 1e-5, "eps", "added to the variance", minimum=0),)
+    accepts = "spatial"
+    family = NORM
+    emit = Emit(
+        "FrozenBatchNorm2d",
+        in_channels="num_features",
+        helper="frozen_batch_norm_2d.py.jinja",
+        imports=("import torch",),
+        uses=("torch.ones", "torch.zeros", "torch.rsqrt"),
+    )
+
+    def counts(self, args, x, y):
+        return Counts(0, 4 * x[0], 0)
+
+
+class BatchNorm1d(BatchNorm):
+    """nn.BatchNorm1d on flat features (the face-recognition ResNets' embedding head); counted
+    as batchnorm."""
+
+    name = "batchnorm1d"
+    doc = "batch normalisation of flat features"
+    params = (
+        Param(
+            "features",
+            "int",
+            FROM_INPUT,
+            doc="checked against the input when given",
+            limit="max_channels",
+        ),
+        Param("eps", "float", 1e-5, "eps", "added to the variance", minimum=0),
+        Param("momentum", "float", 0.1, "momentum", minimum=0, maximum=1),
+    )
+    accepts = "flat"
+    family = NORM
+    zero_init = "weight"
+    emit = Emit("nn.BatchNorm1d", in_channels="num_features")
+
+    def infer(self, x, args, check):
+        given = args.get("features")
+        if given is not None and given != x[0]:
+            worked = "" if check.flattened is None else f" = {shape_text(check.flattened, ' x ')}"
+            check.error(
+                codes.CHANNELS,
+                f"batchnorm1d is declared for {given} features but its input has {x[0]}{worked}",
+                arg="features",
+                hint=f"write `batchnorm1d` (features follow the input) or `batchnorm1d({x[0]})`",
+            )
+        return x
+
+
+BUILTIN: tuple[Op, ...] = (
+    GroupNorm(),
+    LayerNorm2d(),
+    RmsNorm2d(),
+    SimpleNorm2d(),
+    GlobalResponseNorm(),
+    FrozenBatchNorm(),
+    BatchNorm1d(),
+)
