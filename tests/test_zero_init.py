@@ -36,6 +36,40 @@ OP_USES = [
     "identity",
     "pad_channels(6)",
     "layer_scale(0.5)",
+    # the layers issue's ops
+    "silu",
+    "gelu",
+    "gelu_tanh",
+    "leaky_relu",
+    "elu",
+    "hardswish",
+    "hardsigmoid",
+    "mish",
+    "tanh",
+    "prelu",
+    "prelu(per_channel=true)",
+    "groupnorm(2)",
+    "layernorm2d",
+    "rmsnorm2d",
+    "simplenorm2d",
+    "grn",
+    "frozen_batchnorm",
+    "batchnorm1d",
+    "adaptive_maxpool(2)",
+    "adaptive_avgmaxpool(2)",
+    "adaptive_catavgmaxpool(2)",
+    "blurpool",
+    "constant_pad(1)",
+    "constant_pad(1, value=0.5)",
+    "space_to_depth(2)",
+    "std_conv(4, 3, padding=1)",
+    "scaled_std_conv(4, 3, padding=1)",
+    "scaled_std_conv(4, 3, padding=1, bias=false)",
+    "channel_linear(4)",
+    "channel_linear(4, bias=false)",
+    "eca",
+    "scale(0.5)",
+    "drop_path(0.5)",
 ]
 
 
@@ -57,7 +91,7 @@ def test_every_builtin_op_is_covered():
 @pytest.mark.parametrize("use", OP_USES)
 @torch.no_grad()
 def test_op_declarations_match_torch(tmp_path, use):
-    flat = use.startswith("linear")
+    flat = use.startswith(("linear", "batchnorm1d"))
     stem = ("f = flatten " if flat else "") + f"l = {use}"
     _, analysis, _, module = _network(tmp_path, f"network n {{ input 4x6x6 stem {{ {stem} }} }}")
     node = analysis.nodes["l"]

@@ -14,6 +14,7 @@ _INPLACE = Param("inplace", "bool", False, "inplace", "overwrite the input (torc
 
 
 class _Activation(Op):
+    keeps_zero = True  # f(0) = 0 (hardsigmoid, 0.5, says otherwise)
     family = ACT
     stateless = True
 
@@ -86,6 +87,7 @@ class Hardswish(_Activation):
 
 class Hardsigmoid(_Activation):
     name = "hardsigmoid"
+    keeps_zero = False  # relu6(x + 3) / 6 is 0.5 at 0
     doc = "hard sigmoid, relu6(x + 3) / 6 (MobileNetV3)"
     params = (_INPLACE,)
     emit = Emit("nn.Hardsigmoid")
@@ -109,6 +111,7 @@ class PReLU(Op):
     (nn.PReLU(C), the face-recognition ResNets' choice). Parameters: 1 or C."""
 
     name = "prelu"
+    keeps_zero = True  # max(0, x) + a * min(0, x)
     doc = "parametric ReLU: a learnable slope for x < 0"
     params = (
         Param("per_channel", "bool", False, doc="one slope per channel instead of one shared"),

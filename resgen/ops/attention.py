@@ -24,6 +24,7 @@ class Eca(Op):
     channel count unless given (the pruned ECA-ResNets fix it)."""
 
     name = "eca"
+    keeps_zero = True  # x * sigmoid(...): zero for a zero x
     doc = "efficient channel attention: a 1-D convolution across channels gates them"
     params = (
         Param(
@@ -81,6 +82,7 @@ class Scale(Op):
     x * factor. No parameters, 0 MACs (an element-wise product, like an activation)."""
 
     name = "scale"
+    keeps_zero = True
     doc = "multiply by a constant"
     params = (Param("factor", "float", torch="factor", doc="the constant"),)
     family = OTHER
@@ -97,6 +99,7 @@ class DropPath(Op):
     zeroed with probability p, the rest divided by 1 - p; the identity in eval mode. No state."""
 
     name = "drop_path"
+    keeps_zero = True
     doc = "stochastic depth: drop whole samples of a residual branch in training"
     params = (
         Param("p", "float", 0.0, "drop_prob", "probability of dropping a sample", 0, 1),

@@ -96,6 +96,13 @@ class ChannelLinear(Op):
     as a linear layer at every position: C_in x C_out x H x W."""
 
     name = "channel_linear"
+
+    def zeroed(self, args):
+        return ("weight", "bias") if args.get("bias") else ("weight",)
+
+    def maps_zero(self, args):
+        return args.get("bias") is False
+
     doc = "linear layer over the channel axis at every position (ConvNeXt's MLP)"
     params = (
         Param("features", "int", torch="out_features", doc="output channels", limit="max_channels"),

@@ -23,6 +23,8 @@ class GroupNorm(Op):
     group_size); with neither, 32 groups (Wu and He 2018; torchvision's GroupNorm(32, C))."""
 
     name = "groupnorm"
+    zero_init = "weight"  # its bias starts at 0 (timm zeroes it as a BN weight)
+    keeps_zero = True  # (0 - 0) / sqrt(0 + eps) * weight + 0
     doc = "group normalisation"
     params = (
         Param(
@@ -92,6 +94,9 @@ class GroupNorm(Op):
 
 class _ChannelNorm(Op):
     """A norm over the channels of C x H x W with one learnable vector per parameter name."""
+
+    zero_init = "weight"  # the output is normalised x * weight (+ a bias that starts at 0)
+    keeps_zero = True
 
     params = (_EPS_6,)
     accepts = "spatial"
@@ -163,6 +168,7 @@ class GlobalResponseNorm(_ChannelNorm):
     zero, so zeroing them is its initial state, not a way to zero its output (no zero_init)."""
 
     name = "grn"
+    zero_init = None  # x + gamma * (x * Nx) + beta: zeros give x back, not zeros
     doc = "global response normalisation (ConvNeXt-V2)"
     zero_init = None
     emit = Emit(
@@ -180,6 +186,7 @@ class FrozenBatchNorm(Op):
     statistics are all buffers (4 C; no num_batches_tracked), for detection backbones."""
 
     name = "frozen_batchnorm"
+    keeps_zero = True  # weight 1, bias 0, mean 0, var 1: buffers, nothing to zero
     doc = "batch normalisation with frozen statistics and affine parameters"
     params = (Param("eps", "float", 1e-5, "eps", "added to the variance", minimum=0),)
     accepts = "spatial"

@@ -31,6 +31,8 @@ _SIZE = Param("size", "size", torch="output_size", doc="output H x W")
 class _AdaptivePool(Op):
     """Pools any H x W to `size` (PyTorch's adaptive windows)."""
 
+    keeps_zero = True
+
     params = (_SIZE,)
     accepts = "spatial"
     family = POOL
@@ -106,6 +108,7 @@ class BlurPool(Op):
     filter is a non-persistent buffer of C x 1 x k x k: counted as a buffer, not saved."""
 
     name = "blurpool"
+    keeps_zero = True  # a fixed filter on reflect-padded zeros
     doc = "anti-aliased downsampling: binomial blur, then stride (timm's BlurPool2d)"
     params = (
         Param(
@@ -175,6 +178,10 @@ class ConstantPad(Op):
     (BiT's stem pads 1 before an unpadded max pool)."""
 
     name = "constant_pad"
+
+    def maps_zero(self, args):
+        return args.get("value") == 0  # zeros padded with zeros
+
     doc = "pad H and W on every side with a constant"
     params = (
         Param("padding", "int", torch="padding", doc="on each side", minimum=0, limit="max_kernel"),
@@ -217,6 +224,7 @@ class SpaceToDepth(Op):
     moved into the channels in timm's order (b, b, C), which is not pixel_unshuffle's."""
 
     name = "space_to_depth"
+    keeps_zero = True
     doc = "move block_size x block_size patches into the channels (timm's SpaceToDepth)"
     params = (Param("block_size", "int", 4, "block_size", limit="max_kernel"),)
     accepts = "spatial"
