@@ -14,7 +14,9 @@ binding that could make them differ:
   the call running the builtin at import, and `def f(range): range(...)` would call whatever is
   passed;
 - a module-level class or function, and a name an import binds, are bound once and never again
-  (`f = eval` or a local `f = eval` would turn the allowed call `f(...)` into eval);
+  at module level (`f = eval` would turn the allowed call `f(...)` into eval); a function's own
+  local may share a class's or function's name (a helper's `n` beside a network `n`), and then
+  no call in that function is by that name;
 - a name that is read must be bound somewhere in the module or be one of SAFE_BUILTINS, so no
   other builtin (eval, getattr, open) is ever a value that could be passed around and called.
 A call by name is then allowed only of SAFE_BUILTINS, the module's own classes and functions and
@@ -237,6 +239,7 @@ def _problems(tree: ast.Module) -> Iterable[str]:
         name for module, names in imports.items() if module not in ALLOWED_IMPORTS for name in names
     }
     yield from _binding_problems(tree)
+    yield from _local_calls(tree)
     yield from _self_problems(tree)
     bound = {name for name, _node in _bindings(tree)}
     for node in ast.walk(tree):
@@ -309,12 +312,41 @@ def _binding_problems(tree: ast.Module) -> Iterable[str]:
             for name, binder in _bindings(ast.Module(body=[node], type_ignores=[])):
                 if binder is node and name not in once:
                     once[name] = node
+    # A function's own locals (a helper's `n, c, h, w = x.size()`) may share a name with a
+    # module-level class or function (a network called `n`): calls by a local's name are
+    # refused instead (_local_calls). Imports stay bound once everywhere.
+    local = {
+        child
+        for fn in ast.walk(tree)
+        if isinstance(fn, ast.FunctionDef)
+        for child in ast.walk(fn)
+        if child is not fn
+    }
     for name, node in _bindings(tree):
         line = f"line {getattr(node, 'lineno', '?')}"
         if name in BUILTINS:
             yield f"{line}: `{name}` would shadow the builtin `{name}`"
         elif name in once and once[name] is not node:
+            if node in local and not isinstance(once[name], ast.Import | ast.ImportFrom):
+                continue
             yield f"{line}: `{name}` is bound again (it is the module's {_role(once[name])})"
+
+
+def _local_calls(tree: ast.Module) -> Iterable[str]:
+    """Calls by the name of a variable a function binds itself: only module-level classes and
+    functions are called by name, so a local that shares one's name must not be."""
+    for fn in ast.walk(tree):
+        if not isinstance(fn, ast.FunctionDef):
+            continue
+        stored = {
+            node.id
+            for node in ast.walk(fn)
+            if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store | ast.Del)
+        }
+        for node in ast.walk(fn):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
+                if node.func.id in stored:
+                    yield f"line {node.lineno}: call to {node.func.id}(), a local variable"
 
 
 def _role(node: ast.AST) -> str:

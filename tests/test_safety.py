@@ -332,6 +332,7 @@ REFUSED = {
     "import-alias": "import torch as os",
     "while": "from torch import nn\nwhile True:\n    pass",
     "dunder-method": "class A:\n    def __reduce__(self):\n        return (print, ('x',))",
+    "local-call": "def f():\n    return 1\n\n\ndef g():\n    f = 2\n    return f()",
 }
 
 
@@ -389,6 +390,14 @@ def test_guard_binding_rules_allow_what_generated_code_needs():
         "def block(planes: int = 4) -> Block:\n"
         "    return Block(planes)\n"
     )
+
+
+def test_a_helper_local_may_share_the_networks_name(tmp_path):
+    """SpaceToDepth's forward binds `n, c, h, w`; a network called `n` (its factory `n()`) still
+    builds, because no code calls a local by name."""
+    path = tmp_path / "n.arch"
+    path.write_text("network n { input 4x8x8 stem { s = space_to_depth(2) c = conv(4, 1) } }\n")
+    codegen.check_source(build.generate(str(path)))
 
 
 @pytest.mark.parametrize("spec", sorted((ROOT / "specs").glob("*.arch")), ids=lambda p: p.stem)
