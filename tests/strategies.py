@@ -56,9 +56,16 @@ block SqueezeExcite(reduction = 2) {
 
 KERNELS = ["1", "3", "5", "(1, 3)", "(3, 1)", "(3, 5)"]
 
+
 # Parameter-free activations (a block applies its `act` again by name), in place where torch
 # allows it; the norms and convolutions of issue 15 that fit any even channel count >= 4 and any
 # size. `prelu` has parameters, so it appears only where it is not re-applied.
+def _out_of_place(call: str) -> str:
+    """`leaky_relu(0.1, inplace=true)` -> `leaky_relu(0.1)`; `relu(inplace=true)` -> `relu`."""
+    call = call.replace(", inplace=true", "").replace("(inplace=true)", "")
+    return call.replace("inplace=true, ", "")
+
+
 ACTIVATIONS = [
     "relu(inplace=true)",
     "silu(inplace=true)",
@@ -135,7 +142,7 @@ def custom_block(draw, name: str, mistake: str | None = None) -> str:
         lines.append(
             f"        reduce = seq {{ conv(width, 1, stride={stride}, bias=false) {norm} {act} }}"
         )
-        lines.append(f"        act = {act.replace('(inplace=true)', '')}")
+        lines.append(f"        act = {_out_of_place(act)}")  # the seq's act saved its output
     else:
         lines.append(
             "        reduce = conv(width, 1, stride=%s, bias=false)"
@@ -326,7 +333,9 @@ def network_design(draw, mistake: str | None = None, hazards: bool = False) -> s
             f"padding={hazard['pool_padding']}{dilation}, ceil_mode={hazard['pool_ceil']})"
         )
     if draw(st.booleans()):
-        stem.append(f"        act = {draw(st.sampled_from([*ACTIVATIONS, 'prelu']))}")
+        # Out of place: the ReLU before it saved its output for backward (overwrites-saved).
+        act = draw(st.sampled_from([*ACTIVATIONS, "prelu"]))
+        stem.append(f"        act = {_out_of_place(act)}")
     # Reflect padding needs a size above the padding: only where the input is surely large.
     if height > 8 and width > 8 and draw(st.integers(0, 3)) == 0:
         stem.append(f"        aa = blurpool({draw(st.sampled_from([2, 3]))})")
