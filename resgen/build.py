@@ -25,7 +25,7 @@ from resgen import spec as S
 from resgen.diagnostics import Span, SpecError, UsageError
 from resgen.graph import OUTPUT, module_and_call
 from resgen.resolve import Loader
-from resgen.text import shape_text
+from resgen.text import bytes_text, shape_text
 
 # ---------------------------------------------------------------------------------------------
 # API
@@ -192,23 +192,13 @@ def default_memory_limit() -> int | None:
         return None
 
 
-def size_text(n: int) -> str:
-    """1536 -> `1.5 KiB`: bytes in binary units."""
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
-        if value < 1024 or unit == "PiB":
-            return f"{value:.1f} {unit}" if unit != "B" else f"{int(value)} B"
-        value /= 1024
-    return f"{n} B"
-
-
 def _check_memory(analysis, limit: float | None) -> None:
     needed = memory_estimate(analysis)
     if limit is not None and needed > limit:
         raise MemoryBudget(
-            f"verify would need about {size_text(needed)} ({analysis.params:,} parameters, "
+            f"verify would need about {bytes_text(needed)} ({analysis.params:,} parameters, "
             f"{analysis.buffers:,} buffer elements and every activation at batch 1, as float32), "
-            f"over its limit of {size_text(int(limit))}; pass --max-memory SIZE to change it"
+            f"over its limit of {bytes_text(int(limit))}; pass --max-memory SIZE to change it"
         )
 
 

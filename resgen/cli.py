@@ -45,19 +45,11 @@ def _positive(text: str) -> int:
 
 
 def _memory_size(text: str) -> float:
-    """`8G`, `512M`, `1.5T`, `4096` (bytes; binary units) or `none` (no limit: infinity)."""
+    """`8GiB`, `512MiB`, `8GB` (resgen.text.parse_size: a unit is required, as for --budget) or
+    `none` (no limit: infinity)."""
     if text.strip().lower() == "none":
         return math.inf
-    units = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-    body = text.strip().upper().removesuffix("IB").removesuffix("B") or "0"
-    unit = body[-1] if body[-1] in units else ""
-    try:
-        value = float(body[: len(body) - len(unit)])
-    except ValueError:
-        value = -1.0
-    if not (value >= 0 and value == value and value < 1e18):
-        raise argparse.ArgumentTypeError(f"expected a size such as 8G or 512M, not {text!r}")
-    return int(value * units[unit])
+    return _size(text)
 
 
 def _add_input(p: argparse.ArgumentParser) -> None:
@@ -220,8 +212,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=_memory_size,
         default=None,
         metavar="SIZE",
-        help="refuse a model whose estimated memory is over SIZE (e.g. 8G, 512M; 'none': no "
-        "limit; default: half the available memory)",
+        help="refuse a model whose estimated memory is over SIZE (e.g. 8GiB, 512MiB; 'none': "
+        "no limit; default: half the available memory)",
     )
     _add_input(p)
 

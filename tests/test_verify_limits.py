@@ -62,20 +62,20 @@ def test_a_model_too_big_for_the_machine_is_refused_with_the_number(tmp_path):
     )
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr
-    assert "4.0 TiB" in result.stderr and "1,099,512,676,352 parameters" in result.stderr
+    assert "4.00 TiB" in result.stderr and "1,099,512,676,352 parameters" in result.stderr
     assert "--max-memory" in result.stderr
     assert time.monotonic() - start < 120
 
 
 def test_the_memory_limit_can_be_set(tmp_path, capsys):
     spec = _spec(tmp_path)
-    status, _out, err = _run(capsys, "verify", "--max-memory", "64K", str(spec))
+    status, _out, err = _run(capsys, "verify", "--max-memory", "64KiB", str(spec))
     assert status == 2 and "over its limit of 64.0 KiB" in err
     assert _run(capsys, "verify", "--max-memory", "none", str(spec))[0] == 0
-    assert _run(capsys, "verify", "--max-memory", "1G", str(spec))[0] == 0
+    assert _run(capsys, "verify", "--max-memory", "1GiB", str(spec))[0] == 0
 
 
-@pytest.mark.parametrize("text", ["x", "-1G", "nan", "1Q"])
+@pytest.mark.parametrize("text", ["x", "-1GiB", "nan", "1Q", "8G"])
 def test_a_bad_memory_limit_is_a_usage_error(text, tmp_path, capsys):
     with pytest.raises(SystemExit) as stop:
         main(["verify", "--max-memory", text, str(_spec(tmp_path))])
