@@ -262,14 +262,17 @@ class _Walker:
             plan.storage if plan else (op.storage(args, self.training) if node.known else "new")
         )
         self.storage[node_id] = storage
+        result_dtype = dtype
         if storage == "new":
-            out = self.new("activation", node_id, at, dtype, plan.out_count if plan else 0)
+            if op.promotes:  # a low-precision input times float32 state: the result promotes
+                result_dtype = promote(dtype, self.precision.param_dtype)
+            out = self.new("activation", node_id, at, result_dtype, plan.out_count if plan else 0)
         else:
             out = read
             if read == x.store:
-                dtype = incoming
+                dtype = result_dtype = incoming
         requires_grad = x.requires_grad or has_params
-        self.values[node_id] = Value(out, dtype, requires_grad, out_shape)
+        self.values[node_id] = Value(out, result_dtype, requires_grad, out_shape)
         if plan is None:
             return
         if self.training:

@@ -8,7 +8,7 @@ where the torch module takes it (nn.Tanh and nn.GELU do not).
 from __future__ import annotations
 
 from resgen import codes
-from resgen.ops.base import ACT, Counts, Emit, Op, Param
+from resgen.ops.base import ACT, SAVES_INPUT, Counts, Emit, Op, Param, Saved
 
 _INPLACE = Param("inplace", "bool", False, "inplace", "overwrite the input (torch's inplace)")
 
@@ -17,6 +17,14 @@ class _Activation(Op):
     keeps_zero = True  # f(0) = 0 (hardsigmoid, 0.5, says otherwise)
     family = ACT
     stateless = True
+
+    def saves(self, args, x, y, device):
+        # derivatives.yaml: silu, gelu, hardswish, hardsigmoid and mish backward from `self`.
+        # Their in-place forms (silu_, ...) have no formula of their own: autograd saves a
+        # clone of the input before overwriting it (`original_self`), a new tensor.
+        if args.get("inplace"):
+            return (Saved("new", x, batched=True, name="original_self"),)
+        return SAVES_INPUT
 
 
 class SiLU(_Activation):
@@ -57,6 +65,11 @@ class _NegativeSide(_Activation):
                 hint=f"write inplace=false, or use a {self.factor} of at least 0",
             )
         return x
+
+    def saves(self, args, x, y, device):
+        # leaky_relu_ and elu_ have their own formulas from `result` (hence the non-negative
+        # factor); out of place, leaky_relu_backward and elu_backward read `self`.
+        return (Saved("output", name="result"),) if args.get("inplace") else SAVES_INPUT
 
 
 class LeakyReLU(_NegativeSide):
@@ -105,6 +118,9 @@ class Tanh(_Activation):
     doc = "hyperbolic tangent"
     emit = Emit("nn.Tanh")
 
+    def saves(self, args, x, y, device):
+        return (Saved("output", name="result"),)  # tanh_backward(grad, result)
+
 
 class PReLU(Op):
     """nn.PReLU: a learnable slope for x < 0, one shared (nn.PReLU()) or one per channel
@@ -118,10 +134,18 @@ class PReLU(Op):
         Param("init", "float", 0.25, "init", "the slopes' initial value"),
     )
     family = ACT
+    autocast = "lower"  # prelu is on torch.autocast's lower-precision list (CPU and CUDA)
     emit = Emit("nn.PReLU", in_channels="num_parameters", in_channels_if="per_channel")
 
     def counts(self, args, x, y):
         return Counts(x[0] if args["per_channel"] else 1, 0, 0)
+
+    def parameters(self, args, x):
+        return ((x[0] if args["per_channel"] else 1,),)
+
+    def saves(self, args, x, y, device):
+        # _prelu_kernel_backward(grad, self, weight): the input and the (reshaped) weight
+        return (Saved("input"), Saved("param", self.parameters(args, x)[0], name="weight"))
 
     def label(self, args, times="×"):
         return "prelu per channel" if args.get("per_channel") else "prelu"

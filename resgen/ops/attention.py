@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 
 from resgen import codes
-from resgen.ops.base import DERIVED, OTHER, Counts, Emit, Op, Param
+from resgen.ops.base import DERIVED, OTHER, Counts, Emit, Op, Param, Saved
 
 
 def eca_kernel(channels: int, gamma: float, beta: float) -> int:
@@ -35,6 +35,9 @@ class Eca(Op):
     )
     accepts = "spatial"
     family = OTHER
+    # Its Conv1d runs in lower precision under autocast, on the pooled C values (already in
+    # the low precision after a convolution): its weight's copy is saved.
+    autocast = "lower"
     emit = Emit(
         "EcaModule",
         in_channels="channels",
@@ -76,6 +79,30 @@ class Eca(Op):
     def label(self, args, times="×"):
         return "eca" if "kernel" not in args else f"eca k{args['kernel']}"
 
+    def parameters(self, args, x):
+        k = self.kernel(args, x[0])
+        return ((1, 1, k),) if k else ()
+
+    def saves(self, args, x, y, device):
+        # mean keeps nothing; conv1d keeps the pooled values and its weight; sigmoid its
+        # result, the gate, which x * gate keeps with x
+        pooled = (1, x[0])
+        return (
+            Saved("input"),
+            Saved("new", pooled, batched=True, name="pooled"),
+            *(Saved("param", shape, name="conv.weight") for shape in self.parameters(args, x)),
+            Saved("new", pooled, batched=True, name="gate"),
+        )
+
+    def temporaries(self, args, x, y, device):
+        # The most is live at x * gate (the gate and the output) or, for a 1 x 1 input whose
+        # output is no larger than the gate, as sigmoid returns: pooled, conv1d's and gate.
+        pooled = (1, x[0])
+        gate = Saved("new", pooled, batched=True, name="gate")
+        if x[1] * x[2] == 1:
+            return (Saved("new", pooled, batched=True, name="pooled"), gate)
+        return (gate,)
+
 
 class Scale(Op):
     """A constant factor (the NF-ResNets' alpha on the residual branch and beta on the input):
@@ -92,6 +119,9 @@ class Scale(Op):
     def label(self, args, times="×"):
         factor = args.get("factor")
         return "scale" if factor is None else f"scale {times}{factor:g}"
+
+    def saves(self, args, x, y, device):
+        return ()  # mul by a Python number keeps no tensor
 
 
 class DropPath(Op):
@@ -112,6 +142,17 @@ class DropPath(Op):
     def label(self, args, times="×"):
         p = args.get("p")
         return "drop_path" if p is None else f"drop_path p={p:g}"
+
+    def storage(self, args, training):
+        # forward() returns x itself for p = 0 and in eval mode
+        return "new" if training and args["p"] > 0 else "input"
+
+    def saves(self, args, x, y, device):
+        if args["p"] == 0:
+            return ()
+        # x * mask keeps the per-sample mask (x.new_empty: the input's dtype) for x's gradient
+        mask = (1,) * len(x)  # [N, 1, ...]: one value per sample
+        return (Saved("new", mask, batched=True, needed_by="input", name="mask"),)
 
 
 BUILTIN: tuple[Op, ...] = (Eca(), Scale(), DropPath())

@@ -21,6 +21,7 @@ attributes and methods answer every question a later stage asks, so no stage com
     saves(args, x, y, dev)  the tensors autograd keeps for its backward pass (resgen.memory)
     temporaries(...)        what else it allocates in an inference pass (max pooling's indices)
     autocast                how torch.autocast runs it: in lower precision, in float32, or as is
+    promotes                its result takes its float32 parameters' dtype under autocast
     derived(args, c)        constructor arguments the op works out from others (codegen)
 
 Built-in ops live in resgen.ops.layers and resgen.ops.merges; a plugin declares its own the same
@@ -389,6 +390,11 @@ class Op:
     # the low-precision dtype (torch's lower-precision list: convolutions, linear layers),
     # "float32" casts them up, None runs it in its input's dtype.
     autocast: ClassVar[Autocast | None] = None
+    # The result is its input combined with the op's own float parameters or buffers (x *
+    # weight), so torch's type promotion gives it the wider of the two dtypes: float32 for a
+    # low-precision input under autocast, whose parameters stay float32. The op's other
+    # tensors ("activation" in `saves`) are in its input's dtype.
+    promotes: ClassVar[bool] = False
     # The distribution that registered this op (None for resgen's own): named in its errors.
     plugin: str | None = None
 

@@ -5,8 +5,10 @@ linear is a 1x1 convolution in all but its weight's shape."""
 
 from __future__ import annotations
 
+from math import prod
+
 from resgen import codes
-from resgen.ops.base import LINEAR, Counts, Emit, Op, Param
+from resgen.ops.base import LINEAR, Counts, Emit, Op, Param, Saved
 from resgen.ops.layers import Conv
 
 
@@ -38,6 +40,30 @@ class _Standardised(Conv):
                 hint="give each output channel at least 2 weights: a larger kernel or fewer groups",
             )
         return super().infer(x, args, check)
+
+    def _statistics(self, args) -> tuple[Saved, ...]:
+        """F.batch_norm (training) over the weights: mean and invstd per output channel, in
+        the parameters' dtype."""
+        c = (args["channels"],)
+        return (
+            Saved("new", c, "param", name="save_mean"),
+            Saved("new", c, "param", name="save_invstd"),
+        )
+
+    def saves(self, args, x, y, device):
+        # batch_norm keeps the weight (a view of the parameter) and its statistics; conv2d the
+        # input and the standardised weight: new, and under autocast the low-precision copy of
+        # it that conv2d reads (the float32 one is then not saved)
+        return (
+            Saved("input"),
+            *self._statistics(args),
+            Saved("new", self._weight(args, x), name="standardised weight"),
+        )
+
+    def temporaries(self, args, x, y, device):
+        # the standardised weight, in the parameters' dtype, alive while conv2d runs (under
+        # autocast conv2d's low-precision copy of it too, which the weight's copy stands for)
+        return (Saved("new", self._weight(args, x), "param", name="standardised weight"),)
 
 
 class StdConv(_Standardised):
@@ -89,6 +115,14 @@ class ScaledStdConv(_Standardised):
         conv = super().counts(args, x, y)
         return conv._replace(params=conv.params + args["channels"])
 
+    def parameters(self, args, x):
+        return (*super().parameters(args, x), (args["channels"], 1, 1, 1))  # weight, bias, gain
+
+    def saves(self, args, x, y, device):
+        # and batch_norm's weight, gain.view(-1) * scale: a new vector
+        gain = Saved("new", (args["channels"],), "param", name="gain * scale")
+        return (gain, *super().saves(args, x, y, device))
+
 
 class ChannelLinear(Op):
     """nn.Linear over the channels of C x H x W, at every position: timm's ConvNeXt MLP
@@ -110,6 +144,7 @@ class ChannelLinear(Op):
     )
     accepts = "spatial"
     family = LINEAR
+    autocast = "lower"
     emit = Emit(
         "ChannelLinear",
         in_channels="in_features",
@@ -131,6 +166,38 @@ class ChannelLinear(Op):
 
     def label(self, args, times="×"):
         return f"channel_linear {args.get('features', '?')}"
+
+    def parameters(self, args, x):
+        out = args["features"]
+        return ((out, x[0]), *(((out,),) if args["bias"] else ()))
+
+    @staticmethod
+    def _copied(x) -> bool:
+        """Whether F.linear's reshape of the permuted (channels-last) input to (N H W) x C
+        copies it: it is a view when C or H x W is 1 (and, which the per-sample shapes cannot
+        say, for a batch of one)."""
+        return x[0] > 1 and x[1] * x[2] > 1
+
+    def saves(self, args, x, y, device):
+        # the input as (N H W) x C, a contiguous copy (or a view of the input), for the
+        # weight's gradient; the weight for the input's
+        weight = Saved("param", (args["features"], x[0]), needed_by="input", name="weight")
+        if not self._copied(x):
+            return (Saved("input", needed_by="weight"), weight)
+        return (
+            Saved("new", x, batched=True, needed_by="weight", name="input, channels last"),
+            weight,
+        )
+
+    def temporaries(self, args, x, y, device):
+        # A contiguous channels-last input (C or H x W of 1) is one addmm (or mm) on a view.
+        # Otherwise matmul's copy of the input lives with mm's result; with a bias, that is
+        # then added to it (a new output), the copy already freed: the larger of the two.
+        if not self._copied(x):
+            return ()
+        if args["bias"] and prod(y) > prod(x):
+            return (Saved("new", y, batched=True, name="mm"),)
+        return (Saved("new", x, batched=True, name="input, channels last"),)
 
 
 BUILTIN: tuple[Op, ...] = (StdConv(), ScaledStdConv(), ChannelLinear())

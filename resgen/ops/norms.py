@@ -10,7 +10,18 @@ state_dict keys, so their checkpoints load.
 from __future__ import annotations
 
 from resgen import codes
-from resgen.ops.base import DERIVED, FROM_INPUT, NORM, Counts, Emit, Op, Param, quotient
+from resgen.ops.base import (
+    DERIVED,
+    FROM_INPUT,
+    NORM,
+    Buffer,
+    Counts,
+    Emit,
+    Op,
+    Param,
+    Saved,
+    quotient,
+)
 from resgen.ops.layers import BatchNorm
 from resgen.text import shape_text
 
@@ -86,6 +97,27 @@ class GroupNorm(Op):
     def counts(self, args, x, y):
         return Counts(2 * x[0], 0, 0)  # weight and bias
 
+    def parameters(self, args, x):
+        return ((x[0],), (x[0],))
+
+    def saves(self, args, x, y, device):
+        # native_group_norm_backward(grad, input, mean, rstd, weight, ...): mean and rstd per
+        # sample and group, in the parameters' dtype (float32 under autocast).
+        groups = (self.groups(args, x[0]),)
+        return (
+            Saved("input"),
+            Saved("param", (x[0],), name="weight"),
+            Saved("new", groups, "param", batched=True, name="mean"),
+            Saved("new", groups, "param", batched=True, name="rstd"),
+        )
+
+    def temporaries(self, args, x, y, device):
+        groups = (self.groups(args, x[0]),)  # native_group_norm returns them without grad too
+        return (
+            Saved("new", groups, "param", batched=True, name="mean"),
+            Saved("new", groups, "param", batched=True, name="rstd"),
+        )
+
     def label(self, args, times="×"):
         if "group_size" in args and "groups" not in args:
             return f"groupnorm {args['group_size']}/group"
@@ -107,6 +139,9 @@ class _ChannelNorm(Op):
     def counts(self, args, x, y):
         return Counts(self.vectors * x[0], 0, 0)
 
+    def parameters(self, args, x):
+        return ((x[0],),) * self.vectors
+
 
 class LayerNorm2d(_ChannelNorm):
     """timm's LayerNorm2d: nn.LayerNorm over C at each position of N x C x H x W. ConvNeXt's
@@ -123,11 +158,43 @@ class LayerNorm2d(_ChannelNorm):
     )
     vectors = 2
 
+    def saves(self, args, x, y, device):
+        # native_layer_norm_backward(grad, input, mean, rstd, weight, bias): the input (a
+        # permuted view of it), and mean and rstd per position in the parameters' dtype.
+        c, positions = (x[0],), (x[1], x[2])
+        return (
+            Saved("input"),
+            Saved("param", c, name="weight"),
+            Saved("param", c, name="bias"),
+            Saved("new", positions, "param", batched=True, name="mean"),
+            Saved("new", positions, "param", batched=True, name="rstd"),
+        )
+
+    def temporaries(self, args, x, y, device):
+        positions = (x[1], x[2])  # native_layer_norm returns them with or without grad
+        return (
+            Saved("new", positions, "param", batched=True, name="mean"),
+            Saved("new", positions, "param", batched=True, name="rstd"),
+        )
+
+
+def _scaled_saves(x) -> tuple[Saved, ...]:
+    """RmsNorm2d's and SimpleNorm2d's x * rsqrt(stat(x) + eps) * weight: the statistic saves
+    the input (pow, var), rsqrt and the product keep the per-position factor and the input,
+    and the product with the weight keeps the normalised x (for the weight's gradient)."""
+    return (
+        Saved("input"),
+        Saved("new", (1, x[1], x[2]), batched=True, name="rsqrt"),
+        Saved("param", (x[0],), name="weight"),
+        Saved("new", x, batched=True, needed_by="weight", name="normalised"),
+    )
+
 
 class RmsNorm2d(_ChannelNorm):
     """timm's RmsNorm2d: x / sqrt(mean_C(x^2) + eps) * weight, at each position."""
 
     name = "rmsnorm2d"
+    promotes = True  # x * weight: float32 under autocast
     doc = "RMS normalisation over the channels at each position"
     emit = Emit(
         "RmsNorm2d",
@@ -137,12 +204,19 @@ class RmsNorm2d(_ChannelNorm):
         uses=("nn.Parameter", "torch.ones", "torch.rsqrt", "torch.mean"),
     )
 
+    def saves(self, args, x, y, device):
+        return _scaled_saves(x)
+
+    def temporaries(self, args, x, y, device):
+        return (Saved("new", x, batched=True, name="normalised"),)  # alive with the output
+
 
 class SimpleNorm2d(_ChannelNorm):
     """timm's SimpleNorm2d: x / sqrt(var_C(x) + eps) * weight, at each position, with the
     unbiased variance (divided by C - 1, torch.var's default), so it needs 2 channels."""
 
     name = "simplenorm2d"
+    promotes = True  # x * weight: float32 under autocast
     doc = "scale normalisation by the channels' unbiased variance at each position"
     emit = Emit(
         "SimpleNorm2d",
@@ -151,6 +225,12 @@ class SimpleNorm2d(_ChannelNorm):
         imports=("import torch",),
         uses=("nn.Parameter", "torch.ones", "torch.rsqrt", "torch.var"),
     )
+
+    def saves(self, args, x, y, device):
+        return _scaled_saves(x)
+
+    def temporaries(self, args, x, y, device):
+        return (Saved("new", x, batched=True, name="normalised"),)  # alive with the output
 
     def infer(self, x, args, check):
         if x[0] < 2:
@@ -168,6 +248,7 @@ class GlobalResponseNorm(_ChannelNorm):
     zero, so zeroing them is its initial state, not a way to zero its output (no zero_init)."""
 
     name = "grn"
+    promotes = True  # x * weight: float32 under autocast
     zero_init = None  # x + gamma * (x * Nx) + beta: zeros give x back, not zeros
     doc = "global response normalisation (ConvNeXt-V2)"
     zero_init = None
@@ -180,12 +261,34 @@ class GlobalResponseNorm(_ChannelNorm):
     )
     vectors = 2
 
+    def saves(self, args, x, y, device):
+        # norm keeps its input and result, the division both operands, x * relative both, and
+        # addcmul the weight and x * relative (the final x + ... nothing).
+        c = (x[0], 1, 1)
+        return (
+            Saved("input"),
+            Saved("new", c, batched=True, name="norms"),
+            Saved("new", (1, 1, 1), batched=True, name="denominator"),
+            Saved("new", c, batched=True, name="relative"),
+            Saved("param", (x[0],), name="weight"),
+            Saved("new", x, batched=True, name="x * relative"),
+        )
+
+    def temporaries(self, args, x, y, device):
+        c = (x[0], 1, 1)  # norms and relative live to the end; addcmul's result with the output
+        return (
+            Saved("new", c, batched=True, name="norms"),
+            Saved("new", c, batched=True, name="relative"),
+            Saved("new", x, "param", batched=True, name="addcmul"),  # promoted to the params
+        )
+
 
 class FrozenBatchNorm(Op):
     """torchvision.ops.FrozenBatchNorm2d: a batch norm whose weight, bias and running
     statistics are all buffers (4 C; no num_batches_tracked), for detection backbones."""
 
     name = "frozen_batchnorm"
+    promotes = True  # x * scale, of float32 buffers under autocast: float32
     keeps_zero = True  # weight 1, bias 0, mean 0, var 1: buffers, nothing to zero
     doc = "batch normalisation with frozen statistics and affine parameters"
     params = (Param("eps", "float", 1e-5, "eps", "added to the variance", minimum=0),)
@@ -201,6 +304,21 @@ class FrozenBatchNorm(Op):
 
     def counts(self, args, x, y):
         return Counts(0, 4 * x[0], 0)
+
+    def buffers(self, args, x):
+        return (Buffer((x[0],)),) * 4  # weight, bias, running_mean, running_var
+
+    def saves(self, args, x, y, device):
+        # x * scale keeps scale (the buffers require no grad, so not x); + shift keeps nothing
+        return (Saved("new", (x[0],), "param", needed_by="input", name="scale"),)
+
+    def temporaries(self, args, x, y, device):
+        c = (x[0],)
+        return (
+            Saved("new", c, "param", name="scale"),
+            Saved("new", c, "param", name="shift"),
+            Saved("new", x, "param", batched=True, name="x * scale"),  # promoted to the buffers
+        )
 
 
 class BatchNorm1d(BatchNorm):

@@ -13,11 +13,13 @@ from resgen.ops.base import (
     OTHER,
     POOL,
     SIZE_HINT,
+    Buffer,
     Counts,
     Emit,
     Fixed,
     Op,
     Param,
+    Saved,
     Window,
     arithmetic,
     at,
@@ -50,11 +52,24 @@ class _AdaptivePool(Op):
         return f"adaptive {self.kind} to {size_text(args.get('size'), times)}"
 
 
+def _indices(x, y) -> Saved:
+    """adaptive_max_pool2d's int64 position of each maximum, one per output of the C input
+    channels (computed with or without grad)."""
+    return Saved("new", (x[0], y[1], y[2]), "int64", batched=True, name="indices")
+
+
 class AdaptiveMaxPool(_AdaptivePool):
     name = "adaptive_maxpool"
     doc = "adaptive max pooling to a fixed output size"
     emit = Emit("nn.AdaptiveMaxPool2d", positional=("size",))
     kind = "maxpool"
+
+    def saves(self, args, x, y, device):
+        # adaptive_max_pool2d_backward(grad, self, indices)
+        return (Saved("input"), _indices(x, y))
+
+    def temporaries(self, args, x, y, device):
+        return (_indices(x, y),)
 
 
 class AdaptiveAvgMaxPool(_AdaptivePool):
@@ -67,6 +82,18 @@ class AdaptiveAvgMaxPool(_AdaptivePool):
         uses=("nn.functional.adaptive_avg_pool2d", "nn.functional.adaptive_max_pool2d"),
     )
     kind = "avgmaxpool"
+
+    def saves(self, args, x, y, device):
+        # the max pool keeps the input and its indices (the average pool the input too, or,
+        # at 1 x 1, nothing: a mean); the sum and the product by 0.5 keep nothing
+        return (Saved("input"), _indices(x, y))
+
+    def temporaries(self, args, x, y, device):
+        # The most is live as the max pool returns: the average (the output's size, which
+        # stands for it), the maximum and its indices. Later the average, the maximum, their
+        # sum and the output are: no more, as the int64 indices are at least the sum's size.
+        pooled = (x[0], y[1], y[2])
+        return (Saved("new", pooled, batched=True, name="maximum"), _indices(x, y))
 
 
 class AdaptiveCatAvgMaxPool(_AdaptivePool):
@@ -87,6 +114,15 @@ class AdaptiveCatAvgMaxPool(_AdaptivePool):
 
     def channels(self, args, c):
         return product(c, 2)
+
+    def saves(self, args, x, y, device):
+        return (Saved("input"), _indices(x, y))  # cat keeps nothing
+
+    def temporaries(self, args, x, y, device):
+        # The most is live as the max pool returns: the average and the maximum (together the
+        # output's size, which stands for them) and the indices; torch.cat's output, allocated
+        # later while both still live, is no larger than the indices.
+        return (_indices(x, y),)
 
 
 class ReflectWindow(Window):
@@ -168,6 +204,22 @@ class BlurPool(Op):
         k = args["kernel"]
         return Counts(0, x[0] * k * k, x[0] * y[1] * y[2] * k * k if y else 0)
 
+    def buffers(self, args, x):
+        k = args["kernel"]
+        return (Buffer((x[0], 1, k, k)),)  # `filt`, non-persistent, in the model's dtype
+
+    def _padded(self, args, x) -> Saved:
+        p = self.spatial(args)[0].padding
+        return Saved("new", (x[0], x[1] + 2 * p, x[2] + 2 * p), batched=True, name="padded")
+
+    def saves(self, args, x, y, device):
+        # reflection_pad2d_backward(grad, self, padding) keeps the input; the depthwise conv2d
+        # keeps the padded input (and the filter, a buffer)
+        return (Saved("input"), self._padded(args, x))
+
+    def temporaries(self, args, x, y, device):
+        return (self._padded(args, x),)  # alive while the convolution runs
+
     def label(self, args, times="×"):
         k, s = args.get("kernel", "?"), args.get("stride", "?")
         return f"blurpool {k}{times}{k} s{s}"
@@ -204,6 +256,9 @@ class ConstantPad(Op):
         if spatial and x[1:] != y[1:]:
             return f"padding {args['padding']} on each side makes {shape_text(y)}"
         return None
+
+    def saves(self, args, x, y, device):
+        return ()  # constant_pad_nd's backward slices the gradient: it needs only the padding
 
     def label(self, args, times="×"):
         value = args.get("value", 0.0)
@@ -254,6 +309,9 @@ class SpaceToDepth(Op):
             )
             return None
         return (x[0] * b * b, x[1] // b, x[2] // b)
+
+    def saves(self, args, x, y, device):
+        return ()  # views, a permute and its contiguous copy (the output): nothing saved
 
     def explain(self, args, x, y, spatial):
         b = args["block_size"]

@@ -17,6 +17,7 @@ class LayerScale(Op):
     accepts = "spatial"
     family = OTHER
     keeps_zero = True  # x * gamma
+    promotes = True  # a bfloat16 x times the float32 gamma is float32 (autocast)
     emit = Emit(
         "nn.Parameter",
         imports=("import torch",),
