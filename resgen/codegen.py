@@ -285,18 +285,18 @@ class _Scope:
     used so only the `let`s that matter become locals. `render_op` writes an op used as a value
     (`norm_layer = groupnorm(32)`): its class, or a factory the module defines."""
 
-    # Design-space functions (resgen.designspace) the emitted code calls: the module defines
-    # them. Shared by every scope of one generated module (reset by _ModuleBuilder.build).
-    functions: set[str] = set()
-
     def __init__(
         self,
         rename: Mapping[str, str] | None = None,
         render_op=None,
         floats=(),
         pairs: frozenset[str] = frozenset(),
+        functions: set[str] | None = None,
     ):
         self.rename = dict(rename or {})
+        # Design-space functions (resgen.designspace) the emitted code calls, which the module
+        # then defines: one set shared by every scope of a generated module.
+        self.functions = functions if functions is not None else set()
         self.used: set[str] = set()
         self.render_op = render_op
         self.floats = frozenset(floats)  # names holding a fraction: `/` stays `/` for them
@@ -402,14 +402,14 @@ class _ModuleBuilder:
             self.num_blocks = _plus(self.num_blocks, stage.repeats)
         # block type -> its parameters that some instance gives an (h, w) pair
         self.pairs: dict[str, set[str]] = {name: set() for name in self.plan.blocks}
+        self.functions: set[str] = set()  # design-space functions the code calls (_Scope)
 
     def build(self) -> ModuleView:
-        _Scope.functions = set()
         network = self._network()
         self._spread_pairs()
         blocks = [self._block(plan) for plan in self.plan.blocks.values()]
-        functions = _function_sources(_Scope.functions)
-        for name in sorted(_Scope.functions):
+        functions = _function_sources(self.functions)
+        for name in sorted(self.functions):
             self.imports.update(dict.fromkeys(designspace.IMPORTS.get(name, ())))
         names = [b.name for b in blocks] + [network.class_name, network.factory, *self.helpers]
         names += [f.name for f in self.factories.values()]
@@ -616,6 +616,7 @@ class _ModuleBuilder:
             self._op_value,
             self.analysis.float_names.get(plan.name, ()),
             frozenset(self.pairs[plan.name]),
+            self.functions,
         )
         params = _params(block.params, scope, [ParamView("in_channels", "int", None)])
         if plan.positional:
@@ -727,7 +728,11 @@ class _ModuleBuilder:
     # -- network
     def _network(self) -> NetworkView:
         net = self.net
-        scope = _Scope(render_op=self._op_value, floats=self.analysis.float_names.get("", ()))
+        scope = _Scope(
+            render_op=self._op_value,
+            floats=self.analysis.float_names.get("", ()),
+            functions=self.functions,
+        )
         params = _params(net.params, scope, [])
         env, _ = self.plan.scope.values({}, lambda expr, values, _: E.evaluate(expr, values))
         layers: list[LayerView] = []
