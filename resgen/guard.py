@@ -129,6 +129,7 @@ _NODES = (
     ast.List,
     ast.Dict,  # plain data, e.g. timm's feature_info entries
     ast.Subscript,
+    ast.Slice,  # tensor slicing, x[:, :1]: its bounds are expressions checked like any other
     ast.BinOp,
     ast.BoolOp,
     ast.Compare,

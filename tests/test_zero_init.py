@@ -70,6 +70,8 @@ OP_USES = [
     "eca",
     "scale(0.5)",
     "drop_path(0.5)",
+    # self-attention
+    "attention_pool2d(feat_size=6, head_dim=2)",
 ]
 
 

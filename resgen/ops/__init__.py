@@ -18,7 +18,17 @@ import keyword
 from collections.abc import Iterable
 
 from resgen.diagnostics import UsageError
-from resgen.ops import activations, attention, convs, layers, merges, norms, pools, scales
+from resgen.ops import (
+    activations,
+    attention,
+    convs,
+    layers,
+    merges,
+    norms,
+    pools,
+    scales,
+    selfattention,
+)
 from resgen.ops.base import (
     DERIVED,
     FROM_INPUT,
@@ -213,6 +223,7 @@ BUILTIN: tuple[Op, ...] = (
     *pools.BUILTIN,
     *convs.BUILTIN,
     *attention.BUILTIN,
+    *selfattention.BUILTIN,
     *scales.BUILTIN,
 )
 

@@ -1,0 +1,178 @@
+"""timm's attention families: CLIP's attention-pool head (timm.layers.AttentionPool2d) and the
+self-attention ResNets of byoanet.py. Each op of resgen.ops.selfattention against timm's own
+layer module, never against resgen itself:
+
+- the generated module has timm's state_dict keys, in timm's order, with timm's shapes, loads
+  timm's (random) state_dict strictly and gives timm's output, at every input size it accepts;
+- the shape engine's output shape is torch's; parameters are torch's `numel` sums; MACs are half
+  the FLOPs torch.utils.flop_counter counts with scaled_dot_product_attention in its math
+  backend (which it counts as the matrix products it is);
+- the generated module passes torch.jit.script with the same output;
+- bad arguments and input sizes are located errors.
+
+Whole networks are compared with timm by tests/timm_coverage.py; the default suite checks them
+through tests/data/timm_manifest.json.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import pytest
+
+torch = pytest.importorskip("torch")
+timm_layers = pytest.importorskip("timm.layers")
+
+from torch import nn  # noqa: E402
+from torch.nn.attention import SDPBackend, sdpa_kernel  # noqa: E402
+from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
+
+from resgen import codegen  # noqa: E402
+from resgen.build import import_source  # noqa: E402
+from resgen.resolve import Loader  # noqa: E402
+from resgen.shapes import analyse  # noqa: E402
+
+
+@dataclass
+class Case:
+    layer: str  # the .arch layer
+    reference: Callable[[int], nn.Module]  # input channels -> timm's module
+    channels: int
+    sizes: tuple  # (H, W) inputs: the first is the spec's
+    tolerance: float = 1e-5
+
+
+CASES: dict[str, Case] = {
+    # CLIP's head: separate q, k, v (as ByobNet builds it), other sizes resample the embedding
+    "attention_pool2d": Case(
+        "attention_pool2d(out_features=10, feat_size=(4, 3), head_dim=8, qkv_separate=true)",
+        lambda c: timm_layers.AttentionPool2d(
+            c, feat_size=(4, 3), out_features=10, head_dim=8, qkv_separate=True
+        ),
+        channels=32,
+        sizes=((4, 3), (7, 7), (2, 5), (1, 1)),
+    ),
+    # one qkv Linear, heads by number, a narrower embedding (timm cannot build it without
+    # biases: its init_weights zeroes them unconditionally)
+    "attention_pool2d_qkv": Case(
+        "attention_pool2d(feat_size=5, embed_dim=24, num_heads=3)",
+        lambda c: timm_layers.AttentionPool2d(c, feat_size=5, embed_dim=24, num_heads=3),
+        channels=16,
+        sizes=((5, 5), (3, 8)),
+    ),
+}
+
+
+def _text(case: Case, h: int, w: int) -> str:
+    stem = f"    stem {{ op = {case.layer} }}"
+    return f"network one {{\n    input {case.channels}x{h}x{w}\n{stem}\n}}\n"
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """name -> (spec, the generated model, its module); one build per op."""
+    cache = {}
+
+    def build(name: str):
+        if name not in cache:
+            case = CASES[name]
+            path = tmp_path_factory.mktemp(name) / "one.arch"
+            path.write_text(_text(case, *case.sizes[0]))
+            spec = Loader().load(path)
+            analysis = analyse(spec)
+            assert analysis.ok, [d.message for d in analysis.diagnostics]
+            module = import_source(codegen.generate(spec, analysis), "one")
+            cache[name] = spec, module.one().eval()
+        return cache[name]
+
+    return build
+
+
+def _input(case: Case, h: int, w: int, batch: int = 2):
+    generator = torch.Generator().manual_seed(h * 100 + w)
+    return torch.randn(batch, case.channels, h, w, generator=generator)
+
+
+@torch.no_grad()
+def _randomise(module: nn.Module, seed: int = 0) -> None:
+    """Every floating tensor of the state_dict random, those timm initialises to zero too."""
+    generator = torch.Generator().manual_seed(seed)
+    for tensor in module.state_dict().values():
+        if tensor.is_floating_point():
+            tensor.copy_(torch.randn(tensor.shape, generator=generator) * 0.5)
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_shapes_and_counts_are_torch_s(name, built):
+    case = CASES[name]
+    spec, model = built(name)
+    for h, w in case.sizes:
+        analysis = analyse(spec, (None, h, w))
+        assert analysis.ok, (h, w, [d.message for d in analysis.diagnostics])
+        with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as flops:
+            with torch.no_grad():
+                out = model(_input(case, h, w, batch=1))
+        assert tuple(out.shape[1:]) == tuple(analysis.output), (h, w)
+        assert analysis.params == sum(p.numel() for p in model.parameters())
+        assert analysis.buffers == sum(b.numel() for b in model.buffers())
+        assert 2 * analysis.macs == flops.get_total_flops(), (h, w)
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_matches_timm_s_layer(name, built):
+    case = CASES[name]
+    _, model = built(name)
+    ours = model.op
+    reference = case.reference(case.channels).eval()
+    _randomise(reference)
+    theirs = reference.state_dict()
+    assert list(ours.state_dict()) == list(theirs)
+    assert {k: v.shape for k, v in ours.state_dict().items()} == {
+        k: v.shape for k, v in theirs.items()
+    }
+    ours.load_state_dict(theirs, strict=True)
+    scripted = torch.jit.script(ours)
+    for h, w in case.sizes:
+        x = _input(case, h, w)
+        with torch.no_grad():
+            expected, got, script = reference(x), ours(x), scripted(x)
+        assert got.shape == expected.shape
+        scale = max(1.0, expected.abs().max().item())
+        for actual in (got, script):
+            difference = (actual - expected).abs().max().item()
+            assert difference <= case.tolerance * scale, (name, h, w, difference)
+
+
+# name -> (layer, input channels, (H, W), code, words of the message, where it points)
+BAD = {
+    "heads": (
+        "attention_pool2d(head_dim=12)",
+        16,
+        (4, 4),
+        "bad-argument",
+        "head_dim=12 does not divide it",
+        "head_dim=",
+    ),
+    "num_heads": (
+        "attention_pool2d(embed_dim=24, num_heads=5)",
+        16,
+        (4, 4),
+        "bad-argument",
+        "num_heads=5 does not divide it",
+        "num_heads=",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD))
+def test_bad_arguments_and_inputs_are_located_errors(name, tmp_path):
+    layer, channels, (h, w), code, words, at = BAD[name]
+    line = f"    stem {{ op = {layer} }}"
+    path = tmp_path / "bad.arch"
+    path.write_text(f"network bad {{\n    input {channels}x{h}x{w}\n{line}\n}}\n")
+    analysis = analyse(Loader().load(path))
+    errors = [d for d in analysis.diagnostics if d.severity == "error"]
+    assert [d.code for d in errors] == [code], [d.message for d in errors]
+    assert words in errors[0].message
+    assert (errors[0].span.line, errors[0].span.column) == (3, line.index(at) + 1)
