@@ -88,6 +88,25 @@ CASES: dict[str, Case] = {
     "groupnorm": Case("groupnorm(4)", lambda c: timm_layers.GroupNorm(c, 4), train=True),
     "groupnorm_default": Case("groupnorm", lambda c: nn.GroupNorm(32, c), channels=64),
     "groupnorm_size": Case("groupnorm(group_size=2)", lambda c: nn.GroupNorm(c // 2, c)),
+    "evonorms0": Case("evonorms0", lambda c: timm_layers.EvoNorm2dS0(c), channels=64),
+    "evonorms0_size_no_act": Case(
+        "evonorms0(group_size=2, apply_act=false, eps=1e-3)",
+        lambda c: timm_layers.EvoNorm2dS0(c, group_size=2, apply_act=False, eps=1e-3),
+    ),
+    "evonorms0a": Case(
+        "evonorms0a(group_size=16)",
+        lambda c: timm_layers.EvoNorm2dS0a(c, group_size=16),
+        channels=64,
+    ),
+    "evonorms0a_no_act": Case(
+        "evonorms0a(groups=4, apply_act=false)",
+        lambda c: timm_layers.EvoNorm2dS0a(c, groups=4, apply_act=False),
+    ),
+    "frntlu": Case("frntlu", lambda c: timm_layers.FilterResponseNormTlu2d(c), train=True),
+    "frntlu_no_act": Case(
+        "frntlu(apply_act=false, eps=1e-6)",
+        lambda c: timm_layers.FilterResponseNormTlu2d(c, apply_act=False, eps=1e-6),
+    ),
     "layernorm2d": Case("layernorm2d", lambda c: timm_layers.LayerNorm2d(c)),
     "rmsnorm2d": Case("rmsnorm2d(eps=1e-5)", lambda c: timm_layers.RmsNorm2d(c, eps=1e-5)),
     "simplenorm2d": Case("simplenorm2d", lambda c: timm_layers.SimpleNorm2d(c), tolerance=1e-5),

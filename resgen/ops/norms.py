@@ -90,7 +90,7 @@ class GroupNorm(Op):
                 f"leaves {c % groups})",
                 arg="groups" if "groups" in args else None,
                 hint="groups must divide the channel count"
-                + ("" if "groups" in args else f" (groupnorm uses {groups} groups by default)"),
+                + ("" if "groups" in args else f" ({self.name} uses {groups} groups by default)"),
             )
         return x
 
@@ -122,6 +122,182 @@ class GroupNorm(Op):
         if "group_size" in args and "groups" not in args:
             return f"groupnorm {args['group_size']}/group"
         return f"groupnorm g{args.get('groups', self.default_groups)}"
+
+
+class EvoNormS0(GroupNorm):
+    """EvoNorm-S0 (Liu et al. 2020, "Evolving Normalization-Activation Layers"), as timm's
+    EvoNorm2dS0: a normalisation and activation in one layer, without batch statistics:
+    x * sigmoid(v * x) / std(x), then weight and bias, where std is over each sample's group of
+    channels and H x W (group norm's statistic, the mean not subtracted). Groups as groupnorm's
+    (32, or C / group_size). With apply_act=false timm's layer has no `v` and is the affine
+    alone, no normalisation (S0a normalises; see EvoNormS0a)."""
+
+    name = "evonorms0"  # timm's name for it (timm.layers.create_norm_act)
+    doc = "EvoNorm-S0: normalisation and swish-like activation in one (timm's EvoNorm2dS0)"
+    promotes = True  # x * v and x * weight: float32 under autocast
+    params = (
+        Param("groups", "int", DERIVED, "groups", "32, or C / group_size", limit="max_channels"),
+        Param("group_size", "int", DERIVED, doc="channels per group", limit="max_channels"),
+        Param("apply_act", "bool", True, "apply_act", "the activation (and its parameter v)"),
+        Param("eps", "float", 1e-5, "eps", "added to the variance", minimum=0),
+    )
+    emit = Emit(
+        "EvoNorm2dS0",
+        in_channels="num_features",
+        helper="evo_norm_2d_s0.py.jinja",
+        imports=("import torch",),
+        uses=("nn.Parameter", "torch.ones", "torch.zeros", "torch.sigmoid", "torch.addcmul"),
+    )
+    normalises_without_act = False  # S0a divides by the std even without the activation
+
+    def infer(self, x, args, check):
+        if args["apply_act"] or self.normalises_without_act:
+            return super().infer(x, args, check)  # the channels must split into the groups
+        return x  # the affine alone: timm's module never forms the groups
+
+    def derived(self, args, c):
+        # the module's default is 32 groups: pass a count only when group_size decides it
+        return {"groups": quotient(c, args["group_size"])} if "group_size" in args else {}
+
+    def counts(self, args, x, y):
+        return Counts((3 if args["apply_act"] else 2) * x[0], 0, 0)
+
+    def parameters(self, args, x):
+        return ((x[0],),) * (3 if args["apply_act"] else 2)  # weight, bias (, v)
+
+    def _std(self, args, x, needed_by=None) -> Saved:
+        """sqrt's result: one standard deviation per sample and group, in the input's dtype."""
+        groups = (self.groups(args, x[0]), 1)
+        return Saved("new", groups, batched=True, needed_by=needed_by, name="std")
+
+    def saves(self, args, x, y, device):
+        # The last step, torch.addcmul(bias, normalised, weight), keeps both factors.
+        weight = Saved("param", (x[0],), name="weight")
+        if args["apply_act"]:
+            # var keeps its input (a view of x) and sqrt its result, std; x * v keeps x and v,
+            # sigmoid its result (the gate); x * gate keeps x and the gate; the division keeps
+            # std, and the numerator when std needs a gradient (x requires grad). Under
+            # autocast the product with v is float32, and so is all that follows.
+            return (
+                Saved("input"),
+                self._std(args, x),
+                Saved("param", (x[0],), name="v"),
+                Saved("new", x, "param", batched=True, name="gate"),
+                Saved("new", x, "param", batched=True, needed_by="input", name="x * gate"),
+                Saved("new", x, "param", batched=True, name="normalised"),
+                weight,
+            )
+        if self.normalises_without_act:  # x / std: all of it only for x's gradient
+            return (
+                Saved("input", needed_by="input"),
+                self._std(args, x, needed_by="input"),
+                Saved("new", x, batched=True, name="normalised"),
+                weight,
+            )
+        return (Saved("input"), weight)  # the affine alone: x for the weight's gradient
+
+    def temporaries(self, args, x, y, device):
+        # std lives to the end; with the activation two full-size tensors are alive at once
+        # before the output exists (x * v and its sigmoid, ..., the quotient and the output)
+        if args["apply_act"]:
+            return (self._std(args, x), Saved("new", x, "param", batched=True, name="quotient"))
+        if self.normalises_without_act:
+            return (self._std(args, x), Saved("new", x, batched=True, name="quotient"))
+        return ()
+
+    def label(self, args, times="×"):
+        groups = (
+            f"{args['group_size']}/group"
+            if "group_size" in args and "groups" not in args
+            else f"g{args.get('groups', self.default_groups)}"
+        )
+        return f"{self.name} {groups}" + ("" if args.get("apply_act", True) else " no act")
+
+
+class EvoNormS0a(EvoNormS0):
+    """timm's EvoNorm2dS0a (the RegNetZ "_evos" models): EvoNorm-S0 with eps 1e-3 whose std is
+    taken before the activation, and which still divides by it with apply_act=false."""
+
+    name = "evonorms0a"
+    doc = "EvoNorm-S0a: EvoNorm-S0 that normalises with or without its activation"
+    params = (
+        *EvoNormS0.params[:3],
+        Param("eps", "float", 1e-3, "eps", "added to the variance", minimum=0),
+    )
+    emit = Emit(
+        "EvoNorm2dS0a",
+        in_channels="num_features",
+        helper="evo_norm_2d_s0a.py.jinja",
+        imports=("import torch",),
+        uses=("nn.Parameter", "torch.ones", "torch.zeros", "torch.sigmoid", "torch.addcmul"),
+    )
+    normalises_without_act = True
+
+
+class FilterResponseNormTlu(Op):
+    """Filter response normalisation with a thresholded linear unit (Singh and Krishnan 2020),
+    as timm's FilterResponseNormTlu2d: each channel of each sample divided by its root mean
+    square over H x W (no mean subtracted, no batch statistics), then weight and bias, then
+    max(x, tau) with a learnable threshold tau per channel (none with apply_act=false)."""
+
+    name = "frntlu"  # timm's name for it (timm.layers.create_norm_act)
+    doc = "filter response normalisation and TLU (timm's FilterResponseNormTlu2d)"
+    promotes = True  # x * weight, max(x, tau): float32 under autocast
+    keeps_zero = True  # 0 * rsqrt(0 + eps) * weight + 0, max(0, tau = 0)
+    params = (
+        Param("apply_act", "bool", True, "apply_act", "the TLU (and its parameter tau)"),
+        Param("eps", "float", 1e-5, "eps", "added to the mean square", minimum=0),
+    )
+    accepts = "spatial"
+    family = NORM
+    zero_init = "weight"  # the bias and tau start at 0: max(0, 0)
+    emit = Emit(
+        "FilterResponseNormTlu2d",
+        in_channels="num_features",
+        helper="filter_response_norm_tlu_2d.py.jinja",
+        imports=("import torch",),
+        uses=(
+            "nn.Parameter",
+            "torch.ones",
+            "torch.zeros",
+            "torch.rsqrt",
+            "torch.addcmul",
+            "torch.maximum",
+        ),
+    )
+
+    def counts(self, args, x, y):
+        return Counts((3 if args["apply_act"] else 2) * x[0], 0, 0)
+
+    def parameters(self, args, x):
+        return ((x[0],),) * (3 if args["apply_act"] else 2)  # weight, bias (, tau)
+
+    def saves(self, args, x, y, device):
+        # x.square() keeps x, rsqrt its result (per sample and channel), x * rsqrt both: for
+        # x's gradient only. addcmul(bias, normalised, weight) keeps both factors; maximum
+        # keeps both of its operands (float32 under autocast, after the float32 weight).
+        saved = (
+            Saved("input", needed_by="input"),
+            Saved("new", (x[0], 1, 1), batched=True, needed_by="input", name="rsqrt"),
+            Saved("new", x, batched=True, name="normalised"),
+            Saved("param", (x[0],), needed_by="input", name="weight"),
+        )
+        if not args["apply_act"]:
+            return saved
+        return (
+            *saved,
+            Saved("new", x, "param", batched=True, name="affine"),
+            Saved("param", (x[0],), name="tau"),
+        )
+
+    def temporaries(self, args, x, y, device):
+        # alive with the output: the affine result (maximum's input), else the normalised x
+        if args["apply_act"]:
+            return (Saved("new", x, "param", batched=True, name="affine"),)
+        return (Saved("new", x, batched=True, name="normalised"),)
+
+    def label(self, args, times="×"):
+        return self.name + ("" if args.get("apply_act", True) else " no act")
 
 
 class _ChannelNorm(Op):
@@ -358,6 +534,9 @@ class BatchNorm1d(BatchNorm):
 
 BUILTIN: tuple[Op, ...] = (
     GroupNorm(),
+    EvoNormS0(),
+    EvoNormS0a(),
+    FilterResponseNormTlu(),
     LayerNorm2d(),
     RmsNorm2d(),
     SimpleNorm2d(),
