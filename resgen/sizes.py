@@ -300,7 +300,7 @@ def _failure(program, axis: int, n: int, index: int, other) -> SizeFailure:
     if step.kind == "window":
         k = step.what[axis]
         return SizeFailure(
-            axis, n, step.node, "too-small", ((step.node, arithmetic(sizes[step.inputs[0]], *k)),)
+            axis, n, step.node, "too-small", ((step.node, k.refusal(sizes[step.inputs[0]])),)
         )
     if spatial_failure is None:  # the sizes fit; a flattened feature count does not
         culprits = []

@@ -24,6 +24,7 @@ import pytest
 torch = pytest.importorskip("torch")
 timm_layers = pytest.importorskip("timm.layers")
 
+from timm.layers import bottleneck_attn  # noqa: E402
 from torch import nn  # noqa: E402
 from torch.nn.attention import SDPBackend, sdpa_kernel  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
@@ -60,6 +61,23 @@ CASES: dict[str, Case] = {
         lambda c: timm_layers.AttentionPool2d(c, feat_size=5, embed_dim=24, num_heads=3),
         channels=16,
         sizes=((5, 5), (3, 8)),
+    ),
+    # BoT: relative position tables for 8 x 6, pooled by 2; and timm's qk_ratio rounding
+    "bottleneck_attn": Case(
+        "bottleneck_attn(24, feat_size=(8, 6), stride=2, num_heads=2, dim_head=4)",
+        lambda c: bottleneck_attn.BottleneckAttn(
+            c, 24, feat_size=(8, 6), stride=2, num_heads=2, dim_head=4
+        ),
+        channels=16,
+        sizes=((8, 6),),
+    ),
+    "bottleneck_attn_ratio": Case(
+        "bottleneck_attn(feat_size=5, qk_ratio=0.5, qkv_bias=true, scale_pos_embed=true)",
+        lambda c: bottleneck_attn.BottleneckAttn(
+            c, feat_size=(5, 5), qk_ratio=0.5, qkv_bias=True, scale_pos_embed=True
+        ),
+        channels=40,
+        sizes=((5, 5),),
     ),
 }
 
@@ -161,6 +179,30 @@ BAD = {
         "bad-argument",
         "num_heads=5 does not divide it",
         "num_heads=",
+    ),
+    "bot-heads": (
+        "bottleneck_attn(30, feat_size=4)",
+        16,
+        (4, 4),
+        "bad-argument",
+        "dim_out 30 into num_heads=4 heads",
+        "op =",
+    ),
+    "bot-stride": (
+        "bottleneck_attn(feat_size=4, stride=3)",
+        16,
+        (4, 4),
+        "bad-argument",
+        "a stride of 1 or 2, not 3",
+        "stride=",
+    ),
+    "bot-size": (
+        "bottleneck_attn(feat_size=(4, 6))",
+        16,
+        (4, 4),
+        "bad-argument",
+        "learned for 4x6 inputs (feat_size), but its input is 16x4x4",
+        "feat_size=",
     ),
 }
 

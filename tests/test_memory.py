@@ -177,6 +177,8 @@ OP_CASES = {
     # self-attention (resgen.ops.selfattention)
     "attention-pool2d": "attention_pool2d(feat_size=6, head_dim=4, qkv_separate=true)",
     "attention-pool2d-qkv-dropout": "attention_pool2d(5, feat_size=3, head_dim=2, drop_rate=0.5)",
+    "bottleneck-attn": "bottleneck_attn(feat_size=6, num_heads=2)",
+    "bottleneck-attn-stride-2": "bottleneck_attn(12, feat_size=6, stride=2, dim_head=3)",
 }
 
 # Batch norm over flat features trains only on more than one value per feature (F.batch_norm:
@@ -188,6 +190,9 @@ TWO_SAMPLES = {
     "channel-linear": (2, 3),
     "channel-linear-nobias": (2, 3),
     "channel-linear-wider": (2, 3),
+    # q, k and v reshaped across the batch are copies (views for one sample)
+    "bottleneck-attn": (2, 3),
+    "bottleneck-attn-stride-2": (2, 3),
 }
 
 BLOCKS = """
@@ -254,6 +259,8 @@ AMP_GAPS = {
     "blurpool-5-s1": "CPU autocast's float32 list",
     "attention-pool2d": "tokens promoted to float32, a low-precision copy per Linear",
     "attention-pool2d-qkv-dropout": "tokens promoted to float32, a low-precision copy per Linear",
+    "bottleneck-attn": "autocast's softmax in float32 and the products' low-precision copies",
+    "bottleneck-attn-stride-2": "autocast's softmax in float32, the products' low-precision copies",
 }
 
 

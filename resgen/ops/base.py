@@ -194,6 +194,11 @@ class Window(NamedTuple):
         divisible by its block), so the input-size search (resgen.sizes) knows them."""
         return self.out(n) >= 1
 
+    def refusal(self, n: int) -> str:
+        """Why size n gives no output, worked out, for the input-size warning. Subclasses that
+        refuse sizes for a reason of their own (`takes`) say it."""
+        return arithmetic(n, *self)
+
     def keeps_size(self) -> bool:
         """Whether every input size comes out unchanged ('same' padding at stride 1)."""
         k, s, p, d, _ = self

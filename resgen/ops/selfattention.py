@@ -1,5 +1,6 @@
 """Self-attention layers of timm's attention ResNets, each exactly as timm computes it: CLIP's
-attention pool (timm.layers.AttentionPool2d).
+attention pool (timm.layers.AttentionPool2d) and the Bottleneck Transformer's attention
+(timm.layers.BottleneckAttn).
 
 MACs: torchvision's convention counts the multiply-accumulates of convolutions and linear layers;
 attention adds matrix products of activations with activations (q·kᵀ and the attention weights
@@ -9,7 +10,7 @@ Softmax, scaling, position-embedding additions and resampling count 0, like acti
 from __future__ import annotations
 
 from resgen import codes
-from resgen.ops.base import DERIVED, LINEAR, Counts, Emit, Op, Param, Saved
+from resgen.ops.base import DERIVED, LINEAR, OTHER, Counts, Emit, Op, Param, Saved, Window
 from resgen.text import shape_text
 
 
@@ -198,4 +199,239 @@ class AttentionPool2d(Op):
         return f"pools {shape_text(x)} to {y[0]} features"
 
 
-BUILTIN: tuple[Op, ...] = (AttentionPool2d(),)
+def make_divisible(value: float, divisor: int = 8) -> int:
+    """timm's make_divisible: the multiple of divisor nearest value (halves up), at least
+    divisor, and not below 90% of value."""
+    result = max(divisor, int(value + divisor / 2) // divisor * divisor)
+    return result + divisor if result < 0.9 * value else result
+
+
+class FeatSizeWindow(Window):
+    """A window that takes only one input size along its axis (`size`, set after construction):
+    a layer whose position table was learned for that size. Otherwise a plain window."""
+
+    size: int
+
+    def takes(self, n: int) -> bool:
+        return n == self.size and self.out(n) >= 1
+
+    def refusal(self, n: int) -> str:
+        return f"takes only {self.size} (its feat_size), not {n}"
+
+    def keeps_size(self) -> bool:
+        return False
+
+
+def _pair(value) -> tuple[int, int]:
+    return value if isinstance(value, tuple) else (value, value)
+
+
+# Arguments of timm's self-attention layers (BottleneckAttn, HaloAttn, LambdaLayer), by timm's
+# names: the output width and how it splits into heads.
+_DIM_OUT = Param(
+    "dim_out",
+    "int",
+    DERIVED,
+    "dim_out",
+    "output channels (default: the input's)",
+    limit="max_channels",
+)
+_DIM_HEAD = Param(
+    "dim_head",
+    "int",
+    DERIVED,
+    "dim_head",
+    "q and k channels per head (default: from qk_ratio)",
+    limit="max_channels",
+)
+_QK_RATIO = Param(
+    "qk_ratio", "float", 1.0, "qk_ratio", "q and k width over dim_out (without dim_head)", above=0
+)
+_QKV_BIAS = Param("qkv_bias", "bool", False, "qkv_bias", "biases of the q, k, v convolutions")
+
+
+def _head_problem(op: str, args, c: int, check) -> bool:
+    """Report dim_out not divisible into num_heads heads (timm asserts it); True when fine."""
+    dim_out, heads = args.get("dim_out", c), args["num_heads"]
+    if dim_out % heads:
+        check.error(
+            codes.BAD_ARGUMENT,
+            f"{op} splits dim_out {dim_out} into num_heads={heads} heads of equal width, which "
+            "does not divide it",
+            arg="num_heads",
+            hint="make dim_out a multiple of num_heads",
+        )
+        return False
+    return True
+
+
+def _stride_problem(op: str, args, check) -> bool:
+    """Report a stride other than 1 or 2 (timm's layers pool or stride by 2 at most); True when
+    fine."""
+    if args["stride"] not in (1, 2):
+        check.error(
+            codes.BAD_ARGUMENT,
+            f"{op} downsamples by a stride of 1 or 2, not {args['stride']}",
+            arg="stride",
+            hint="timm's self-attention layers take stride 1 or 2",
+        )
+        return False
+    return True
+
+
+def _qk_head(args, c: int) -> int:
+    """timm's dim_head_qk: dim_head, or make_divisible(dim_out * qk_ratio, 8) // num_heads."""
+    if "dim_head" in args:
+        return args["dim_head"]
+    return make_divisible(args.get("dim_out", c) * args["qk_ratio"]) // args["num_heads"]
+
+
+class BottleneckAttn(Op):
+    """timm's BottleneckAttn (Srinivas et al. 2021, "Bottleneck Transformers for Visual
+    Recognition"): all-to-all multi-head self-attention over the H x W positions, q, k, v from
+    one 1x1 conv (qkv), logits q·k / sqrt(d) plus relative position logits from a learned
+    (2H - 1) x d and (2W - 1) x d table, then an average pool by 2 at stride 2. The tables fix
+    the input to exactly `feat_size`: any other size is a located error, and the input-size
+    analysis knows it (FeatSizeWindow).
+
+    Widths for D = dim_out, n = num_heads: d_v = D / n, d = dim_head or make_divisible(D ·
+    qk_ratio, 8) / n; qkv makes 2 n d + D channels. MACs for P = H W positions: the qkv conv
+    C (2 n d + D) P, q·kᵀ P² n d, the position logits n d P (2W - 1 + 2H - 1), attention·v P² D."""
+
+    name = "bottleneck_attn"
+    doc = "multi-head self-attention with relative position logits (BoT, timm's BottleneckAttn)"
+    params = (
+        _DIM_OUT,
+        Param(
+            "feat_size",
+            "size",
+            torch="feat_size",
+            doc="the only H x W it takes (its position tables)",
+            limit="max_spatial",
+        ),
+        Param("stride", "int", 1, "stride", "1, or 2: a 2x2 average pool after"),
+        Param("num_heads", "int", 4, "num_heads", "heads", limit="max_channels"),
+        _DIM_HEAD,
+        _QK_RATIO,
+        _QKV_BIAS,
+        Param("scale_pos_embed", "bool", False, "scale_pos_embed", "scale the position logits too"),
+    )
+    accepts = "spatial"
+    family = OTHER
+    emit = Emit(
+        "BottleneckAttn",
+        in_channels="dim",
+        helper="bottleneck_attn.py.jinja",
+        imports=("import torch",),
+        uses=(
+            "nn.Conv2d",
+            "nn.Parameter",
+            "nn.AvgPool2d",
+            "nn.Identity",
+            "nn.functional.pad",
+            "torch.randn",
+            "torch.split",
+        ),
+    )
+
+    def channels(self, args, c):
+        return args.get("dim_out", c)
+
+    def spatial(self, args):
+        stride = args["stride"]
+        windows = []
+        for size in _pair(args["feat_size"]):
+            window = FeatSizeWindow(stride, stride, 0, 1, False)
+            window.size = size
+            windows.append(window)
+        return tuple(windows)
+
+    def infer(self, x, args, check):
+        if not _stride_problem(self.name, args, check) or not _head_problem(
+            self.name, args, x[0], check
+        ):
+            return None
+        height, width = _pair(args["feat_size"])
+        if (x[1], x[2]) != (height, width):
+            check.error(
+                codes.BAD_ARGUMENT,
+                f"bottleneck_attn's relative position tables are learned for {height}x{width} "
+                f"inputs (feat_size), but its input is {shape_text(x)}",
+                arg="feat_size",
+                hint=f"feat_size=({x[1]}, {x[2]}) fits this input; timm's BoTNets take only "
+                "their img_size (fixed_input_size)",
+            )
+            return None
+        stride = args["stride"]
+        return (args.get("dim_out", x[0]), height // stride, width // stride)
+
+    def widths(self, args, c: int) -> tuple[int, int, int]:
+        """(heads, q/k channels per head, dim_out)."""
+        return args["num_heads"], _qk_head(args, c), args.get("dim_out", c)
+
+    def counts(self, args, x, y):
+        c, height, width = x
+        heads, d, dim_out = self.widths(args, c)
+        qkv = 2 * heads * d + dim_out
+        positions = height * width
+        params = c * qkv + (qkv if args["qkv_bias"] else 0) + (2 * height - 1 + 2 * width - 1) * d
+        macs = (
+            c * qkv * positions
+            + positions * positions * heads * d
+            + heads * d * positions * (2 * width - 1 + 2 * height - 1)
+            + positions * positions * dim_out
+        )
+        return Counts(params, 0, macs)
+
+    def label(self, args, times="×"):
+        size = _pair(args.get("feat_size", (0, 0)))
+        stride = args.get("stride", 1)
+        return f"bottleneck_attn {size[0]}{times}{size[1]}" + (f" s{stride}" if stride != 1 else "")
+
+    def parameters(self, args, x):
+        c, height, width = x
+        heads, d, dim_out = self.widths(args, c)
+        qkv = 2 * heads * d + dim_out
+        bias = ((qkv,),) if args["qkv_bias"] else ()
+        return ((qkv, c, 1, 1), *bias, (2 * height - 1, d), (2 * width - 1, d))
+
+    def saves(self, args, x, y, device):
+        # The qkv conv its input; the matrix products q, k and v (copies that their reshapes
+        # across the batch make; for a batch of one they are views of the conv's output, the
+        # batch-1 exception resgen's per-sample model leaves out) and the attention weights
+        # (softmax's output too); the position logits' products the two copies of q their
+        # reshapes make; the average pool (stride 2) the attention output.
+        c, height, width = x
+        heads, d, dim_out = self.widths(args, c)
+        positions = height * width
+        pooled = (Saved("new", (dim_out, height, width), batched=True, name="attention"),)
+        return (
+            Saved("input"),
+            Saved("new", (heads * d, positions), batched=True, name="q"),
+            Saved("new", (heads * d, positions), batched=True, name="k"),
+            Saved("new", (dim_out, positions), batched=True, name="v"),
+            Saved("new", (heads * positions, d), batched=True, name="q_width"),
+            Saved("new", (heads * positions, d), batched=True, name="q_height"),
+            Saved("new", (heads, positions, positions), batched=True, name="weights"),
+            *(pooled if args["stride"] == 2 else ()),
+        )
+
+    def temporaries(self, args, x, y, device):
+        # The most is live as the summed logits are reshaped, before the output exists (which
+        # the estimate adds to every op's step, so it is taken off here): q, k and v, the
+        # scaled q·k logits, the position logits' sum and its copy, and each axis's padded
+        # logits.
+        c, height, width = x
+        heads, d, dim_out = self.widths(args, c)
+        positions = height * width
+        live = (
+            (2 * heads * d + dim_out) * positions
+            + 3 * heads * positions * positions
+            + heads * height * (width + 1) * (2 * width - 1)
+            + heads * width * (height + 1) * (2 * height - 1)
+        )
+        output = y[0] * y[1] * y[2]
+        return (Saved("new", (max(0, live - output),), batched=True, name="attention"),)
+
+
+BUILTIN: tuple[Op, ...] = (AttentionPool2d(), BottleneckAttn())
