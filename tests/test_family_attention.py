@@ -24,7 +24,7 @@ import pytest
 torch = pytest.importorskip("torch")
 timm_layers = pytest.importorskip("timm.layers")
 
-from timm.layers import bottleneck_attn  # noqa: E402
+from timm.layers import bottleneck_attn, halo_attn  # noqa: E402
 from torch import nn  # noqa: E402
 from torch.nn.attention import SDPBackend, sdpa_kernel  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
@@ -78,6 +78,36 @@ CASES: dict[str, Case] = {
         ),
         channels=40,
         sizes=((5, 5),),
+    ),
+    # Halo: 4 x 4 blocks with a halo of 1 over 8 x 12; strided queries; an odd block pooled
+    "halo_attn": Case(
+        "halo_attn(16, num_heads=2, block_size=4, halo_size=1)",
+        lambda c: halo_attn.HaloAttn(c, 16, num_heads=2, block_size=4, halo_size=1),
+        channels=8,
+        sizes=((8, 12), (4, 4), (16, 8)),
+    ),
+    "halo_attn_stride_2": Case(
+        "halo_attn(24, stride=2, num_heads=4, dim_head=4, block_size=4, halo_size=2, "
+        "qkv_bias=true, scale_pos_embed=true)",
+        lambda c: halo_attn.HaloAttn(
+            c,
+            24,
+            stride=2,
+            num_heads=4,
+            dim_head=4,
+            block_size=4,
+            halo_size=2,
+            qkv_bias=True,
+            scale_pos_embed=True,
+        ),
+        channels=8,
+        sizes=((8, 8), (4, 12)),
+    ),
+    "halo_attn_avg_down": Case(
+        "halo_attn(stride=2, num_heads=2, block_size=3, halo_size=1)",
+        lambda c: halo_attn.HaloAttn(c, stride=2, num_heads=2, block_size=3, halo_size=1),
+        channels=16,
+        sizes=((6, 6), (12, 6)),
     ),
 }
 
@@ -203,6 +233,14 @@ BAD = {
         "bad-argument",
         "learned for 4x6 inputs (feat_size), but its input is 16x4x4",
         "feat_size=",
+    ),
+    "halo-size": (
+        "halo_attn(num_heads=2, block_size=4)",
+        16,
+        (8, 6),
+        "indivisible-size",
+        "cuts its input into 4x4 blocks (block_size), but its input is 16x8x6",
+        "block_size=",
     ),
 }
 

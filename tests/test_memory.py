@@ -179,6 +179,9 @@ OP_CASES = {
     "attention-pool2d-qkv-dropout": "attention_pool2d(5, feat_size=3, head_dim=2, drop_rate=0.5)",
     "bottleneck-attn": "bottleneck_attn(feat_size=6, num_heads=2)",
     "bottleneck-attn-stride-2": "bottleneck_attn(12, feat_size=6, stride=2, dim_head=3)",
+    "halo-attn": "halo_attn(num_heads=2, block_size=3, halo_size=1)",
+    "halo-attn-stride-2": "constant_pad(1)  h = halo_attn(12, stride=2, num_heads=2, block_size=4)",
+    "halo-attn-avg-down": "halo_attn(stride=2, num_heads=4, block_size=3, halo_size=1)",
 }
 
 # Batch norm over flat features trains only on more than one value per feature (F.batch_norm:
@@ -261,6 +264,9 @@ AMP_GAPS = {
     "attention-pool2d-qkv-dropout": "tokens promoted to float32, a low-precision copy per Linear",
     "bottleneck-attn": "autocast's softmax in float32 and the products' low-precision copies",
     "bottleneck-attn-stride-2": "autocast's softmax in float32, the products' low-precision copies",
+    "halo-attn": "autocast's softmax in float32 and the products' low-precision copies",
+    "halo-attn-stride-2": "autocast's softmax in float32 and the products' low-precision copies",
+    "halo-attn-avg-down": "autocast's softmax in float32 and the products' low-precision copies",
 }
 
 

@@ -1,6 +1,6 @@
 """Self-attention layers of timm's attention ResNets, each exactly as timm computes it: CLIP's
 attention pool (timm.layers.AttentionPool2d) and the Bottleneck Transformer's attention
-(timm.layers.BottleneckAttn).
+(timm.layers.BottleneckAttn) and HaloNet's blocked local attention (timm.layers.HaloAttn).
 
 MACs: torchvision's convention counts the multiply-accumulates of convolutions and linear layers;
 attention adds matrix products of activations with activations (q·kᵀ and the attention weights
@@ -434,4 +434,192 @@ class BottleneckAttn(Op):
         return (Saved("new", (max(0, live - output),), batched=True, name="attention"),)
 
 
-BUILTIN: tuple[Op, ...] = (AttentionPool2d(), BottleneckAttn())
+class BlockedWindow(Window):
+    """A window over inputs that must be a multiple of `block` (set after construction), the
+    blocks HaloAttn cuts its input into. Otherwise a plain window (stride 1 or 2)."""
+
+    block: int
+
+    def takes(self, n: int) -> bool:
+        return n % self.block == 0 and self.out(n) >= 1
+
+    def refusal(self, n: int) -> str:
+        return f"takes multiples of its block_size {self.block}, not {n}"
+
+    def keeps_size(self) -> bool:
+        return False
+
+
+class HaloAttn(Op):
+    """timm's HaloAttn (Vaswani et al. 2021, "Scaling Local Self-Attention for Parameter
+    Efficient Visual Backbones"): the input is cut into block_size x block_size blocks; each
+    block's queries attend to the keys and values of the block widened by halo_size on every
+    side (zeros beyond the border), with relative position logits from learned (2 w - 1) x d
+    tables, w = block_size + 2 halo_size. q comes from a 1x1 conv (strided at stride 2), k and v
+    from another (kv); H and W must be multiples of block_size (an indivisible-size error
+    otherwise, and the input-size search knows it). At stride 2 with an odd block_size or
+    avg_down the queries keep stride 1 and a 2x2 average pool follows.
+
+    Widths as BottleneckAttn's (num_heads n, dim_head d, dim_out D). MACs for P = H W
+    positions, P' = P / s² queries, B = P / block_size² blocks of b² = P' / B queries: the q conv
+    C n d P', the kv conv C (n d + D) P, q·kᵀ P' w² n d, the position logits n d P' (2 (2w - 1)),
+    attention·v P' w² D."""
+
+    name = "halo_attn"
+    doc = "blocked local self-attention with a halo (HaloNet, timm's HaloAttn)"
+    params = (
+        _DIM_OUT,
+        Param(
+            "feat_size",
+            "size",
+            DERIVED,
+            "feat_size",
+            "accepted for timm's signature; unused",
+            limit="max_spatial",
+        ),
+        Param("stride", "int", 1, "stride", "1, or 2: strided queries (or a 2x2 average pool)"),
+        Param("num_heads", "int", 8, "num_heads", "heads", limit="max_channels"),
+        _DIM_HEAD,
+        Param("block_size", "int", 8, "block_size", "query blocks' side", limit="max_spatial"),
+        Param("halo_size", "int", 3, "halo_size", "window margin", minimum=0, limit="max_spatial"),
+        _QK_RATIO,
+        _QKV_BIAS,
+        Param("avg_down", "bool", False, "avg_down", "stride 2 by an average pool"),
+        Param("scale_pos_embed", "bool", False, "scale_pos_embed", "scale the position logits too"),
+    )
+    accepts = "spatial"
+    family = OTHER
+    emit = Emit(
+        "HaloAttn",
+        in_channels="dim",
+        helper="halo_attn.py.jinja",
+        imports=("import torch",),
+        uses=(
+            "nn.Conv2d",
+            "nn.Parameter",
+            "nn.AvgPool2d",
+            "nn.Identity",
+            "nn.functional.pad",
+            "torch.randn",
+            "torch.split",
+        ),
+    )
+
+    def channels(self, args, c):
+        return args.get("dim_out", c)
+
+    def pooled(self, args) -> bool:
+        """Whether stride 2 is an average pool after the attention (else strided queries)."""
+        stride = args["stride"]
+        return stride > 1 and (args["avg_down"] or args["block_size"] % stride != 0)
+
+    def spatial(self, args):
+        stride = args["stride"]
+        window = BlockedWindow(stride, stride, 0, 1, False)
+        window.block = args["block_size"]
+        return window, window
+
+    def infer(self, x, args, check):
+        if not _stride_problem(self.name, args, check) or not _head_problem(
+            self.name, args, x[0], check
+        ):
+            return None
+        block = args["block_size"]
+        if x[1] % block or x[2] % block:
+            check.error(
+                codes.INDIVISIBLE_SIZE,
+                f"halo_attn cuts its input into {block}x{block} blocks (block_size), but its "
+                f"input is {shape_text(x)}",
+                arg="block_size",
+                hint=f"an input whose height and width are multiples of {block}",
+            )
+            return None
+        stride = args["stride"]
+        return (args.get("dim_out", x[0]), x[1] // stride, x[2] // stride)
+
+    def widths(self, args, c: int) -> tuple[int, int, int]:
+        """(heads, q/k channels per head, dim_out)."""
+        return args["num_heads"], _qk_head(args, c), args.get("dim_out", c)
+
+    def counts(self, args, x, y):
+        c, height, width = x
+        heads, d, dim_out = self.widths(args, c)
+        win = args["block_size"] + 2 * args["halo_size"]
+        positions = height * width
+        queries = positions if self.pooled(args) else positions // args["stride"] ** 2
+        bias = args["qkv_bias"]
+        params = (
+            c * heads * d
+            + c * (heads * d + dim_out)
+            + ((2 * heads * d + dim_out) if bias else 0)
+            + 2 * (2 * win - 1) * d
+        )
+        macs = (
+            c * heads * d * queries
+            + c * (heads * d + dim_out) * positions
+            + queries * win * win * heads * d
+            + heads * d * queries * 2 * (2 * win - 1)
+            + queries * win * win * dim_out
+        )
+        return Counts(params, 0, macs)
+
+    def label(self, args, times="×"):
+        block, halo = args.get("block_size", 8), args.get("halo_size", 3)
+        stride = args.get("stride", 1)
+        return f"halo_attn b{block} h{halo}" + (f" s{stride}" if stride != 1 else "")
+
+    def parameters(self, args, x):
+        c = x[0]
+        heads, d, dim_out = self.widths(args, c)
+        win = args["block_size"] + 2 * args["halo_size"]
+        bias = args["qkv_bias"]
+        q = ((heads * d, c, 1, 1), *(((heads * d,),) if bias else ()))
+        kv = ((heads * d + dim_out, c, 1, 1), *(((heads * d + dim_out,),) if bias else ()))
+        return (*q, *kv, (2 * win - 1, d), (2 * win - 1, d))
+
+    def sizes(self, args, x) -> tuple[int, int, int, int, int]:
+        """(heads, d, dim_out, window side, blocks, block side of the queries)."""
+        c, height, width = x
+        heads, d, dim_out = self.widths(args, c)
+        block = args["block_size"]
+        blocks = (height // block) * (width // block)
+        queries_side = block if self.pooled(args) else block // args["stride"]
+        return heads, d, dim_out, block + 2 * args["halo_size"], blocks, queries_side
+
+    def saves(self, args, x, y, device):
+        # The convs their input; the matrix products the queries (a copy their reshapes make),
+        # each window's keys and values (copies of the unfolded kv) and the attention weights
+        # (softmax's output too); the position logits' products two more copies of q; the
+        # average pool (avg_down) the attention output.
+        heads, d, dim_out, win, blocks, b = self.sizes(args, x)
+        queries = heads * blocks * b * b
+        pooled = (Saved("new", (dim_out, x[1], x[2]), batched=True, name="attention"),)
+        return (
+            Saved("input"),
+            Saved("new", (queries, d), batched=True, name="q"),
+            Saved("new", (heads * blocks * win * win, d), batched=True, name="k"),
+            Saved("new", (heads * blocks * win * win, dim_out // heads), batched=True, name="v"),
+            Saved("new", (queries, d), batched=True, name="q_width"),
+            Saved("new", (queries, d), batched=True, name="q_height"),
+            Saved("new", (queries, win * win), batched=True, name="weights"),
+            *(pooled if self.pooled(args) else ()),
+        )
+
+    def temporaries(self, args, x, y, device):
+        # The most is live as the summed logits are reshaped, before the output exists (which
+        # the estimate adds to every op's step, so it is taken off here): the queries and the
+        # position embedding's copy of them, the unfolded windows of k and v, the scaled q·k
+        # logits, the position logits' sum and its copy, and each axis's padded logits.
+        heads, d, dim_out, win, blocks, b = self.sizes(args, x)
+        queries = heads * blocks * b * b
+        live = (
+            2 * queries * d
+            + heads * blocks * win * win * (d + dim_out // heads)
+            + 2 * heads * blocks * b * (b + 1) * (2 * win - 1)
+            + 3 * queries * win * win
+        )
+        output = y[0] * y[1] * y[2]
+        return (Saved("new", (max(0, live - output),), batched=True, name="attention"),)
+
+
+BUILTIN: tuple[Op, ...] = (AttentionPool2d(), BottleneckAttn(), HaloAttn())
