@@ -256,3 +256,36 @@ def test_bad_arguments_and_inputs_are_located_errors(name, tmp_path):
     assert [d.code for d in errors] == [code], [d.message for d in errors]
     assert words in errors[0].message
     assert (errors[0].span.line, errors[0].span.column) == (3, line.index(at) + 1)
+
+
+ALL_LAYERS = """
+network every {
+    input 8x16x16
+    stem {
+        halo = halo_attn(16, stride=2, num_heads=2, block_size=4, halo_size=1)
+        bot = bottleneck_attn(feat_size=8, num_heads=2)
+        pool = attention_pool2d(out_features=5, feat_size=8, head_dim=8, qkv_separate=true)
+    }
+}
+"""
+
+
+def test_every_layer_exports_and_trains(tmp_path):
+    """One model of every self-attention op passes torch.export with eager mode's output, and
+    trains one step: every parameter gets a gradient."""
+    path = tmp_path / "every.arch"
+    path.write_text(ALL_LAYERS)
+    spec = Loader().load(path)
+    analysis = analyse(spec)
+    assert analysis.ok, [d.message for d in analysis.diagnostics]
+    model = import_source(codegen.generate(spec, analysis), "every").every().eval()
+    x = torch.randn(2, 8, 16, 16, generator=torch.Generator().manual_seed(0))
+    exported = torch.export.export(model, (x,))
+    with torch.no_grad():
+        assert torch.allclose(exported.module()(x), model(x), atol=1e-6)
+    model.train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    loss = nn.functional.cross_entropy(model(x), torch.tensor([1, 2]))
+    loss.backward()
+    optimizer.step()
+    assert all(p.grad is not None for p in model.parameters())

@@ -78,6 +78,10 @@ OP_USES = [
     "drop_path(0.5)",
     # self-attention
     "attention_pool2d(feat_size=6, head_dim=2)",
+    "bottleneck_attn(feat_size=6, num_heads=2)",
+    "bottleneck_attn(feat_size=6, num_heads=2, qkv_bias=true)",
+    "halo_attn(num_heads=2, block_size=3, halo_size=1)",
+    "halo_attn(stride=2, num_heads=2, block_size=3, qkv_bias=true)",
 ]
 
 

@@ -337,6 +337,10 @@ class BottleneckAttn(Op):
     def channels(self, args, c):
         return args.get("dim_out", c)
 
+    def maps_zero(self, args):
+        # zeros in give v = 0 without biases, and the attention averages v
+        return args.get("qkv_bias") is False
+
     def spatial(self, args):
         stride = args["stride"]
         windows = []
@@ -507,6 +511,10 @@ class HaloAttn(Op):
 
     def channels(self, args, c):
         return args.get("dim_out", c)
+
+    def maps_zero(self, args):
+        # zeros in give v = 0 without biases, and the attention averages v
+        return args.get("qkv_bias") is False
 
     def pooled(self, args) -> bool:
         """Whether stride 2 is an average pool after the attention (else strided queries)."""
