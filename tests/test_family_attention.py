@@ -24,7 +24,7 @@ import pytest
 torch = pytest.importorskip("torch")
 timm_layers = pytest.importorskip("timm.layers")
 
-from timm.layers import bottleneck_attn, halo_attn  # noqa: E402
+from timm.layers import bottleneck_attn, halo_attn, lambda_layer  # noqa: E402
 from torch import nn  # noqa: E402
 from torch.nn.attention import SDPBackend, sdpa_kernel  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
@@ -109,6 +109,21 @@ CASES: dict[str, Case] = {
         channels=16,
         sizes=((6, 6), (12, 6)),
     ),
+    # Lambda: a 5 x 5 lambda convolution at any size; relative positions over a fixed 6 x 4
+    "lambda_layer": Case(
+        "lambda_layer(num_heads=2, dim_head=8, r=5)",
+        lambda c: lambda_layer.LambdaLayer(c, num_heads=2, dim_head=8, r=5),
+        channels=16,
+        sizes=((6, 6), (3, 7), (1, 1)),
+    ),
+    "lambda_layer_rel_stride_2": Case(
+        "lambda_layer(feat_size=(6, 4), stride=2, dim_head=4, r=0, qkv_bias=true)",
+        lambda c: lambda_layer.LambdaLayer(
+            c, feat_size=(6, 4), stride=2, dim_head=4, r=None, qkv_bias=True
+        ),
+        channels=16,
+        sizes=((6, 4),),
+    ),
 }
 
 
@@ -144,10 +159,13 @@ def _input(case: Case, h: int, w: int, batch: int = 2):
 
 @torch.no_grad()
 def _randomise(module: nn.Module, seed: int = 0) -> None:
-    """Every floating tensor of the state_dict random, those timm initialises to zero too."""
+    """Every floating tensor of the state_dict random, those timm initialises to zero too
+    (batch norms' running variances positive)."""
     generator = torch.Generator().manual_seed(seed)
-    for tensor in module.state_dict().values():
-        if tensor.is_floating_point():
+    for key, tensor in module.state_dict().items():
+        if key.endswith("running_var"):  # a variance: positive
+            tensor.copy_(0.5 + torch.rand(tensor.shape, generator=generator))
+        elif tensor.is_floating_point():
             tensor.copy_(torch.randn(tensor.shape, generator=generator) * 0.5)
 
 
@@ -241,6 +259,30 @@ BAD = {
         "indivisible-size",
         "cuts its input into 4x4 blocks (block_size), but its input is 16x8x6",
         "block_size=",
+    ),
+    "lambda-size": (
+        "lambda_layer(feat_size=5, r=0)",
+        16,
+        (4, 4),
+        "bad-argument",
+        "learned for 5x5 inputs (feat_size), but its input is 16x4x4",
+        "feat_size=",
+    ),
+    "lambda-no-size": (
+        "lambda_layer(r=0)",
+        16,
+        (4, 4),
+        "missing-argument",
+        "give feat_size",
+        "r=",
+    ),
+    "lambda-even-r": (
+        "lambda_layer(r=4)",
+        16,
+        (4, 4),
+        "bad-argument",
+        "only for an odd r, not 4",
+        "r=",
     ),
 }
 

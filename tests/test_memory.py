@@ -182,6 +182,7 @@ OP_CASES = {
     "halo-attn": "halo_attn(num_heads=2, block_size=3, halo_size=1)",
     "halo-attn-stride-2": "constant_pad(1)  h = halo_attn(12, stride=2, num_heads=2, block_size=4)",
     "halo-attn-avg-down": "halo_attn(stride=2, num_heads=4, block_size=3, halo_size=1)",
+    "lambda-layer": "lambda_layer(num_heads=2, dim_head=4, r=3)",
 }
 
 # Batch norm over flat features trains only on more than one value per feature (F.batch_norm:
@@ -196,6 +197,7 @@ TWO_SAMPLES = {
     # q, k and v reshaped across the batch are copies (views for one sample)
     "bottleneck-attn": (2, 3),
     "bottleneck-attn-stride-2": (2, 3),
+    "lambda-layer": (2, 3),
 }
 
 BLOCKS = """
@@ -267,6 +269,7 @@ AMP_GAPS = {
     "halo-attn": "autocast's softmax in float32 and the products' low-precision copies",
     "halo-attn-stride-2": "autocast's softmax in float32 and the products' low-precision copies",
     "halo-attn-avg-down": "autocast's softmax in float32 and the products' low-precision copies",
+    "lambda-layer": "autocast's softmax in float32 and the products' low-precision copies",
 }
 
 

@@ -82,6 +82,8 @@ OP_USES = [
     "bottleneck_attn(feat_size=6, num_heads=2, qkv_bias=true)",
     "halo_attn(num_heads=2, block_size=3, halo_size=1)",
     "halo_attn(stride=2, num_heads=2, block_size=3, qkv_bias=true)",
+    "lambda_layer(num_heads=2, dim_head=4, r=3)",
+    "lambda_layer(feat_size=6, stride=2, num_heads=2, dim_head=4, r=0)",
 ]
 
 

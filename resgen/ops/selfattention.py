@@ -1,6 +1,7 @@
 """Self-attention layers of timm's attention ResNets, each exactly as timm computes it: CLIP's
-attention pool (timm.layers.AttentionPool2d) and the Bottleneck Transformer's attention
-(timm.layers.BottleneckAttn) and HaloNet's blocked local attention (timm.layers.HaloAttn).
+attention pool (timm.layers.AttentionPool2d), the Bottleneck Transformer's attention
+(timm.layers.BottleneckAttn), HaloNet's blocked local attention (timm.layers.HaloAttn) and the
+lambda layer (timm.layers.LambdaLayer).
 
 MACs: torchvision's convention counts the multiply-accumulates of convolutions and linear layers;
 attention adds matrix products of activations with activations (q·kᵀ and the attention weights
@@ -10,7 +11,18 @@ Softmax, scaling, position-embedding additions and resampling count 0, like acti
 from __future__ import annotations
 
 from resgen import codes
-from resgen.ops.base import DERIVED, LINEAR, OTHER, Counts, Emit, Op, Param, Saved, Window
+from resgen.ops.base import (
+    DERIVED,
+    LINEAR,
+    OTHER,
+    Buffer,
+    Counts,
+    Emit,
+    Op,
+    Param,
+    Saved,
+    Window,
+)
 from resgen.text import shape_text
 
 
@@ -630,4 +642,239 @@ class HaloAttn(Op):
         return (Saved("new", (max(0, live - output),), batched=True, name="attention"),)
 
 
-BUILTIN: tuple[Op, ...] = (AttentionPool2d(), BottleneckAttn(), HaloAttn())
+class LambdaLayer(Op):
+    """timm's LambdaLayer (Bello 2021, "LambdaNetworks"): a 1x1 conv (qkv) makes queries
+    (num_heads x k channels, batch norm `norm_q`), keys (k channels, softmax over positions) and
+    values (v = dim_out / num_heads channels, batch norm `norm_v`); the output adds, per head,
+    q times the content lambda k·vᵀ and q times a position lambda: from a local r x r
+    convolution (`conv_lambda`, a Conv3d over the values) or, with r=0 (timm's r=None), from
+    learned relative position embeddings `pos_emb` over a fixed feat_size input (any other
+    size is a located error). A 2x2 average pool at stride 2. dim_head (k) is 16 unless given
+    (timm's qk_ratio applies only without dim_head, which resgen does not model).
+
+    MACs for P = H W positions: qkv C (n k + k + v) P, k·vᵀ k P v, the content output n P k v,
+    the position lambdas k P v r² (convolution) or P² k v (embeddings), the position output
+    n P k v."""
+
+    name = "lambda_layer"
+    doc = "lambda layer: content and position lambdas instead of attention (timm's LambdaLayer)"
+    params = (
+        _DIM_OUT,
+        Param(
+            "feat_size",
+            "size",
+            DERIVED,
+            "feat_size",
+            "the only H x W it takes with r=0",
+            limit="max_spatial",
+        ),
+        Param("stride", "int", 1, "stride", "1, or 2: a 2x2 average pool after"),
+        Param("num_heads", "int", 4, "num_heads", "heads", limit="max_channels"),
+        Param("dim_head", "int", 16, "dim_head", "q and k channels per head", limit="max_channels"),
+        Param(
+            "r",
+            "int",
+            9,
+            "r",
+            "lambda convolution size; 0: relative position embeddings",
+            minimum=0,
+            limit="max_kernel",
+        ),
+        _QKV_BIAS,
+    )
+    accepts = "spatial"
+    family = OTHER
+    emit = Emit(
+        "LambdaLayer",
+        in_channels="dim",
+        helper="lambda_layer.py.jinja",
+        imports=("import torch",),
+        uses=(
+            "nn.Conv2d",
+            "nn.Conv3d",
+            "nn.BatchNorm2d",
+            "nn.Parameter",
+            "nn.AvgPool2d",
+            "nn.Identity",
+            "torch.arange",
+            "torch.randn",
+            "torch.split",
+            "torch.stack",
+        ),
+    )
+
+    def channels(self, args, c):
+        return args.get("dim_out", c)
+
+    def maps_zero(self, args):
+        # zeros in give q = 0 and v = 0 without biases (batch norm keeps zeros at init)
+        return args.get("qkv_bias") is False
+
+    def spatial(self, args):
+        stride = args["stride"]
+        if args["r"] == 0 and "feat_size" in args:
+            windows = []
+            for size in _pair(args["feat_size"]):
+                window = FeatSizeWindow(stride, stride, 0, 1, False)
+                window.size = size
+                windows.append(window)
+            return tuple(windows)
+        window = Window(stride, stride, 0, 1, False)
+        return window, window
+
+    def infer(self, x, args, check):
+        if not _stride_problem(self.name, args, check) or not _head_problem(
+            self.name, args, x[0], check
+        ):
+            return None
+        if args["r"] == 0:
+            if "feat_size" not in args:
+                check.error(
+                    codes.MISSING_ARGUMENT,
+                    "lambda_layer with r=0 takes its position lambdas from embeddings learned "
+                    "for one input size: give feat_size",
+                    arg="r",
+                    hint=f"feat_size=({x[1]}, {x[2]}) fits this input",
+                )
+                return None
+            height, width = _pair(args["feat_size"])
+            if (x[1], x[2]) != (height, width):
+                check.error(
+                    codes.BAD_ARGUMENT,
+                    f"lambda_layer's relative position embeddings are learned for "
+                    f"{height}x{width} inputs (feat_size), but its input is {shape_text(x)}",
+                    arg="feat_size",
+                    hint=f"feat_size=({x[1]}, {x[2]}) fits this input",
+                )
+                return None
+        elif args["r"] % 2 == 0:
+            check.error(
+                codes.BAD_ARGUMENT,
+                f"lambda_layer's lambda convolution pads r // 2 on each side, which keeps the "
+                f"size only for an odd r, not {args['r']}",
+                arg="r",
+                hint=f"r={args['r'] + 1}",
+            )
+            return None
+        stride = args["stride"]
+        return (args.get("dim_out", x[0]), x[1] // stride, x[2] // stride)
+
+    def widths(self, args, c: int) -> tuple[int, int, int]:
+        """(heads, k: q and k channels per head, v: value channels)."""
+        heads = args["num_heads"]
+        return heads, args["dim_head"], args.get("dim_out", c) // heads
+
+    def counts(self, args, x, y):
+        c, height, width = x
+        heads, k, v = self.widths(args, c)
+        positions = height * width
+        qkv = heads * k + k + v
+        r = args["r"]
+        params = c * qkv + (qkv if args["qkv_bias"] else 0) + 2 * heads * k + 2 * v
+        buffers = 2 * heads * k + 1 + 2 * v + 1
+        macs = c * qkv * positions + k * positions * v + 2 * heads * positions * k * v
+        if r:
+            params += k * r * r + k
+            macs += k * positions * v * r * r
+        else:
+            fh, fw = _pair(args.get("feat_size", (x[1], x[2])))
+            params += (2 * fh - 1) * (2 * fw - 1) * k
+            buffers += 2 * positions * positions
+            macs += positions * positions * k * v
+        return Counts(params, buffers, macs)
+
+    def label(self, args, times="×"):
+        r = args.get("r", 9)
+        stride = args.get("stride", 1)
+        return f"lambda_layer {'r' + str(r) if r else 'rel'}" + (
+            f" s{stride}" if stride != 1 else ""
+        )
+
+    def parameters(self, args, x):
+        c = x[0]
+        heads, k, v = self.widths(args, c)
+        qkv = heads * k + k + v
+        bias = ((qkv,),) if args["qkv_bias"] else ()
+        norms = ((heads * k,), (heads * k,), (v,), (v,))
+        r = args["r"]
+        if r:
+            position = ((k, 1, r, r, 1), (k,))
+        else:
+            fh, fw = _pair(args.get("feat_size", (x[1], x[2])))
+            position = ((2 * fh - 1, 2 * fw - 1, k),)
+        return ((qkv, c, 1, 1), *bias, *norms, *position)
+
+    def saves(self, args, x, y, device):
+        # The qkv conv its input; the norms their input (views of qkv's output) and their batch
+        # mean and inverse std; the matrix products the keys' softmax, the values, the content
+        # lambda, the queries (a copy per product, as their broadcasts need) and the position
+        # lambdas (copied across the heads), and with r=0 the gathered embeddings and the
+        # values broadcast over the positions; the average pool (stride 2) the output.
+        c, height, width = x
+        heads, k, v = self.widths(args, c)
+        positions = height * width
+        qkv = heads * k + k + v
+        relative = ()
+        if not args["r"]:
+            relative = (
+                Saved("new", (positions, positions, k), batched=True, name="pos_emb"),
+                Saved("new", (positions, positions, v), batched=True, name="values"),
+            )
+        pooled = (Saved("new", (heads * v, positions), batched=True, name="out"),)
+        return (
+            Saved("input"),
+            Saved("new", (qkv, positions), batched=True, name="qkv"),
+            Saved("new", (heads * k,), "param", name="norm_q.save_mean"),
+            Saved("new", (heads * k,), "param", name="norm_q.save_invstd"),
+            Saved("new", (v,), "param", name="norm_v.save_mean"),
+            Saved("new", (v,), "param", name="norm_v.save_invstd"),
+            Saved("new", (k, positions), batched=True, name="k"),
+            Saved("new", (positions, v), batched=True, name="v"),
+            Saved("new", (heads, k, v), batched=True, name="content_lambda"),
+            Saved("new", (heads, positions, k), batched=True, name="q"),
+            *relative,
+            Saved("new", (heads, positions, k, v), batched=True, name="position_lambda"),
+            Saved("new", (heads, positions, k), batched=True, name="q_positions"),
+            *(pooled if args["stride"] == 2 else ()),
+        )
+
+    def temporaries(self, args, x, y, device):
+        # The most is live as the position output is made, before the output exists (which
+        # the estimate adds to every op's step, so it is taken off here): the normalised q, v
+        # and the keys' softmax, the content lambda and output, the position lambdas (the
+        # convolution's, or the product with the gathered embeddings, kept too) and their copy
+        # across the heads, the copy of q, and the position output.
+        c, height, width = x
+        heads, k, v = self.widths(args, c)
+        positions = height * width
+        live = (
+            2 * heads * positions * k
+            + positions * v
+            + k * positions
+            + k * v
+            + 2 * heads * positions * v
+            + positions * k * v
+            + heads * positions * k * v
+        )
+        if not args["r"]:  # not measured yet: the gathered embeddings, at least
+            live += positions * positions * k
+        output = y[0] * y[1] * y[2]
+        return (Saved("new", (max(0, live - output),), batched=True, name="lambdas"),)
+
+    def buffers(self, args, x):
+        heads, k, v = self.widths(args, x[0])
+        norms = (
+            Buffer((heads * k,)),
+            Buffer((heads * k,)),
+            Buffer((), "int64"),
+            Buffer((v,)),
+            Buffer((v,)),
+            Buffer((), "int64"),
+        )
+        if args["r"]:
+            return norms
+        positions = x[1] * x[2]
+        return (*norms, Buffer((2, positions, positions), "int64"))
+
+
+BUILTIN: tuple[Op, ...] = (AttentionPool2d(), BottleneckAttn(), HaloAttn(), LambdaLayer())
