@@ -29,3 +29,30 @@ def randomise_batchnorms(
             module.bias.copy_(shift * torch.randn(n, generator=generator))
             module.running_mean.copy_(shift * torch.randn(n, generator=generator))
             module.running_var.copy_(uniform(n, var))
+
+
+@torch.no_grad()
+def randomise_constant_parameters(
+    model: torch.nn.Module, seed: int = 0, scale=(0.5, 1.5), shift: float = 0.1
+) -> list[str]:
+    """Give every parameter whose elements are all equal seeded random values, and return
+    their names. Such a parameter was initialised to a constant that can hide a path from an
+    output comparison: layer scale's 1e-6 (ConvNeXt's `gamma`) leaves a residual branch
+    invisible, GRN's zero weight and bias make it the identity, a norm's weight of ones and bias
+    of zeros make a misplaced affine transform invisible. All-zero ones become normal with
+    standard deviation `shift`, the others uniform in `scale`. Call it after
+    randomise_batchnorms, whose affine values are then no longer constant."""
+    generator = torch.Generator().manual_seed(seed)
+    names = []
+    for name, parameter in model.named_parameters():
+        flat = parameter.detach().reshape(-1)
+        if flat.numel() == 0 or not bool((flat == flat[0]).all()):
+            continue
+        if flat[0].item() == 0:
+            values = shift * torch.randn(parameter.shape, generator=generator)
+        else:
+            low, high = scale
+            values = low + (high - low) * torch.rand(parameter.shape, generator=generator)
+        parameter.copy_(values)
+        names.append(name)
+    return names

@@ -7,8 +7,9 @@ The models are the names of tests/data/timm_resnet_family.txt (timm 1.0.31). A s
 a model when some specs/**/*.arch defines a network of the model's name and `compare_with_timm`
 finds no problem: the same state_dict keys and shapes as `timm.create_model(name)`, a strict
 load of timm's weights, the same parameter count, and the same eval-mode outputs with random
-batch-norm statistics. Each name is `reproduced`, `failed` (a spec exists; the reason says what
-differs) or `missing` (no spec).
+batch-norm statistics and random values for every constant-initialised parameter. Each name
+is `reproduced`, `failed` (a spec exists; the reason says what differs) or `missing` (no
+spec).
 
 --write-manifest records the reproduced models in tests/data/timm_manifest.json, which
 tests/test_timm_manifest.py checks on every test run. It refuses to drop a model the manifest
@@ -32,7 +33,7 @@ from pathlib import Path
 
 import timm
 import torch
-from batchnorms import randomise_batchnorms
+from batchnorms import randomise_batchnorms, randomise_constant_parameters
 
 import resgen
 from resgen.build import analyse, build_module
@@ -162,7 +163,9 @@ def compare_with_timm(
     counts in `listed`), and eval-mode outputs on a seeded random input of size `size` x `size`
     (default: see `default_input`). Every BatchNorm gets random statistics and affine values
     first (small weights keep deep nets finite; timm zero-initialises the last BN of a block,
-    which would hide a whole branch), and timm's output must be a real signal."""
+    which would hide a whole branch), and so does every parameter timm initialises to a
+    constant (ConvNeXt's layer scale of 1e-6 and GRN's zeros would hide a block too), and
+    timm's output must be a real signal."""
     result = Comparison()
     torch.manual_seed(0)
     try:
@@ -179,6 +182,7 @@ def compare_with_timm(
         return result
 
     randomise_batchnorms(reference, seed=1, weight=(0.2, 0.5), var=(0.5, 1.5))
+    randomise_constant_parameters(reference, seed=3)
     theirs, ours = reference.state_dict(), model.state_dict()
     missing, unexpected = theirs.keys() - ours.keys(), ours.keys() - theirs.keys()
     if missing:
