@@ -22,6 +22,8 @@ import pytest
 torch = pytest.importorskip("torch")
 timm = pytest.importorskip("timm")
 
+import timm_coverage as coverage  # noqa: E402
+
 import resgen  # noqa: E402
 from resgen.build import analyse, build_module  # noqa: E402
 
@@ -39,6 +41,13 @@ CASES = {
     "convnext_zepto_rms_ols": (None, "norm_layer = simplenorm2d", "norm_layer = rmsnorm2d"),
     "convnextv2_atto": (STDLIB, "grn = grn", "grn = layernorm2d"),  # the same keys
 }
+
+
+def test_every_convnext_of_timm_has_a_spec():
+    """(tests/test_timm_manifest.py checks that each is recorded, and so reproduced.)"""
+    names = [m.name for m in coverage.read_family() if m.module == "convnext"]
+    assert len(names) == 31
+    assert [name for name in names if not (TIMM_SPECS / f"{name}.arch").is_file()] == []
 
 
 @torch.no_grad()
@@ -123,6 +132,8 @@ PAPER = {
     "convnext_tiny": (4.5, 28),
     "convnext_small": (8.7, 50),
     "convnext_base": (15.4, 89),
+    "convnext_large": (34.4, 198),
+    "convnext_xlarge": (60.9, 350),
 }
 
 
