@@ -95,7 +95,14 @@ NORMS = [
 UNGROUPED = [norm for norm in NORMS if not norm.startswith("groupnorm")]  # any channel count
 CONVS = ["conv", "conv", "conv", "std_conv", "scaled_std_conv"]
 # Layers that keep C x H x W whatever it is (channel_linear's width is the block's `width`).
-EXTRAS = ["eca", "eca(kernel=5)", "drop_path(0.2)", "scale(0.5)", "prelu(per_channel=true)"]
+EXTRAS = [
+    "eca",
+    "eca(kernel=5)",
+    "global_context(fuse_add=true)",
+    "drop_path(0.2)",
+    "scale(0.5)",
+    "prelu(per_channel=true)",
+]
 
 
 def _same_padding(kernel: str, dilated: bool) -> str:

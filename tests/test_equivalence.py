@@ -120,7 +120,11 @@ def test_compile(stem):
     compiled = torch.compile(model)
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
-        assert (compiled(x) - reference(x)).abs().max().item() <= 1e-4
+        expected = reference(x)
+        # Inductor fuses and reorders float32 arithmetic (global_context's softmax): allow a
+        # few units in the last place of the largest output (all_ops' reach ~1e3), at least 1e-4
+        tolerance = max(1e-4, 4 * torch.finfo(torch.float32).eps * expected.abs().max().item())
+        assert (compiled(x) - expected).abs().max().item() <= tolerance
 
 
 # ---------------------------------------------------------------------------------------------

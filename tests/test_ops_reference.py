@@ -158,6 +158,23 @@ CASES: dict[str, Case] = {
     # attention, scale, stochastic depth
     "eca": Case("eca", lambda c: timm_layers.EcaModule(c), channels=128),
     "eca_kernel": Case("eca(kernel=7)", lambda c: timm_layers.EcaModule(kernel_size=7)),
+    "global_context": Case(
+        "global_context", lambda c: timm_layers.GlobalContext(c), channels=16, tolerance=1e-5
+    ),
+    "global_context_add": Case(  # timm's 'gca', the ByobNets' attn_layer
+        "global_context(fuse_add=true, fuse_scale=false)",
+        lambda c: timm_layers.GlobalContext(c, fuse_add=True, fuse_scale=False),
+        channels=16,
+        tolerance=1e-5,
+    ),
+    "global_context_mean_both": Case(
+        "global_context(use_attn=false, fuse_add=true, rd_ratio=0.25, rd_divisor=8)",
+        lambda c: timm_layers.GlobalContext(
+            c, use_attn=False, fuse_add=True, rd_ratio=0.25, rd_divisor=8
+        ),
+        channels=40,
+        tolerance=1e-5,
+    ),
     "scale": Case("scale(1.7)", lambda c: Function(lambda x: x * 1.7)),
     "drop_path": Case("drop_path(0.3)", lambda c: timm_layers.DropPath(0.3)),
 }

@@ -74,6 +74,8 @@ OP_USES = [
     "channel_linear(4)",
     "channel_linear(4, bias=false)",
     "eca",
+    "global_context",
+    "global_context(fuse_add=true, fuse_scale=false)",
     "scale(0.5)",
     "drop_path(0.5)",
     # self-attention
