@@ -267,6 +267,7 @@ def _search_axis(program: list[_Step], axis: int, other: list[int] | None, gappe
     for index, step in enumerate(program):
         if step.kind == "window":
             strides[index] = strides[step.inputs[0]] * step.what[axis].stride
+            period = math.lcm(period, strides[step.inputs[0]] * step.what[axis].multiple())
         elif step.inputs:
             strides[index] = max(strides[i] for i in step.inputs)
         period = math.lcm(period, strides[index])

@@ -331,3 +331,34 @@ def test_every_layer_exports_and_trains(tmp_path):
     loss.backward()
     optimizer.step()
     assert all(p.grad is not None for p in model.parameters())
+
+
+CONV = "c = conv(8, 3, stride=2, padding=1)"
+SIZED = {  # name -> (the spec's input size, its layers)
+    # a strided conv, then 4 x 4 blocks: inputs whose halved size is a multiple of 4
+    "halo": (16, f"{CONV}  op = halo_attn(num_heads=2, block_size=4)"),
+    # position tables for 6 x 6 after the strided conv: 11 and 12 only
+    "bot": (12, f"{CONV}  op = bottleneck_attn(feat_size=6, num_heads=2)"),
+    "lambda": (12, f"{CONV}  op = lambda_layer(feat_size=6, r=0, dim_head=4)"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SIZED))
+def test_accepted_input_sizes_are_those_torch_runs(name, tmp_path):
+    """The input sizes `check` reports as accepted are exactly those the generated model runs
+    on, for layers that refuse sizes of their own (blocks, position tables)."""
+    path = tmp_path / "sized.arch"
+    size, layers = SIZED[name]
+    path.write_text(f"network sized {{\n    input 8x{size}x{size}\n    stem {{ {layers} }}\n}}\n")
+    spec = Loader().load(path)
+    analysis = analyse(spec)
+    assert analysis.ok, [d.message for d in analysis.diagnostics]
+    model = import_source(codegen.generate(spec, analysis), "sized").sized().eval()
+    for n in range(4, 30):
+        try:
+            with torch.no_grad():
+                model(torch.randn(1, 8, n, n))
+            runs = True
+        except (RuntimeError, ValueError):
+            runs = False
+        assert analysis.input_sizes.accepts(n, n) is runs, n

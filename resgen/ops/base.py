@@ -194,6 +194,11 @@ class Window(NamedTuple):
         divisible by its block), so the input-size search (resgen.sizes) knows them."""
         return self.out(n) >= 1
 
+    def multiple(self) -> int:
+        """The number every accepted input size is a multiple of (1: none), so that the
+        input-size search covers whole periods of it (a layer cutting its input into blocks)."""
+        return 1
+
     def refusal(self, n: int) -> str:
         """Why size n gives no output, worked out, for the input-size warning. Subclasses that
         refuse sizes for a reason of their own (`takes`) say it."""

@@ -459,6 +459,9 @@ class BlockedWindow(Window):
     def takes(self, n: int) -> bool:
         return n % self.block == 0 and self.out(n) >= 1
 
+    def multiple(self) -> int:
+        return self.block
+
     def refusal(self, n: int) -> str:
         return f"takes multiples of its block_size {self.block}, not {n}"
 
