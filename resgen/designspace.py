@@ -93,11 +93,33 @@ def quantize(x: float, q: int) -> int:
     return n * q
 
 
+def nf_beta(index: int, previous: int, alpha: float) -> float:
+    """The input scale beta = 1 / sqrt(expected variance) of block `index` (from 0) of a stage
+    of a normaliser-free network (Brock et al. 2021, "Characterizing signal propagation to close
+    the performance gap in unnormalized ResNets", section 4), whose previous stage had
+    `previous` blocks (0 for the first stage). Each residual branch adds alpha**2 to the
+    variance of the signal; a block whose shortcut is a projection (the first of a stage)
+    resets it to 1. So block 0 of a stage sees 1 + previous * alpha**2 and block j > 0 sees
+    1 + j * alpha**2, summed one block at a time in timm's own arithmetic
+    (timm.models.nfnet.NormFreeNet: `expected_var += alpha ** 2`, then
+    `beta = 1. / expected_var ** 0.5`)."""
+    if not isinstance(index, int) or not isinstance(previous, int) or index < 0 or previous < 0:
+        raise ValueError(
+            f"nf_beta needs a block index and a previous depth of at least 0, not {index} "
+            f"and {previous}"
+        )
+    expected_var = 1.0
+    for _ in range(previous if index == 0 else index):
+        expected_var += alpha**2
+    return 1.0 / expected_var**0.5
+
+
 # What generated code defines for each function, in order (a function after those it calls).
 SOURCES = {
     "regnet_width": (to_float32, regnet_widths, regnet_stage, regnet_width),
     "regnet_depth": (to_float32, regnet_widths, regnet_stage, regnet_depth),
     "quantize": (quantize,),
+    "nf_beta": (nf_beta,),
 }
 _MATH = ("from math import frexp, ldexp, log",)
 IMPORTS = {"regnet_width": _MATH, "regnet_depth": _MATH}

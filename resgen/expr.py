@@ -183,12 +183,16 @@ FUNCTIONS = {
     "quantize": 2,
     "regnet_width": 6,
     "regnet_depth": 6,
+    "nf_beta": 3,
 }
+# Functions whose result is a number with a fraction.
+FLOAT_FUNCTIONS = frozenset({"nf_beta"})
 # The design-space functions: the code of a ValueError they raise (a located error).
 DEFINED = {
     "quantize": codes.EXPRESSION,
     "regnet_width": codes.DESIGN_SPACE,
     "regnet_depth": codes.DESIGN_SPACE,
+    "nf_beta": codes.EXPRESSION,
 }
 
 
@@ -346,6 +350,8 @@ def is_float(expr: S.Expr, floats: Callable[[str], bool] = lambda _: False) -> b
     if isinstance(expr, S.UnaryOp):
         return expr.op == "-" and is_float(expr.operand, floats)
     if isinstance(expr, S.Func):
+        if expr.name in FLOAT_FUNCTIONS:
+            return True
         return expr.name in ("min", "max") and any(is_float(a, floats) for a in expr.args)
     if isinstance(expr, S.BinOp) and expr.op in ("+", "-", "*", "/", "//"):
         return is_float(expr.left, floats) or is_float(expr.right, floats)
