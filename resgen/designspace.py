@@ -93,6 +93,18 @@ def quantize(x: float, q: int) -> int:
     return n * q
 
 
+def make_divisible(v: float, divisor: int) -> int:
+    """timm's channel rounding (timm.layers.make_divisible, round_limit 0.9): the multiple of
+    `divisor` nearest v (halves up), at least `divisor`, and one `divisor` more where rounding
+    down would lose more than 10% of v."""
+    if not isinstance(divisor, int) or divisor < 1:
+        raise ValueError(f"make_divisible needs a whole divisor of at least 1, not {divisor}")
+    new_v = max(divisor, int(v + divisor / 2) // divisor * divisor)
+    if new_v < 0.9 * v:
+        new_v += divisor
+    return new_v
+
+
 def nf_beta(index: int, previous: int, alpha: float) -> float:
     """The input scale beta = 1 / sqrt(expected variance) of block `index` (from 0) of a stage
     of a normaliser-free network (Brock et al. 2021, "Characterizing signal propagation to close
@@ -120,6 +132,7 @@ SOURCES = {
     "regnet_depth": (to_float32, regnet_widths, regnet_stage, regnet_depth),
     "quantize": (quantize,),
     "nf_beta": (nf_beta,),
+    "make_divisible": (make_divisible,),
 }
 _MATH = ("from math import frexp, ldexp, log",)
 IMPORTS = {"regnet_width": _MATH, "regnet_depth": _MATH}

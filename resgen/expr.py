@@ -76,6 +76,8 @@ def source_text(expr: S.Expr) -> str:
     if isinstance(expr, S.UnaryOp):
         sep = " " if expr.op == "not" else ""
         return f"{expr.op}{sep}{_wrap(expr.operand)}"
+    if isinstance(expr, S.Cond):
+        return f"{_wrap(expr.then)} if {_wrap(expr.test)} else {source_text(expr.other)}"
     if isinstance(expr, S.Func):
         return f"{expr.name}({', '.join(source_text(a) for a in expr.args)})"
     if isinstance(expr, S.OpRef):
@@ -86,7 +88,7 @@ def source_text(expr: S.Expr) -> str:
 
 def _wrap(expr: S.Expr) -> str:
     text = source_text(expr)
-    return f"({text})" if isinstance(expr, S.BinOp) else text
+    return f"({text})" if isinstance(expr, S.BinOp | S.Cond) else text
 
 
 def walk(expr: S.Expr) -> Iterator[S.Expr]:
@@ -99,6 +101,10 @@ def walk(expr: S.Expr) -> Iterator[S.Expr]:
         yield from walk(expr.right)
     elif isinstance(expr, S.UnaryOp):
         yield from walk(expr.operand)
+    elif isinstance(expr, S.Cond):
+        yield from walk(expr.then)
+        yield from walk(expr.test)
+        yield from walk(expr.other)
     elif isinstance(expr, S.Func):
         for arg in expr.args:
             yield from walk(arg)
@@ -144,6 +150,13 @@ def evaluate(expr: S.Expr, env: Mapping[str, Value]) -> Value:
         if not _is_number(v):
             raise EvalError(expr.span, f"`-` needs a number, got {type_name(v)}", codes.TYPE)
         return -v
+    if isinstance(expr, S.Cond):
+        test = evaluate(expr.test, env)
+        if not isinstance(test, bool):
+            raise EvalError(
+                expr.test.span, f"`if` needs a boolean, got {type_name(test)}", codes.TYPE
+            )
+        return evaluate(expr.then if test else expr.other, env)  # only the chosen side
     if isinstance(expr, S.Func):
         return _call(expr, [evaluate(a, env) for a in expr.args])
     if isinstance(expr, S.OpRef):
@@ -184,6 +197,7 @@ FUNCTIONS = {
     "regnet_width": 6,
     "regnet_depth": 6,
     "nf_beta": 3,
+    "make_divisible": 2,
 }
 # Functions whose result is a number with a fraction.
 FLOAT_FUNCTIONS = frozenset({"nf_beta"})
@@ -193,6 +207,7 @@ DEFINED = {
     "regnet_width": codes.DESIGN_SPACE,
     "regnet_depth": codes.DESIGN_SPACE,
     "nf_beta": codes.EXPRESSION,
+    "make_divisible": codes.EXPRESSION,
 }
 
 
@@ -349,6 +364,8 @@ def is_float(expr: S.Expr, floats: Callable[[str], bool] = lambda _: False) -> b
         return floats(expr.name)
     if isinstance(expr, S.UnaryOp):
         return expr.op == "-" and is_float(expr.operand, floats)
+    if isinstance(expr, S.Cond):
+        return is_float(expr.then, floats) or is_float(expr.other, floats)
     if isinstance(expr, S.Func):
         if expr.name in FLOAT_FUNCTIONS:
             return True
@@ -373,6 +390,8 @@ def substitute(expr: S.Expr, lookup: Callable[[str], S.Expr | None]) -> S.Expr:
         new = expr.model_copy(
             update={"left": substitute(expr.left, lookup), "right": substitute(expr.right, lookup)}
         )
+    elif isinstance(expr, S.Cond):
+        new = expr.map(lambda e: substitute(e, lookup))
     elif isinstance(expr, S.Func):
         new = expr.model_copy(update={"args": tuple(substitute(a, lookup) for a in expr.args)})
     elif isinstance(expr, S.OpRef):
@@ -386,6 +405,8 @@ def substitute(expr: S.Expr, lookup: Callable[[str], S.Expr | None]) -> S.Expr:
         children = (new.operand,)
     elif isinstance(new, S.Func):
         children = new.args
+    elif isinstance(new, S.Cond):
+        children = (new.test, new.then, new.other)
     else:
         children = (new.left, new.right)
     return fold(new) if all(_is_literal(c) for c in children) else new
@@ -419,6 +440,7 @@ def literal(value: Value, span: Span) -> S.Expr:
 
 
 _PY_PRECEDENCE = {
+    "if": 0,
     "or": 1,
     "and": 2,
     "not": 3,
@@ -522,6 +544,13 @@ def _py(expr: S.Expr, r: _Render) -> tuple[str, int]:
         text, p = _py(expr.operand, r)
         text = f"({text})" if p < prec else text
         return (f"not {text}" if expr.op == "not" else f"-{text}"), prec
+    if isinstance(expr, S.Cond):
+        prec = _PY_PRECEDENCE["if"]
+        then, tp = _py(expr.then, r)
+        test, cp = _py(expr.test, r)
+        then = f"({then})" if tp <= prec else then
+        test = f"({test})" if cp <= prec else test
+        return f"{then} if {test} else {_text(expr.other, r)}", prec
     if isinstance(expr, S.Func):
         args = ", ".join(_text(a, r) for a in expr.args)
         return f"{expr.name}({args})", 9

@@ -41,7 +41,8 @@ GENERATED_CODE_NAMES = frozenset(
     "torch nn Tensor Optional Any self x out identity annotations math F typing OrderedDict "
     "collections Callable".split()
     # the design-space functions generated code may define (resgen.designspace), their imports
-    + "quantize regnet_width regnet_depth regnet_widths regnet_stage to_float32 nf_beta".split()
+    + "quantize regnet_width regnet_depth regnet_widths regnet_stage to_float32".split()
+    + "nf_beta make_divisible".split()
     + "frexp ldexp log".split()
 )
 # Locals the generated network __init__ binds itself (codegen.RESERVED_LOCALS), and the block

@@ -256,7 +256,7 @@ def _check_nesting(text: str, path: str, diags: Diagnostics) -> None:
 # Expression rules of the grammar: chains of these make the tree deep (`1+1+...`, `not not ...`).
 _EXPRESSION_RULES = frozenset(
     {"or_op", "and_op", "not_op", "compare", "plus", "minus", "times", "divide", "floor_divide"}
-    | {"neg", "pair"}
+    | {"neg", "pair", "conditional"}
 )
 
 
@@ -426,6 +426,9 @@ class _Builder(Transformer):
 
     def neg(self, meta, c):
         return S.UnaryOp(span=self._sp(meta), op="-", operand=c[0])
+
+    def conditional(self, meta, c):
+        return S.Cond(span=self._sp(meta), then=c[0], test=c[1], other=c[2])
 
     def not_op(self, meta, c):
         return S.UnaryOp(span=self._sp(meta), op="not", operand=c[0])

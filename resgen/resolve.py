@@ -304,6 +304,8 @@ def _rewrite(expr: S.Expr, fn) -> S.Expr:
         )
     elif isinstance(expr, S.UnaryOp):
         expr = expr.model_copy(update={"operand": _rewrite(expr.operand, fn)})
+    elif isinstance(expr, S.Cond):
+        expr = expr.map(lambda e: _rewrite(e, fn))
     elif isinstance(expr, S.Func):
         args = tuple(_rewrite(a, fn) for a in expr.args)
         keywords = tuple(

@@ -92,6 +92,22 @@ class UnaryOp(Node):
     operand: Expr
 
 
+class Cond(Node):
+    """`then if test else other`, Python's conditional expression: only the chosen side is
+    evaluated."""
+
+    kind: Literal["cond"] = "cond"
+    test: Expr
+    then: Expr
+    other: Expr
+
+    def map(self, fn) -> Cond:
+        """A copy with `fn` applied to each of the three expressions."""
+        return self.model_copy(
+            update={"test": fn(self.test), "then": fn(self.then), "other": fn(self.other)}
+        )
+
+
 class Func(Node):
     """`int(x)`, `round(x)`, `min(a, b)`, `max(a, b)`: see resgen.expr.FUNCTIONS. As parsed, a
     call may also name an op with arguments (`groupnorm(32, eps=1e-6)`); resolve turns those
@@ -112,7 +128,7 @@ class OpRef(Node):
     args: tuple[Arg, ...] = ()
 
 
-Expr = Int | Float | Bool | Ref | Pair | BinOp | UnaryOp | Func | OpRef
+Expr = Int | Float | Bool | Ref | Pair | BinOp | UnaryOp | Cond | Func | OpRef
 
 
 # ---------------------------------------------------------------------------------------------

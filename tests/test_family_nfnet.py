@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SPECS = ROOT / "specs" / "timm"
 FAMILY = ROOT / "tests" / "data" / "timm_resnet_family.txt"
 # One model per kind and block type, the deepest where depth changes the schedule.
-CHECKED = ["nf_resnet101", "nf_seresnet26", "nf_ecaresnet50"]
+CHECKED = ["nf_resnet101", "nf_seresnet26", "nf_ecaresnet50", "nf_regnet_b1"]
 
 
 def _blocks(model: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
@@ -58,7 +58,7 @@ def test_every_nfnet_model_has_a_spec():
     names = {row[0] for row in family if len(row) > 2 and row[1] == "nfnet"}
     specs = {path.stem for path in SPECS.glob("*.arch")}
     assert set(CHECKED) <= names
-    assert {name for name in names if name.startswith("nf_") and "regnet" not in name} <= specs
+    assert {name for name in names if name.startswith("nf_")} <= specs
 
 
 @pytest.mark.parametrize("name", CHECKED)
@@ -94,6 +94,14 @@ def test_nf_beta_is_timms_running_sum():
     assert ours == betas
     # the closed form 1 / sqrt(1 + j alpha**2) differs in the last bits: the sum is timm's
     assert any(b != 1 / math.sqrt(1 + j * alpha**2) for j, b in enumerate(ours[3:7], 1))
+
+
+def test_make_divisible_is_timms():
+    from timm.layers import make_divisible
+
+    for v in [*range(1, 200), 7.5, 11.9, 36.0, 90.0, 330.0, 1064.25, 3.999]:
+        for divisor in (1, 4, 8, 16):
+            assert designspace.make_divisible(v, divisor) == make_divisible(v, divisor), v
 
 
 def test_nf_beta_refuses_negative_positions():

@@ -168,6 +168,9 @@ def test_expression_span_covers_brackets():
         ("stride != 1 or c != p * e", "(stride != 1) or (c != (p * e))"),
         ("(3, 5)", "(3, 5)"),
         ("(k, k + 2)", "(k, k + 2)"),
+        ("a + 1 if b or c else d * 2", "(a + 1) if (b or c) else (d * 2)"),
+        ("a if b else c if d else e", "a if b else (c if d else e)"),  # Python's: to the right
+        ("(a if b else c) + 1", "(a if b else c) + 1"),
     ],
 )
 def test_precedence(source, tree):
@@ -179,11 +182,11 @@ def _explicit(expr) -> str:
     """Like source_text, but brackets every operand that is itself an operation."""
     if isinstance(expr, S.UnaryOp):
         inner = _explicit(expr.operand)
-        inner = f"({inner})" if isinstance(expr.operand, S.BinOp | S.UnaryOp) else inner
+        inner = f"({inner})" if isinstance(expr.operand, S.BinOp | S.UnaryOp | S.Cond) else inner
         return f"not {inner}" if expr.op == "not" else f"-{inner}"
     if isinstance(expr, S.BinOp):
         sides = [
-            _explicit(s) if not isinstance(s, S.BinOp | S.UnaryOp) else f"({_explicit(s)})"
+            _explicit(s) if not isinstance(s, S.BinOp | S.UnaryOp | S.Cond) else f"({_explicit(s)})"
             for s in (expr.left, expr.right)
         ]
         if isinstance(expr.left, S.UnaryOp) and expr.left.op == "-":
@@ -191,6 +194,12 @@ def _explicit(expr) -> str:
         return f"{sides[0]} {expr.op} {sides[1]}"
     if isinstance(expr, S.Pair):
         return f"({_explicit(expr.h)}, {_explicit(expr.w)})"
+    if isinstance(expr, S.Cond):
+        parts = [
+            _explicit(s) if not isinstance(s, S.BinOp | S.UnaryOp | S.Cond) else f"({_explicit(s)})"
+            for s in (expr.then, expr.test, expr.other)
+        ]
+        return f"{parts[0]} if {parts[1]} else {parts[2]}"
     return E.source_text(expr)
 
 
@@ -209,6 +218,10 @@ def _explicit(expr) -> str:
         ("(2, k)", "(2, k)"),
         ("true and false", "True and False"),
         ("1.5e-3 * a", "0.0015 * a"),
+        ("1.0 if i == 0 else r", "1.0 if i == 0 else r"),
+        ("(a if t else b) * 2", "(a if t else b) * 2"),
+        ("a if (b if t else f) else c", "a if (b if t else f) else c"),
+        ("f(a if t else b)", "f(a if t else b)"),
     ],
 )
 def test_to_python(source, python):
@@ -236,6 +249,8 @@ def _exprs():
             | inner.map(lambda s: f"-{s}")
             | inner.map(lambda s: f"not {s}")
             | inner.map(lambda s: f"({s})")
+            | st.tuples(inner, inner, inner).map(lambda t: f"{t[0]} if {t[1]} else {t[2]}")
+            | st.tuples(inner, inner, inner).map(lambda t: f"({t[0]} if {t[1]} else {t[2]})")
         )
 
     return st.recursive(_atoms, extend, max_leaves=8)
@@ -508,6 +523,9 @@ def test_reference_fragments_parse():
         ("max(8, int(64 * m + 4) // 8 * 8)", {"m": 0.1}, 8),  # timm's make_divisible
         ("max(8, int(64 * m + 4) // 8 * 8)", {"m": 0.75}, 48),
         ("min(a, b, 3)", {"a": 5, "b": 4}, 3),
+        ("1.0 if i == 0 else 2.25", {"i": 0}, 1.0),  # timm's first-block bottle ratio
+        ("1.0 if i == 0 else 2.25", {"i": 3}, 2.25),
+        ("a if i > 0 else a // i", {"a": 5, "i": 1}, 5),  # only the chosen side is evaluated
     ],
 )
 def test_functions_evaluate_like_python(source, env, value):
@@ -523,6 +541,7 @@ def test_functions_evaluate_like_python(source, env, value):
         ("int(1, 2)", "`int` takes 1 argument"),
         ("max(1)", "`max` takes two or more arguments"),
         ("round(true)", "`round` needs numbers, got a boolean"),
+        ("1 if 2 else 3", "`if` needs a boolean, got an integer"),
     ],
 )
 def test_function_misuse_is_located(source, message):
