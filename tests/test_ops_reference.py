@@ -152,6 +152,23 @@ CASES: dict[str, Case] = {
         ),
         tolerance=1e-5,
     ),
+    "scaled_std_conv_same": Case(
+        "scaled_std_conv_same(12, 3, stride=2, gamma=1.7, gain_init=0.5)",
+        lambda c: timm_layers.ScaledStdConv2dSame(c, 12, 3, stride=2, gamma=1.7, gain_init=0.5),
+        sizes=((8, 8), (7, 5), (1, 1), (16, 13), (2, 3)),
+        tolerance=1e-5,
+    ),
+    "scaled_std_conv_same_static": Case(
+        "scaled_std_conv_same(6, (3, 5), groups=2, bias=false)",
+        lambda c: timm_layers.ScaledStdConv2dSame(c, 6, (3, 5), groups=2, bias=False),
+        tolerance=1e-5,
+    ),
+    "scaled_std_conv_same_dilated": Case(
+        "scaled_std_conv_same(8, (2, 3), stride=(1, 2), dilation=(1, 2))",
+        lambda c: timm_layers.ScaledStdConv2dSame(c, 8, (2, 3), stride=(1, 2), dilation=(1, 2)),
+        sizes=((8, 8), (7, 5), (1, 1), (3, 10)),
+        tolerance=1e-5,
+    ),
     "channel_linear": Case(
         "channel_linear(20)", lambda c: ChannelsLast(nn.Linear(c, 20)), tolerance=1e-5
     ),
@@ -301,6 +318,24 @@ def test_scaled_std_conv_parameters_in_timm_s_order(built):
     assert [n for n, _ in fresh.named_parameters()] == ["weight", "bias", "gain"]
     assert [n for n, _ in fresh.named_parameters()] == [n for n, _ in reference.named_parameters()]
     assert torch.equal(fresh.gain.detach(), torch.full((12, 1, 1, 1), 0.5))
+
+
+@pytest.mark.parametrize("n", range(1, 12))
+@pytest.mark.parametrize(("k", "s", "d"), [(3, 2, 1), (1, 2, 1), (2, 1, 1), (3, 3, 2), (4, 2, 1)])
+def test_same_padding_is_timm_s(n, k, s, d):
+    """The padding of each axis and the output size, ceil(n / s), against timm's pad_same on
+    a tensor of that size."""
+    from timm.layers.padding import pad_same
+
+    from resgen.ops.convs import SameWindow, same_padding
+
+    before, after = same_padding(n, k, s, d)
+    padded = pad_same(torch.zeros(1, 1, n, 1), [k, 1], [s, 1], [d, 1], value=1.0)
+    column = padded[0, 0, :, 0]
+    assert (int(column[:before].sum()), int(column[n + before :].sum())) == (before, after)
+    assert len(column) == n + before + after
+    out = F.conv2d(padded, torch.ones(1, 1, k, 1), stride=(s, 1), dilation=(d, 1))
+    assert SameWindow(k, s, 0, d, True).out(n) == out.shape[2] == -(-n // s)
 
 
 def test_grn_starts_as_the_identity(built):

@@ -5,10 +5,11 @@ linear is a 1x1 convolution in all but its weight's shape."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from math import prod
 
 from resgen import codes
-from resgen.ops.base import LINEAR, Counts, Emit, Op, Param, Saved
+from resgen.ops.base import LINEAR, Counts, Emit, Op, Param, Saved, Window, at
 from resgen.ops.layers import Conv
 
 
@@ -124,6 +125,99 @@ class ScaledStdConv(_Standardised):
         return (gain, *super().saves(args, x, y, device))
 
 
+class SameWindow(Window):
+    """One axis of a convolution with TensorFlow's "SAME" padding (timm's pad_same): the output
+    is ceil(n / stride) for every n >= 1, the input padded by max((ceil(n / s) - 1) * s +
+    (k - 1) * d + 1 - n, 0), half of it (rounded down) before. `padding` holds the padding
+    before for a size the stride divides, (k - 1) * d // 2 rounded as that rule does: what the
+    receptive-field and unread-row rules read; no row is ever dropped (`ceil`)."""
+
+    __slots__ = ()
+
+    def out(self, n: int) -> int:
+        return -(-n // self.stride)
+
+    def takes(self, n: int) -> bool:
+        return n >= 1
+
+    def keeps_size(self) -> bool:
+        return self.stride == 1
+
+
+def same_padding(n: int, k: int, s: int, d: int) -> tuple[int, int]:
+    """The padding (before, after) of one axis of size n under TensorFlow's "SAME" rule, as
+    timm.layers.padding.get_same_padding and pad_same compute it."""
+    pad = max((-(-n // s) - 1) * s + (k - 1) * d + 1 - n, 0)
+    return pad // 2, pad - pad // 2
+
+
+def is_static_same(args) -> bool:
+    """Whether "SAME" is a fixed symmetric padding for every input size (timm's is_static_pad:
+    stride 1 and an even dilated kernel span on both axes); otherwise forward() pads."""
+    return all(
+        at(args["stride"], axis) == 1
+        and at(args["dilation"], axis) * (at(args["kernel"], axis) - 1) % 2 == 0
+        for axis in (0, 1)
+    )
+
+
+class ScaledStdConvSame(ScaledStdConv):
+    """timm's ScaledStdConv2dSame (DeepMind's NFNets, dm_nfnet_*): ScaledStdConv2d with
+    TensorFlow's "SAME" padding, so the output is ceil(H / stride) x ceil(W / stride) for any
+    input. A stride-2 3x3 pads (0, 1) on an even size and (1, 1) on an odd one, in forward();
+    where a fixed padding gives the same for every size (stride 1, odd kernels) the convolution
+    pads (k - 1) * d / 2 itself, as timm does. No `padding` argument."""
+
+    name = "scaled_std_conv_same"
+    doc = 'ScaledStdConv2d with TensorFlow "SAME" padding (DeepMind\'s NFNets)'
+    params = tuple(p for p in ScaledStdConv.params if p.name != "padding")
+    emit = replace(
+        ScaledStdConv.emit,
+        cls="ScaledStdConv2dSame",
+        helper="scaled_std_conv_2d_same.py.jinja",
+        uses=(*ScaledStdConv.emit.uses, "nn.functional.pad"),
+    )
+
+    def spatial(self, args):
+        return tuple(
+            SameWindow(
+                at(args["kernel"], axis),
+                at(args["stride"], axis),
+                at(args["dilation"], axis) * (at(args["kernel"], axis) - 1) // 2,
+                at(args["dilation"], axis),
+                True,
+            )
+            for axis in (0, 1)
+        )
+
+    def label(self, args, times="×"):
+        return f"{super().label(args, times)} same"
+
+    def _padded(self, args, x):
+        """The padded input forward() makes (C x H' x W'), or None where the conv pads itself."""
+        if is_static_same(args):
+            return None
+        sizes = []
+        for axis in (0, 1):
+            k, s, d = (at(args[name], axis) for name in ("kernel", "stride", "dilation"))
+            sizes.append(x[axis + 1] + sum(same_padding(x[axis + 1], k, s, d)))
+        return (x[0], *sizes)
+
+    def saves(self, args, x, y, device):
+        # conv2d keeps the padded input (F.pad makes a new tensor even when it adds nothing)
+        saved = super().saves(args, x, y, device)
+        padded = self._padded(args, x)
+        if padded is None:
+            return saved
+        new = Saved("new", padded, batched=True, name="padded input")
+        return tuple(new if s.tensor == "input" else s for s in saved)
+
+    def temporaries(self, args, x, y, device):
+        padded = self._padded(args, x)
+        extra = (Saved("new", padded, batched=True, name="padded input"),) if padded else ()
+        return (*extra, *super().temporaries(args, x, y, device))
+
+
 class ChannelLinear(Op):
     """nn.Linear over the channels of C x H x W, at every position: timm's ConvNeXt MLP
     (`mlp.fc1`, `mlp.fc2`) on channels-last tensors, with nn.Linear's [out, in] weight. MACs
@@ -200,4 +294,4 @@ class ChannelLinear(Op):
         return (Saved("new", x, batched=True, name="input, channels last"),)
 
 
-BUILTIN: tuple[Op, ...] = (StdConv(), ScaledStdConv(), ChannelLinear())
+BUILTIN: tuple[Op, ...] = (StdConv(), ScaledStdConv(), ScaledStdConvSame(), ChannelLinear())

@@ -156,7 +156,7 @@ class Conv(Op):
                     hint="groups must divide both the input and the output channels",
                 )
                 break
-        return _sliding(self.name, out, x, _windows(args), check)
+        return _sliding(self.name, out, x, self.spatial(args), check)
 
     def zeroed(self, args):
         return _weight_and_bias(args)

@@ -30,4 +30,34 @@ class LayerScale(Op):
         return Counts(params=x[0])
 
 
-BUILTIN: tuple[Op, ...] = (LayerScale(),)
+class SkipInit(Op):
+    """SkipInit (De & Smith 2020, "Batch Normalization Biases Residual Blocks Towards the
+    Identity Function in Deep Networks"): one learnable scalar gain, initialised to 0, that
+    multiplies a residual branch so that each block starts as its shortcut. Stored as the
+    enclosing block's own 0-d parameter (timm's NormFreeBlock: `skipinit_gain`, a
+    `torch.tensor(0.)`; a layer named `skipinit_gain` gives its key). timm multiplies in place
+    (`out.mul_(skipinit_gain)`); `x * gain` is the same value without overwriting x."""
+
+    name = "skipinit"
+    doc = "a learned scalar gain on a residual branch, initially 0 (SkipInit)"
+    params = (Param("init", "float", 0.0, doc="the gain's initial value"),)
+    family = OTHER
+    keeps_zero = True  # x * gain
+    # not `promotes`: a 0-d tensor does not take part in type promotion against a dimensioned
+    # one, so a bfloat16 x times the float32 gain stays bfloat16 under autocast
+    emit = Emit(
+        "nn.Parameter",
+        imports=("import torch",),
+        uses=("torch.tensor",),
+        owned="nn.Parameter(torch.tensor({init}))",
+        apply="{x} * {self}",
+    )
+
+    def counts(self, args, x, y):
+        return Counts(params=1)
+
+    def parameters(self, args, x):
+        return ((),)  # a 0-d tensor
+
+
+BUILTIN: tuple[Op, ...] = (LayerScale(), SkipInit())
