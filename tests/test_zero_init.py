@@ -36,6 +36,8 @@ OP_USES = [
     "identity",
     "pad_channels(6)",
     "layer_scale(0.5)",
+    "skipinit",
+    "skipinit(init=0.5)",
     # the layers issue's ops
     "silu",
     "gelu",
@@ -71,6 +73,8 @@ OP_USES = [
     "std_conv(4, 3, padding=1)",
     "scaled_std_conv(4, 3, padding=1)",
     "scaled_std_conv(4, 3, padding=1, bias=false)",
+    "scaled_std_conv_same(4, 3, stride=2)",
+    "scaled_std_conv_same(4, 3, bias=false)",
     "channel_linear(4)",
     "channel_linear(4, bias=false)",
     "eca",
