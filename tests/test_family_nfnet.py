@@ -27,7 +27,16 @@ ROOT = Path(__file__).resolve().parent.parent
 SPECS = ROOT / "specs" / "timm"
 FAMILY = ROOT / "tests" / "data" / "timm_resnet_family.txt"
 # One model per kind and block type, the deepest where depth changes the schedule.
-CHECKED = ["nf_resnet101", "nf_seresnet26", "nf_ecaresnet50", "nf_regnet_b1"]
+CHECKED = [
+    "nf_resnet101",
+    "nf_seresnet26",
+    "nf_ecaresnet50",
+    "nf_regnet_b1",
+    "nfnet_f1",
+    "eca_nfnet_l0",
+    "test_nfnet",
+    "dm_nfnet_f1",
+]
 
 
 def _blocks(model: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
@@ -77,6 +86,27 @@ def test_block_constants_are_timms(name):
     for path, conv in model.named_modules():
         if hasattr(conv, "gain"):
             assert (conv.scale, conv.eps) == (convs[path].scale, convs[path].eps), path
+
+
+def test_dm_nfnet_pads_odd_sizes_as_timm():
+    """DeepMind's NFNet (one block per stage) at an input whose every stage is odd (65, 33,
+    17, 9, 5, 3): its strided 3x3s pad (1, 1), where the manifest's even inputs pad (0, 1);
+    with timm's weights the outputs agree. SkipInit's gains are set, so every branch counts."""
+    torch.manual_seed(0)
+    reference = timm.create_model("dm_nfnet_f0", pretrained=False, depths=(1, 1, 1, 1)).eval()
+    with torch.no_grad():
+        for name, tensor in reference.state_dict().items():
+            if name.endswith("skipinit_gain"):
+                tensor.fill_(0.5)
+    model = build_module(SPECS / "dm_nfnet_f0.arch", d1=1, d2=1, d3=1, d4=1).eval()
+    assert list(model.state_dict()) == list(reference.state_dict())
+    model.load_state_dict(reference.state_dict(), strict=True)
+    x = torch.randn(1, 3, 65, 65, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = reference(x)
+        difference = (model(x) - expected).abs().max().item()
+    assert expected.abs().max().item() > 1e-2
+    assert difference <= 1e-4 * max(1.0, expected.abs().max().item())
 
 
 def test_nf_beta_is_timms_running_sum():
