@@ -21,11 +21,12 @@ from pathlib import Path, PurePath
 from resgen import codes, designspace, ops
 from resgen import expr as E
 from resgen import spec as S
+from resgen.algebra import simplify
 from resgen.diagnostics import Diagnostic, Span, SpecError
 from resgen.graph import application_id
 from resgen.guard import UnsafeCode, check_source
 from resgen.names import BLOCK_INDEX, IN_CHANNELS, NUM_BLOCKS, STAGE_INDEX
-from resgen.ops.base import NORM
+from resgen.ops.base import NORM, Items, Operand
 from resgen.ops.layers import FLAT
 from resgen.output import PY_MARK
 from resgen.plan import (
@@ -79,6 +80,7 @@ class LayerView:
     build: Code
     comment: str | None = None
     local: bool = False  # a local of __init__ (a stage built before its container), not self.
+    condition: str | None = None  # `when`: built where it holds, None elsewhere
 
     @property
     def target(self) -> str:
@@ -127,6 +129,12 @@ class BlockView:
     post_layers: list[LayerView]
     post: list[StepView]
     merge_condition: str | None = None  # `merge ... when`: stored as self.residual
+    # A block body that forks and joins (`from`, `repeat`, `when`, split/concat): forward()'s
+    # lines for main and post, written out (None: one `out = ...` line per step), and the
+    # names forward() reads that __init__ stores (`self.scale = scale`).
+    main_lines: list[str] | None = None
+    post_lines: list[str] | None = None
+    stored: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -628,7 +636,15 @@ class _ModuleBuilder:
         channels: Channels = S.Ref(span=block.span, name=IN_CHANNELS)
         sc = plan.shortcut
         source: tuple[int, Channels] | None = None  # `from LAYER`: its step and channels
-        for index, step in enumerate(plan.main):
+        flow = _Flow(self, plan, scope) if _is_dataflow(plan) else None
+        if flow is not None:
+            if sc is not None and sc.source is not None:
+                raise CodeError(
+                    f"block `{block.name}`: a shortcut `from` a layer in a body that forks "
+                    "and joins; name its input with the layer's `from` instead"
+                )
+            channels = flow.declare(plan.main, channels, layers)
+        for index, step in enumerate(plan.main if flow is None else ()):
             channels = self._block_layer(step, channels, scope, layers, main)
             if sc is not None and sc.source is not None and index == plan.cut - 1:
                 source = (len(main) - 1, channels)
@@ -642,7 +658,9 @@ class _ModuleBuilder:
                 shortcut.after, shortcut.input = source[0], "shortcut_input"
         post_layers: list[LayerView] = []
         post: list[StepView] = []
-        for step in plan.post:
+        if flow is not None:
+            channels = flow.declare(plan.post, channels, post_layers)
+        for step in plan.post if flow is None else ():
             channels = self._block_layer(step, channels, scope, post_layers, post)
         if scope.features_used:  # a layer after flatten: its size per instance, from the caller
             params.append(ParamView(FEATURES, "int", None, star_before=True))
@@ -679,6 +697,9 @@ class _ModuleBuilder:
             and (shortcut is None or shortcut.condition is not None),
             post_layers=post_layers,
             post=post,
+            main_lines=flow.forward(plan.main, "x") if flow is not None else None,
+            post_lines=flow.forward(plan.post, "out") if flow is not None else None,
+            stored=flow.stored() if flow is not None else [],
         )
 
     def _block_layer(
@@ -1067,6 +1088,247 @@ class _ModuleBuilder:
                 ]
                 lines.append("  ".join(cells).rstrip())
         return lines
+
+
+# ---------------------------------------------------------------------------------------------
+# Blocks whose body forks and joins
+
+
+def _is_dataflow(plan: BlockPlan) -> bool:
+    """Whether a block's body needs forward() written out: a layer reads what `from` names,
+    exists `when` a condition holds, repeats, or is a function (split, concat)."""
+    stack = [*plan.main, *plan.post]
+    while stack:
+        step = stack.pop()
+        if step.inputs or step.condition is not None or step.kind == "repeat":
+            return True
+        if step.kind == "op" and step.op.functional:
+            return True
+        if step.kind == "repeat":
+            stack.extend(step.items)
+    return False
+
+
+@dataclass
+class _Local:
+    """A value in forward(): its Python, and for a bundle how it is held ("list": a repeat's
+    outputs, appended turn by turn; "tuple": torch.chunk's)."""
+
+    code: str
+    bundle: str | None = None
+
+
+class _Flow:
+    """__init__ and forward() of a block body that forks and joins. Layers keep their names
+    (and ModuleLists inside a repeat: `self.convs`, indexed as timm does by a loop over them);
+    a value that a later `from` reads gets a local of its name, the rest flows through `out`
+    (a repeat's turn through its own local). Names forward() reads (a split's chunks, a
+    condition) are stored on the module in __init__, as timm stores `self.scale`."""
+
+    def __init__(self, builder: _ModuleBuilder, plan: BlockPlan, scope: _Scope):
+        self.builder, self.plan, self.scope = builder, plan, scope
+        names = [p.name for p in plan.block.params] + [let.name for let in plan.block.lets]
+        self.forward_scope = _Scope(
+            {n: f"self.{ident(n)}" for n in names},
+            builder._op_value,
+            scope.floats,
+            scope.pairs,
+            scope.functions,
+        )
+        self.read = {s.name for step in _all_steps([*plan.main, *plan.post]) for s in step.inputs}
+        self.channels: dict[str, Channels] = {}  # for channels_after's `from`
+        # Expressions the spec wrote: a channel count built up by splits and concats
+        # (`(scale - 1) * width + width * scale // scale`) is written as one of them when equal.
+        self.known = [
+            value
+            for step in _all_steps([*plan.main, *plan.post])
+            for value in step.args.values()
+            if isinstance(value, S.Node)
+        ]
+        self.loop_vars = {step.var for step in _all_steps(plan.main) if step.kind == "repeat"}
+
+    # -- __init__
+    def declare(self, steps, channels: Channels, layers: list[LayerView], repeat=None):
+        """Add the modules of `steps` to `layers` (ModuleLists inside a repeat); the channels
+        after them."""
+        values = self.channels
+        for step in steps:
+            if step.kind == "repeat":
+                ins = [values.get(s.name) for s in step.inputs] or [channels]
+                inner = dict(values)
+                inner[step.attr] = Items(step.count, None)
+                self.channels = inner
+                turn = self.declare(step.items, ins[0], layers, step)
+                self.channels = values
+                after = Items(step.count, turn)
+            else:
+                after = channels_after(step, channels, self.builder.plan.blocks, values)
+                self._declare_one(step, channels, layers, repeat)
+            if step.attr is not None:
+                values[step.attr] = after
+            channels = after
+        return channels
+
+    def _declare_one(self, step: Step, channels, layers: list[LayerView], repeat) -> None:
+        if step.kind == "reuse" or (step.kind == "op" and step.op.functional):
+            return
+        if step.inputs:
+            source = step.inputs[0]
+            channels = self.channels.get(source.name, channels)
+            if source.index is not None and isinstance(channels, Items):
+                channels = channels.channels
+        if isinstance(channels, Items):
+            channels = channels.channels
+        channels = simplify(channels, self.known)
+        build = self.builder._build(step, channels, self.scope)
+        condition = self.scope.code(step.condition) if step.condition is not None else None
+        if repeat is not None:
+            if condition is not None:
+                raise CodeError(
+                    f"`{step.attr}` is a module inside repeat `{repeat.attr}` that exists `when` "
+                    "a condition holds; a ModuleList holds one module per turn"
+                )
+            var = repeat.var if repeat.var in _free_names(step) else "_"
+            build = Call("nn.ModuleList", (Repeated(build, self.scope.code(repeat.count), var),))
+        layers.append(LayerView(ident(step.attr), build, condition=condition))
+
+    def stored(self) -> list[str]:
+        """`self.name = name` for the block's names forward() reads."""
+        lines = []
+        for name in sorted(self.forward_scope.used - self.loop_vars):
+            self.scope.name(name)  # a let forward() reads is computed in __init__
+            lines.append(f"self.{ident(name)} = {ident(name)}")
+        return lines
+
+    # -- forward()
+    def forward(self, steps, start: str) -> list[str]:
+        lines: list[str] = []
+        self.values: dict[str, _Local] = {"x": _Local("x")}
+        last = self._steps(steps, _Local(start), "out", lines, 0, {})
+        if last.code != "out" and steps:
+            lines.append(f"out = {last.code}")
+        return lines
+
+    def _steps(self, steps, cur: _Local, target: str, lines, depth, loop) -> _Local:
+        pad = "    " * depth
+        for step in steps:
+            if step.kind == "repeat":
+                cur = self._repeat(step, cur, lines, depth)
+                self.values[step.attr] = cur
+                continue
+            ins = [self._source(s) for s in step.inputs] or [cur]
+            local = ident(step.attr) if step.attr in self.read else target
+            call = self._call(step, ins, loop)
+            if step.condition is not None:
+                if step.kind == "op" and step.op.functional:
+                    condition = self.forward_scope.code(step.condition)
+                else:
+                    condition = f"self.{ident(step.attr)} is not None"
+                if ins[0].code != local:
+                    lines.append(f"{pad}{local} = {ins[0].code}")
+                lines.append(f"{pad}if {condition}:")
+                lines.append(f"{pad}    {local} = {call}")
+                result = _Local(local, ins[0].bundle)
+            else:
+                op = step.op if step.kind == "op" else None
+                bundle = "tuple" if op is not None and op.bundle(step.args, [None]) else None
+                lines.append(f"{pad}{local} = {call}")
+                result = _Local(local, bundle)
+            cur = result
+            if step.attr is not None:
+                self.values[step.attr] = cur
+        return cur
+
+    def _source(self, source) -> _Local:
+        value = self.values[source.name]
+        if source.index is None:
+            return value
+        return _Local(f"{value.code}[{self.forward_scope.code(source.index)}]")
+
+    def _call(self, step: Step, ins: list[_Local], loop: dict) -> str:
+        if step.kind == "op" and step.op.functional:
+            args = {name: self.forward_scope.code(value) for name, value in step.args.items()}
+            operands = [Operand(i.code, i.bundle) for i in ins]
+            self.builder.imports.update(dict.fromkeys(step.op.emit.imports))
+            return step.op.expression(operands, args)
+        if len(ins) != 1:
+            raise CodeError(f"`{step.attr}` reads one tensor, not {len(ins)}")
+        if step.kind == "reuse":
+            module = loop.get(step.target) or f"self.{ident(step.target)}"
+        else:
+            module = loop.get(step.attr) or f"self.{ident(step.attr)}"
+        applied = _apply(step.op if step.kind == "op" else None, module)
+        if "{x}" in applied:  # an op applying a parameter of the block (layer scale)
+            return applied.replace("{x}", ins[0].code)
+        return f"{applied}({ins[0].code})"
+
+    def _repeat(self, step: Step, cur: _Local, lines, depth) -> _Local:
+        """`spo = []`, a loop over the turns (zipped ModuleLists, enumerate when the body reads
+        the turn), and each turn's output appended."""
+        pad = "    " * depth
+        name = ident(step.attr)
+        modules = [
+            s.attr
+            for s in step.items
+            if s.kind in ("op", "block", "seq", "dynamic")
+            and not (s.kind == "op" and s.op.functional)
+        ]
+        loop = {attr: _singular(attr, modules) for attr in modules}
+        uses_turn = step.var in set().union(*(_free_names(s) for s in step.items))
+        var = ident(step.var)
+        if modules:
+            zipped = (
+                f"self.{ident(modules[0])}"
+                if len(modules) == 1
+                else f"zip({', '.join(f'self.{ident(m)}' for m in modules)})"
+            )
+            targets = loop[modules[0]] if len(modules) == 1 else ", ".join(loop.values())
+            if uses_turn:
+                if len(modules) > 1:
+                    targets = f"({targets})"
+                head = f"for {var}, {targets} in enumerate({zipped}):"
+            else:
+                head = f"for {targets} in {zipped}:"
+        else:
+            head = f"for {var} in range({self.forward_scope.code(step.count)}):"
+        lines.append(f"{pad}{name} = []")
+        lines.append(pad + head)
+        saved = dict(self.values)
+        self.values[step.attr] = _Local(name, "list")
+        first = step.items[0]
+        target = ident(first.attr) if first.attr in self.read else f"{name}_turn"
+        out = self._steps(step.items, cur, target, lines, depth + 1, loop)
+        lines.append(f"{pad}    {name}.append({out.code})")
+        self.values = saved
+        return _Local(name, "list")
+
+
+def _all_steps(steps) -> Iterable[Step]:
+    stack = list(steps)
+    while stack:
+        step = stack.pop()
+        yield step
+        stack.extend(step.items)
+
+
+def _free_names(step: Step) -> set[str]:
+    names = set()
+    for value in step.args.values():
+        names.update(r.name for r in E.free_refs(value))
+    for source in step.inputs:
+        if source.index is not None:
+            names.update(r.name for r in E.free_refs(source.index))
+    if step.condition is not None:
+        names.update(r.name for r in E.free_refs(step.condition))
+    for item in step.items:
+        names |= _free_names(item)
+    return names
+
+
+def _singular(attr: str, taken: Iterable[str]) -> str:
+    """The loop variable for one ModuleList's modules: `convs` -> `conv`, else `attr_i`."""
+    name = attr[:-1] if attr.endswith("s") and len(attr) > 1 else f"{attr}_i"
+    return ident(name if name not in taken else f"{attr}_i")
 
 
 def _name_literal(name: str) -> Atom:

@@ -112,6 +112,8 @@ INDIVISIBLE_SIZE = _code(
 NOT_SPATIAL = _code("not-spatial", "a C x H x W op after `flatten`")
 NOT_FLAT = _code("not-flat", "a flat op (linear) before `flatten`")
 MERGE_MISMATCH = _code("merge-mismatch", "main path and shortcut give different shapes")
+JOIN_MISMATCH = _code("join-mismatch", "tensors that concat, add or mul cannot join")
+BUNDLE = _code("bundle", "a bundle where one tensor is read, or an item it does not have")
 DROPPED_ROWS = _code("dropped-rows", "input rows or columns that no window reads (a warning)")
 INPUT_LAYOUT = _code(
     "input-layout", "an input that looks like H x W x C, given where C x H x W goes (a warning)"

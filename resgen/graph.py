@@ -23,7 +23,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, NamedTuple
 
 from resgen import codes, ops
 from resgen import expr as E
@@ -32,8 +32,8 @@ from resgen.codes import Code
 from resgen.diagnostics import Diagnostic, Span, SpecError, did_you_mean
 from resgen.expr import EvalError, Value
 from resgen.limits import LIMITS
-from resgen.names import IN_CHANNELS, MODULE_ATTRIBUTES, POSITION, STAGE_INDEX
-from resgen.ops.base import UNKNOWN, Fixed
+from resgen.names import BLOCK_INPUT, IN_CHANNELS, MODULE_ATTRIBUTES, POSITION, STAGE_INDEX
+from resgen.ops.base import UNKNOWN, Fixed, Items
 from resgen.ops.layers import FLAT
 from resgen.plan import BlockPlan, NetworkPlan, StagePlan, Step, elaborate
 from resgen.stages import apply_stage_rule
@@ -46,6 +46,13 @@ MAIN, SHORTCUT, SKIP = "main", "shortcut", "skip"  # edge roles: the inputs of a
 _APPLICATION = re.compile(r"^(.*)#(\d+)$")
 
 NodeKind = Literal["input", "output", "layer", "merge"]
+
+
+class Source(NamedTuple):
+    """One tensor a join reads: a node's output, or item `item` of the bundle it makes."""
+
+    node: str
+    item: int | None = None
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -77,6 +84,9 @@ class Node:
     block_input: str | None = None
     instance: str | None = None  # the stage's (or stem's, head's) block instance it is inside
     step: Step | None = None  # the plan step it was lowered from (layers)
+    # A join's inputs in order (`concat from a, b`); None for a layer that reads its one
+    # predecessor. A tuple of Sources stands for a bundle gathered from several nodes.
+    inputs: tuple[Source | tuple[Source, ...], ...] | None = None
 
     @property
     def fixes_size(self) -> bool:
@@ -119,7 +129,7 @@ class Lowering:
     verification), so `resgen check` never imports networkx."""
 
     nodes: dict[str, Node]  # the graph's records, in forward order
-    edges: list[tuple[str, str, str]]  # (source, target, role), in forward order
+    edges: list[tuple]  # (source, target, role[, data]), in forward order
     diagnostics: list[Diagnostic]
     input: tuple[int, int, int]
     network: S.Network
@@ -132,16 +142,16 @@ class Lowering:
     def pred(self) -> dict[str, dict[str, dict]]:
         """node -> {predecessor: {"role": role}}, as networkx's `DiGraph.pred` has it."""
         pred: dict[str, dict[str, dict]] = {node: {} for node in self.nodes}
-        for source, target, role in self.edges:
-            pred[target][source] = {"role": role}
+        for source, target, role, *extra in self.edges:
+            pred[target][source] = {"role": role, **(extra[0] if extra else {})}
         return pred
 
     @cached_property
     def succ(self) -> dict[str, dict[str, dict]]:
         """node -> {successor: {"role": role}}, as networkx's `DiGraph.succ` has it."""
         succ: dict[str, dict[str, dict]] = {node: {} for node in self.nodes}
-        for source, target, role in self.edges:
-            succ[source][target] = {"role": role}
+        for source, target, role, *extra in self.edges:
+            succ[source][target] = {"role": role, **(extra[0] if extra else {})}
         return succ
 
     @cached_property
@@ -176,12 +186,13 @@ def no_gc() -> Iterator[None]:
             gc.enable()
 
 
-def digraph(nodes: Mapping[str, Node], edges: Sequence[tuple[str, str, str]], **attrs):
-    """The networkx DiGraph of records and (source, target, role) edges.
+def digraph(nodes: Mapping[str, Node], edges: Sequence[tuple], **attrs):
+    """The networkx DiGraph of records and (source, target, role[, data]) edges.
 
     The one place resgen fills a graph through networkx's adjacency dicts rather than add_node
     and add_edge: those cost ~10 us per call, which dominates a 10,000-block network. The result
-    is an ordinary DiGraph (node data {"node": record}, edge data {"role": role})."""
+    is an ordinary DiGraph (node data {"node": record}, edge data {"role": role, ...}: `group`
+    and `item` tell a node's several inputs apart, see _Lowerer.connect)."""
     import networkx as nx  # only what draws or walks the graph pays for the import
 
     graph = nx.DiGraph(**attrs)
@@ -189,11 +200,29 @@ def digraph(nodes: Mapping[str, Node], edges: Sequence[tuple[str, str, str]], **
         graph._node[node_id] = {"node": record}
         graph._succ[node_id] = {}
         graph._pred[node_id] = {}
-    for source, target, role in edges:
-        data = {"role": role}
+    for source, target, role, *extra in edges:
+        data = {"role": role, **(extra[0] if extra else {})}
         graph._succ[source][target] = data
         graph._pred[target][source] = data
     return graph
+
+
+@dataclass(frozen=True)
+class _Value:
+    """What a name holds while a path is lowered: a node's output (`node`), one item of a
+    node's bundle (`item`), or a bundle gathered from several values (`parts`: a repeat's
+    outputs); `channels` its channel count (each item's, for a bundle) when known."""
+
+    node: str | None = None
+    item: int | None = None
+    parts: tuple[_Value, ...] | None = None
+    channels: int | None = None
+
+
+def _first_node(value: _Value) -> str:
+    while value.parts:
+        value = value.parts[0]
+    return value.node or INPUT
 
 
 @dataclass
@@ -231,6 +260,8 @@ class _Lowerer:
         self.block_count = 0  # instances, nested ones included: nesting multiplies them
         self.block_index = 0  # the next stage block's position among all of them
         self.float_names: dict[str, set[str]] = {}  # block type ("" the network) -> names
+        self.bundle_sizes: dict[str, int] = {}  # nodes that make bundles (split) -> item count
+        self.declared_steps: dict[str, Step] = {}  # module path -> its step (to apply again)
         self.num_blocks = 0  # how many blocks the stages hold (set in run)
         self.input_override = input_shape
         self.input = (3, 224, 224)  # replaced in run() by the spec's (or --input's)
@@ -338,9 +369,10 @@ class _Lowerer:
             args = first if index == 0 else rest
             position = (self.block_index, self.num_blocks)
             self.block_index += 1
-            cur, channels = self.block(
-                block, args, path, cur, channels, stage.name, position=position
+            value = self.block(
+                block, args, path, _Value(cur, channels=channels), stage.name, position=position
             )
+            cur, channels = _first_node(value), value.channels
         return cur, channels, rule.dilation_after
 
     def count_stage_blocks(self, env: _Env) -> int:
@@ -425,30 +457,26 @@ class _Lowerer:
         plan: BlockPlan,
         args: dict,
         path: str,
-        x: str,
-        channels,
+        x: _Value,
         stage: str,
         instance=None,
         position: tuple[int, int] | None = None,
-    ):
-        """Lower one block instance at `path`; `instance` is the outermost block it sits in
-        (itself, unless it is a block used as a layer inside another); `position` its
+    ) -> _Value:
+        """Lower one block instance at `path` reading `x`; `instance` is the outermost block it
+        sits in (itself, unless it is a block used as a layer inside another); `position` its
         (block_index, num_blocks)."""
         self.block_types[path] = plan.name
         instance = instance or path
-        env = self.block_env(plan, args, channels, path, position or (0, self.num_blocks))
+        env = self.block_env(plan, args, x.channels, path, position or (0, self.num_blocks))
         prefix = path + "."
         main = _Where(stage, path, MAIN, instance)
+        values: dict[str, _Value] = {BLOCK_INPUT: x}  # what `from` names: shared by main and post
         # The main path in two parts when the shortcut reads the output of main[cut - 1].
-        source, source_channels = self.sequence(
-            plan.main[: plan.cut], env, prefix, x, channels, main, MAIN
-        )
-        out, out_channels = self.sequence(
-            plan.main[plan.cut :], env, prefix, source, source_channels, main, MAIN
-        )
+        source = self.path(plan.main[: plan.cut], env, prefix, x, main, MAIN, values)
+        out = self.path(plan.main[plan.cut :], env, prefix, source, main, MAIN, values)
         sc = plan.shortcut
         if sc is None or sc.source is None:
-            source, source_channels = x, channels
+            source = x
         shortcut_out, known = None, True
         if sc is not None:
             present = True
@@ -457,9 +485,7 @@ class _Lowerer:
                 known = present is not None
             if present:
                 where = _Where(stage, path, SHORTCUT, instance)
-                shortcut_out, _ = self.sequence(
-                    sc.steps, env, prefix, source, source_channels, where, SHORTCUT
-                )
+                shortcut_out = self.path(sc.steps, env, prefix, source, where, SHORTCUT, {})
         merging = plan.merge is not None
         if merging and plan.block.merge_condition is not None:
             holds = self.condition_holds(plan.block.merge_condition, env, path)
@@ -477,21 +503,22 @@ class _Lowerer:
                     None,
                     op=plan.merge,
                     known=known,
-                    block_input=x,
+                    block_input=x.node,
                     instance=instance,
                 )
             )
-            self.edges.append((out, merged, MAIN))
+            self.edge(out, merged, MAIN)
             if shortcut_out is not None:
-                self.edges.append((shortcut_out, merged, SHORTCUT))
+                self.edge(shortcut_out, merged, SHORTCUT)
             else:
-                self.edges.append((x, merged, SKIP))
-            out = merged
+                self.edge(x, merged, SKIP)
+            out = _Value(merged, channels=out.channels)
         post = _Where(stage, path, "post", instance)
-        return self.sequence(plan.post, env, prefix, out, out_channels, post, MAIN)
+        return self.path(plan.post, env, prefix, out, post, MAIN, values)
 
     def condition_holds(self, condition: S.Expr, env: _Env, path: str) -> bool | None:
-        """A `when` of a shortcut or a merge, for one instance; None when it cannot be told."""
+        """A `when` of a layer, shortcut or merge, for one instance; None when it cannot be
+        told."""
         key = (id(condition), id(env))
         if key in self._arg_cache:
             return self._arg_cache[key]
@@ -518,31 +545,211 @@ class _Lowerer:
         where: _Where,
         role: str,
     ) -> tuple[str, int | None]:
-        for step in steps:
-            if step.kind == "reuse":
-                cur = self.reuse(step, prefix, cur, where, role)
-            elif step.kind == "seq":
-                cur, channels = self.sequence(step.items, env, prefix, cur, channels, where, role)
-            else:
-                cur, channels = self.layer(step, env, prefix, cur, channels, where, role)
-        return cur, channels
+        """Lower a path of the stem, a stage or the head from node `cur`: its last node and
+        channel count."""
+        value = self.path(steps, env, prefix, _Value(cur, channels=channels), where, role, {})
+        return value.node, value.channels
 
-    def layer(self, step: Step, env: _Env, prefix: str, cur: str, channels, where, role):
+    def path(self, steps, env, prefix, cur: _Value, where, role, values) -> _Value:
+        """A path of steps that ends in one tensor (a bundle left over is an error)."""
+        value = self.steps(steps, env, prefix, cur, where, role, values)
+        if steps and self.size(value) is not None:
+            self.report(
+                steps[-1].span,
+                codes.BUNDLE,
+                f"this path ends with a bundle of {self.size(value)} tensors, where one tensor "
+                "goes on: join them first (concat, add)",
+                prefix.rstrip(".") or None,
+            )
+            return _Value(_first_node(value), channels=None)
+        return value
+
+    def steps(
+        self, steps, env, prefix, cur: _Value, where, role, values, suffix="", base=None
+    ) -> _Value:
+        """Lower steps from `cur`. `values` holds what names refer to for `from` (the block
+        input as `x`); a step's path is prefix + its path + `suffix` (a repeat's turn), or,
+        inside a seq, `base` + its key."""
+        for step in steps:
+            path = f"{base}.{step.key}" if base is not None else prefix + step.path + suffix
+            absent = (
+                step.condition is not None
+                and self.condition_holds(step.condition, env, path) is False
+            )
+            # Absent in this instance (`when`): its first input passes through, and what else
+            # it names need not exist (Res2Net's carry from a turn before the first).
+            inputs = self.inputs(step, env, prefix, cur, values, only_first=absent)
+            if inputs is None:  # reported
+                return cur
+            if absent:
+                cur = inputs[0]
+                if step.attr is not None:
+                    values[step.attr] = cur
+                continue
+            if step.kind == "repeat":
+                cur = self.repeat(step, env, prefix, inputs, where, role, values)
+            elif step.kind == "reuse":
+                cur = self.reuse(step, prefix, suffix, inputs, where, role)
+            elif step.kind == "seq":
+                self.declared_steps[path] = step
+                first = self.single(inputs, step, path)
+                cur = self.steps(step.items, env, prefix, first, where, role, {}, base=path)
+            else:
+                cur = self.layer(step, env, path, inputs, where, role)
+            if step.attr is not None:
+                values[step.attr] = cur
+            role = MAIN  # a shortcut's role marks only the edge that leaves the block input
+        return cur
+
+    def inputs(
+        self, step: Step, env: _Env, prefix: str, cur: _Value, values, only_first=False
+    ) -> list | None:
+        """What a step reads: the previous value, or what its `from` names (an item of a
+        bundle by its index, evaluated here); only the first of them with `only_first`."""
+        if not step.inputs:
+            return [cur]
+        found = []
+        for source in step.inputs[:1] if only_first else step.inputs:
+            value = values.get(source.name)
+            if value is None:  # resolve checked the name: a repeat turn not yet run
+                self.report(
+                    source.span,
+                    codes.UNKNOWN_NAME,
+                    f"`{source.name}` has no value here yet",
+                    prefix.rstrip(".") or None,
+                )
+                return None
+            if source.index is not None:
+                index = self.evaluate(source.index, env, prefix.rstrip("."))
+                if index is None:
+                    return None
+                value = self.item(value, index, source, prefix)
+                if value is None:
+                    return None
+            found.append(value)
+        return found
+
+    def size(self, value: _Value) -> int | None:
+        """How many tensors a value holds when it is a bundle; None for one tensor."""
+        if value.parts is not None:
+            return len(value.parts)
+        return self.bundle_sizes.get(value.node) if value.item is None else None
+
+    def item(self, value: _Value, index, source, prefix: str) -> _Value | None:
+        size = self.size(value)
+        if (
+            not isinstance(index, int)
+            or isinstance(index, bool)
+            or size is None
+            or not -size <= index < size
+        ):
+            what = "one tensor, not a bundle" if size is None else f"a bundle of {size}"
+            self.report(
+                source.span,
+                codes.BUNDLE,
+                f"`{source.name}[{E.show(index)}]`: `{source.name}` is {what} here"
+                + ("" if size is None else f", so its items are {-size} to {size - 1}"),
+                prefix.rstrip(".") or None,
+            )
+            return None
+        if value.parts is not None:
+            return value.parts[index]
+        return _Value(value.node, index % size, channels=value.channels)
+
+    def single(self, inputs, step: Step, path: str) -> _Value:
+        """The one tensor a layer that is not a join reads; a bundle is reported (and its
+        first item read on, so what follows is still checked)."""
+        value = inputs[0]
+        size = self.size(value)
+        if size is not None:
+            self.report(
+                step.span,
+                codes.BUNDLE,
+                f"`{step.attr or step.key}` reads one tensor, but gets a bundle of {size}: pick "
+                "one item (`from name[0]`) or join them first (concat, add)",
+                path,
+            )
+            return value.parts[0] if value.parts else _Value(value.node, 0, channels=value.channels)
+        return value
+
+    def repeat(self, step: Step, env: _Env, prefix, inputs, where, role, values) -> _Value:
+        """`name = repeat i < n { ... }`: the body lowered n times with `i` bound, its layers
+        numbered `convs.0`, `convs.1`, ...; the value is the bundle of each turn's output. In a
+        turn, `name[j]` is turn j's output (j < i)."""
         path = prefix + step.path
+        count = self.evaluate(step.count, env, path)
+        if count is not None and (
+            not isinstance(count, int) or isinstance(count, bool) or count < 1
+        ):
+            self.report(
+                step.count.span,
+                codes.BAD_ARGUMENT,
+                f"a repeat runs at least once: its count is an integer of at least 1, not "
+                f"{E.show(count)} (`{E.source_text(step.count)}`)",
+                path,
+            )
+            count = None
+        if count is not None and count > LIMITS.max_repeats:
+            self.report(
+                step.count.span,
+                codes.LIMIT,
+                f"a repeat of {count} turns is over the limit of {LIMITS.max_repeats}",
+                path,
+                "set RESGEN_MAX_REPEATS to raise it",
+            )
+            count = None
+        outputs: list[_Value] = []
+        for turn in range(count or 0):
+            key = (id(env), step.var, turn)
+            inner = self._env_cache.get(key)
+            if inner is None:
+                inner = self._env_cache[key] = _Env({**env.values, step.var: turn}, env.failed)
+            scope = dict(values)
+            scope[step.attr] = _Value(parts=tuple(outputs))
+            body = self.steps(step.items, inner, prefix, inputs[0], where, role, scope, f".{turn}")
+            if self.size(body) is not None:
+                self.report(
+                    step.items[-1].span,
+                    codes.BUNDLE,
+                    "each turn of a repeat gives one tensor, not a bundle: join it first",
+                    path,
+                )
+                return _Value(_first_node(body), channels=None)
+            outputs.append(body)
+        counts = {v.channels for v in outputs}
+        if len(counts) > 1:
+            self.report(
+                step.span,
+                codes.CHANNELS,
+                "the turns of a repeat give "
+                + ", ".join(str(c) for c in (v.channels for v in outputs))
+                + " channels; a bundle's items have one channel count",
+                path,
+            )
+        channels = outputs[0].channels if outputs and len(counts) == 1 else None
+        return _Value(parts=tuple(outputs), channels=channels)
+
+    def layer(self, step: Step, env: _Env, path: str, inputs, where, role) -> _Value:
         if step.kind == "block":
+            x = self.single(inputs, step, path)
             plan = self.plan.blocks[step.block]
             self.count_block(step.span)
             args = {k: self.evaluate(v, env, path) for k, v in step.args.items()}
             position = tuple(env.values.get(name, 0) for name in POSITION)  # the host's
             if position == (0, 0):
                 position = None  # not inside a stage block: the stem's or head's
-            return self.block(
-                plan, args, path, cur, channels, where.stage, where.instance, position
-            )
+            return self.block(plan, args, path, x, where.stage, where.instance, position)
         op, args, spans, known = self.op_args(step, env, path)
+        self.declared_steps[path] = step
+        return self.apply(path, path, step, op, args, spans, known, inputs, where, role)
+
+    def apply(self, node_id, module, step, op, args, spans, known, inputs, where, role):
+        """Add the node of one application of `module`'s op to `inputs`; the value it gives."""
+        if op.arity == "one":
+            inputs = [self.single(inputs, step, node_id)]
         self.add(
             Node(
-                path,
+                node_id,
                 "layer",
                 step.span,
                 where.stage,
@@ -552,51 +759,103 @@ class _Lowerer:
                 args=args,
                 arg_spans=spans,
                 known=known,
-                module=path,
+                module=module,
                 instance=where.instance,
                 step=step,
+                inputs=self.connect(inputs, node_id, role) if op.arity == "many" else None,
             )
         )
-        self.edges.append((cur, path, role))
+        if op.arity == "one":
+            self.edge(inputs[0], node_id, role)
+        return self.output(node_id, step, op, args, known, inputs)
+
+    def output(self, node: str, step: Step, op, args, known: bool, inputs) -> _Value:
+        """The value a new op node gives: its channel count by the op's own rule (for several
+        inputs, their counts), and its bundle size when it makes a bundle (split)."""
+        sizes = [self.size(v) for v in inputs]
+        counts = [
+            v.channels if n is None or v.channels is None else Items(n, v.channels)
+            for v, n in zip(inputs, sizes, strict=True)
+        ]
         try:
-            after = op.channels(args, channels)
-        except (KeyError, TypeError):  # an argument (or the input) that could not be evaluated
-            after = None
+            after = op.channels(args, counts if op.arity == "many" else counts[0])
+            size = op.bundle(args, sizes) if known else None
+        except (KeyError, TypeError):  # an argument (or an input) that could not be evaluated
+            after = size = None
+        if isinstance(after, Items):
+            after = after.channels
+        channels = counts[0]
         if step.kind == "dynamic" and known and after != channels and channels is not None:
             self.report(
                 step.span,
                 codes.CHANNELS,
                 f"`{step.via}` holds {op.name}, which makes {after} channels from {channels}; a "
                 "layer made from a parameter's op keeps the channel count (norms, activations)",
-                path,
+                node,
             )
-        return path, None if after is FLAT else after  # after flatten: no longer C x H x W
+        if size is not None:
+            self.bundle_sizes[node] = size
+        return _Value(node, channels=None if after is FLAT else after)
 
-    def reuse(self, step: Step, prefix: str, cur: str, where: _Where, role: str) -> str:
-        target = prefix + step.target
+    def edge(self, value: _Value, target: str, role: str) -> None:
+        """The edge from one tensor (an item of a bundle: `item` says which) to `target`."""
+        data = {"item": value.item} if value.item is not None else {}
+        self.edges.append((_first_node(value), target, role, data))
+
+    def connect(self, inputs, target: str, role: str) -> tuple:
+        """Edges into a join (`concat from a, b`), and its inputs as Node.inputs records:
+        edges are for drawing (networkx keeps one edge per pair of nodes); the records say
+        which tensors, in order, a bundle's items grouped."""
+        records = []
+        for value in inputs:
+            parts = value.parts if value.parts is not None else (value,)
+            sources = []
+            for part in parts:
+                self.edge(part, target, role)
+                sources.append(Source(_first_node(part), part.item))
+            records.append(tuple(sources) if value.parts is not None else sources[0])
+        return tuple(records)
+
+    def reuse(self, step: Step, prefix: str, suffix: str, inputs, where, role) -> _Value:
+        """A module applied again: `relu` (parameter-free, on the previous value), or any layer
+        on what `from` names (shared weights: CBAM's one MLP on two pooled tensors); a `seq`
+        is applied again item by item. A module absent in this instance (`when`) passes its
+        input through."""
+        target = prefix + step.target + suffix
+        if target not in self.declared_steps:  # declared outside the repeat it is used in
+            target = prefix + step.target
+        declared = self.declared_steps.get(target)
+        if declared is None:
+            return inputs[0]
+        return self._apply_again(target, declared, step, inputs, where, role)
+
+    def _apply_again(self, target: str, declared: Step, step: Step, inputs, where, role):
+        if declared.kind == "seq":
+            cur = self.single(inputs, step, target)
+            for item in declared.items:
+                path = f"{target}.{item.key}"
+                item_step = self.declared_steps.get(path, item)
+                cur = self._apply_again(path, item_step, step, [cur], where, role)
+                role = MAIN
+            return cur
+        original = self.nodes.get(target)
+        if original is None:  # absent in this instance (`when`): its input passes through
+            return inputs[0]
         count = self._uses.get(target, 1) + 1
         self._uses[target] = count
         node_id = application_id(target, count)
-        original = self.nodes[target]
-        self.add(
-            Node(
-                node_id,
-                "layer",
-                step.span,
-                where.stage,
-                where.block,
-                where.branch,
-                op=original.op,
-                args=original.args,
-                arg_spans=original.arg_spans,
-                known=original.known,
-                module=target,
-                instance=where.instance,
-                step=original.step,
-            )
+        return self.apply(
+            node_id,
+            target,
+            original.step,
+            original.op,
+            original.args,
+            original.arg_spans,
+            original.known,
+            inputs,
+            where,
+            role,
         )
-        self.edges.append((cur, node_id, role))
-        return node_id
 
     def add(self, node: Node) -> None:
         if node.id in self.nodes:

@@ -58,7 +58,9 @@ ALLOWED_IMPORTS = {
 }
 # Paths into torch that resgen's own code uses, whatever the ops: the module classes it builds
 # on and the init function of zero_init_residual. Each op adds what its declaration emits.
-STRUCTURAL_PATHS = frozenset({"nn.Module", "nn.Sequential", "nn.init.constant_", "torch.Tensor"})
+STRUCTURAL_PATHS = frozenset(
+    {"nn.Module", "nn.Sequential", "nn.ModuleList", "nn.init.constant_", "torch.Tensor"}
+)
 
 
 # Names of modules whose attribute chains must end in an allowed path.
@@ -93,6 +95,7 @@ def allowed() -> tuple[frozenset[str], dict[str, set[str]], frozenset[str]]:
 
 BUILTIN_CALLS = frozenset(
     {"super", "range", "isinstance", "len", "int", "bool", "float", "round", "min", "max", "abs"}
+    | {"zip", "enumerate"}  # loops over a block's ModuleLists (resgen.codegen._Flow)
     | {"ValueError"}  # raised by resgen.designspace's functions for values outside their space
     | {"OrderedDict"}  # imported from collections, for nn.Sequential with named layers
 )
@@ -220,6 +223,15 @@ def _problems(tree: ast.Module) -> Iterable[str]:
     paths, imports, modules = allowed()
     roots = MODULE_ROOTS | modules
     scopes = _scopes(tree, modules)
+    # Calls of a loop's module over the block's own ModuleLists (_loop_modules).
+    loop_calls = {
+        id(node)
+        for fn in ast.walk(tree)
+        if isinstance(fn, ast.FunctionDef)
+        for names in [_loop_modules(fn)]
+        for node in ast.walk(fn)
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in names
+    }
     parents = {child: node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)}
     # A helper may extend a torch layer (`class StdConv2d(nn.Conv2d)`, as timm writes it).
     bases = {"nn.Module"} | {p for p in paths if p.startswith("nn.")}
@@ -277,7 +289,10 @@ def _problems(tree: ast.Module) -> Iterable[str]:
         elif isinstance(node, ast.Attribute):
             yield from _attribute_problems(node, line, paths, prefixes, roots, parents)
         elif isinstance(node, ast.Call) and (
-            problem := _call_problem(node, defined, scopes.get(node, {"self", "nn", *modules}))
+            id(node) not in loop_calls
+            and (
+                problem := _call_problem(node, defined, scopes.get(node, {"self", "nn", *modules}))
+            )
         ):
             yield f"{line}: call to {problem}"
         elif (
@@ -344,10 +359,54 @@ def _local_calls(tree: ast.Module) -> Iterable[str]:
             for node in ast.walk(fn)
             if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store | ast.Del)
         }
+        modules = _loop_modules(fn)
         for node in ast.walk(fn):
             if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
-                if node.func.id in stored:
+                if node.func.id in stored and node.func.id not in modules:
                     yield f"line {node.lineno}: call to {node.func.id}(), a local variable"
+
+
+def _loop_modules(fn: ast.FunctionDef) -> set[str]:
+    """Locals bound only as the module of a loop over the block's own ModuleLists
+    (`for i, (conv, bn) in enumerate(zip(self.convs, self.bns))`, as timm's Res2Net writes
+    it): calling one calls a submodule of `self`, which the code could call directly."""
+    loops: dict[str, int] = {}
+    stores: dict[str, int] = {}
+    for node in ast.walk(fn):
+        if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store | ast.Del):
+            stores[node.id] = stores.get(node.id, 0) + 1
+        if not isinstance(node, ast.For):
+            continue
+        target, source = node.target, node.iter
+        if _is_call_of(source, "enumerate") and isinstance(target, ast.Tuple):
+            source, target = source.args[0], target.elts[1]
+        if _is_call_of(source, "zip") and isinstance(target, ast.Tuple):
+            pairs = zip(target.elts, source.args, strict=False)
+        else:
+            pairs = [(target, source)]
+        for name, lists in pairs:
+            if isinstance(name, ast.Name) and _self_attribute(lists):
+                loops[name.id] = loops.get(name.id, 0) + 1
+    return {name for name, count in loops.items() if stores.get(name) == count}
+
+
+def _is_call_of(node: ast.AST, name: str) -> bool:
+    return (
+        isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Name)
+        and node.func.id == name
+        and not node.keywords
+        and bool(node.args)
+    )
+
+
+def _self_attribute(node: ast.AST) -> bool:
+    """`self.convs`: one attribute of self, no deeper chain."""
+    return (
+        isinstance(node, ast.Attribute)
+        and isinstance(node.value, ast.Name)
+        and node.value.id == "self"
+    )
 
 
 def _role(node: ast.AST) -> str:

@@ -60,7 +60,10 @@ IN_CHANNELS = "in_channels"
 # its host's; one in the stem or head sees 0 and the total.
 BLOCK_INDEX, NUM_BLOCKS = "block_index", "num_blocks"
 POSITION = (BLOCK_INDEX, NUM_BLOCKS)
-IMPLICIT = frozenset({IN_CHANNELS, *POSITION})  # names every block has without declaring them
+IMPLICIT = frozenset({IN_CHANNELS, *POSITION})
+# What `from x` reads inside a block: the block's input (a layer's `from` names it or earlier
+# layers; resgen.graph lowers each name to the tensor it holds).
+BLOCK_INPUT = "x"  # names every block has without declaring them
 # Set by a stage, never written by a user in a stage call.
 STAGE_SET = frozenset({"in_channels", "dilation", *POSITION})
 

@@ -469,27 +469,59 @@ class _Builder(Transformer):
         )
 
     def layer(self, meta, c):
-        name, call = c
-        return call.model_copy(update={"name": str(name), "span": self._sp(meta)})
+        name, call, inputs, condition = c
+        return call.model_copy(
+            update={
+                "name": str(name),
+                "span": self._sp(meta),
+                "inputs": tuple(inputs or ()),
+                "condition": condition,
+            }
+        )
 
     def seq_layer(self, meta, c):
+        name, *items, inputs, condition = c
         return S.Layer(
             span=self._sp(meta),
             kind="seq",
-            name=str(c[0]),
+            name=str(name),
             callee="seq",
-            callee_span=self._tsp(c[0]),
-            items=tuple(c[1:]),
+            callee_span=self._tsp(name),
+            items=tuple(items),
+            inputs=tuple(inputs or ()),
+            condition=condition,
         )
 
     def reuse(self, meta, c):
+        name, inputs = c
         return S.Layer(
             span=self._sp(meta),
             kind="reuse",
-            name=str(c[0]),
-            callee=str(c[0]),
-            callee_span=self._sp(meta),
+            name=str(name),
+            callee=str(name),
+            callee_span=self._tsp(name),
+            inputs=tuple(inputs or ()),
         )
+
+    def repeat(self, meta, c):
+        name, var, count, *items = c
+        return S.Layer(
+            span=self._sp(meta),
+            kind="repeat",
+            name=str(name),
+            callee="repeat",
+            callee_span=self._tsp(name),
+            items=tuple(items),
+            var=str(var),
+            count=count,
+        )
+
+    def inputs(self, meta, c):
+        return list(c)
+
+    def source(self, meta, c):
+        name, index = c
+        return S.Input(span=self._sp(meta), name=str(name), index=index)
 
     # -- blocks
     def param(self, meta, c):
@@ -512,6 +544,12 @@ class _Builder(Transformer):
 
     def when(self, meta, c):
         return c[0]
+
+    def when_name(self, meta, c):
+        return S.Ref(span=self._tsp(c[0]), name=str(c[0]))
+
+    def when_not(self, meta, c):
+        return S.UnaryOp(span=self._sp(meta), op="not", operand=self.when_name(meta, c))
 
     def shortcut_from(self, meta, c):
         return c[0]

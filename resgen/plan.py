@@ -19,10 +19,11 @@ from resgen import ops
 from resgen import spec as S
 from resgen.diagnostics import Span
 from resgen.expr import Value
-from resgen.names import IN_CHANNELS, POSITION
+from resgen.names import BLOCK_INPUT, IN_CHANNELS, POSITION
+from resgen.ops.base import Items
 from resgen.ops.layers import FLAT
 
-StepKind = Literal["op", "block", "seq", "reuse", "dynamic"]
+StepKind = Literal["op", "block", "seq", "reuse", "dynamic", "repeat"]
 Channels = S.Expr | object  # an expression, or FLAT after a flatten
 
 
@@ -35,6 +36,11 @@ class Step:
          seq    an nn.Sequential of unnamed `items` (paths conv1.0, conv1.1, ...)
          reuse  a parameter-free module declared earlier (`target`), applied again
          dynamic  a layer made by the op that the name `via` holds per instance (norm_layer)
+         repeat  `items` run `count` times with `var` bound to the turn (0, 1, ...); their
+                modules are ModuleLists (`convs.0`, `convs.1`), the step's value the bundle
+                of each turn's output
+    `inputs` are what `from` names (empty: the previous step's output); a step with a
+    `condition` (`when`) exists only in the instances where it holds, else its input passes.
     `attr` is the attribute the module is stored under (None for unnamed items of a seq or
     shortcut); `path` is its module path inside the owner (`conv1`, `downsample.0`, `conv1.2`),
     so a node id is the instance's prefix plus `path`.
@@ -51,6 +57,10 @@ class Step:
     items: tuple[Step, ...] = ()
     target: str | None = None
     via: str | None = None  # kind dynamic: the name (a param or let) holding the op
+    inputs: tuple[S.Input, ...] = ()
+    condition: S.Expr | None = None
+    var: str | None = None  # repeat
+    count: S.Expr | None = None  # repeat
 
     @property
     def key(self) -> str:
@@ -234,7 +244,8 @@ def _block_plan(block: S.Block, plans: dict[str, BlockPlan], use) -> BlockPlan:
     uses = _uses(main + post + (shortcut.steps if shortcut else ()))
     for inner in uses:
         use(inner)
-    out = channels_through(main + post, S.Ref(span=block.span, name=IN_CHANNELS), plans)
+    x = S.Ref(span=block.span, name=IN_CHANNELS)
+    out = channels_through(main + post, x, plans, {BLOCK_INPUT: x})
     # Whether instances differ by their position (a drop-path schedule): then each gets its own.
     positional = any(plans[inner].positional for inner in uses) or any(
         ref.name in POSITION
@@ -268,12 +279,16 @@ def _expressions(block: S.Block, steps, shortcut) -> Iterable[S.Expr]:
         step = stack.pop()
         stack.extend(step.items)
         yield from step.args.values()
+        yield from (s.index for s in step.inputs if s.index is not None)
+        yield from (e for e in (step.condition, step.count) if e is not None)
     if shortcut is not None and shortcut.condition is not None:
         yield shortcut.condition
 
 
 def _declared(steps: Iterable[Step]) -> dict[str, str]:
-    return {s.attr: s.path for s in steps if s.kind != "reuse" and s.attr is not None}
+    return {
+        s.attr: s.path for s in steps if s.kind not in ("reuse", "repeat") and s.attr is not None
+    }
 
 
 def _steps(layers: Sequence[S.Layer], prefix: str, declared: dict | None = None) -> tuple:
@@ -283,27 +298,34 @@ def _steps(layers: Sequence[S.Layer], prefix: str, declared: dict | None = None)
     steps = []
     for layer in layers:
         step = _step(layer, layer.name, prefix + (layer.name or ""), declared)
-        if step.kind != "reuse":
+        if step.kind not in ("reuse", "repeat"):
             declared.setdefault(layer.name, step.path)
         steps.append(step)
     return tuple(steps)
 
 
 def _step(layer: S.Layer, attr: str | None, path: str, declared: Mapping[str, str]) -> Step:
+    flow = {"inputs": layer.inputs, "condition": layer.condition}
     if layer.kind == "reuse":
-        target = declared.get(layer.name, path)
-        return Step("reuse", attr, path, layer.span, layer, target=target)
+        target = declared.get(layer.callee, path)
+        return Step("reuse", attr, path, layer.span, layer, target=target, **flow)
     args = {a.name: a.value for a in layer.args}
+    if layer.kind == "repeat":
+        body = _steps(layer.items, "", declared=declared)
+        return Step(
+            "repeat", attr, path, layer.span, layer, items=body, var=layer.var, count=layer.count
+        )
     if layer.kind == "seq":
-        return Step("seq", attr, path, layer.span, layer, items=_items(layer.items, path))
+        items = _items(layer.items, path)
+        return Step("seq", attr, path, layer.span, layer, items=items, **flow)
     if layer.kind == "block":
-        return Step("block", attr, path, layer.span, layer, block=layer.callee, args=args)
+        return Step("block", attr, path, layer.span, layer, block=layer.callee, args=args, **flow)
     if layer.kind == "dynamic":
-        return Step("dynamic", attr, path, layer.span, layer, args=args, via=layer.callee)
+        return Step("dynamic", attr, path, layer.span, layer, args=args, via=layer.callee, **flow)
     op = ops.lookup(layer.callee)
     if layer.kind != "op" or op is None:
         raise AssertionError(f"unresolved layer `{layer.callee}` reached elaboration")
-    return Step("op", attr, path, layer.span, layer, op=op, args=args)
+    return Step("op", attr, path, layer.span, layer, op=op, args=args, **flow)
 
 
 def _items(layers: Sequence[S.Layer], path: str) -> tuple[Step, ...]:
@@ -327,23 +349,45 @@ def _uses(steps: Iterable[Step]) -> list[str]:
 # Channels, symbolically
 
 
-def channels_after(step: Step, c: Channels, blocks: Mapping[str, BlockPlan]) -> Channels:
+def channels_after(
+    step: Step, c: Channels, blocks: Mapping[str, BlockPlan], values: dict | None = None
+) -> Channels:
     """The channel count after `step` given `c` before it, as an expression of the caller's
-    names (FLAT after a flatten). Each op's own rule (Op.channels) decides."""
+    names (FLAT after a flatten; an Items for a bundle). Each op's own rule (Op.channels)
+    decides; `values` holds the counts of what `from` may name (filled in as steps go)."""
+    values = {} if values is None else values
+    ins = [_source_channels(s, values) for s in step.inputs] or [c]
     if step.kind == "op":
-        return step.op.channels(step.args, c)
+        return step.op.channels(step.args, ins if step.op.arity == "many" else ins[0])
+    if step.kind == "repeat":
+        inner = {**values, step.attr: Items(step.count, None)}
+        turn = channels_through(step.items, ins[0], blocks, inner)
+        return Items(step.count, turn)
     if step.kind == "dynamic":  # norm layers keep their channels; an op that does not is an error
-        return c
+        return ins[0]
     if step.kind == "seq":
-        return channels_through(step.items, c, blocks)
+        return channels_through(step.items, ins[0], blocks)
     if step.kind == "block":
-        return block_out(blocks[step.block], c, step.args)
-    return c  # a reuse applies a parameter-free module: the count stays
+        return block_out(blocks[step.block], ins[0], step.args)
+    return ins[0]  # a reuse of a parameter-free module keeps the count; a shared one with
+    # `from` (CBAM's MLP) gives what it gave the first time, which the shape engine checks
 
 
-def channels_through(steps: Iterable[Step], c: Channels, blocks) -> Channels:
+def _source_channels(source: S.Input, values: Mapping[str, Channels]) -> Channels:
+    value = values.get(source.name)
+    if source.index is not None and isinstance(value, Items):
+        return value.channels
+    return value
+
+
+def channels_through(
+    steps: Iterable[Step], c: Channels, blocks, values: dict | None = None
+) -> Channels:
+    values = {} if values is None else values
     for step in steps:
-        c = channels_after(step, c, blocks)
+        c = channels_after(step, c, blocks, values)
+        if step.attr is not None:
+            values[step.attr] = c
     return c
 
 

@@ -34,6 +34,7 @@ from resgen.diagnostics import (
 from resgen.limits import LIMITS
 from resgen.names import (
     BLOCK_INDEX,
+    BLOCK_INPUT,
     IMPLICIT,
     IN_CHANNELS,
     NUM_BLOCKS,
@@ -610,6 +611,10 @@ class _FileResolver:
     ) -> tuple[S.Layer, ...]:
         out = []
         for layer in layers:
+            layer = self._flow(layer, scope, declared, owner)
+            if layer.kind == "repeat":
+                out.append(self._repeat(layer, scope, declared, owner))
+                continue
             if layer.kind == "reuse":
                 target = declared.get(layer.name)
                 if target is None:
@@ -619,6 +624,13 @@ class _FileResolver:
                         f"`{layer.name}` is not a layer declared earlier in {owner}"
                         + did_you_mean(layer.name, declared)
                         + "; to add a layer write `name = op(...)`",
+                    )
+                elif target.kind == "repeat":
+                    self.diags.error(
+                        layer.span,
+                        codes.BUNDLE,
+                        f"`{layer.name}` is a repeat's outputs, not a layer to apply again",
+                        hint=f"read them with `from {layer.name}`",
                     )
                 elif target.kind != "op" or not ops.lookup(target.callee).stateless:
                     self.diags.error(
@@ -649,6 +661,56 @@ class _FileResolver:
                 declared.setdefault(layer.name, resolved)
             out.append(resolved)
         return tuple(out)
+
+    def _flow(self, layer: S.Layer, scope: set[str], declared, owner: str) -> S.Layer:
+        """Check what a layer's `from` names (the block input `x` or a layer declared earlier,
+        an item's index an expression of the scope) and its `when` condition."""
+        if not layer.inputs and layer.condition is None:
+            return layer
+        inputs = []
+        for source in layer.inputs:
+            if source.name != BLOCK_INPUT and source.name not in declared:
+                self.diags.error(
+                    source.span,
+                    codes.UNKNOWN_NAME,
+                    f"`from {source.name}`: no layer of {owner} before this one is called "
+                    f"`{source.name}`" + did_you_mean(source.name, [*declared, BLOCK_INPUT]),
+                    hint=f"`from` names the block input `{BLOCK_INPUT}` or an earlier layer",
+                )
+            if source.index is not None:
+                source = source.model_copy(update={"index": self._expr(source.index, scope)})
+            inputs.append(source)
+        condition = layer.condition
+        if condition is not None:
+            condition = self._expr(condition, scope)
+        return layer.model_copy(update={"inputs": tuple(inputs), "condition": condition})
+
+    def _repeat(self, layer: S.Layer, scope: set[str], declared, owner: str) -> S.Layer:
+        """`spo = repeat i < n { ... }`: `n` an expression of the scope, `i` a name of the body
+        only; the body's layers are declared in the block (each a ModuleList), and `spo` names
+        the turns' outputs (those so far, inside the body)."""
+        count = self._expr(layer.count, scope)
+        if self._name_ok(layer.var, "loop variable", layer.span) and layer.var in scope:
+            self.diags.error(
+                layer.span,
+                codes.DUPLICATE_NAME,
+                f"the loop variable `{layer.var}` hides a name of {owner}",
+                hint="pick another name for the turn",
+            )
+        if self._name_ok(layer.name, "layer", layer.span) and layer.name in declared:
+            self.diags.error(
+                layer.span, codes.DUPLICATE_NAME, f"`{layer.name}` is already declared in {owner}"
+            )
+        declared.setdefault(layer.name, layer)
+        if not layer.items:
+            self.diags.error(layer.span, codes.EMPTY_BLOCK, f"repeat `{layer.name}` has no layers")
+        items = self._layers(layer.items, scope | {layer.var}, declared, owner)
+        for item in items:
+            if item.kind == "repeat":
+                self.diags.error(
+                    item.span, codes.SYNTAX, "a repeat inside a repeat is not supported"
+                )
+        return layer.model_copy(update={"count": count, "items": items})
 
     def _call(self, layer: S.Layer, scope: set[str]) -> S.Layer:
         name = layer.callee

@@ -20,8 +20,8 @@ from resgen import expr as E
 from resgen import spec as S
 from resgen.codes import Code
 from resgen.diagnostics import Diagnostic, Span
-from resgen.graph import INPUT, OUTPUT, SKIP, Lowering, Node, lower, no_gc
-from resgen.ops.base import SIZE_HINT, Fixed, Shape
+from resgen.graph import INPUT, OUTPUT, SKIP, Lowering, Node, Source, lower, no_gc
+from resgen.ops.base import SIZE_HINT, Bundle, Fixed, Shape
 from resgen.plan import NetworkPlan, elaborate
 from resgen.sizes import (
     InputSizes,
@@ -373,9 +373,13 @@ class _Inference:
                 shapes[node_id] = self.merge(node, incoming, tainted)
                 self._after_error(node_id, shapes[node_id].error)
                 continue
+            if node.inputs is not None:  # a join: concat, add, mul of what `from` names
+                shapes[node_id] = self.join(node, tainted)
+                self._after_error(node_id, shapes[node_id].error)
+                continue
             pred = next(iter(incoming))
             before = shapes[pred]
-            shape, geometry = before.out_shape, self.geometry.get(pred)
+            shape, geometry = _item(before.out_shape, incoming[pred]), self.geometry.get(pred)
             if shape is None or not node.known or node.kind == OUTPUT:
                 out = shape if node.known else None
                 shapes[node_id] = ShapeResult(shape, out, tainted=tainted or shape is None)
@@ -435,6 +439,42 @@ class _Inference:
         error = check.first_error
         tainted = check.tainted or error is not None or out is None
         return ShapeResult(shape, out, params, buffers, macs, error, tainted)
+
+    # -- joins
+    def join(self, node: Node, tainted: bool) -> ShapeResult:
+        """A node that reads several tensors (Node.inputs: one per `from` name, a bundle as a
+        tuple of its items): the op's shape rule on the list of their shapes (a Bundle for a
+        bundle). Stride and receptive field are the maximum over the inputs that still have
+        spatial extent, as for merges."""
+        shapes: list = []
+        geometries = []
+        for record in node.inputs:
+            sources = record if isinstance(record, tuple) and not _is_source(record) else None
+            found = [self._source_shape(source, geometries) for source in (sources or (record,))]
+            shapes.append(Bundle(found) if sources is not None else found[0])
+        spatial = [g for g in geometries if g is not None]
+        self.geometry[node.id] = (
+            tuple(map(max, *spatial)) if len(spatial) > 1 else (spatial[0] if spatial else None)
+        )
+        flat = [s for x in shapes for s in (x if isinstance(x, Bundle) else (x,))]
+        if any(s is None for s in flat) or not node.known:
+            return ShapeResult(None, None, tainted=True)
+        check = _NodeCheck(self, node, tainted, None)
+        inputs = list(shapes)
+        out = node.op.infer(inputs, node.args, check)
+        counts = node.op.counts(node.args, inputs, out) if out is not None else None
+        params, buffers, macs = counts or (0, 0, 0)
+        error = check.first_error
+        return ShapeResult(
+            Bundle(flat), out, params, buffers, macs, error, tainted or error is not None
+        )
+
+    def _source_shape(self, source, geometries: list):
+        geometries.append(self.geometry.get(source.node))
+        shape = self.shapes[source.node].out_shape
+        if source.item is not None and isinstance(shape, Bundle):
+            return shape[source.item]
+        return shape
 
     # -- merges
     def merge(self, node: Node, incoming, tainted: bool) -> ShapeResult:
@@ -827,6 +867,18 @@ class _Inference:
                 info.receptive_field = (geometry[2], geometry[3])
             previous, previous_shape = geometry, info.out_shape
         return [infos[name] for name in order]
+
+
+def _item(shape: Shape | None, edge: dict) -> Shape | None:
+    """The shape an edge carries: one item of a bundle (`item` on the edge), or the whole."""
+    item = edge.get("item")
+    if item is not None and isinstance(shape, Bundle):
+        return shape[item]
+    return shape
+
+
+def _is_source(record) -> bool:
+    return isinstance(record, Source)
 
 
 def _local(name: str, block: str | None) -> str:

@@ -142,6 +142,14 @@ class Arg(Node):
     value: Expr
 
 
+class Input(Node):
+    """One input a layer names with `from`: the block input `x`, an earlier layer, or item
+    `index` of a bundle (`spx[i]`: a split's chunks, a repeat's outputs)."""
+
+    name: str
+    index: Expr | None = None
+
+
 class Layer(Node):
     """One step of a layer sequence.
 
@@ -153,16 +161,25 @@ class Layer(Node):
       reuse  a bare name: apply an already-declared parameter-free module again (torchvision's
              single `relu` used three times in Bottleneck)
       dynamic  a layer made by the op a parameter holds (`bn1 = norm_layer`, callee the param)
+      repeat a loop (`spo = repeat i < n { ... }`): `items` run `count` times with `var` bound
+             to 0, 1, ...; their named layers become nn.ModuleLists, and the loop's value is the
+             bundle of each turn's last output
+    `inputs` (`from a, b`) replace the default input, the previous layer's output; a layer with
+    `condition` (`when`) is present only in the instances where it holds (else its input passes).
     `name` is None for the unnamed layers inside a `seq` or `shortcut` (the items of one are
     either all named, `downsample.conv`, or all unnamed, `downsample.0`).
     """
 
-    kind: Literal["call", "op", "block", "seq", "reuse", "dynamic"]
+    kind: Literal["call", "op", "block", "seq", "reuse", "dynamic", "repeat"]
     name: str | None
     callee: str = ""  # op or block name for call/op/block; the reused layer for reuse
     callee_span: Span | None = None
     args: tuple[Arg, ...] = ()
-    items: tuple[Layer, ...] = ()  # for seq
+    items: tuple[Layer, ...] = ()  # for seq and repeat
+    inputs: tuple[Input, ...] = ()
+    condition: Expr | None = None
+    var: str | None = None  # repeat
+    count: Expr | None = None  # repeat
 
     def arg(self, name: str) -> Expr | None:
         for a in self.args:

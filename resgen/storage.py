@@ -110,7 +110,7 @@ def inputs_of(nodes, edges) -> dict[str, list[tuple[str, str]]]:
     """Each node's inputs as (source, role) pairs, from one pass over the lowering's
     (source, target, role) edges (resgen.graph.Lowering.edges, forward order)."""
     found: dict[str, list[tuple[str, str]]] = {node: [] for node in nodes}
-    for source, target, role in edges:
+    for source, target, role, *_ in edges:
         found[target].append((source, role))
     return found
 

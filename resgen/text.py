@@ -7,8 +7,15 @@ from collections.abc import Iterable
 
 
 def shape_text(shape: Iterable[int] | None, times: str = "x", unknown: str = "?") -> str:
-    """`64x56x56` (C x H x W), `1000` (flat); `unknown` when there is no shape."""
-    return unknown if shape is None else times.join(str(v) for v in shape)
+    """`64x56x56` (C x H x W), `1000` (flat); `unknown` when there is no shape. A bundle
+    (several tensors: a split's chunks) is `4 * 26x56x56`, or its items' shapes by commas."""
+    if shape is None:
+        return unknown
+    items = [s for s in shape if isinstance(s, tuple)]
+    if items:
+        texts = [shape_text(s, times, unknown) for s in items]
+        return f"{len(texts)} * {texts[0]}" if len(set(texts)) == 1 else ", ".join(texts)
+    return times.join(str(v) for v in shape)
 
 
 def size_text(value, times: str = "×") -> str:

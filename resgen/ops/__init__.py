@@ -28,6 +28,7 @@ from resgen.ops import (
     pools,
     scales,
     selfattention,
+    tensors,
 )
 from resgen.ops.base import (
     DERIVED,
@@ -168,7 +169,12 @@ def _declaration_problem(op: Op) -> str | None:
     emit = op.emit
     if not isinstance(emit, Emit):
         return "has no `emit` (the nn.Module it becomes in generated code)"
-    if not all(part.isidentifier() for part in emit.cls.split(".")):
+    if op.arity not in ("one", "many"):
+        return f'has the arity {op.arity!r}; it reads one input or "many"'
+    if op.functional:
+        if type(op).expression is Op.expression:
+            return "is functional (no module) but has no `expression` for forward()"
+    elif not all(part.isidentifier() for part in emit.cls.split(".")):
         return f"emits the class {emit.cls!r}, which is not a dotted Python name"
     for key in emit.positional:
         if key not in seen and key != emit.in_channels:
@@ -192,6 +198,8 @@ def _declaration_problem(op: Op) -> str | None:
                 "or `import MODULE`"
             )
         imported.update(alias.asname or alias.name for alias in statement.names)
+    if op.functional:
+        return None
     if not emit.cls.startswith("nn.") and emit.helper is None and emit.cls not in imported:
         return f"emits `{emit.cls}` but neither imports it nor has a helper template defining it"
     return None
@@ -225,6 +233,7 @@ BUILTIN: tuple[Op, ...] = (
     *attention.BUILTIN,
     *selfattention.BUILTIN,
     *scales.BUILTIN,
+    *tensors.BUILTIN,
 )
 
 for _op in (*BUILTIN, *merges.BUILTIN):

@@ -9,6 +9,9 @@ attributes and methods answer every question a later stage asks, so no stage com
     infer(x, args, check)   the output shape, with argument checks reported through `check`
     spatial(args)           how it moves H and W: per-axis windows, a fixed size, or not at all
                             (output stride, receptive field and the input-size search)
+    arity, bundle(args)     whether it reads several inputs (concat, add), and whether it makes
+                            several tensors (split): see Bundle
+    expression(inputs, args)  for an op with no module (torch.cat), forward()'s expression
     counts(args, x, y)      parameters, buffers and MACs, as torch and torchvision count them
     emit                    the nn.Module it becomes, its initialisation, helper code, imports
     label(args)             how summaries and diagrams name it; `family` gives its colour
@@ -41,6 +44,33 @@ from resgen.codes import Code
 from resgen.limits import LIMITS
 
 Shape = tuple  # (C, H, W), or (F,) after flatten
+
+
+class Bundle(tuple):
+    """Several tensors that travel together: a split's chunks, a repeat's outputs. Its items
+    are their shapes, in order. Ops whose `arity` is "many" (concat, add, mul) read a bundle's
+    items as inputs; any other op reads one tensor."""
+
+    def __repr__(self) -> str:
+        return f"Bundle({', '.join(map(repr, self))})"
+
+
+@dataclass(frozen=True)
+class Items:
+    """The channels of a bundle: `count` items of `channels` each. Numbers for the shape
+    engine, .arch expressions for the code generator (`scale - 1` items of `width`)."""
+
+    count: Any
+    channels: Any
+
+    @property
+    def total(self):
+        """The channels of the bundle's items side by side (what concat makes)."""
+        from resgen.algebra import times
+
+        return times(self.count, self.channels)
+
+
 Args = Mapping[str, Any]  # argument name -> value (or .arch expression, for codegen)
 
 
@@ -405,6 +435,12 @@ class Op:
     # low-precision input under autocast, whose parameters stay float32. The op's other
     # tensors ("activation" in `saves`) are in its input's dtype.
     promotes: ClassVar[bool] = False
+    # "many": reads every input `from` names, a bundle's items included (concat, add, mul).
+    # Then channels() gets a list of counts (an Items for a bundle), infer() and counts() a
+    # list of shapes (a Bundle for a bundle).
+    arity: ClassVar[Literal["one", "many"]] = "one"
+    # An op with no module of its own (torch.cat): forward() writes `expression` instead.
+    functional: ClassVar[bool] = False
     # The distribution that registered this op (None for resgen's own): named in its errors.
     plugin: str | None = None
 
@@ -436,6 +472,16 @@ class Op:
     def infer(self, x: Shape, args: Args, check: Check) -> Shape | None:
         """The output shape for input `x` (of the rank `accepts` says); None after reporting."""
         return x
+
+    def bundle(self, args: Args, sizes: list[int | None]) -> int | None:
+        """How many tensors the op makes when it makes a bundle (split, or add of bundles item
+        by item), given how many each input holds (None: one tensor); None for one tensor."""
+        return None
+
+    def expression(self, inputs: list[Operand], args: Mapping[str, str]) -> str:
+        """A functional op's Python expression in forward(): `inputs` are the Python of what it
+        reads (with which are bundles), `args` its arguments' Python."""
+        raise NotImplementedError(f"{self.name} is not functional")
 
     def spatial(self, args: Args) -> tuple[Window, Window] | Fixed | None:
         """How H and W change: a window per axis, a fixed output size, or None (unchanged)."""
@@ -515,6 +561,32 @@ class Op:
 
     def __repr__(self) -> str:
         return f"<op {self.name}>"
+
+
+class Operand(NamedTuple):
+    """One input of a functional op in generated code: its Python, and for a bundle what holds
+    it: "list" (a repeat's outputs) or "tuple" (torch.chunk's)."""
+
+    code: str
+    bundle: Literal["list", "tuple"] | None = None
+
+
+def tensors(inputs: list[Operand]) -> str:
+    """The Python list of every tensor of `inputs`: `[a, b]`, `spo`, or `spo + [pool]`."""
+    if len(inputs) == 1 and inputs[0].bundle:
+        return inputs[0].code
+    parts, loose = [], []
+    for operand in inputs:
+        if operand.bundle:
+            if loose:
+                parts.append(f"[{', '.join(loose)}]")
+                loose = []
+            parts.append(operand.code if operand.bundle == "list" else f"list({operand.code})")
+        else:
+            loose.append(operand.code)
+    if loose:
+        parts.append(f"[{', '.join(loose)}]")
+    return " + ".join(parts)
 
 
 class _Unknown(Op):
@@ -604,6 +676,9 @@ __all__ = [
     "Args",
     "Autocast",
     "Buffer",
+    "Bundle",
+    "Items",
+    "Operand",
     "Check",
     "Counts",
     "Device",
@@ -626,5 +701,6 @@ __all__ = [
     "is_default",
     "product",
     "quotient",
+    "tensors",
     "window_out",
 ]
