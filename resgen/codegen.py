@@ -1230,14 +1230,24 @@ class _Flow:
                 lines.append(f"{pad}    {local} = {call}")
                 result = _Local(local, ins[0].bundle)
             else:
-                op = step.op if step.kind == "op" else None
-                bundle = "tuple" if op is not None and op.bundle(step.args, [None]) else None
+                bundle = self._bundle(step, ins)
                 lines.append(f"{pad}{local} = {call}")
                 result = _Local(local, bundle)
             cur = result
             if step.attr is not None:
                 self.values[step.attr] = cur
         return cur
+
+    @staticmethod
+    def _bundle(step: Step, ins: list[_Local]) -> str | None:
+        """How a step's result is held when it is a bundle: torch.chunk's tuple (split), a
+        list comprehension's list (a join item by item); None for one tensor."""
+        if step.kind != "op" or not step.op.functional:
+            return None
+        sizes = [1 if i.bundle else None for i in ins]
+        if step.op.bundle(step.args, sizes) is None:
+            return None
+        return "list" if any(sizes) else "tuple"
 
     def _source(self, source) -> _Local:
         value = self.values[source.name]
@@ -1297,8 +1307,13 @@ class _Flow:
         self.values[step.attr] = _Local(name, "list")
         first = step.items[0]
         target = ident(first.attr) if first.attr in self.read else f"{name}_turn"
+        start = len(lines)
         out = self._steps(step.items, cur, target, lines, depth + 1, loop)
-        lines.append(f"{pad}    {name}.append({out.code})")
+        last = f"{pad}    {target} = "
+        if len(lines) == start + 1 and out.code == target and lines[-1].startswith(last):
+            lines[-1] = f"{pad}    {name}.append({lines[-1][len(last) :]})"  # one layer a turn
+        else:
+            lines.append(f"{pad}    {name}.append({out.code})")
         self.values = saved
         return _Local(name, "list")
 

@@ -598,7 +598,6 @@ class _Lowerer:
                 cur = self.layer(step, env, path, inputs, where, role)
             if step.attr is not None:
                 values[step.attr] = cur
-            role = MAIN  # a shortcut's role marks only the edge that leaves the block input
         return cur
 
     def inputs(

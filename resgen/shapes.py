@@ -906,7 +906,9 @@ def _fraction(part: int, whole: int) -> str:
 def _flattens(result: ShapeResult) -> bool:
     """Whether a layer turned C x H x W into flat features (a flatten)."""
     shapes = (result.in_shape, result.out_shape)
-    return all(s is not None for s in shapes) and len(shapes[0]) == 3 and len(shapes[1]) == 1
+    if any(s is None or isinstance(s, Bundle) for s in shapes):  # a split of one chunk
+        return False
+    return len(shapes[0]) == 3 and len(shapes[1]) == 1
 
 
 def _branch(pred: dict, nodes, tip: str, start: str) -> list[str]:
