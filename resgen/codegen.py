@@ -1180,6 +1180,8 @@ class _Flow:
         if isinstance(channels, Items):
             channels = channels.channels
         channels = simplify(channels, self.known)
+        if isinstance(channels, int) and not isinstance(channels, bool):  # channel_mean's 1
+            channels = E.literal(channels, step.span)
         build = self.builder._build(step, channels, self.scope)
         condition = self.scope.code(step.condition) if step.condition is not None else None
         if repeat is not None:

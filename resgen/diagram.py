@@ -38,7 +38,7 @@ from pathlib import Path
 import graphviz
 
 from resgen.graph import INPUT, MAIN, OUTPUT, SHORTCUT, SKIP, Node
-from resgen.ops.base import FAMILIES, MERGE, Merge
+from resgen.ops.base import FAMILIES, MERGE, Bundle, Merge
 from resgen.output import DOT_MARK, KINDS, SVG_MARK
 from resgen.text import axis_text, bytes_text, count_text, shape_text, size_text
 
@@ -232,14 +232,14 @@ def digraph(
         group_of[node_id] = gid
 
     # Collapse graph edges onto groups; the first pair wins its place, the main role its style.
-    edges: dict[tuple[str, str], tuple[str, str]] = {}
+    edges: dict[tuple[str, str], tuple[str, str, int | None]] = {}
     for u, v, d in graph.edges(data=True):
         key = (group_of[u], group_of[v])
         if key[0] == key[1]:
             continue
         role = d.get("role") or MAIN
         if key not in edges or ROLE_RANK.get(role, 0) < ROLE_RANK.get(edges[key][0], 0):
-            edges[key] = (role, u)
+            edges[key] = (role, u, d.get("item"))
 
     name = spec.network.name if getattr(spec, "network", None) else "network"
     errors = len(analysis.errors)  # what `resgen check` reports, not per-instance repeats
@@ -298,8 +298,8 @@ def digraph(
                 emit(sub, item)
 
     emit(dot, ())
-    for (gu, gv), (role, u) in edges.items():
-        _edge(dot, groups[gu], groups[gv], role, u, analysis)
+    for (gu, gv), (role, u, item) in edges.items():
+        _edge(dot, groups[gu], groups[gv], role, u, analysis, item)
     if loose_errors:
         fill, line = COLOURS["error"]
         dot.node(
@@ -534,9 +534,15 @@ def _ratio(shape_in, shape_out) -> str | None:
     return f"/{rh}" if rh == rw else f"/{rh}×{rw}"
 
 
-def _edge(g: graphviz.Digraph, src: _Group, dst: _Group, role: str, u: str, analysis) -> None:
+def _edge(
+    g: graphviz.Digraph, src: _Group, dst: _Group, role: str, u: str, analysis, item=None
+) -> None:
+    """An edge labelled with the tensor it carries: one item of a bundle when `item` says
+    which (a split's chunk), the whole output otherwise."""
     result, node = analysis.shapes[u], analysis.nodes[u]
     tensor = result.out_shape
+    if item is not None and isinstance(tensor, Bundle):
+        tensor = tensor[item]
     attrs: dict[str, str] = {}
     ratio = None
     # A drop in resolution is marked on the edge leaving what dropped it; pooling to a fixed

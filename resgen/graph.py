@@ -579,8 +579,10 @@ class _Lowerer:
             # Absent in this instance (`when`): its first input passes through, and what else
             # it names need not exist (Res2Net's carry from a turn before the first).
             inputs = self.inputs(step, env, prefix, cur, values, only_first=absent)
-            if inputs is None:  # reported
-                return cur
+            if inputs is None:  # reported: what follows goes on from one tensor, silently
+                first = cur.parts[0] if cur.parts else cur
+                item = 0 if first.item is None and self.size(first) is not None else first.item
+                return _Value(_first_node(first), item, channels=None)
             if absent:
                 cur = inputs[0]
                 if step.attr is not None:

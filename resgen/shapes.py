@@ -450,7 +450,10 @@ class _Inference:
         geometries = []
         for record in node.inputs:
             sources = record if isinstance(record, tuple) and not _is_source(record) else None
-            found = [self._source_shape(source, geometries) for source in (sources or (record,))]
+            found = [
+                self._source_shape(source, geometries)
+                for source in (sources if sources is not None else (record,))
+            ]
             shapes.append(Bundle(found) if sources is not None else found[0])
         spatial = [g for g in geometries if g is not None]
         self.geometry[node.id] = (
@@ -714,6 +717,8 @@ class _Inference:
             result = self.shapes[tensor]
             shape = result.out_shape
             if result.tainted or shape is None or len(shape) != 3 or len(users) > 12:
+                continue
+            if isinstance(shape, Bundle):  # a split's chunks: each read by its own layers
                 continue
             height, width = shape[1], shape[2]
             rows = [reads(w[0], height) for w in windows]

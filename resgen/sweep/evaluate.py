@@ -25,9 +25,10 @@ from resgen import ops
 from resgen import spec as S
 from resgen.diagnostics import SpecError
 from resgen.expr import EvalError, Value
-from resgen.graph import POSITION, _Lowerer
+from resgen.graph import POSITION, _Env, _Lowerer
 from resgen.limits import LIMITS
-from resgen.ops.base import Fixed, Shape
+from resgen.names import BLOCK_INPUT
+from resgen.ops.base import Bundle, Fixed, Shape
 from resgen.ops.layers import FLAT
 from resgen.plan import BlockPlan, NetworkPlan, StagePlan, Step
 from resgen.stages import apply_stage_rule
@@ -187,8 +188,9 @@ class Evaluator(_Lowerer):
         env = self.block_env(plan, args, x.channels, "_", position)
         self.instances += 1
         prefix = f"_{self.instances}."
-        source = self.steps(plan.main[: plan.cut], env, prefix, x)
-        out = self.steps(plan.main[plan.cut :], env, prefix, source)
+        values = {BLOCK_INPUT: x}  # what `from` names: shared by main and post
+        source = self.steps(plan.main[: plan.cut], env, prefix, x, values)
+        out = self.steps(plan.main[plan.cut :], env, prefix, source, values)
         sc = plan.shortcut
         if sc is None or sc.source is None:
             source = x
@@ -214,31 +216,106 @@ class Evaluator(_Lowerer):
             jumps = [j for j in (out.jump, other.jump) if j is not None]
             jump = tuple(map(max, *jumps)) if len(jumps) == 2 else (jumps[0] if jumps else None)
             out = _Flow(shape, out.channels, jump)
-        return self.steps(plan.post, env, prefix, out)
+        return self.steps(plan.post, env, prefix, out, values)
 
     # -- layers
-    def steps(self, steps: Sequence[Step], env, prefix: str, flow: _Flow) -> _Flow:
+    def steps(
+        self, steps: Sequence[Step], env, prefix: str, flow: _Flow, values=None, suffix=""
+    ) -> _Flow:
+        """As the lowering's steps: `values` holds what `from` names (a bundle as a list of
+        flows), a layer absent `when` its condition fails passes its first input, a repeat's
+        turn numbers its modules with `suffix`."""
+        values = {} if values is None else values
         for step in steps:
-            if step.kind == "reuse":
-                op, args = self.modules[prefix + step.target]
-                flow = self.apply(op, args, flow)
+            if step.condition is not None:
+                holds = self.condition_holds(step.condition, env, "_")
+                if holds is None:
+                    raise _Invalid
+                if not holds:
+                    if step.inputs:
+                        flow = self._source(step.inputs[0], env, values)
+                    if step.attr is not None:
+                        values[step.attr] = flow
+                    continue
+            ins = [self._source(s, env, values) for s in step.inputs] or [flow]
+            if step.kind == "repeat":
+                flow = self._repeat(step, env, prefix, ins[0], values)
+            elif step.kind == "reuse":
+                target = prefix + step.target + suffix
+                op, args = self.modules.get(target) or self.modules[prefix + step.target]
+                flow = self.apply(op, args, _single(ins))
             elif step.kind == "seq":
-                flow = self.steps(step.items, env, prefix, flow)
+                flow = self.steps(step.items, env, prefix, _single(ins), {}, suffix)
             elif step.kind == "block":
                 plan = self.plan.blocks[step.block]
                 self.count_block(step.span)
                 args = {k: self.evaluate(v, env, None) for k, v in step.args.items()}
                 position = tuple(env.values.get(name, 0) for name in POSITION)  # the host's
-                flow = self.block_flow(plan, args, flow, position)
+                flow = self.block_flow(plan, args, _single(ins), position)
             else:
                 op, args, _, known = self.op_args(step, env, None)
                 if not known:
                     raise _Invalid
-                if step.kind == "dynamic" and op.channels(args, flow.channels) != flow.channels:
-                    raise _Invalid  # the lowering's channels error
-                self.modules[prefix + step.path] = (op, args)
-                flow = self.apply(op, args, flow)
+                if op.arity == "many":
+                    flow = self._join(op, args, ins)
+                else:
+                    flow = _single(ins)
+                    if step.kind == "dynamic" and op.channels(args, flow.channels) != flow.channels:
+                        raise _Invalid  # the lowering's channels error
+                    self.modules[prefix + step.path + suffix] = (op, args)
+                    flow = self.apply(op, args, flow)
+            if step.attr is not None:
+                values[step.attr] = flow
         return flow
+
+    def _source(self, source, env, values):
+        value = values.get(source.name)
+        if value is None:
+            raise _Invalid
+        if source.index is None:
+            return value
+        index = self.evaluate(source.index, env, None)
+        if not isinstance(value, list) or not isinstance(index, int) or isinstance(index, bool):
+            raise _Invalid
+        if not -len(value) <= index < len(value):
+            raise _Invalid
+        return value[index]
+
+    def _repeat(self, step: Step, env, prefix: str, flow, values) -> list:
+        count = self.evaluate(step.count, env, None)
+        if not isinstance(count, int) or isinstance(count, bool) or count < 1:
+            raise _Invalid
+        if count > LIMITS.max_repeats:
+            raise _Invalid
+        outputs: list = []
+        for turn in range(count):
+            key = (id(env), step.var, turn)
+            inner = self._env_cache.get(key)
+            if inner is None:
+                inner = self._env_cache[key] = _Env({**env.values, step.var: turn}, env.failed)
+            scope = dict(values)
+            scope[step.attr] = list(outputs)
+            out = self.steps(step.items, inner, prefix, flow, scope, f".{turn}")
+            outputs.append(_single([out]))
+        if len({o.channels for o in outputs}) > 1:
+            raise _Invalid
+        return outputs
+
+    def _join(self, op: ops.Op, args: dict, ins: list) -> _Flow | list:
+        """A node reading several tensors (concat, add, mul): the op's rule on their shapes,
+        a bundle's as a Bundle; the output stride the maximum over the inputs."""
+        self._add_node()
+        flows = [f for x in ins for f in (x if isinstance(x, list) else (x,))]
+        shapes = [Bundle(f.shape for f in x) if isinstance(x, list) else x.shape for x in ins]
+        out = op.infer(shapes, args, _Check(None))
+        if out is None:
+            raise _Invalid
+        counts = op.counts(args, shapes, out)
+        self.params += counts.params
+        self.macs += counts.macs
+        jumps = [f.jump for f in flows if f.jump is not None]
+        jump = tuple(map(max, *jumps)) if len(jumps) > 1 else (jumps[0] if jumps else None)
+        return _flows(out, jump)
 
     def apply(self, op: ops.Op, args: dict, flow: _Flow) -> _Flow:
         self._add_node()
@@ -253,6 +330,8 @@ class Evaluator(_Lowerer):
         counts = op.counts(args, shape, out)
         self.params += counts.params
         self.macs += counts.macs
+        if isinstance(out, Bundle):  # a split: its chunks
+            return _flows(out, flow.jump)
         try:
             channels = op.channels(args, flow.channels)
         except (KeyError, TypeError):
@@ -267,6 +346,20 @@ class Evaluator(_Lowerer):
             jump = (jump[0] * spatial[0][1], jump[1] * spatial[1][1])
         flattened = shape if len(shape) == 3 and len(out) == 1 else None
         return _Flow(out, channels, jump, flattened)
+
+
+def _single(ins: list) -> _Flow:
+    """The one tensor a layer reads; a bundle there is the lowering's error."""
+    if isinstance(ins[0], list):
+        raise _Invalid
+    return ins[0]
+
+
+def _flows(out, jump) -> _Flow | list:
+    """A join's or a split's result: one flow, or a bundle's list of them."""
+    if isinstance(out, Bundle):
+        return [_Flow(shape, shape[0], jump) for shape in out]
+    return _Flow(out, out[0] if len(out) == 3 else None, jump)
 
 
 def count(plan: NetworkPlan, input_shape, memo: dict) -> Counted | None:
