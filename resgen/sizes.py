@@ -139,6 +139,11 @@ def _spatial_program(nodes: Mapping, preds: Mapping, shapes: Mapping) -> list[_S
         elif node.op is None:
             slot[node_id] = inputs[0]
             continue
+        elif node.inputs is not None:  # a join (concat, add, mul of what `from` names)
+            if len(set(inputs)) == 1 or is_flat:
+                slot[node_id] = inputs[0]
+                continue
+            step = _Step("join", inputs, node.op, node_id)
         else:
             result = shapes.get(node_id)
             before = result.in_shape if result is not None else None
@@ -207,7 +212,26 @@ def _spatial_sizes(program: Sequence[_Step], axis: int, n: int) -> tuple[list[in
                 if joined is None:
                     return sizes, index
                 sizes[index] = joined[0]
+        elif kind == "join":  # the op's own rule on 1 x n x n tensors: concat needs equal sizes
+            values = [sizes[i] for i in step.inputs]
+            if all(values):
+                joined = step.what.infer([(1, v, v) for v in values], {}, _Refusal())
+                if joined is None:
+                    return sizes, index
+                sizes[index] = joined[1]
     return sizes, None
+
+
+class _Refusal:
+    """resgen.ops.base.Check for the size search: an op's error refuses the size."""
+
+    flattened = None
+
+    def error(self, code, message, *, arg=None, hint=None) -> None:
+        pass
+
+    def warning(self, code, message, *, hint=None) -> None:
+        pass
 
 
 def _check(
@@ -311,7 +335,7 @@ def _failure(program, axis: int, n: int, index: int, other) -> SizeFailure:
                 culprits.append((s.node, f"{s.what} x {h} x {w} = {s.what * h * w} features"))
         return SizeFailure(axis, n, step.node, "features", tuple(culprits))
     ancestors = [_ancestors(program, i) for i in step.inputs]
-    common = ancestors[0] & ancestors[1]
+    common = set.intersection(*ancestors)
     culprits = []
     for side in step.inputs:
         chain = []

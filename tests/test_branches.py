@@ -225,3 +225,19 @@ def _reference(chunks, width, kernels, strides, dilations, join, gate, size):
             return j
 
     return torch.nn.Sequential(torch.nn.Sequential(Block())).eval()
+
+
+def test_input_sizes_follow_joins(tmp_path):
+    """A 3x3 stride-2 conv gives ceil(n / 2), a 2x2 average pool floor(n / 2): concatenated,
+    only even sizes fit, and torch agrees size by size."""
+    text = _block(
+        "        a = conv(8, 3, stride=2, padding=1) from x\n"
+        "        b = avgpool(2) from x\n"
+        "        c = concat from a, b"
+    )
+    sizes = analyse(_load(tmp_path, text)).input_sizes
+    pool, conv = torch.nn.AvgPool2d(2), torch.nn.Conv2d(8, 8, 3, 2, 1)
+    for n in range(2, 12):
+        x = torch.randn(1, 8, n, n)
+        fits = conv(x).shape == pool(x).shape
+        assert sizes.accepts(n, n) == fits, n
