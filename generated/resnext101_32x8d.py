@@ -14,7 +14,72 @@ layer4  3 x Bottleneck   2048x7x7    28,745,728   1,714,814,976
 head    -                1000         2,049,000       2,048,000
 """
 
+from collections.abc import Sequence
+from typing import Any
+
 from torch import Tensor, nn
+
+
+class FeatureInfo:
+    """The feature maps a features-only model returns, as timm's FeatureInfo: `info` holds
+    one dict per feature (num_chs, reduction, module) in forward order, `out_indices` the
+    ones returned, in the order they are returned."""
+
+    def __init__(self, info: list[dict[str, Any]], out_indices: Sequence[int] | int) -> None:
+        if isinstance(out_indices, int):  # timm: the last n features
+            out_indices = range(len(info) - out_indices, len(info))
+        self.out_indices = [i + len(info) if i < 0 else i for i in out_indices]
+        for i in self.out_indices:
+            if not 0 <= i < len(info):
+                raise ValueError(f"out_indices: {i} is not a feature index (0 to {len(info) - 1})")
+        self.info = info
+
+    def get(self, key: str, idx: int | Sequence[int] | None = None) -> Any:
+        """`key` of each returned feature, or of the feature(s) at `idx` of all of them."""
+        if idx is None:
+            return [self.info[i][key] for i in self.out_indices]
+        if isinstance(idx, int):
+            return self.info[idx][key]
+        return [self.info[i][key] for i in idx]
+
+    def get_dicts(
+        self, keys: Sequence[str] | None = None, idx: int | Sequence[int] | None = None
+    ) -> Any:
+        """The dicts (only `keys` of them when given) of the returned features, or at `idx`."""
+        indices = self.out_indices if idx is None else [idx] if isinstance(idx, int) else idx
+        dicts = [
+            self.info[i] if keys is None else {k: self.info[i][k] for k in keys} for i in indices
+        ]
+        return dicts[0] if isinstance(idx, int) else dicts
+
+    def channels(self, idx: int | Sequence[int] | None = None) -> Any:
+        return self.get("num_chs", idx)
+
+    def reduction(self, idx: int | Sequence[int] | None = None) -> Any:
+        return self.get("reduction", idx)
+
+    def module_name(self, idx: int | Sequence[int] | None = None) -> Any:
+        return self.get("module", idx)
+
+    def __getitem__(self, idx: int) -> dict[str, Any]:
+        return self.info[idx]
+
+    def __len__(self) -> int:
+        return len(self.info)
+
+
+def prune_after(model: nn.Module, path: str) -> None:
+    """Replace every module registered after `path` (a dotted module path) with nn.Identity, at
+    each level of the path: what a features-only model never needs (timm's
+    prune_intermediate_layers). Registration order is the forward order at network level."""
+    parent = model
+    for name in path.split("."):
+        after = False
+        for child_name, _ in parent.named_children():
+            if after:
+                parent.add_module(child_name, nn.Identity())
+            after = after or child_name == name
+        parent = parent.get_submodule(name)
 
 
 class Bottleneck(nn.Module):
@@ -83,6 +148,7 @@ class ResNet(nn.Module):
         num_classes: int = 1000,
         groups: int = 32,
         width_per_group: int = 8,
+        drop_rate: float = 0.0,
         zero_init_residual: bool = False,
     ) -> None:
         super().__init__()
@@ -113,6 +179,15 @@ class ResNet(nn.Module):
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.flatten = nn.Flatten()
         self.fc = nn.Linear(2048, num_classes)
+        self.num_features = 2048
+        self.drop_rate = drop_rate
+        self.feature_info = [
+            {"num_chs": 64, "reduction": 2, "module": "relu"},
+            {"num_chs": 256, "reduction": 4, "module": "layer1"},
+            {"num_chs": 512, "reduction": 8, "module": "layer2"},
+            {"num_chs": 1024, "reduction": 16, "module": "layer3"},
+            {"num_chs": 2048, "reduction": 32, "module": "layer4"},
+        ]
 
         for module in self.modules():
             if isinstance(module, nn.Conv2d):
@@ -127,7 +202,7 @@ class ResNet(nn.Module):
                 if isinstance(module, Bottleneck):
                     nn.init.constant_(module.bn3.weight, 0)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward_features(self, x: Tensor) -> Tensor:
         x = self.conv1(x)  # 64x112x112
         x = self.bn1(x)  # 64x112x112
         x = self.relu(x)  # 64x112x112
@@ -136,22 +211,87 @@ class ResNet(nn.Module):
         x = self.layer2(x)  # 512x28x28
         x = self.layer3(x)  # 1024x14x14
         x = self.layer4(x)  # 2048x7x7
+        return x
+
+    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
         x = self.avgpool(x)  # 2048x1x1
         x = self.flatten(x)  # 2048
-        x = self.fc(x)  # 1000
+        if self.drop_rate > 0.0:
+            x = nn.functional.dropout(x, p=self.drop_rate, training=self.training)
+        return x if pre_logits else self.fc(x)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.forward_features(x)
+        x = self.forward_head(x)
         return x
+
+    def get_classifier(self) -> nn.Module:
+        return self.fc
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """A new classifier for `num_classes` classes (none for 0), as timm's."""
+        if num_classes > 0:
+            self.fc = nn.Linear(self.num_features, num_classes)
+        else:
+            self.fc = nn.Identity()
+
+
+class ResNetFeatures(ResNet):
+    """The feature maps of ResNet (timm's features_only): forward returns those at
+    `out_indices` of feature_info; the head and the layers after the last of them are removed."""
+
+    def __init__(
+        self,
+        out_indices: Sequence[int] | int = (0, 1, 2, 3, 4),
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.feature_info = FeatureInfo(self.feature_info, out_indices)
+        self.out_indices = self.feature_info.out_indices
+        prune_after(self, self.feature_info.module_name(max(self.out_indices)))
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        features: list[Tensor] = []
+        x = self.conv1(x)
+        x = self.bn1(x)
+        x = self.relu(x)
+        features.append(x)
+        x = self.maxpool(x)
+        x = self.layer1(x)
+        features.append(x)
+        x = self.layer2(x)
+        features.append(x)
+        x = self.layer3(x)
+        features.append(x)
+        x = self.layer4(x)
+        features.append(x)
+        return [features[i] for i in self.out_indices]
 
 
 def resnext101_32x8d(
     num_classes: int = 1000,
     groups: int = 32,
     width_per_group: int = 8,
+    drop_rate: float = 0.0,
     zero_init_residual: bool = False,
+    features_only: bool = False,
+    out_indices: Sequence[int] | int = (0, 1, 2, 3, 4),
 ) -> ResNet:
-    """Build resnext101_32x8d; the arguments override the spec's parameters."""
+    """Build resnext101_32x8d; the arguments override the spec's parameters. With features_only,
+    the feature maps at out_indices of feature_info (a ResNetFeatures)."""
+    if features_only:
+        return ResNetFeatures(
+            out_indices,
+            num_classes=num_classes,
+            groups=groups,
+            width_per_group=width_per_group,
+            drop_rate=drop_rate,
+            zero_init_residual=zero_init_residual,
+        )
     return ResNet(
         num_classes=num_classes,
         groups=groups,
         width_per_group=width_per_group,
+        drop_rate=drop_rate,
         zero_init_residual=zero_init_residual,
     )

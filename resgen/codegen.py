@@ -26,7 +26,7 @@ from resgen.diagnostics import Diagnostic, Span, SpecError
 from resgen.graph import application_id
 from resgen.guard import UnsafeCode, check_source
 from resgen.names import BLOCK_INDEX, IN_CHANNELS, NUM_BLOCKS, STAGE_INDEX
-from resgen.ops.base import NORM, Items, Operand
+from resgen.ops.base import LINEAR, NORM, Fixed, Items, Operand
 from resgen.ops.layers import FLAT
 from resgen.output import PY_MARK
 from resgen.plan import (
@@ -57,6 +57,8 @@ from resgen.text import shape_text
 
 GENERATED_MARK = PY_MARK
 ORDERED_DICT = "from collections import OrderedDict"
+SEQUENCE = "from collections.abc import Sequence"
+ANY = "from typing import Any"
 CALLABLE = "from collections.abc import Callable"
 OP_ANNOTATION = "Callable[..., nn.Module]"  # a param holding an op: a module constructor
 MODULE_TEMPLATE = "module.py.jinja"
@@ -94,6 +96,8 @@ class StepView:
 
     call: str  # the module (`self.conv1`), or the op's `apply` with `{x}` for the input
     comment: str | None = None
+    module: str | None = None  # the module path it applies first (None: a reuse, a container)
+    tap: bool = False  # its output is a feature (the features-only forward appends it)
 
     @property
     def before(self) -> str:
@@ -152,6 +156,34 @@ class InitView:
 
 
 @dataclass
+class FeatureView:
+    """One entry of feature_info: channels as Python (they may follow a parameter), timm's
+    reduction and the module path."""
+
+    num_chs: str
+    reduction: str
+    module: str
+    name: str | None = None  # the `features` section's name, when it differs from the module
+
+
+@dataclass
+class InterfaceView:
+    """timm's model interface (resgen.features holds the taps, README "Backbones" the rule
+    that splits the head): forward_features runs `trunk`, forward_head runs `head` (the global
+    pool and any pre-logits layers), then the classifier, after dropout at drop_rate."""
+
+    trunk: list[StepView]  # stem, stages, head layers before the global pool
+    head: list[StepView]
+    classifier: str | None  # `self.fc`, `self.head.fc`
+    new_classifier: Code | None  # reset_classifier's nn.Linear for `num_classes`
+    num_features: str  # Python: the channels forward_features gives
+    head_hidden_size: str | None  # the classifier's input width, when pre-logits change it
+    features: list[FeatureView]
+    drop_rate: bool  # the class takes drop_rate (timm's dropout before the classifier)
+    tapped: list[StepView]  # the features-only forward: trunk, stages in containers each called
+
+
+@dataclass
 class NetworkView:
     class_name: str
     factory: str
@@ -162,6 +194,9 @@ class NetworkView:
     zero_init: list[ZeroInitView]
     inits: list[InitView]
     zero_init_comment: list[str] = field(default_factory=list)
+    interface: InterfaceView | None = None
+    factory_params: list[ParamView] = field(default_factory=list)  # params, features_only, ...
+    out_indices: str = "()"  # every feature: the features-only model's default
 
 
 @dataclass
@@ -191,7 +226,7 @@ class ModuleView:
         """The standard library's imports, a blank line, then torch's and any plugin's, each
         group sorted as isort (ruff) lays them out: `import x` lines first, then `from`
         lines, each by module."""
-        lines = {"from torch import Tensor, nn", *self.imports}
+        lines = set(_merged({"from torch import Tensor, nn", *self.imports}))
         stdlib = sorted((line for line in lines if _module(line) in _STDLIB), key=_import_order)
         others = sorted((line for line in lines if _module(line) not in _STDLIB), key=_import_order)
         return [*stdlib, *([""] if stdlib else []), *others]
@@ -203,7 +238,23 @@ class ModuleView:
 
 
 # Modules generated code imports from the standard library (isort's first group).
-_STDLIB = frozenset({"collections", "collections.abc", "math"})
+_STDLIB = frozenset({"collections", "collections.abc", "math", "typing"})
+
+
+def _merged(lines: Iterable[str]) -> list[str]:
+    """`from m import a` and `from m import b` as one `from m import a, b` (isort's way)."""
+    names: dict[str, set[str]] = {}
+    merged = []
+    for line in lines:
+        if line.startswith("from ") and " as " not in line:
+            module, _, imported = line[5:].partition(" import ")
+            names.setdefault(module, set()).update(n.strip() for n in imported.split(","))
+        else:
+            merged.append(line)
+    for module, imported in names.items():
+        ordered = sorted(imported, key=lambda n: (not n[:1].isupper(), n))  # isort: Tensor, nn
+        merged.append(f"from {module} import {', '.join(ordered)}")
+    return merged
 
 
 def _module(line: str) -> str:
@@ -420,6 +471,8 @@ class _ModuleBuilder:
         for name in sorted(self.functions):
             self.imports.update(dict.fromkeys(designspace.IMPORTS.get(name, ())))
         names = [b.name for b in blocks] + [network.class_name, network.factory, *self.helpers]
+        if network.interface.features:
+            names += [f"{network.class_name}Features", "prune_after"]
         names += [f.name for f in self.factories.values()]
         names += [name for name, _ in functions]
         clash = sorted({n for n in names if names.count(n) > 1} | ({"nn", "Tensor"} & set(names)))
@@ -768,8 +821,12 @@ class _ModuleBuilder:
                 return False
 
         self._note_pairs((*self.plan.stem, *self.plan.head), is_pair)
+        widths: dict[str, Channels] = {}  # module path -> channels of its output
+        tapped: list[StepView] = []  # the features-only forward's steps
         for step in self.plan.stem:
             channels = self._network_layer(step, channels, scope, layers, steps, applied)
+            widths[step.path] = channels
+        tapped += steps
         dilation = 1
         containers = _Containers(self.plan.stages)
         for index, stage_plan in enumerate(self.plan.stages):
@@ -785,10 +842,14 @@ class _ModuleBuilder:
                 f"{stage.name}: {_repeats_text(stage, rule)} x {plan.name}, "
                 f"{shape_text(info.in_shape)} -> {shape_text(info.out_shape)}"
             )
+            widths[stage.name] = channels
+            out_text = shape_text(info.out_shape)
             if len(stage.path) == 1:  # an attribute of the network, as torchvision's layer1
                 layers.append(LayerView(ident(stage.name), build, comment))
-                steps.append(StepView(f"self.{ident(stage.name)}", shape_text(info.out_shape)))
+                steps.append(StepView(f"self.{ident(stage.name)}", out_text, stage.name))
+                tapped.append(steps[-1])
                 continue
+            tapped.append(StepView(self._child(stage_plan), out_text, stage.name))
             # In a container (`stages.0`): built into a local, the container once complete.
             local = containers.local(index, {p.name for p in net.params} | scope.used)
             layers.append(LayerView(local, build, comment, local=True))
@@ -796,11 +857,16 @@ class _ModuleBuilder:
             if top is not None:
                 attr, code = top
                 layers.append(LayerView(ident(attr), code))
-                steps.append(StepView(f"self.{ident(attr)}", shape_text(info.out_shape)))
+                steps.append(StepView(f"self.{ident(attr)}", out_text, stage.name))
                 if containers.uses_ordered_dict:
                     self.imports[ORDERED_DICT] = None
+        head_start = len(steps)
         for step in self.plan.head:
             channels = self._network_layer(step, channels, scope, layers, steps, applied)
+            widths[step.path] = channels
+        interface = self._interface(steps, head_start, tapped, widths, scope)
+        if interface.drop_rate:
+            params.append(ParamView("drop_rate", "float", "0.0"))
         zero_init, left = [], []
         for plan in self.plan.blocks.values():
             found = _zero_init(plan, self.plan.blocks)
@@ -813,6 +879,15 @@ class _ModuleBuilder:
             params.append(ParamView("zero_init_residual", "bool", "False"))
         lets = _lets(net.lets, scope)
         class_name = ident(net.python_class)
+        factory_params = list(params)
+        out_indices = literal(tuple(range(len(interface.features))))
+        if interface.features:
+            self.helpers["FeatureInfo"] = "feature_info.py.jinja"
+            self.imports.update(dict.fromkeys((SEQUENCE, ANY)))
+            factory_params += [
+                ParamView("features_only", "bool", "False"),
+                ParamView("out_indices", "Sequence[int] | int", out_indices),
+            ]
         return NetworkView(
             class_name,
             ident(net.name),
@@ -823,7 +898,120 @@ class _ModuleBuilder:
             zero_init,
             self._inits(),
             _zero_init_comment(zero_init, left),
+            interface,
+            factory_params,
+            out_indices,
         )
+
+    def _interface(
+        self,
+        steps: list[StepView],
+        head_start: int,
+        tapped: list[StepView],
+        widths: Mapping[str, Channels],
+        scope: _Scope,
+    ) -> InterfaceView:
+        """Split the forward pass for timm's interface. The head's roles: the classifier is
+        its last layer when that is a linear layer; the global pool is its first layer of a
+        fixed output size (adaptive pooling); layers before the pool belong to the features,
+        layers between pool and classifier (flatten, dropout, a hidden layer) are pre-logits."""
+        items = self._head_items(steps[head_start:])
+        classifier = None
+        if items and items[-1][1] is not None and items[-1][1].op is not None:
+            if items[-1][1].op.family is LINEAR:
+                classifier = items.pop()
+        pool = next(
+            (i for i, (_, node) in enumerate(items) if node is not None and _global(node)),
+            len(items) if classifier is None else 0,
+        )
+        trunk = steps[:head_start] + [view for view, _ in items[:pool]]
+        last = trunk[-1].module if trunk else None
+        if last is None and items[:pool]:  # a layer of a head nn.Sequential: as analysed
+            num_features = str(self._shape_of(items[pool - 1][1].id, "out_shape")[0])
+        else:
+            num_features = self._width(widths, last, scope)
+        new_classifier = head_hidden = None
+        if classifier is not None:
+            view, node = classifier
+            hidden = "self.num_features"
+            before = self._shape_of(node.id, "in_shape")
+            pooled = self._shape_of(items[pool][1].id, "out_shape") if items[pool:] else None
+            if before is not None and pooled is not None and before[0] != pooled[0]:
+                head_hidden = str(before[0])
+                hidden = "self.head_hidden_size"
+            args = {**node.step.args, "features": S.Ref(span=node.span, name="num_classes")}
+            new_classifier = self._op_call(
+                node.op, args, _Scope(rename={"num_classes": "num_classes"}), None, node.span
+            )
+            new_classifier = Call(new_classifier.func, (Atom(hidden), *new_classifier.args))
+        taps = {tap.module: tap for tap in self.analysis.features}
+        for view in (*tapped, *trunk):
+            view.tap = view.module in taps
+        features = [
+            FeatureView(
+                self._width(widths, tap.module, scope),
+                literal(tap.reduction),
+                str(_name_literal(tap.module)),
+                str(_name_literal(tap.name)) if tap.name != tap.module else None,
+            )
+            for tap in self.analysis.features
+        ]
+        if any(f.name is not None for f in features):
+            for f, tap in zip(features, self.analysis.features, strict=True):
+                f.name = str(_name_literal(tap.name))
+        return InterfaceView(
+            trunk,
+            [view for view, _ in items[pool:]],
+            classifier[0].call if classifier is not None else None,
+            new_classifier,
+            num_features,
+            head_hidden,
+            features,
+            classifier is not None,
+            _through_last_tap(tapped + [view for view, _ in items[:pool]]),
+        )
+
+    def _head_items(self, views: list[StepView]) -> list[tuple[StepView, object]]:
+        """The head's layers with their graph nodes, the items of an nn.Sequential each on its
+        own (RegNet's `head = seq { global_pool flatten fc }`: self.head.fc)."""
+        items = []
+        for step, view in zip(self.plan.head, views, strict=True):
+            if step.kind != "seq" or not step.items:
+                node = self.analysis.nodes.get(step.path) if step.kind != "reuse" else None
+                items.append((view, node))
+                continue
+            for position, item in enumerate(step.items):
+                ref = f".{ident(item.key)}" if item.attr else f"[{position}]"
+                node = self.analysis.nodes.get(f"{step.path}.{item.key}")
+                shape = self._shape_of(f"{step.path}.{item.key}", "out_shape")
+                op = item.op if item.kind == "op" else None
+                call = _apply(op, f"self.{ident(step.path)}{ref}")
+                items.append((StepView(call, shape_text(shape) if shape else None), node))
+        return items
+
+    def _width(self, widths: Mapping[str, Channels], module: str | None, scope: _Scope) -> str:
+        """Python for the channel count a network-level module gives (the input's without one)."""
+        channels = widths.get(module) if module is not None else None
+        if channels is None or channels is FLAT:
+            channels = self._input_channels({})
+        return scope.code(channels)
+
+    def _child(self, stage_plan: StagePlan) -> str:
+        """`self.stages[0]`, `self.trunk.block1`: a stage inside its container, as the
+        features-only forward calls it on its own."""
+        path = stage_plan.stage.path
+        code = f"self.{ident(path[0])}"
+        for depth in range(1, len(path)):
+            siblings = []
+            for other in self.plan.stages:
+                if other.stage.path[:depth] == path[:depth] and len(other.stage.path) > depth:
+                    key = other.stage.path[depth]
+                    if key not in siblings:
+                        siblings.append(key)
+            key = path[depth]
+            is_name = key.isidentifier() and not keyword.iskeyword(key)
+            code += f".{key}" if is_name else f"[{siblings.index(key)}]"
+        return code
 
     def _inits(self) -> list[InitView]:
         """The network's initialisation loop: one branch per op in use that declares one, in the
@@ -853,7 +1041,9 @@ class _ModuleBuilder:
         op = step.op if step.kind == "op" else None  # layer scale: the network's own parameter
         steps.append(
             StepView(
-                _apply(op, f"self.{ident(target)}"), shape_text(out_shape) if out_shape else None
+                _apply(op, f"self.{ident(target)}"),
+                shape_text(out_shape) if out_shape else None,
+                None if step.kind == "reuse" else target,
             )
         )
         if step.kind == "reuse":
@@ -1376,6 +1566,18 @@ def _apply(op: ops.Op | None, module: str) -> str:
     if op is None or op.emit is None or op.emit.owned is None:
         return module
     return op.emit.apply.replace("{self}", module)
+
+
+def _through_last_tap(steps: list[StepView]) -> list[StepView]:
+    """The features-only forward's steps: none after the last feature."""
+    last = max((i for i, step in enumerate(steps) if step.tap), default=-1)
+    return steps[: last + 1]
+
+
+def _global(node) -> bool:
+    """A layer whose output size is fixed whatever its input (adaptive pooling): the head's
+    global pool."""
+    return node.op is not None and node.known and isinstance(node.op.spatial(node.args), Fixed)
 
 
 def _plus(left: S.Expr, right) -> S.Expr:

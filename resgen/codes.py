@@ -131,6 +131,15 @@ OVERWRITES_SAVED = _code(
     "never",
 )
 
+# -- feature taps (resgen.features): a network's `features` section
+UNKNOWN_FEATURE = _code(
+    "unknown-feature", "a feature that names no stage or network-level layer", "never"
+)
+FEATURE_ORDER = _code("feature-order", "features not listed in forward order", "never")
+FEATURE_NOT_SPATIAL = _code(
+    "feature-not-spatial", "a feature with no C x H x W map (after the global pool)"
+)
+
 # -- memory (resgen.memory); `check --batch B --budget SIZE`
 OVER_BUDGET = _code(
     "over-budget", "the training memory estimate at --batch exceeds --budget (a warning)", "never"

@@ -40,7 +40,7 @@ import graphviz
 from resgen.graph import INPUT, MAIN, OUTPUT, SHORTCUT, SKIP, Node
 from resgen.ops.base import FAMILIES, MERGE, Bundle, Merge
 from resgen.output import DOT_MARK, KINDS, SVG_MARK
-from resgen.text import axis_text, bytes_text, count_text, shape_text, size_text
+from resgen.text import axis_text, bytes_text, count_text, pair_text, shape_text, size_text
 
 DETAILS = ("stages", "blocks", "layers")
 IMAGE_FORMATS = ("svg", "png", "pdf")
@@ -62,6 +62,7 @@ COLOURS = {
     "error": ("#fde2df", RED),
 }
 SHORTCUT_BLUE, SKIP_GREY = "#4b77a9", "#8c8c8c"
+FEATURE_ORANGE = "#c2571a"  # feature taps (resgen.features): the maps a backbone returns
 ROLE_RANK = {MAIN: 0, SHORTCUT: 1, SKIP: 2}  # which edge speaks for a collapsed pair
 WRAP = 46  # characters per label line
 
@@ -134,6 +135,8 @@ def _lines(*rows: tuple[str, str]) -> str:
             out.append(f"<b>{_esc(text)}</b>")
         elif kind == "html":  # already escaped by the caller
             out.append(text)
+        elif kind == "feature":
+            out.append(f'<font point-size="9" color="{FEATURE_ORANGE}">{_esc(text)}</font>')
         elif kind == "small":
             out.append(f'<font point-size="8" color="{MUTED}">{_esc(text)}</font>')
         elif kind == "error":
@@ -279,6 +282,13 @@ def digraph(
 
     stage_info = {s.name: s for s in analysis.stages}
     activations = _activations(memory, train)
+    # Feature taps are marked on the edge that leaves the layer they read, or, inside a
+    # collapsed group (the stem's act1 at the stages level), on the group.
+    leaving = {u for _, u in edges.values()}
+    tap_rows: dict[str, list[str]] = {}
+    for index, tap in enumerate(analysis.features):
+        where = tap.node if tap.node in leaving else group_of[tap.node]
+        tap_rows.setdefault(where, []).append(_feature_text(index, tap))
     tree: dict[tuple[str, ...], list] = {(): []}  # cluster path -> groups and child paths
     for group in groups.values():
         for depth in range(1, len(group.clusters) + 1):
@@ -291,7 +301,7 @@ def digraph(
     def emit(g: graphviz.Digraph, path: tuple[str, ...]) -> None:
         for item in tree[path]:
             if isinstance(item, _Group):
-                _node(g, item, analysis, stage_info, activations)
+                _node(g, item, analysis, stage_info, activations, tap_rows.get(item.id, ()))
                 continue
             with g.subgraph(name="cluster_" + item[-1]) as sub:
                 sub.attr(**_cluster_style(item, tree, analysis, stage_info))
@@ -299,7 +309,7 @@ def digraph(
 
     emit(dot, ())
     for (gu, gv), (role, u, item) in edges.items():
-        _edge(dot, groups[gu], groups[gv], role, u, analysis, item)
+        _edge(dot, groups[gu], groups[gv], role, u, analysis, item, tap_rows.get(u, ()))
     if loose_errors:
         fill, line = COLOURS["error"]
         dot.node(
@@ -384,7 +394,9 @@ def _activations(memory, train: bool) -> dict[str, str]:
     }
 
 
-def _node(g: graphviz.Digraph, group: _Group, analysis, stage_info, activations=None) -> None:
+def _node(
+    g: graphviz.Digraph, group: _Group, analysis, stage_info, activations=None, taps=()
+) -> None:
     first = analysis.nodes[group.nodes[0]]
     kind = group.kind
     attrs: dict[str, str] = {}
@@ -459,6 +471,7 @@ def _node(g: graphviz.Digraph, group: _Group, analysis, stage_info, activations=
             ("small", cost),
         ]
         attrs = {"style": "rounded,filled,dashed"}
+    rows += [("feature", text) for text in taps]
     fill, line = colours
     if group.errors:
         fill, line = COLOURS["error"]
@@ -535,10 +548,17 @@ def _ratio(shape_in, shape_out) -> str | None:
 
 
 def _edge(
-    g: graphviz.Digraph, src: _Group, dst: _Group, role: str, u: str, analysis, item=None
+    g: graphviz.Digraph,
+    src: _Group,
+    dst: _Group,
+    role: str,
+    u: str,
+    analysis,
+    item=None,
+    taps=(),
 ) -> None:
     """An edge labelled with the tensor it carries: one item of a bundle when `item` says
-    which (a split's chunk), the whole output otherwise."""
+    which (a split's chunk), the whole output otherwise; feature `taps` read there are marked."""
     result, node = analysis.shapes[u], analysis.nodes[u]
     tensor = result.out_shape
     if item is not None and isinstance(tensor, Bundle):
@@ -558,9 +578,19 @@ def _edge(
         attrs.update(style="dashed", color=SHORTCUT_BLUE)
     elif role == SKIP:
         attrs.update(style="dashed", color=SKIP_GREY)
+    for text in taps:
+        label += f'<br/>&#160;<font color="{FEATURE_ORANGE}">{_esc(text)}</font>'
     if dst.errors:
         attrs.update(color=RED, fontcolor=RED)
     g.edge(src.id, dst.id, label=f"<{label}>", **attrs)
+
+
+def _feature_text(index: int, tap) -> str:
+    """`◆ feature 2: c3 (layer2) · reduction 8`: a feature tap as diagrams mark it (its index
+    is what out_indices counts)."""
+    reduction = tap.reduction if isinstance(tap.reduction, tuple) else (tap.reduction,) * 2
+    name = tap.name if tap.name == tap.module else f"{tap.name} ({tap.module})"
+    return f"◆ feature {index}: {name} · reduction {pair_text(reduction, '-')}"
 
 
 def _cluster_style(path: tuple[str, ...], tree, analysis, stage_info) -> dict[str, str]:

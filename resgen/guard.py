@@ -52,7 +52,7 @@ class UnsafeCode(CodeError):
 ALLOWED_IMPORTS = {
     "__future__": {"annotations"},
     "collections": {"OrderedDict"},
-    "collections.abc": {"Callable"},
+    "collections.abc": {"Callable", "Sequence"},
     "torch": {"Tensor", "nn"},
     "typing": {"Any", "Optional"},
 }
@@ -60,6 +60,8 @@ ALLOWED_IMPORTS = {
 # on and the init function of zero_init_residual. Each op adds what its declaration emits.
 STRUCTURAL_PATHS = frozenset(
     {"nn.Module", "nn.Sequential", "nn.ModuleList", "nn.init.constant_", "torch.Tensor"}
+    # timm's model interface on every network (templates/network.py.jinja, feature_info.py.jinja)
+    | {"nn.Identity", "nn.Linear", "nn.functional.dropout"}
 )
 
 
@@ -121,6 +123,7 @@ _NODES = (
     ast.If,
     ast.For,
     ast.ListComp,
+    ast.DictComp,
     ast.comprehension,
     ast.Starred,
     ast.Call,
@@ -190,6 +193,14 @@ def _call_problem(call: ast.Call, defined: set[str], roots: set[str]) -> str | N
     if isinstance(func, ast.Name):
         return None if func.id in BUILTIN_CALLS or func.id in defined else f"{func.id}()"
     root = _root(func)
+    if (  # a child of a container by position: self.stages[0](x)
+        isinstance(func, ast.Subscript)
+        and isinstance(func.slice, ast.Constant)
+        and type(func.slice.value) is int
+        and isinstance(root, ast.Name)
+        and root.id == "self"
+    ):
+        return None
     if isinstance(func, ast.Attribute) and (
         (isinstance(root, ast.Name) and root.id in roots)
         or (isinstance(root, ast.Call) and _dotted(root.func) == "super")
@@ -255,6 +266,9 @@ def _problems(tree: ast.Module) -> Iterable[str]:
     yield from _local_calls(tree)
     yield from _self_problems(tree)
     bound = {name for name, _node in _bindings(tree)}
+    # A class may extend one the module defines (checked itself): `ResNetFeatures(ResNet)`, the
+    # features-only model; a class without a base holds plain data (timm's FeatureInfo).
+    modules_classes = {n.name for n in tree.body if isinstance(n, ast.ClassDef) and n.bases}
     for node in ast.walk(tree):
         line = f"line {getattr(node, 'lineno', '?')}"
         if not isinstance(node, _NODES):
@@ -271,7 +285,9 @@ def _problems(tree: ast.Module) -> Iterable[str]:
         elif isinstance(node, ast.ClassDef | ast.FunctionDef) and node.decorator_list:
             yield f"{line}: decorator"
         elif isinstance(node, ast.ClassDef) and (
-            node.keywords or len(node.bases) != 1 or _dotted(node.bases[0]) not in bases
+            node.keywords
+            or len(node.bases) > 1
+            or (node.bases and _dotted(node.bases[0]) not in bases | modules_classes)
         ):
             yield f"{line}: class {node.name} is not a plain nn.Module or torch layer"
         elif isinstance(node, ast.Name) and node.id.startswith("__"):

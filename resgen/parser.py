@@ -631,6 +631,18 @@ class _Builder(Transformer):
     def head(self, meta, c):
         return ("head", tuple(c), self._sp(meta))
 
+    def features(self, meta, c):
+        return ("features", tuple(c), self._sp(meta))
+
+    def feature(self, meta, c):
+        name, (path, path_span) = c
+        return S.Feature(
+            span=self._sp(meta),
+            name=str(name) if name is not None else path,
+            path=path,
+            path_span=path_span,
+        )
+
     def stage_path(self, meta, c):
         return (".".join(str(t) for t in c), self._sp(meta))
 
@@ -674,7 +686,7 @@ class _Builder(Transformer):
         for key, value, _ in tagged:
             if key == "class":
                 fields.setdefault("class_name", value)
-            elif key in ("input", "stem", "head"):
+            elif key in ("input", "stem", "head", "features"):
                 fields.setdefault(key, value)
         return S.Network(span=self._sp(meta), name=str(name), source_file=self.path, **fields)
 

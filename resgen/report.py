@@ -243,6 +243,14 @@ def memory_totals(memory, budget: int | None = None, train: bool = False) -> lis
     return items
 
 
+def _tap(tap) -> str:
+    reduction = tap.reduction if isinstance(tap.reduction, tuple) else (tap.reduction,) * 2
+    return (
+        f"{shape_text(tap.shape)} /{pair_text(reduction, '-')} "
+        f"rf {pair_text(tap.receptive_field, 'all')}"
+    )
+
+
 def totals(analysis: Analysis) -> list[tuple[str, str]]:
     last = next((s.name for s in reversed(analysis.stages) if s.name != "head"), "")
     partial = " (partial: the spec has errors)"
@@ -272,6 +280,12 @@ def totals(analysis: Analysis) -> list[tuple[str, str]]:
         if s.name != "head"
     ]
     items.append(("Stride/field", ", ".join(per_stage) + " (per stage)"))
+    if analysis.features:
+        taps = [
+            f"{i} {t.name}" + (f" ({t.module})" if t.module != t.name else "") + f" {_tap(t)}"
+            for i, t in enumerate(analysis.features)
+        ]
+        items.append(("Features", "; ".join(taps) + " (index name, shape /reduction, field)"))
     sizes = analysis.input_sizes
     if sizes is not None:
         items.append(
@@ -353,6 +367,8 @@ def to_json(analysis: Analysis, memory=None, budget: int | None = None) -> dict:
             }
             for layer in analysis.layers
         ],
+        # the feature maps (resgen.features), in feature_info's order: out_indices index it
+        "features": [tap.as_dict() for tap in analysis.features],
         "memory": memory.as_dict(budget) if memory is not None else None,
         "diagnostics": [d.as_dict() for d in analysis.diagnostics],
     }
@@ -383,6 +399,7 @@ SUMMARY_MEMBERS = (
     "input_sizes",
     "stages",
     "layers",
+    "features",
     "memory",
 )
 

@@ -20,6 +20,7 @@ from resgen import expr as E
 from resgen import spec as S
 from resgen.codes import Code
 from resgen.diagnostics import Diagnostic, Span
+from resgen.features import FeatureTap, feature_taps
 from resgen.graph import INPUT, OUTPUT, SKIP, Lowering, Node, Source, lower, no_gc
 from resgen.ops.base import SIZE_HINT, Bundle, Fixed, Shape
 from resgen.plan import NetworkPlan, elaborate
@@ -113,6 +114,7 @@ class Analysis:
     # Per block type ("" the network): names that held a number with a fraction somewhere.
     float_names: dict[str, set[str]] = field(default_factory=dict)
     lowering: Lowering | None = field(default=None, repr=False)
+    features: list[FeatureTap] = field(default_factory=list)  # resgen.features, in order
 
     @property
     def graph(self) -> nx.DiGraph:
@@ -632,6 +634,13 @@ class _Inference:
                 else d
                 for d in self.diagnostics
             ]
+        taps, feature_errors = feature_taps(
+            lowering.network,
+            list(self.nodes),
+            {node_id: result.out_shape for node_id, result in shapes.items()},
+            self.geometry,
+        )
+        self.diagnostics.extend(feature_errors)
         diagnostics = sorted(self.diagnostics, key=Diagnostic.sort_key)
         last = next((s for s in reversed(stages) if s.name != "head"), None)
         return Analysis(
@@ -656,6 +665,7 @@ class _Inference:
             shapes=shapes,
             plan=lowering.plan,
             float_names=lowering.float_names,
+            features=taps,
         )
 
     def input_layout(self, node: Node) -> None:

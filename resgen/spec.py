@@ -288,6 +288,15 @@ class InputShape(Node):
         return (self.channels, self.height, self.width)
 
 
+class Feature(Node):
+    """`c3 = layer2` in a network's `features` section: the output of a network-level layer
+    (stem or head) or of a stage, returned by a features-only model under `name`."""
+
+    name: str
+    path: str  # the module path: a stem or head layer, or a stage (`layer2`, `stages.1`)
+    path_span: Span
+
+
 class Network(Node):
     name: str
     class_name: str | None = None
@@ -297,6 +306,8 @@ class Network(Node):
     stem: tuple[Layer, ...] = ()
     stages: tuple[Stage, ...] = ()
     head: tuple[Layer, ...] = ()
+    # The `features` section; None without one (resgen.features' default rule chooses them).
+    features: tuple[Feature, ...] | None = None
     # `network resnext50_32x4d = resnet50(groups=32)`: set by the parser, expanded by resolve.
     base: Layer | None = None
     source_file: str = ""

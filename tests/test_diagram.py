@@ -159,10 +159,10 @@ def test_stages_level_draws_one_node_per_stage_with_counts(resnet50):
     expected = {
         ("input", "stem"): "3×224×224",
         ("stem", "layer1"): "64×56×56 /4",
-        ("layer1", "layer2"): "256×56×56",
-        ("layer2", "layer3"): "512×28×28 /2",
-        ("layer3", "layer4"): "1024×14×14 /2",
-        ("layer4", "head"): "2048×7×7 /2",
+        ("layer1", "layer2"): "256×56×56 ◆ feature 1: layer1 · reduction 4",
+        ("layer2", "layer3"): "512×28×28 /2 ◆ feature 2: layer2 · reduction 8",
+        ("layer3", "layer4"): "1024×14×14 /2 ◆ feature 3: layer3 · reduction 16",
+        ("layer4", "head"): "2048×7×7 /2 ◆ feature 4: layer4 · reduction 32",
         ("head", "output"): "1000",
     }
     assert set(svg.edges) == {edge_title(*k) for k in expected}
@@ -170,6 +170,8 @@ def test_stages_level_draws_one_node_per_stage_with_counts(resnet50):
         edge = svg.edges[edge_title(u, v)]
         assert Svg.text(edge) == label
         assert (Svg.width(edge) > 1.5) == ("/" in label)
+    # the stem's feature (timm's act1) is inside the collapsed stem: marked on its node
+    assert "◆ feature 0: relu · reduction 2" in Svg.text(svg.nodes["stem"])
     legend = Svg.text(svg.root)
     assert "legend" in legend and "resolution divided by n" in legend
     assert "25.6M params" in legend and "4.09G MACs" in legend
