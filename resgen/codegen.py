@@ -927,7 +927,13 @@ class _ModuleBuilder:
         trunk = steps[:head_start] + [view for view, _ in items[:pool]]
         last = trunk[-1].module if trunk else None
         if last is None and items[:pool]:  # a layer of a head nn.Sequential: as analysed
-            num_features = str(self._shape_of(items[pool - 1][1].id, "out_shape")[0])
+            before, after = items[pool - 1][1], items[pool][1] if items[pool:] else None
+            shape = (self._shape_of(before.id, "out_shape") if before else None) or (
+                self._shape_of(after.id, "in_shape") if after else None
+            )
+            if not shape:
+                raise CodeError("cannot tell the channels forward_features gives")
+            num_features = str(shape[0])
         else:
             num_features = self._width(widths, last, scope)
         new_classifier = head_hidden = None
@@ -935,8 +941,8 @@ class _ModuleBuilder:
             view, node = classifier
             hidden = "self.num_features"
             before = self._shape_of(node.id, "in_shape")
-            pooled = self._shape_of(items[pool][1].id, "out_shape") if items[pool:] else None
-            if before is not None and pooled is not None and before[0] != pooled[0]:
+            trunk_out = self._trunk_channels(items, pool)
+            if before is not None and trunk_out is not None and before[0] != trunk_out:
                 head_hidden = str(before[0])
                 hidden = "self.head_hidden_size"
             args = {**node.step.args, "features": S.Ref(span=node.span, name="num_classes")}
@@ -971,13 +977,24 @@ class _ModuleBuilder:
             _through_last_tap(tapped + [view for view, _ in items[:pool]]),
         )
 
+    def _trunk_channels(self, items, pool: int) -> int | None:
+        """The channels forward_features gives, as analysed."""
+        after = items[pool][1] if items[pool:] else None
+        if after is not None and self._shape_of(after.id, "in_shape"):
+            return self._shape_of(after.id, "in_shape")[0]
+        before = items[pool - 1][1] if pool else None
+        if before is not None and self._shape_of(before.id, "out_shape"):
+            return self._shape_of(before.id, "out_shape")[0]
+        stages = [s for s in self.analysis.stages if s.name != "head" and s.out_shape]
+        return stages[-1].out_shape[0] if stages and not pool else None
+
     def _head_items(self, views: list[StepView]) -> list[tuple[StepView, object]]:
         """The head's layers with their graph nodes, the items of an nn.Sequential each on its
         own (RegNet's `head = seq { global_pool flatten fc }`: self.head.fc)."""
         items = []
         for step, view in zip(self.plan.head, views, strict=True):
             if step.kind != "seq" or not step.items:
-                node = self.analysis.nodes.get(step.path) if step.kind != "reuse" else None
+                node = self.analysis.nodes.get(step.path) if step.kind == "op" else None
                 items.append((view, node))
                 continue
             for position, item in enumerate(step.items):

@@ -136,6 +136,22 @@ def test_drop_rate_is_dropout_before_the_classifier():
     torch.testing.assert_close(out, pooled)
 
 
+def test_reset_classifier_keeps_the_pre_logits_width(tmp_path):
+    """Pre-logits layers that change the width (a block flattening 4x4x4 = 64 features before
+    the classifier): reset_classifier builds the new classifier on head_hidden_size, 64."""
+    path = _write(
+        tmp_path,
+        "block Flat() { main { p = avgpool(2)  f = flatten } }\n"
+        "network p { input 3x8x8  stem { c = conv(4, 3, padding=1) }"
+        "  head { h = Flat()  fc = linear(10) } }\n",
+    )
+    model = resgen.build_module(path)
+    assert (model.num_features, model.head_hidden_size) == (4, 64)
+    model.reset_classifier(3)
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 8, 8)).shape == (1, 3)
+
+
 def test_regnet_head_roles_inside_a_sequential():
     """RegNet's head is one nn.Sequential (head.global_pool, head.flatten, head.fc): the
     classifier is head.fc, the pool and flatten are forward_head's."""
