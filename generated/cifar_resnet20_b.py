@@ -19,6 +19,57 @@ from typing import Any
 from torch import Tensor, nn
 
 
+def load_fitting(
+    model: nn.Module, state_dict: dict[str, Tensor], first_conv: str, classifier: str
+) -> dict[str, str]:
+    """Load the tensors of `state_dict` that fit `model`, as timm loads pretrained weights into
+    a changed model: the first convolution's weight (key `first_conv`) adapted to another input
+    channel count (adapt_input_conv), a classifier (keys under `classifier`) of another size
+    skipped. Returns every key not loaded, each with the reason; the model's own tensors that
+    `state_dict` lacks stay as initialised."""
+    own = model.state_dict()
+    fitting = {}
+    not_loaded = {}
+    for key, value in state_dict.items():
+        have = own[key].shape if key in own else None
+        given = [n for n in value.shape]
+        if have is None:
+            not_loaded[key] = "not in the model"
+        elif value.shape == have:
+            fitting[key] = value
+        elif key == first_conv and value.ndim == 4 and value.shape[0] == have[0]:
+            fitting[key] = adapt_input_conv(have[1], value)
+        elif classifier != "" and key.startswith(classifier + "."):
+            not_loaded[key] = f"a classifier of another size: {given}, not {[n for n in have]}"
+        else:
+            not_loaded[key] = f"shape {given}, the model's is {[n for n in have]}"
+    for key in own:
+        if key not in state_dict:
+            not_loaded[key] = "not in the state_dict: left as initialised"
+    model.load_state_dict(fitting, strict=False)
+    return not_loaded
+
+
+def adapt_input_conv(in_chans: int, weight: Tensor, base_chans: int = 3) -> Tensor:
+    """timm's adapt_input_conv (timm/models/_manipulate.py): a first convolution trained on
+    `base_chans` input channels for `in_chans`: summed over them for one channel, else repeated
+    and truncated to `in_chans`, scaled by base_chans / in_chans."""
+    out_chans, chans, height, width = weight.shape
+    dtype = weight.dtype
+    weight = weight.float()
+    if in_chans == 1 and chans > base_chans:  # a space-to-depth stem: sum within each block
+        weight = weight.reshape(out_chans, chans // base_chans, base_chans, height, width)
+        weight = weight.sum(dim=2)
+    elif in_chans == 1:
+        weight = weight.sum(dim=1, keepdim=True)
+    elif chans != base_chans:
+        raise ValueError(f"cannot adapt a first convolution of {chans} input channels")
+    else:
+        repeat = (in_chans + base_chans - 1) // base_chans
+        weight = weight.repeat(1, repeat, 1, 1)[:, :in_chans] * (base_chans / in_chans)
+    return weight.to(dtype)
+
+
 class FeatureInfo:
     """The feature maps a features-only model returns, as timm's FeatureInfo: `info` holds
     one dict per feature (num_chs, reduction, module) in forward order, `out_indices` the
@@ -191,6 +242,11 @@ class CifarResNet(nn.Module):
         x = self.forward_features(x)
         x = self.forward_head(x)
         return x
+
+    def load_pretrained(self, state_dict: dict[str, Tensor]) -> dict[str, str]:
+        """Load what fits of weights trained with other arguments (in_chans, num_classes), as
+        timm does (load_fitting); returns every key not loaded, with the reason."""
+        return load_fitting(self, state_dict, "conv1.weight", "linear")
 
     def get_classifier(self) -> nn.Module:
         return self.linear

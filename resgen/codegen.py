@@ -26,7 +26,7 @@ from resgen.diagnostics import Diagnostic, Span, SpecError
 from resgen.graph import application_id
 from resgen.guard import UnsafeCode, check_source
 from resgen.names import BLOCK_INDEX, IN_CHANNELS, NUM_BLOCKS, STAGE_INDEX
-from resgen.ops.base import LINEAR, NORM, Fixed, Items, Operand
+from resgen.ops.base import CONV, LINEAR, NORM, Fixed, Items, Operand
 from resgen.ops.layers import FLAT
 from resgen.output import PY_MARK
 from resgen.plan import (
@@ -181,6 +181,8 @@ class InterfaceView:
     features: list[FeatureView]
     drop_rate: bool  # the class takes drop_rate (timm's dropout before the classifier)
     tapped: list[StepView]  # the features-only forward: trunk, stages in containers each called
+    first_conv: str = ""  # state_dict key of the first convolution's weight (load_pretrained)
+    classifier_path: str = ""  # module path of the classifier ("" without one)
 
 
 @dataclass
@@ -473,6 +475,7 @@ class _ModuleBuilder:
         names = [b.name for b in blocks] + [network.class_name, network.factory, *self.helpers]
         if network.interface.features:
             names += [f"{network.class_name}Features", "prune_after"]
+        names.append("adapt_input_conv")
         names += [f.name for f in self.factories.values()]
         names += [name for name, _ in functions]
         clash = sorted({n for n in names if names.count(n) > 1} | ({"nn", "Tensor"} & set(names)))
@@ -881,6 +884,7 @@ class _ModuleBuilder:
         class_name = ident(net.python_class)
         factory_params = list(params)
         out_indices = literal(tuple(range(len(interface.features))))
+        self.helpers["load_fitting"] = "pretrained.py.jinja"
         if interface.features:
             self.helpers["FeatureInfo"] = "feature_info.py.jinja"
             self.imports.update(dict.fromkeys((SEQUENCE, ANY)))
@@ -975,7 +979,19 @@ class _ModuleBuilder:
             features,
             classifier is not None,
             _through_last_tap(tapped + [view for view, _ in items[:pool]]),
+            str(_name_literal(self._first_conv())),
+            str(_name_literal(classifier[1].id if classifier is not None else "")),
         )
+
+    def _params(self, node_id: str) -> int:
+        return self.analysis.shapes[node_id].params
+
+    def _first_conv(self) -> str:
+        """The state_dict key of the network's first convolution weight (timm's first_conv)."""
+        for node_id, node in self.analysis.nodes.items():
+            if node.op is not None and node.op.family is CONV and self._params(node_id):
+                return f"{node.module or node_id}.weight"
+        return ""
 
     def _trunk_channels(self, items, pool: int) -> int | None:
         """The channels forward_features gives, as analysed."""

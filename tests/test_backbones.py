@@ -346,3 +346,54 @@ def test_summary_json_features_match_the_schema(tmp_path):
     registry = Registry().with_resource("check.schema.json", Resource.from_contents(check))
     data = resgen.summary(_write(tmp_path, C3_C5))
     jsonschema.Draft202012Validator(schema, registry=registry).validate(data)
+
+
+# ---------------------------------------------------------------------------------------------
+# Starting from pretrained weights after an edit
+
+
+@pytest.mark.parametrize("in_chans", [1, 5])
+def test_load_pretrained_adapts_the_first_conv_and_skips_the_classifier(in_chans):
+    """load_pretrained loads timm's regnetx_002 weights into the spec built for another input
+    (in_chans) and class count: the first conv as timm's own adapt_input_conv makes it, the
+    classifier of another size skipped and reported, everything else loaded (the features equal
+    timm's model built with the same arguments and loaded the same way)."""
+    from timm.models import adapt_input_conv
+
+    torch.manual_seed(0)
+    state = timm.create_model("regnetx_002", pretrained=False).state_dict()
+    model = resgen.build_module("specs/timm/regnetx_002.arch", in_chans=in_chans, num_classes=10)
+    report = model.load_pretrained(state)
+    assert report == {
+        "head.fc.weight": "a classifier of another size: [1000, 368], not [10, 368]",
+        "head.fc.bias": "a classifier of another size: [1000], not [10]",
+    }
+    adapted = adapt_input_conv(in_chans, state["stem.conv.weight"])
+    torch.testing.assert_close(model.stem.conv.weight, adapted, rtol=0, atol=0)
+    reference = timm.create_model("regnetx_002", in_chans=in_chans, num_classes=10)
+    kept = {k: v for k, v in state.items() if not k.startswith("head.fc.")}
+    reference.load_state_dict({**kept, "stem.conv.weight": adapted}, strict=False)
+    x = torch.randn(1, in_chans, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            model.eval().forward_features(x), reference.eval().forward_features(x)
+        )
+
+
+def test_load_pretrained_reports_every_key_it_did_not_load():
+    """Keys the model lacks, keys of another shape and the model's own keys the checkpoint lacks
+    are each reported with the reason; what fits is loaded."""
+    model = resgen.build_module("specs/resnet18.arch")
+    state = dict(resgen.build_module("specs/resnet18.arch", num_classes=10).state_dict())
+    state["layer1.0.bn1.weight"] = torch.ones(3)
+    state["extra.weight"] = torch.zeros(1)
+    del state["layer4.1.bn2.bias"]
+    report = model.load_pretrained(state)
+    assert report == {
+        "fc.weight": "a classifier of another size: [10, 512], not [1000, 512]",
+        "fc.bias": "a classifier of another size: [10], not [1000]",
+        "layer1.0.bn1.weight": "shape [3], the model's is [64]",
+        "extra.weight": "not in the model",
+        "layer4.1.bn2.bias": "not in the state_dict: left as initialised",
+    }
+    torch.testing.assert_close(model.layer4[1].conv1.weight, state["layer4.1.conv1.weight"])
