@@ -397,3 +397,18 @@ def test_load_pretrained_reports_every_key_it_did_not_load():
         "layer4.1.bn2.bias": "not in the state_dict: left as initialised",
     }
     torch.testing.assert_close(model.layer4[1].conv1.weight, state["layer4.1.conv1.weight"])
+
+
+@pytest.mark.slow  # Inductor compiles C++: about a minute on two cores; in the default run
+def test_features_only_compiles():
+    """torch.compile (the one compile test: it is slow on two cores) of a features-only model
+    gives its maps."""
+    torch.manual_seed(0)
+    model = resgen.build_module("specs/resnet18.arch", features_only=True, out_indices=(2, 4))
+    model.eval()
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        expected = model(x)
+        compiled = torch.compile(model)
+        for a, b in zip(compiled(x), expected, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)

@@ -68,6 +68,7 @@ def _worker(rank: int, spec: str, store: str, start: str, out: str) -> None:
         dist.destroy_process_group()
 
 
+@pytest.mark.slow  # two processes that set up gloo; in the default run
 def test_ddp_two_processes_match_one_process(tmp_path):
     spec = tmp_path / "gn_net.arch"
     spec.write_text(SPEC, encoding="utf-8")
