@@ -147,7 +147,7 @@ def test_module_form(at_root):
     classes = [n.name for n in tree.body if isinstance(n, ast.ClassDef)]
     functions = [n.name for n in tree.body if isinstance(n, ast.FunctionDef)]
     assert classes == ["FeatureInfo", "Bottleneck", "ResNet", "ResNetFeatures"]
-    assert functions == ["prune_after", "resnet50"]
+    assert functions == ["load_fitting", "adapt_input_conv", "prune_after", "resnet50"]
     assert "def resnet50(\n    num_classes: int = 1000," in source
     assert "25,557,032 parameters" in source and "4,089,184,256 multiply-accumulates" in source
     assert "        width = planes * base_width // 64 * groups\n" in source
