@@ -239,9 +239,7 @@ class CifarResNet(nn.Module):
         return x if pre_logits else self.linear(x)
 
     def forward(self, x: Tensor) -> Tensor:
-        x = self.forward_features(x)
-        x = self.forward_head(x)
-        return x
+        return self.forward_head(self.forward_features(x))
 
     def load_pretrained(self, state_dict: dict[str, Tensor]) -> dict[str, str]:
         """Load what fits of weights trained with other arguments (in_chans, num_classes), as

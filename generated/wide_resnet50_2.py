@@ -272,9 +272,7 @@ class ResNet(nn.Module):
         return x if pre_logits else self.fc(x)
 
     def forward(self, x: Tensor) -> Tensor:
-        x = self.forward_features(x)
-        x = self.forward_head(x)
-        return x
+        return self.forward_head(self.forward_features(x))
 
     def load_pretrained(self, state_dict: dict[str, Tensor]) -> dict[str, str]:
         """Load what fits of weights trained with other arguments (in_chans, num_classes), as
