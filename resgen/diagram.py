@@ -284,7 +284,7 @@ def digraph(
     activations = _activations(memory, train)
     # Feature taps are marked on the edge that leaves the layer they read, or, inside a
     # collapsed group (the stem's act1 at the stages level), on the group.
-    leaving = {u for _, u in edges.values()}
+    leaving = {u for _, u, _ in edges.values()}
     tap_rows: dict[str, list[str]] = {}
     for index, tap in enumerate(analysis.features):
         where = tap.node if tap.node in leaving else group_of[tap.node]
