@@ -868,7 +868,10 @@ class _ModuleBuilder:
             channels = self._network_layer(step, channels, scope, layers, steps, applied)
             widths[step.path] = channels
         interface = self._interface(steps, head_start, tapped, widths, scope)
-        if interface.drop_rate:
+        if any(p.name == "drop_rate" for p in net.params):
+            # the spec's own drop_rate already drives its head's dropout: no second dropout
+            interface.drop_rate = False
+        elif interface.drop_rate:
             params.append(ParamView("drop_rate", "float", "0.0"))
         zero_init, left = [], []
         for plan in self.plan.blocks.values():

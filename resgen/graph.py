@@ -744,15 +744,17 @@ class _Lowerer:
         self.declared_steps[path] = step
         return self.apply(path, path, step, op, args, spans, known, inputs, where, role)
 
-    def apply(self, node_id, module, step, op, args, spans, known, inputs, where, role):
-        """Add the node of one application of `module`'s op to `inputs`; the value it gives."""
+    def apply(self, node_id, module, step, op, args, spans, known, inputs, where, role, span=None):
+        """Add the node of one application of `module`'s op to `inputs`; the value it gives.
+        `span`: where the application is written, when that is not where `step` declares it
+        (a reuse: its errors point at the reuse)."""
         if op.arity == "one":
             inputs = [self.single(inputs, step, node_id)]
         self.add(
             Node(
                 node_id,
                 "layer",
-                step.span,
+                span or step.span,
                 where.stage,
                 where.block,
                 where.branch,
@@ -856,6 +858,7 @@ class _Lowerer:
             inputs,
             where,
             role,
+            span=step.span,
         )
 
     def add(self, node: Node) -> None:

@@ -104,7 +104,8 @@ def test_in_chans_is_an_argument_of_the_generated_model(tmp_path):
 
 def test_generated_layout_code_is_plain_pytorch(tmp_path):
     source = generate(_spec(tmp_path, NETWORK))
-    assert "from collections import OrderedDict\n\nfrom torch import Tensor, nn" in source
+    assert "from collections import OrderedDict\n" in source
+    assert "\nfrom torch import Tensor, nn\n" in source
     assert 'OrderedDict([(f"b{index + 1}", ConvBlock(8, 8)) for index in range(2)])' in source
     assert '[("block1-0", ConvBlock(16, 32, stride=2)), ("block1-1", ConvBlock(32, 32))]' in source
     assert "self.stages = nn.Sequential(stage0, stage1)" in source
