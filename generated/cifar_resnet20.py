@@ -16,7 +16,9 @@ head    -                     10            650         640
 from collections.abc import Sequence
 from typing import Any
 
+import torch
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 
 def load_fitting(
@@ -68,6 +70,15 @@ def adapt_input_conv(in_chans: int, weight: Tensor, base_chans: int = 3) -> Tens
         repeat = (in_chans + base_chans - 1) // base_chans
         weight = weight.repeat(1, repeat, 1, 1)[:, :in_chans] * (base_chans / in_chans)
     return weight.to(dtype)
+
+
+def checkpoint_seq(blocks: nn.Sequential, x: Tensor) -> Tensor:
+    """timm's checkpoint_seq for set_grad_checkpointing: each of `blocks` in turn under
+    torch.utils.checkpoint, non-reentrant (timm's default), so its activations are recomputed
+    in backward instead of stored."""
+    for block in blocks:
+        x = checkpoint(block, x, use_reentrant=False)
+    return x
 
 
 class FeatureInfo:
@@ -215,6 +226,7 @@ class CifarResNet(nn.Module):
         self.flatten = nn.Flatten()
         self.linear = nn.Linear(64, num_classes)
         self.num_features = 64
+        self.grad_checkpointing = False
         self.drop_rate = drop_rate
         self.feature_info = [
             {"num_chs": 16, "reduction": 1, "module": "layer1"},
@@ -239,9 +251,14 @@ class CifarResNet(nn.Module):
         x = self.conv1(x)  # 16x32x32
         x = self.bn1(x)  # 16x32x32
         x = self.relu(x)  # 16x32x32
-        x = self.layer1(x)  # 16x32x32
-        x = self.layer2(x)  # 32x16x16
-        x = self.layer3(x)  # 64x8x8
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            x = checkpoint_seq(self.layer1, x)
+            x = checkpoint_seq(self.layer2, x)
+            x = checkpoint_seq(self.layer3, x)
+        else:
+            x = self.layer1(x)  # 16x32x32
+            x = self.layer2(x)  # 32x16x16
+            x = self.layer3(x)  # 64x8x8
         return x
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
@@ -253,6 +270,10 @@ class CifarResNet(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.forward_head(self.forward_features(x))
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each block's activations in backward instead of storing them (timm's)."""
+        self.grad_checkpointing = enable
 
     def load_pretrained(self, state_dict: dict[str, Tensor]) -> dict[str, str]:
         """Load what fits of weights trained with other arguments (in_chans, num_classes), as
@@ -289,11 +310,20 @@ class CifarResNetFeatures(CifarResNet):
         x = self.conv1(x)
         x = self.bn1(x)
         x = self.relu(x)
-        x = self.layer1(x)
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            x = checkpoint_seq(self.layer1, x)
+        else:
+            x = self.layer1(x)
         features.append(x)
-        x = self.layer2(x)
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            x = checkpoint_seq(self.layer2, x)
+        else:
+            x = self.layer2(x)
         features.append(x)
-        x = self.layer3(x)
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            x = checkpoint_seq(self.layer3, x)
+        else:
+            x = self.layer3(x)
         features.append(x)
         return [features[i] for i in self.out_indices]
 

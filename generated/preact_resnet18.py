@@ -17,7 +17,9 @@ head    -                1000         514,024      512,000
 from collections.abc import Sequence
 from typing import Any
 
+import torch
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 
 def load_fitting(
@@ -69,6 +71,15 @@ def adapt_input_conv(in_chans: int, weight: Tensor, base_chans: int = 3) -> Tens
         repeat = (in_chans + base_chans - 1) // base_chans
         weight = weight.repeat(1, repeat, 1, 1)[:, :in_chans] * (base_chans / in_chans)
     return weight.to(dtype)
+
+
+def checkpoint_seq(blocks: nn.Sequential, x: Tensor) -> Tensor:
+    """timm's checkpoint_seq for set_grad_checkpointing: each of `blocks` in turn under
+    torch.utils.checkpoint, non-reentrant (timm's default), so its activations are recomputed
+    in backward instead of stored."""
+    for block in blocks:
+        x = checkpoint(block, x, use_reentrant=False)
+    return x
 
 
 class FeatureInfo:
@@ -202,6 +213,7 @@ class PreActResNet(nn.Module):
         self.flatten = nn.Flatten()
         self.fc = nn.Linear(512, num_classes)
         self.num_features = 512
+        self.grad_checkpointing = False
         self.drop_rate = drop_rate
         self.feature_info = [
             {"num_chs": 64, "reduction": 2, "module": "conv1"},
@@ -229,10 +241,16 @@ class PreActResNet(nn.Module):
     def forward_features(self, x: Tensor) -> Tensor:
         x = self.conv1(x)  # 64x112x112
         x = self.maxpool(x)  # 64x56x56
-        x = self.layer1(x)  # 64x56x56
-        x = self.layer2(x)  # 128x28x28
-        x = self.layer3(x)  # 256x14x14
-        x = self.layer4(x)  # 512x7x7
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            x = checkpoint_seq(self.layer1, x)
+            x = checkpoint_seq(self.layer2, x)
+            x = checkpoint_seq(self.layer3, x)
+            x = checkpoint_seq(self.layer4, x)
+        else:
+            x = self.layer1(x)  # 64x56x56
+            x = self.layer2(x)  # 128x28x28
+            x = self.layer3(x)  # 256x14x14
+            x = self.layer4(x)  # 512x7x7
         x = self.bn(x)  # 512x7x7
         x = self.relu(x)  # 512x7x7
         return x
@@ -246,6 +264,10 @@ class PreActResNet(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.forward_head(self.forward_features(x))
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each block's activations in backward instead of storing them (timm's)."""
+        self.grad_checkpointing = enable
 
     def load_pretrained(self, state_dict: dict[str, Tensor]) -> dict[str, str]:
         """Load what fits of weights trained with other arguments (in_chans, num_classes), as
@@ -282,13 +304,25 @@ class PreActResNetFeatures(PreActResNet):
         x = self.conv1(x)
         features.append(x)
         x = self.maxpool(x)
-        x = self.layer1(x)
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            x = checkpoint_seq(self.layer1, x)
+        else:
+            x = self.layer1(x)
         features.append(x)
-        x = self.layer2(x)
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            x = checkpoint_seq(self.layer2, x)
+        else:
+            x = self.layer2(x)
         features.append(x)
-        x = self.layer3(x)
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            x = checkpoint_seq(self.layer3, x)
+        else:
+            x = self.layer3(x)
         features.append(x)
-        x = self.layer4(x)
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            x = checkpoint_seq(self.layer4, x)
+        else:
+            x = self.layer4(x)
         features.append(x)
         return [features[i] for i in self.out_indices]
 

@@ -17,7 +17,9 @@ head    -               1000         2,049,000      2,048,000
 from collections.abc import Sequence
 from typing import Any
 
+import torch
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 
 def load_fitting(
@@ -69,6 +71,15 @@ def adapt_input_conv(in_chans: int, weight: Tensor, base_chans: int = 3) -> Tens
         repeat = (in_chans + base_chans - 1) // base_chans
         weight = weight.repeat(1, repeat, 1, 1)[:, :in_chans] * (base_chans / in_chans)
     return weight.to(dtype)
+
+
+def checkpoint_seq(blocks: nn.Sequential, x: Tensor) -> Tensor:
+    """timm's checkpoint_seq for set_grad_checkpointing: each of `blocks` in turn under
+    torch.utils.checkpoint, non-reentrant (timm's default), so its activations are recomputed
+    in backward instead of stored."""
+    for block in blocks:
+        x = checkpoint(block, x, use_reentrant=False)
+    return x
 
 
 class FeatureInfo:
@@ -231,6 +242,7 @@ class ResNet(nn.Module):
         self.flatten = nn.Flatten()
         self.fc = nn.Linear(2048, num_classes)
         self.num_features = 2048
+        self.grad_checkpointing = False
         self.drop_rate = drop_rate
         self.feature_info = [
             {"num_chs": 64, "reduction": 2, "module": "relu"},
@@ -258,10 +270,16 @@ class ResNet(nn.Module):
         x = self.bn1(x)  # 64x112x112
         x = self.relu(x)  # 64x112x112
         x = self.maxpool(x)  # 64x56x56
-        x = self.layer1(x)  # 256x56x56
-        x = self.layer2(x)  # 512x28x28
-        x = self.layer3(x)  # 1024x14x14
-        x = self.layer4(x)  # 2048x7x7
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            x = checkpoint_seq(self.layer1, x)
+            x = checkpoint_seq(self.layer2, x)
+            x = checkpoint_seq(self.layer3, x)
+            x = checkpoint_seq(self.layer4, x)
+        else:
+            x = self.layer1(x)  # 256x56x56
+            x = self.layer2(x)  # 512x28x28
+            x = self.layer3(x)  # 1024x14x14
+            x = self.layer4(x)  # 2048x7x7
         return x
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
@@ -273,6 +291,10 @@ class ResNet(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.forward_head(self.forward_features(x))
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each block's activations in backward instead of storing them (timm's)."""
+        self.grad_checkpointing = enable
 
     def load_pretrained(self, state_dict: dict[str, Tensor]) -> dict[str, str]:
         """Load what fits of weights trained with other arguments (in_chans, num_classes), as
@@ -311,13 +333,25 @@ class ResNetFeatures(ResNet):
         x = self.relu(x)
         features.append(x)
         x = self.maxpool(x)
-        x = self.layer1(x)
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            x = checkpoint_seq(self.layer1, x)
+        else:
+            x = self.layer1(x)
         features.append(x)
-        x = self.layer2(x)
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            x = checkpoint_seq(self.layer2, x)
+        else:
+            x = self.layer2(x)
         features.append(x)
-        x = self.layer3(x)
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            x = checkpoint_seq(self.layer3, x)
+        else:
+            x = self.layer3(x)
         features.append(x)
-        x = self.layer4(x)
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            x = checkpoint_seq(self.layer4, x)
+        else:
+            x = self.layer4(x)
         features.append(x)
         return [features[i] for i in self.out_indices]
 

@@ -58,6 +58,8 @@ from resgen.text import shape_text
 GENERATED_MARK = PY_MARK
 ORDERED_DICT = "from collections import OrderedDict"
 SEQUENCE = "from collections.abc import Sequence"
+TORCH = "import torch"
+CHECKPOINT = "from torch.utils.checkpoint import checkpoint"
 ANY = "from typing import Any"
 CALLABLE = "from collections.abc import Callable"
 OP_ANNOTATION = "Callable[..., nn.Module]"  # a param holding an op: a module constructor
@@ -98,6 +100,8 @@ class StepView:
     comment: str | None = None
     module: str | None = None  # the module path it applies first (None: a reuse, a container)
     tap: bool = False  # its output is a feature (the features-only forward appends it)
+    stage: bool = False  # a stage or a container of stages (set_grad_checkpointing's blocks)
+    checkpointed: list[str] = field(default_factory=list)  # a stage's lines, blocks checkpointed
 
     @property
     def before(self) -> str:
@@ -183,6 +187,17 @@ class InterfaceView:
     tapped: list[StepView]  # the features-only forward: trunk, stages in containers each called
     first_conv: str = ""  # state_dict key of the first convolution's weight (load_pretrained)
     classifier_path: str = ""  # module path of the classifier ("" without one)
+    checkpointed: list[str] = field(default_factory=list)  # every stage's checkpointed lines
+
+    @property
+    def trunk_parts(self) -> tuple[list[StepView], list[StepView], list[StepView]]:
+        """forward_features' steps before the stages, the stages (checkpointed block by block
+        under set_grad_checkpointing, as timm's), and after them."""
+        stages = [i for i, step in enumerate(self.trunk) if step.stage]
+        if not stages:
+            return self.trunk, [], []
+        first, last = stages[0], stages[-1] + 1
+        return self.trunk[:first], self.trunk[first:last], self.trunk[last:]
 
 
 @dataclass
@@ -478,7 +493,8 @@ class _ModuleBuilder:
         names.append("adapt_input_conv")
         names += [f.name for f in self.factories.values()]
         names += [name for name, _ in functions]
-        clash = sorted({n for n in names if names.count(n) > 1} | ({"nn", "Tensor"} & set(names)))
+        imported = {"nn", "Tensor", "torch", "checkpoint"}
+        clash = sorted({n for n in names if names.count(n) > 1} | (imported & set(names)))
         if clash:
             raise CodeError(
                 f"the generated module would define `{clash[0]}` twice; give the "
@@ -831,6 +847,7 @@ class _ModuleBuilder:
             widths[step.path] = channels
         tapped += steps
         dilation = 1
+        checkpointed: list[str] = []  # set_grad_checkpointing's lines for the stages
         containers = _Containers(self.plan.stages)
         for index, stage_plan in enumerate(self.plan.stages):
             stage = stage_plan.stage
@@ -849,10 +866,16 @@ class _ModuleBuilder:
             out_text = shape_text(info.out_shape)
             if len(stage.path) == 1:  # an attribute of the network, as torchvision's layer1
                 layers.append(LayerView(ident(stage.name), build, comment))
-                steps.append(StepView(f"self.{ident(stage.name)}", out_text, stage.name))
+                call = f"self.{ident(stage.name)}"
+                lines = _checkpointed(stage_plan, call)
+                steps.append(StepView(call, out_text, stage.name, stage=True, checkpointed=lines))
+                checkpointed += lines
                 tapped.append(steps[-1])
                 continue
-            tapped.append(StepView(self._child(stage_plan), out_text, stage.name))
+            call = self._child(stage_plan)
+            lines = _checkpointed(stage_plan, call)
+            tapped.append(StepView(call, out_text, stage.name, stage=True, checkpointed=lines))
+            checkpointed += lines
             # In a container (`stages.0`): built into a local, the container once complete.
             local = containers.local(index, {p.name for p in net.params} | scope.used)
             layers.append(LayerView(local, build, comment, local=True))
@@ -860,7 +883,7 @@ class _ModuleBuilder:
             if top is not None:
                 attr, code = top
                 layers.append(LayerView(ident(attr), code))
-                steps.append(StepView(f"self.{ident(attr)}", out_text, stage.name))
+                steps.append(StepView(f"self.{ident(attr)}", out_text, stage.name, stage=True))
                 if containers.uses_ordered_dict:
                     self.imports[ORDERED_DICT] = None
         head_start = len(steps)
@@ -868,6 +891,7 @@ class _ModuleBuilder:
             channels = self._network_layer(step, channels, scope, layers, steps, applied)
             widths[step.path] = channels
         interface = self._interface(steps, head_start, tapped, widths, scope)
+        interface.checkpointed = checkpointed
         if any(p.name == "drop_rate" for p in net.params):
             # the spec's own drop_rate already drives its head's dropout: no second dropout
             interface.drop_rate = False
@@ -888,6 +912,9 @@ class _ModuleBuilder:
         factory_params = list(params)
         out_indices = literal(tuple(range(len(interface.features))))
         self.helpers["load_fitting"] = "pretrained.py.jinja"
+        if any(step.stage for step in interface.trunk):
+            self.helpers["checkpoint_seq"] = "checkpoint_seq.py.jinja"
+            self.imports.update(dict.fromkeys((TORCH, CHECKPOINT)))
         if interface.features:
             self.helpers["FeatureInfo"] = "feature_info.py.jinja"
             self.imports.update(dict.fromkeys((SEQUENCE, ANY)))
@@ -1602,6 +1629,19 @@ def _apply(op: ops.Op | None, module: str) -> str:
     if op is None or op.emit is None or op.emit.owned is None:
         return module
     return op.emit.apply.replace("{self}", module)
+
+
+def _checkpointed(stage_plan: StagePlan, call: str) -> list[str]:
+    """forward()'s lines for one stage under set_grad_checkpointing: its own layers as they
+    are, then its blocks one by one under torch.utils.checkpoint (timm's ConvNeXt stage)."""
+    lines = []
+    for step in stage_plan.layers:
+        op = step.op if step.kind == "op" else None
+        view = StepView(_apply(op, f"{call}.{ident(step.attr)}"))
+        lines.append(f"x = {view.before}x{view.after}")
+    container = stage_plan.stage.container
+    blocks = f"{call}.{ident(container)}" if container else call
+    return [*lines, f"x = checkpoint_seq({blocks}, x)"]
 
 
 def _through_last_tap(steps: list[StepView]) -> list[StepView]:

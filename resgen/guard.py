@@ -54,6 +54,7 @@ ALLOWED_IMPORTS = {
     "collections": {"OrderedDict"},
     "collections.abc": {"Callable", "Sequence"},
     "torch": {"Tensor", "nn"},
+    "torch.utils.checkpoint": {"checkpoint"},  # set_grad_checkpointing (checkpoint_seq.py.jinja)
     "typing": {"Any", "Optional"},
 }
 # Paths into torch that resgen's own code uses, whatever the ops: the module classes it builds
@@ -61,8 +62,10 @@ ALLOWED_IMPORTS = {
 STRUCTURAL_PATHS = frozenset(
     {"nn.Module", "nn.Sequential", "nn.ModuleList", "nn.init.constant_", "torch.Tensor"}
     # timm's model interface on every network (templates/network.py.jinja, feature_info.py.jinja)
-    | {"nn.Identity", "nn.Linear", "nn.functional.dropout"}
+    | {"nn.Identity", "nn.Linear", "nn.functional.dropout", "torch.jit.is_scripting"}
 )
+# `import torch` for torch.jit.is_scripting (set_grad_checkpointing), whatever the ops.
+STRUCTURAL_MODULES = frozenset({"torch"})
 
 
 # Names of modules whose attribute chains must end in an allowed path.
@@ -75,7 +78,7 @@ def allowed() -> tuple[frozenset[str], dict[str, set[str]], frozenset[str]]:
     declare in their `emit`."""
     paths = set(STRUCTURAL_PATHS)
     imports = {module: set(names) for module, names in ALLOWED_IMPORTS.items()}
-    modules: set[str] = set()
+    modules: set[str] = set(STRUCTURAL_MODULES)
     lines = [line for lines in designspace.IMPORTS.values() for line in lines]  # its functions'
     for op in ops.registered():
         emit = op.emit
@@ -100,6 +103,7 @@ BUILTIN_CALLS = frozenset(
     | {"zip", "enumerate"}  # loops over a block's ModuleLists (resgen.codegen._Flow)
     | {"ValueError"}  # raised by resgen.designspace's functions for values outside their space
     | {"OrderedDict"}  # imported from collections, for nn.Sequential with named layers
+    | {"checkpoint"}  # imported from torch.utils.checkpoint, for set_grad_checkpointing
 )
 # Builtins generated code may name: the callable ones, and types in annotations.
 SAFE_BUILTINS = BUILTIN_CALLS | {"str", "tuple", "list", "dict"}
