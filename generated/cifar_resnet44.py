@@ -21,6 +21,56 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 
+def global_pool_layer(pool_type: str) -> nn.Module:
+    """The global pool of timm's SelectAdaptivePool2d for `pool_type`: "avg", "max", "avgmax"
+    (their mean), "catavgmax" (both, concatenated: twice the channels), "" (no pooling)."""
+    if pool_type == "avg":
+        return nn.AdaptiveAvgPool2d(1)
+    if pool_type == "max":
+        return nn.AdaptiveMaxPool2d(1)
+    if pool_type == "avgmax":
+        return AdaptiveAvgMaxPool2d(1)
+    if pool_type == "catavgmax":
+        return AdaptiveCatAvgMaxPool2d(1)
+    if pool_type == "":
+        return nn.Identity()
+    raise ValueError(f"global_pool={pool_type!r}: not avg, max, avgmax, catavgmax or ''")
+
+
+class AdaptiveAvgMaxPool2d(nn.Module):
+    """The mean of adaptive average and adaptive max pooling to `output_size` (timm's
+    AdaptiveAvgMaxPool2d, the "avgmax" global pool)."""
+
+    def __init__(self, output_size: int | tuple[int, int] = 1) -> None:
+        super().__init__()
+        self.output_size = output_size
+
+    def forward(self, x: Tensor) -> Tensor:
+        average = nn.functional.adaptive_avg_pool2d(x, self.output_size)
+        maximum = nn.functional.adaptive_max_pool2d(x, self.output_size)
+        return 0.5 * (average + maximum)
+
+    def extra_repr(self) -> str:
+        return f"output_size={self.output_size}"
+
+
+class AdaptiveCatAvgMaxPool2d(nn.Module):
+    """Adaptive average and adaptive max pooling to `output_size`, concatenated along the
+    channels: 2 C channels out (timm's AdaptiveCatAvgMaxPool2d, the "catavgmax" global pool)."""
+
+    def __init__(self, output_size: int | tuple[int, int] = 1) -> None:
+        super().__init__()
+        self.output_size = output_size
+
+    def forward(self, x: Tensor) -> Tensor:
+        average = nn.functional.adaptive_avg_pool2d(x, self.output_size)
+        maximum = nn.functional.adaptive_max_pool2d(x, self.output_size)
+        return torch.cat((average, maximum), 1)
+
+    def extra_repr(self) -> str:
+        return f"output_size={self.output_size}"
+
+
 def load_fitting(
     model: nn.Module, state_dict: dict[str, Tensor], first_conv: str, classifier: str
 ) -> dict[str, str]:
@@ -206,6 +256,9 @@ class CifarResNet(nn.Module):
         n: int = 7,
         num_classes: int = 10,
         drop_rate: float = 0.0,
+        global_pool: str = "avg",
+        frozen_stages: int = -1,
+        norm_eval: bool = False,
         zero_init_residual: bool = False,
     ) -> None:
         super().__init__()
@@ -227,12 +280,19 @@ class CifarResNet(nn.Module):
         self.linear = nn.Linear(64, num_classes)
         self.num_features = 64
         self.grad_checkpointing = False
+        self.head_hidden_size = self.num_features
         self.drop_rate = drop_rate
+        if global_pool != "avg":  # timm's other global pools
+            self.reset_classifier(self.linear.out_features, global_pool)
         self.feature_info = [
             {"num_chs": 16, "reduction": 1, "module": "layer1"},
             {"num_chs": 32, "reduction": 2, "module": "layer2"},
             {"num_chs": 64, "reduction": 4, "module": "layer3"},
         ]
+        if not -1 <= frozen_stages <= 3:
+            raise ValueError(f"frozen_stages={frozen_stages}: -1 (none) to 3 (every stage)")
+        self.frozen_stages = frozen_stages
+        self.norm_eval = norm_eval
 
         for module in self.modules():
             if isinstance(module, nn.Conv2d):
@@ -246,6 +306,7 @@ class CifarResNet(nn.Module):
             for module in self.modules():
                 if isinstance(module, CifarBasicBlockA):
                     nn.init.constant_(module.bn2.weight, 0)
+        self.freeze_stages()
 
     def forward_features(self, x: Tensor) -> Tensor:
         x = self.conv1(x)  # 16x32x32
@@ -275,6 +336,29 @@ class CifarResNet(nn.Module):
         """Recompute each block's activations in backward instead of storing them (timm's)."""
         self.grad_checkpointing = enable
 
+    def freeze_stages(self) -> None:
+        """mmdetection's frozen_stages: from 0, the stem and the first `frozen_stages` stages in
+        eval mode, their parameters with requires_grad False; -1 freezes nothing."""
+        if self.frozen_stages < 0:
+            return
+        stem = [self.conv1, self.bn1, self.relu]
+        stages = [self.layer1, self.layer2, self.layer3]
+        for module in stem + stages[: self.frozen_stages]:
+            module.eval()
+            for param in module.parameters():
+                param.requires_grad = False
+
+    def train(self, mode: bool = True) -> "CifarResNet":
+        """nn.Module.train, then mmdetection's rules: frozen stages stay in eval mode, and with
+        norm_eval every batch norm does too (its running statistics stay as loaded)."""
+        super().train(mode)
+        self.freeze_stages()
+        if mode and self.norm_eval:
+            for module in self.modules():
+                if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d, nn.SyncBatchNorm)):
+                    module.eval()
+        return self
+
     def load_pretrained(self, state_dict: dict[str, Tensor]) -> dict[str, str]:
         """Load what fits of weights trained with other arguments (in_chans, num_classes), as
         timm does (load_fitting); returns every key not loaded, with the reason."""
@@ -283,10 +367,16 @@ class CifarResNet(nn.Module):
     def get_classifier(self) -> nn.Module:
         return self.linear
 
-    def reset_classifier(self, num_classes: int) -> None:
-        """A new classifier for `num_classes` classes (none for 0), as timm's."""
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """A new classifier for `num_classes` classes (none for 0), as timm's; with
+        `global_pool`, after a new global pool of timm's choices (global_pool_layer; "" for
+        none, then no flatten either, as timm's SelectAdaptivePool2d)."""
+        if global_pool is not None:
+            self.avgpool = global_pool_layer(global_pool)
+            self.flatten = nn.Flatten() if global_pool else nn.Identity()
+            self.head_hidden_size = self.num_features * (2 if global_pool == "catavgmax" else 1)
         if num_classes > 0:
-            self.linear = nn.Linear(self.num_features, num_classes)
+            self.linear = nn.Linear(self.head_hidden_size, num_classes)
         else:
             self.linear = nn.Identity()
 
@@ -332,6 +422,9 @@ def cifar_resnet44(
     n: int = 7,
     num_classes: int = 10,
     drop_rate: float = 0.0,
+    global_pool: str = "avg",
+    frozen_stages: int = -1,
+    norm_eval: bool = False,
     zero_init_residual: bool = False,
     features_only: bool = False,
     out_indices: Sequence[int] | int = (0, 1, 2),
@@ -344,11 +437,17 @@ def cifar_resnet44(
             n=n,
             num_classes=num_classes,
             drop_rate=drop_rate,
+            global_pool=global_pool,
+            frozen_stages=frozen_stages,
+            norm_eval=norm_eval,
             zero_init_residual=zero_init_residual,
         )
     return CifarResNet(
         n=n,
         num_classes=num_classes,
         drop_rate=drop_rate,
+        global_pool=global_pool,
+        frozen_stages=frozen_stages,
+        norm_eval=norm_eval,
         zero_init_residual=zero_init_residual,
     )

@@ -207,6 +207,8 @@ class Bottleneck(nn.Module):
 class ResNetBackbone(nn.Module):
     def __init__(
         self,
+        frozen_stages: int = -1,
+        norm_eval: bool = False,
         zero_init_residual: bool = False,
     ) -> None:
         super().__init__()
@@ -235,6 +237,10 @@ class ResNetBackbone(nn.Module):
             {"num_chs": 1024, "reduction": 16, "module": "layer3", "name": "c4"},
             {"num_chs": 2048, "reduction": 32, "module": "layer4", "name": "c5"},
         ]
+        if not -1 <= frozen_stages <= 4:
+            raise ValueError(f"frozen_stages={frozen_stages}: -1 (none) to 4 (every stage)")
+        self.frozen_stages = frozen_stages
+        self.norm_eval = norm_eval
 
         for module in self.modules():
             if isinstance(module, nn.Conv2d):
@@ -248,6 +254,7 @@ class ResNetBackbone(nn.Module):
             for module in self.modules():
                 if isinstance(module, Bottleneck):
                     nn.init.constant_(module.bn3.weight, 0)
+        self.freeze_stages()
 
     def forward_features(self, x: Tensor) -> Tensor:
         x = self.conv1(x)  # 64x112x112
@@ -275,6 +282,29 @@ class ResNetBackbone(nn.Module):
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Recompute each block's activations in backward instead of storing them (timm's)."""
         self.grad_checkpointing = enable
+
+    def freeze_stages(self) -> None:
+        """mmdetection's frozen_stages: from 0, the stem and the first `frozen_stages` stages in
+        eval mode, their parameters with requires_grad False; -1 freezes nothing."""
+        if self.frozen_stages < 0:
+            return
+        stem = [self.conv1, self.bn1, self.relu, self.maxpool]
+        stages = [self.layer1, self.layer2, self.layer3, self.layer4]
+        for module in stem + stages[: self.frozen_stages]:
+            module.eval()
+            for param in module.parameters():
+                param.requires_grad = False
+
+    def train(self, mode: bool = True) -> "ResNetBackbone":
+        """nn.Module.train, then mmdetection's rules: frozen stages stay in eval mode, and with
+        norm_eval every batch norm does too (its running statistics stay as loaded)."""
+        super().train(mode)
+        self.freeze_stages()
+        if mode and self.norm_eval:
+            for module in self.modules():
+                if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d, nn.SyncBatchNorm)):
+                    module.eval()
+        return self
 
     def load_pretrained(self, state_dict: dict[str, Tensor]) -> dict[str, str]:
         """Load what fits of weights trained with other arguments (in_chans, num_classes), as
@@ -325,6 +355,8 @@ class ResNetBackboneFeatures(ResNetBackbone):
 
 
 def resnet50_c3c5(
+    frozen_stages: int = -1,
+    norm_eval: bool = False,
     zero_init_residual: bool = False,
     features_only: bool = False,
     out_indices: Sequence[int] | int = (0, 1, 2),
@@ -334,8 +366,12 @@ def resnet50_c3c5(
     if features_only:
         return ResNetBackboneFeatures(
             out_indices,
+            frozen_stages=frozen_stages,
+            norm_eval=norm_eval,
             zero_init_residual=zero_init_residual,
         )
     return ResNetBackbone(
+        frozen_stages=frozen_stages,
+        norm_eval=norm_eval,
         zero_init_residual=zero_init_residual,
     )

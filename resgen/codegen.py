@@ -188,6 +188,12 @@ class InterfaceView:
     first_conv: str = ""  # state_dict key of the first convolution's weight (load_pretrained)
     classifier_path: str = ""  # module path of the classifier ("" without one)
     checkpointed: list[str] = field(default_factory=list)  # every stage's checkpointed lines
+    # timm's global_pool argument: the pool's and the flatten's modules, the default choice
+    pool: str | None = None  # `self.avgpool`; None: the head is not pool, flatten, classifier
+    flatten: str | None = None
+    pool_type: str | None = None  # "avg"
+    stem: Code | None = None  # frozen_stages: a list of the stem's modules (`self.conv1`)
+    stages: Code | None = None  # and of the stages' (`self.stages[0]`); None: no such option
 
     @property
     def trunk_parts(self) -> tuple[list[StepView], list[StepView], list[StepView]]:
@@ -214,6 +220,7 @@ class NetworkView:
     interface: InterfaceView | None = None
     factory_params: list[ParamView] = field(default_factory=list)  # params, features_only, ...
     out_indices: str = "()"  # every feature: the features-only model's default
+    num_stages: int = 0
 
 
 @dataclass
@@ -846,6 +853,8 @@ class _ModuleBuilder:
             channels = self._network_layer(step, channels, scope, layers, steps, applied)
             widths[step.path] = channels
         tapped += steps
+        stem = [view.call for view in steps if view.module is not None and "{x}" not in view.call]
+        stage_modules: list[str] = []  # each stage's module, as frozen_stages freezes it
         dilation = 1
         checkpointed: list[str] = []  # set_grad_checkpointing's lines for the stages
         containers = _Containers(self.plan.stages)
@@ -868,12 +877,14 @@ class _ModuleBuilder:
                 layers.append(LayerView(ident(stage.name), build, comment))
                 call = f"self.{ident(stage.name)}"
                 lines = _checkpointed(stage_plan, call)
+                stage_modules.append(call)
                 steps.append(StepView(call, out_text, stage.name, stage=True, checkpointed=lines))
                 checkpointed += lines
                 tapped.append(steps[-1])
                 continue
             call = self._child(stage_plan)
             lines = _checkpointed(stage_plan, call)
+            stage_modules.append(call)
             tapped.append(StepView(call, out_text, stage.name, stage=True, checkpointed=lines))
             checkpointed += lines
             # In a container (`stages.0`): built into a local, the container once complete.
@@ -892,11 +903,21 @@ class _ModuleBuilder:
             widths[step.path] = channels
         interface = self._interface(steps, head_start, tapped, widths, scope)
         interface.checkpointed = checkpointed
+        interface.stem = Call("", tuple(map(Atom, stem)), "[]") if stem else None
         if any(p.name == "drop_rate" for p in net.params):
             # the spec's own drop_rate already drives its head's dropout: no second dropout
             interface.drop_rate = False
         elif interface.drop_rate:
             params.append(ParamView("drop_rate", "float", "0.0"))
+        if interface.pool_type is not None and all(p.name != "global_pool" for p in net.params):
+            params.append(ParamView("global_pool", "str", f'"{interface.pool_type}"'))
+            self.helpers["global_pool_layer"] = "global_pool_layer.py.jinja"
+            for op in ops.registered():  # the choices' modules (timm's SelectAdaptivePool2d)
+                if op.global_pool is not None and op.emit.helper is not None:
+                    self.helpers.setdefault(ident(op.emit.cls), op.emit.helper)
+                    self.imports.update(dict.fromkeys(op.emit.imports))
+        else:
+            interface.pool = interface.flatten = interface.pool_type = None
         zero_init, left = [], []
         for plan in self.plan.blocks.values():
             found = _zero_init(plan, self.plan.blocks)
@@ -904,6 +925,11 @@ class _ModuleBuilder:
                 zero_init.append(found)
             elif found is not None:
                 left.append(f"`{plan.name}` is left as it is: {found}.")
+        if stage_modules and not {"frozen_stages", "norm_eval"} & {p.name for p in net.params}:
+            # mmdetection's detection-backbone options, in its order
+            params.append(ParamView("frozen_stages", "int", "-1"))
+            params.append(ParamView("norm_eval", "bool", "False"))
+            interface.stages = Call("", tuple(map(Atom, stage_modules)), "[]")
         has_zero_param = any(p.name == "zero_init_residual" for p in net.params)
         if zero_init and not has_zero_param:
             params.append(ParamView("zero_init_residual", "bool", "False"))
@@ -935,6 +961,7 @@ class _ModuleBuilder:
             interface,
             factory_params,
             out_indices,
+            len(stage_modules),
         )
 
     def _interface(
@@ -971,6 +998,7 @@ class _ModuleBuilder:
         else:
             num_features = self._width(widths, last, scope)
         new_classifier = head_hidden = None
+        selectable = self._selectable_pool(items, pool) if classifier is not None else None
         if classifier is not None:
             view, node = classifier
             hidden = "self.num_features"
@@ -979,6 +1007,8 @@ class _ModuleBuilder:
             if before is not None and trunk_out is not None and before[0] != trunk_out:
                 head_hidden = str(before[0])
                 hidden = "self.head_hidden_size"
+            elif selectable is not None:  # reset_classifier changes it with the pool
+                head_hidden, hidden = "self.num_features", "self.head_hidden_size"
             args = {**node.step.args, "features": S.Ref(span=node.span, name="num_classes")}
             new_classifier = self._op_call(
                 node.op, args, _Scope(rename={"num_classes": "num_classes"}), None, node.span
@@ -1011,7 +1041,34 @@ class _ModuleBuilder:
             _through_last_tap(tapped + [view for view, _ in items[:pool]]),
             str(_name_literal(self._first_conv())),
             str(_name_literal(classifier[1].id if classifier is not None else "")),
+            **dict(zip(("pool", "flatten", "pool_type"), selectable or (), strict=False)),
         )
+
+    def _selectable_pool(self, items, pool: int) -> tuple[str, str, str] | None:
+        """The pool's module, the flatten's and the pool's timm name, when the head is timm's
+        ClassifierHead (a 1 x 1 global pool of an op with a `global_pool` name, parameter-free
+        layers with one flatten among them, the classifier), so that timm's `global_pool`
+        choices can replace the pool and flatten; None otherwise."""
+        if pool >= len(items) or items[pool][1] is None:
+            return None
+        view, node = items[pool]
+        out_shape = self._shape_of(node.id, "out_shape")
+        if node.op is None or node.op.global_pool is None or "{x}" in view.call:
+            return None
+        if not out_shape or tuple(out_shape[1:]) != (1, 1):
+            return None
+        flatten = []
+        for between, other in items[pool + 1 :]:  # the classifier is not among them
+            if other is None or other.op is None or not other.op.stateless:
+                return None
+            shapes = self._shape_of(other.id, "in_shape"), self._shape_of(other.id, "out_shape")
+            if None in shapes or "{x}" in between.call:
+                return None
+            if len(shapes[0]) == 3 and len(shapes[1]) == 1:
+                flatten.append(between.call)
+        if len(flatten) != 1:
+            return None
+        return view.call, flatten[0], node.op.global_pool
 
     def _params(self, node_id: str) -> int:
         return self.analysis.shapes[node_id].params

@@ -63,6 +63,8 @@ STRUCTURAL_PATHS = frozenset(
     {"nn.Module", "nn.Sequential", "nn.ModuleList", "nn.init.constant_", "torch.Tensor"}
     # timm's model interface on every network (templates/network.py.jinja, feature_info.py.jinja)
     | {"nn.Identity", "nn.Linear", "nn.functional.dropout", "torch.jit.is_scripting"}
+    # norm_eval's batch norms (mmdetection's _BatchNorm, without the private name)
+    | {"nn.BatchNorm1d", "nn.BatchNorm2d", "nn.SyncBatchNorm"}
 )
 # `import torch` for torch.jit.is_scripting (set_grad_checkpointing), whatever the ops.
 STRUCTURAL_MODULES = frozenset({"torch"})

@@ -99,3 +99,147 @@ def test_grad_checkpointing_keeps_torchscript():
     with torch.no_grad():
         for a, b in zip(scripted(x), model(x), strict=True):
             torch.testing.assert_close(a, b)
+
+
+# mmdetection's ResNet (mmdet/models/backbones/resnet.py): its arguments in its order; the
+# default of norm_eval is ours (False: a generated classifier trains as timm's and torchvision's
+# do), mmdetection's configs pass norm_eval=True explicitly.
+MMDET_ORDER = ("frozen_stages", "norm_eval")
+
+
+def _batch_norms(model):
+    return [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+
+
+def _step(model, x) -> None:
+    """One SGD step in training mode on a loss of every output."""
+    model.train()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(trainable, lr=0.1)
+    out = model(x)
+    outputs = out if isinstance(out, list) else [out]
+    sum(o.square().mean() for o in outputs).backward()
+    optimizer.step()
+
+
+def _state(model) -> dict[str, torch.Tensor]:
+    return {name: value.detach().clone() for name, value in model.state_dict().items()}
+
+
+@pytest.mark.parametrize("frozen_stages", [-1, 0, 2])
+@pytest.mark.parametrize("features_only", [False, True])
+def test_frozen_stages_do_not_change_in_training(frozen_stages, features_only):
+    """frozen_stages=N (mmdetection's): after an optimizer step in train mode, every parameter
+    and running statistic of the stem (N >= 0) and of layer1..layerN is unchanged, and every
+    other parameter and batch-norm statistic has changed; the frozen modules are in eval mode
+    and their parameters do not require grad."""
+    torch.manual_seed(0)
+    options = {"features_only": True, "out_indices": (4,)} if features_only else {}
+    model = resgen.build_module("specs/resnet18.arch", frozen_stages=frozen_stages, **options)
+    frozen = () if frozen_stages < 0 else ("conv1.", "bn1.")
+    frozen += tuple(f"layer{i}." for i in range(1, frozen_stages + 1))
+    before = _state(model)
+    _step(model, torch.randn(4, 3, 32, 32))
+    after = _state(model)
+    for name, value in before.items():
+        unchanged = torch.equal(value, after[name])
+        if name.startswith(frozen):
+            assert unchanged, name
+        elif not name.endswith("num_batches_tracked"):
+            assert not unchanged, name
+    for name, module in model.named_modules():
+        if (name + ".").startswith(frozen):
+            assert not module.training, name
+    for name, param in model.named_parameters():
+        assert param.requires_grad == (not name.startswith(frozen)), name
+    with pytest.raises(ValueError, match="frozen_stages=5"):
+        resgen.build_module("specs/resnet18.arch", frozen_stages=5)
+
+
+def test_norm_eval_keeps_batch_norms_in_eval_mode():
+    """norm_eval=True: in train mode every batch norm stays in eval mode, so an optimizer step
+    changes the parameters and no running statistic (mmdetection's train() override); the
+    other modules train."""
+    torch.manual_seed(0)
+    model = resgen.build_module("specs/resnet18.arch", norm_eval=True)
+    before = _state(model)
+    _step(model, torch.randn(4, 3, 32, 32))
+    after = _state(model)
+    assert model.training
+    assert all(not bn.training for bn in _batch_norms(model))
+    assert all(m.training for m in model.modules() if not isinstance(m, torch.nn.BatchNorm2d))
+    for bn in _batch_norms(model):
+        for buffer in ("running_mean", "running_var", "num_batches_tracked"):
+            name = next(n for n, m in model.named_modules() if m is bn) + "." + buffer
+            torch.testing.assert_close(after[name], before[name], rtol=0, atol=0)
+    assert not torch.equal(after["fc.weight"], before["fc.weight"])
+    assert not torch.equal(after["layer1.0.bn1.weight"], before["layer1.0.bn1.weight"])
+    model.eval()
+    assert not any(m.training for m in model.modules())
+
+
+def test_detection_options_are_mmdetections():
+    """The factory takes frozen_stages and norm_eval in mmdetection's order, off by default."""
+    import inspect
+
+    source = resgen.generate("specs/resnet50.arch")
+    module = resgen.build.import_source(source, "resnet50")
+    parameters = inspect.signature(module.resnet50).parameters
+    names = [name for name in parameters if name in MMDET_ORDER]
+    assert tuple(names) == MMDET_ORDER
+    assert parameters["frozen_stages"].default == -1
+    assert parameters["norm_eval"].default is False
+
+
+def _randomise_statistics(model) -> None:
+    generator = torch.Generator().manual_seed(1)
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.copy_(torch.randn(module.num_features, generator=generator))
+            module.running_var.copy_(torch.rand(module.num_features, generator=generator) + 0.5)
+
+
+@pytest.mark.parametrize("global_pool", ["avg", "max", "avgmax", "catavgmax", ""])
+def test_global_pool_equals_timms(global_pool):
+    """global_pool=... builds timm's resnet50 with that SelectAdaptivePool2d choice: its
+    state_dict loads strict, outputs are equal, num_features stays the trunk's width and
+    head_hidden_size doubles for catavgmax, as timm's. "" (no pooling) is used as timm's
+    users do, with num_classes=0: forward returns the feature map."""
+    options = {"global_pool": global_pool, "num_classes": 0 if global_pool == "" else 1000}
+    torch.manual_seed(0)
+    reference = timm.create_model("resnet50", pretrained=False, **options).eval()
+    _randomise_statistics(reference)
+    model = resgen.build_module("specs/resnet50.arch", **options).eval()
+    model.load_state_dict(reference.state_dict(), strict=True)
+    assert model.num_features == reference.num_features
+    assert model.head_hidden_size == reference.head_hidden_size
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        ours, theirs = model(x), reference(x)
+        assert ours.shape == theirs.shape
+        torch.testing.assert_close(ours, theirs)
+        features = reference.forward_features(x)
+        torch.testing.assert_close(
+            model.forward_head(features, pre_logits=True),
+            reference.forward_head(features, pre_logits=True),
+        )
+
+
+def test_reset_classifier_with_global_pool_equals_timms():
+    """reset_classifier(num_classes, global_pool) as timm's: the pool changes (None keeps it),
+    the classifier is sized for it; with timm's new classifier weights the outputs agree."""
+    torch.manual_seed(0)
+    reference = timm.create_model("resnet50", pretrained=False).eval()
+    _randomise_statistics(reference)
+    model = resgen.build_module("specs/resnet50.arch").eval()
+    model.load_state_dict(reference.state_dict(), strict=True)
+    x = torch.randn(2, 3, 64, 64)
+    for num_classes, global_pool in ((10, "catavgmax"), (7, None), (5, "max"), (0, "")):
+        model.reset_classifier(num_classes, global_pool)
+        reference.reset_classifier(num_classes, global_pool)
+        assert model.head_hidden_size == reference.head_hidden_size
+        model.load_state_dict(reference.state_dict(), strict=True)
+        with torch.no_grad():
+            torch.testing.assert_close(model(x), reference(x))
+    with pytest.raises(ValueError, match="global_pool='mean'"):
+        model.reset_classifier(10, "mean")

@@ -26,6 +26,8 @@ attributes and methods answer every question a later stage asks, so no stage com
     autocast                how torch.autocast runs it: in lower precision, in float32, or as is
     promotes                its result takes its float32 parameters' dtype under autocast
     derived(args, c)        constructor arguments the op works out from others (codegen)
+    global_pool             timm's SelectAdaptivePool2d name of the op as a 1 x 1 global pool
+                            ("avg", "max", ...): the default of the `global_pool` argument
 
 Built-in ops live in resgen.ops.layers and resgen.ops.merges; a plugin declares its own the same
 way and registers it (resgen.ops.register, or the `resgen.ops` entry-point group).
@@ -435,6 +437,9 @@ class Op:
     # low-precision input under autocast, whose parameters stay float32. The op's other
     # tensors ("activation" in `saves`) are in its input's dtype.
     promotes: ClassVar[bool] = False
+    # timm's pool_type for this op at output size 1 ("avg", "max", "avgmax", "catavgmax"): a
+    # head whose global pool it is takes timm's `global_pool` argument (README "Backbones").
+    global_pool: ClassVar[str | None] = None
     # "many": reads every input `from` names, a bundle's items included (concat, add, mul).
     # Then channels() gets a list of counts (an Items for a bundle), infer() and counts() a
     # list of shapes (a Bundle for a bundle).

@@ -358,6 +358,7 @@ class AdaptiveAvgPool(Op):
     stateless = True
     keeps_zero = True
     emit = Emit("nn.AdaptiveAvgPool2d", positional=("size",))
+    global_pool = "avg"
 
     def spatial(self, args):
         return Fixed(at(args["size"], 0), at(args["size"], 1))

@@ -63,6 +63,7 @@ class AdaptiveMaxPool(_AdaptivePool):
     doc = "adaptive max pooling to a fixed output size"
     emit = Emit("nn.AdaptiveMaxPool2d", positional=("size",))
     kind = "maxpool"
+    global_pool = "max"
 
     def saves(self, args, x, y, device):
         # adaptive_max_pool2d_backward(grad, self, indices)
@@ -82,6 +83,7 @@ class AdaptiveAvgMaxPool(_AdaptivePool):
         uses=("nn.functional.adaptive_avg_pool2d", "nn.functional.adaptive_max_pool2d"),
     )
     kind = "avgmaxpool"
+    global_pool = "avgmax"
 
     def saves(self, args, x, y, device):
         # the max pool keeps the input and its indices (the average pool the input too, or,
@@ -111,6 +113,7 @@ class AdaptiveCatAvgMaxPool(_AdaptivePool):
         ),
     )
     kind = "catavgmaxpool"
+    global_pool = "catavgmax"
 
     def channels(self, args, c):
         return product(c, 2)
