@@ -187,11 +187,11 @@ class InterfaceView:
     tapped: list[StepView]  # the features-only forward: trunk, stages in containers each called
     first_conv: str = ""  # state_dict key of the first convolution's weight (load_pretrained)
     classifier_path: str = ""  # module path of the classifier ("" without one)
-    checkpointed: list[str] = field(default_factory=list)  # every stage's checkpointed lines
-    # timm's global_pool argument: the pool's and the flatten's modules, the default choice
+    # timm's global_pool argument: the modules of the pool and of the one flattening layer
     pool: str | None = None  # `self.avgpool`; None: the head is not pool, flatten, classifier
-    flatten: str | None = None
-    pool_type: str | None = None  # "avg"
+    flat: str | None = None
+    pool_type: str | None = None  # "avg": the default choice
+    checkpointed: list[str] = field(default_factory=list)  # every stage's checkpointed lines
     stem: Code | None = None  # frozen_stages: a list of the stem's modules (`self.conv1`)
     stages: Code | None = None  # and of the stages' (`self.stages[0]`); None: no such option
 
@@ -917,7 +917,7 @@ class _ModuleBuilder:
                     self.helpers.setdefault(ident(op.emit.cls), op.emit.helper)
                     self.imports.update(dict.fromkeys(op.emit.imports))
         else:
-            interface.pool = interface.flatten = interface.pool_type = None
+            interface.pool = interface.flat = interface.pool_type = None
         zero_init, left = [], []
         for plan in self.plan.blocks.values():
             found = _zero_init(plan, self.plan.blocks)
@@ -1041,13 +1041,13 @@ class _ModuleBuilder:
             _through_last_tap(tapped + [view for view, _ in items[:pool]]),
             str(_name_literal(self._first_conv())),
             str(_name_literal(classifier[1].id if classifier is not None else "")),
-            **dict(zip(("pool", "flatten", "pool_type"), selectable or (), strict=False)),
+            *(selectable or (None, None, None)),
         )
 
     def _selectable_pool(self, items, pool: int) -> tuple[str, str, str] | None:
-        """The pool's module, the flatten's and the pool's timm name, when the head is timm's
-        ClassifierHead (a 1 x 1 global pool of an op with a `global_pool` name, parameter-free
-        layers with one flatten among them, the classifier), so that timm's `global_pool`
+        """The pool's module, the flattening layer's and the pool's timm name, when the head is
+        timm's ClassifierHead (a 1 x 1 global pool of an op with a `global_pool` name,
+        parameter-free layers of which one flattens, the classifier), so that timm's `global_pool`
         choices can replace the pool and flatten; None otherwise."""
         if pool >= len(items) or items[pool][1] is None:
             return None
@@ -1057,7 +1057,7 @@ class _ModuleBuilder:
             return None
         if not out_shape or tuple(out_shape[1:]) != (1, 1):
             return None
-        flatten = []
+        flat = []
         for between, other in items[pool + 1 :]:  # the classifier is not among them
             if other is None or other.op is None or not other.op.stateless:
                 return None
@@ -1065,10 +1065,10 @@ class _ModuleBuilder:
             if None in shapes or "{x}" in between.call:
                 return None
             if len(shapes[0]) == 3 and len(shapes[1]) == 1:
-                flatten.append(between.call)
-        if len(flatten) != 1:
+                flat.append(between.call)
+        if len(flat) != 1:
             return None
-        return view.call, flatten[0], node.op.global_pool
+        return view.call, flat[0], node.op.global_pool
 
     def _params(self, node_id: str) -> int:
         return self.analysis.shapes[node_id].params
