@@ -52,7 +52,7 @@ from resgen.render import (
     literal,
     render,
 )
-from resgen.stages import apply_stage_rule
+from resgen.stages import stage_runs
 from resgen.text import shape_text
 
 GENERATED_MARK = PY_MARK
@@ -482,10 +482,12 @@ class _ModuleBuilder:
         self.block_offset: S.Expr = zero
         self.num_blocks: S.Expr = zero
         for stage in spec.network.stages:
-            self.num_blocks = _plus(self.num_blocks, stage.repeats)
+            for run in stage.runs:
+                self.num_blocks = _plus(self.num_blocks, run.repeats)
         # block type -> its parameters that some instance gives an (h, w) pair
         self.pairs: dict[str, set[str]] = {name: set() for name in self.plan.blocks}
         self.functions: set[str] = set()  # design-space functions the code calls (_Scope)
+        self._writing: BlockPlan | None = None  # the block whose class is being written
 
     def build(self) -> ModuleView:
         network = self._network()
@@ -622,6 +624,8 @@ class _ModuleBuilder:
         every op it holds in this network is called (channels first for norms; named arguments
         by their torch keywords)."""
         held = {n.op for n in self.analysis.nodes.values() if n.step is step}
+        if not held:  # in a branch no instance takes (a shortcut `when`): the param's default
+            held = self._default_ops(step.via)
         takes_channels = {op.emit.in_channels is not None for op in held}
         if len(takes_channels) != 1:
             raise CodeError(
@@ -636,6 +640,17 @@ class _ModuleBuilder:
                 raise CodeError(f"`{name}` means different things to the ops `{step.via}` holds")
             args.append(Keyword(ident(keywords.pop()), scope.atom(value)))
         return Call(scope.name(step.via), tuple(args))
+
+    def _default_ops(self, via: str | None) -> set:
+        """The op the default of parameter `via` of the block being written holds (none when
+        it has no op default): how a layer no instance of the block builds is called."""
+        plan = self._writing
+        param = plan.block.param(via) if plan is not None and via else None
+        try:
+            value = E.evaluate(param.default, {}) if param and param.default else None
+        except E.EvalError:
+            value = None
+        return {value.op} if isinstance(value, E.OpValue) else set()
 
     def _op_value(self, expr: S.OpRef) -> str:
         """Python for an op used as a value: its class (`nn.BatchNorm2d`) when that is called
@@ -694,6 +709,7 @@ class _ModuleBuilder:
 
     # -- blocks
     def _block(self, plan: BlockPlan) -> BlockView:
+        self._writing = plan
         block = plan.block
         expansion_value = _constant(block.expansion)
         constant_expansion = block.expansion is not None and expansion_value is not None
@@ -860,16 +876,16 @@ class _ModuleBuilder:
         containers = _Containers(self.plan.stages)
         for index, stage_plan in enumerate(self.plan.stages):
             stage = stage_plan.stage
-            plan = self.plan.blocks[stage.block]
-            rule = apply_stage_rule(stage, plan.block, env, dilation)
-            dilation = rule.dilation_after
-            self._note_args(stage.block, {**rule.first, **rule.rest}, is_pair)
-            build, channels = self._stage(stage_plan, plan, rule, channels, scope)
-            self.block_offset = _plus(self.block_offset, stage.repeats)
+            blocks = {name: self.plan.blocks[name].block for name in stage.blocks}
+            rules = stage_runs(stage, blocks, env, dilation)
+            dilation = rules[-1].dilation_after
+            for rule in rules:
+                self._note_args(rule.run.block, {**rule.first, **rule.rest}, is_pair)
+            build, channels = self._stage(stage_plan, rules, channels, scope)
             info = self._stage_info(stage.name)
+            runs = " + ".join(f"{_repeats_text(rule)} x {rule.run.block}" for rule in rules)
             comment = (
-                f"{stage.name}: {_repeats_text(stage, rule)} x {plan.name}, "
-                f"{shape_text(info.in_shape)} -> {shape_text(info.out_shape)}"
+                f"{stage.name}: {runs}, {shape_text(info.in_shape)} -> {shape_text(info.out_shape)}"
             )
             widths[stage.name] = channels
             out_text = shape_text(info.out_shape)
@@ -1211,7 +1227,7 @@ class _ModuleBuilder:
         return E.literal(analysed, self.net.span)
 
     def _stage(
-        self, stage_plan: StagePlan, plan: BlockPlan, rule, channels: Channels, scope: _Scope
+        self, stage_plan: StagePlan, rules, channels: Channels, scope: _Scope
     ) -> tuple[Code, Channels]:
         """The stage's module: its blocks (below), inside `nn.Sequential(OrderedDict(...))`
         after the stage's own layers when it has any (`in blocks`)."""
@@ -1221,21 +1237,30 @@ class _ModuleBuilder:
             node = f"{stage.name}.{step.path}"
             own.append(Keyword(ident(step.attr), self._build(step, channels, scope, node)))
             channels = self._after(step, channels, node)
-        blocks, channels = self._stage_blocks(stage, plan, rule, channels, scope)
+        if stage.pattern is not None:
+            blocks, channels = self._named_blocks(stage, rules, channels, scope)
+        else:
+            items: list[Code] = []
+            for rule in rules:
+                plan = self.plan.blocks[rule.run.block]
+                run_items, channels = self._run_blocks(stage, plan, rule, channels, scope)
+                items += run_items
+                self.block_offset = _plus(self.block_offset, rule.run.repeats)
+            blocks = Call("nn.Sequential", tuple(items))
         if stage.container is None:
             return blocks, channels
         self.imports[ORDERED_DICT] = None
         children = (*own, Keyword(ident(stage.container), blocks))
         return Call("nn.Sequential", (Call("OrderedDict", children),)), channels
 
-    def _stage_blocks(
+    def _run_blocks(
         self, stage: S.Stage, plan: BlockPlan, rule, channels: Channels, scope: _Scope
-    ) -> tuple[Code, Channels]:
-        """`nn.Sequential(first, *[rest for _ in range(n - 1)])`, or each block written out when
-        the blocks after the first do not all look alike (their input grows, say); named blocks
-        (`named "b{index + 1}"`) go in an OrderedDict built the same way."""
-        if stage.pattern is not None:
-            return self._named_blocks(stage, plan, rule, channels, scope)
+    ) -> tuple[list[Code], Channels]:
+        """One run's items of its stage's `nn.Sequential(...)`: `first, *[rest for _ in
+        range(n - 1)]`, or each block written out when the blocks after the first do not all
+        look alike (their input grows, say). The runs of a stage follow each other in one
+        nn.Sequential, so their blocks are numbered on (timm's `stages.2.0`, `stages.2.1`)."""
+        run = rule.run
         name = ident(plan.name)
         offset = self.block_offset
         first_args = (
@@ -1245,8 +1270,8 @@ class _ModuleBuilder:
         first = Call(name, (scope.atom(channels), *first_args))
         out = block_out(plan, channels, rule.first)
         items: list[Code] = [first]
-        repeats_free = bool(E.free_refs(stage.repeats))
-        count = scope.code(stage.repeats) if repeats_free else str(rule.repeats)
+        repeats_free = bool(E.free_refs(run.repeats))
+        count = scope.code(run.repeats) if repeats_free else str(rule.repeats)
         if rule.repeats > 1 or repeats_free:
             rest_args = _block_arguments(plan.block, rule.rest, scope)
             # Blocks that use their position are built in a loop over it: `index`.
@@ -1263,7 +1288,7 @@ class _ModuleBuilder:
                     items = [Starred(Repeated(first, count))]
                 elif repeats_free:
                     minus_one = S.BinOp(
-                        span=stage.span, op="-", left=stage.repeats, right=E.literal(1, stage.span)
+                        span=run.span, op="-", left=run.repeats, right=E.literal(1, run.span)
                     )
                     items.append(Starred(Repeated(rest, scope.code(minus_one))))
                 elif str(rest) == str(first):
@@ -1285,7 +1310,7 @@ class _ModuleBuilder:
                     current = block_out(plan, current, rule.rest)
                 after = current
             out = after
-        return Call("nn.Sequential", tuple(items)), out
+        return items, out
 
     def _at(self, plan: BlockPlan, block_index, scope: _Scope | None = None) -> tuple[Code, ...]:
         """`block_index=..., num_blocks=...` for a block that uses its position (a drop-path
@@ -1298,11 +1323,18 @@ class _ModuleBuilder:
         return (Keyword(BLOCK_INDEX, Atom(index)), Keyword(NUM_BLOCKS, Atom(total)))
 
     def _named_blocks(
-        self, stage: S.Stage, plan: BlockPlan, rule, channels: Channels, scope: _Scope
+        self, stage: S.Stage, rules, channels: Channels, scope: _Scope
     ) -> tuple[Code, Channels]:
         """`nn.Sequential(OrderedDict([("b1", first), *[(f"b{index + 1}", rest) for index in
-        range(1, n)]]))`: the keys the pattern gives (torch accepts any name without a dot)."""
+        range(1, n)]]))`: the keys the pattern gives (torch accepts any name without a dot). A
+        stage of several runs writes each block out with its key (`index` counts on across
+        the runs), so its repeat counts must be constants."""
         self.imports[ORDERED_DICT] = None
+        if len(rules) > 1:
+            return self._named_runs(stage, rules, channels, scope)
+        (rule,) = rules
+        plan = self.plan.blocks[rule.run.block]
+        stage_repeats = rule.run.repeats
         name = ident(plan.name)
         offset = self.block_offset
         first_args = (
@@ -1311,10 +1343,10 @@ class _ModuleBuilder:
         )
         first = Call(name, (scope.atom(channels), *first_args))
         out = block_out(plan, channels, rule.first)
-        count = scope.code(stage.repeats) if E.free_refs(stage.repeats) else str(rule.repeats)
+        count = scope.code(stage_repeats) if E.free_refs(stage_repeats) else str(rule.repeats)
         first_key = _key(stage.pattern, scope, index=0)
         items: list[Code] = [Call("", (first_key, first))]
-        if rule.repeats > 1 or E.free_refs(stage.repeats):
+        if rule.repeats > 1 or E.free_refs(stage_repeats):
             rest_args = _block_arguments(plan.block, rule.rest, scope)
             looped = self._at(plan, _plus(offset, STAGE_INDEX), scope)
             rest = Call(name, (scope.atom(out), *rest_args, *looped))
@@ -1337,7 +1369,33 @@ class _ModuleBuilder:
             if len(items) == 1 and isinstance(items[0], Repeated)
             else Call("", tuple(items), "[]")
         )
+        self.block_offset = _plus(self.block_offset, stage_repeats)
         return Call("nn.Sequential", (Call("OrderedDict", (pairs,)),)), out
+
+    def _named_runs(
+        self, stage: S.Stage, rules, channels: Channels, scope: _Scope
+    ) -> tuple[Code, Channels]:
+        items: list[Code] = []
+        for rule in rules:
+            if E.free_refs(rule.run.repeats):
+                raise CodeError(
+                    f"stage `{stage.name}` names its blocks and has several runs, so its repeat "
+                    "counts must be constants (each block is written out with its name)"
+                )
+            plan = self.plan.blocks[rule.run.block]
+            name = ident(plan.name)
+            for k in range(rule.repeats):
+                args = rule.first if k == 0 else rule.rest
+                at = self._at(plan, _plus(self.block_offset, k), scope)
+                block = Call(
+                    name, (scope.atom(channels), *_block_arguments(plan.block, args, scope), *at)
+                )
+                key = _key(stage.pattern, scope, index=rule.start + k)
+                items.append(Call("", (key, block)))
+                channels = block_out(plan, channels, args)
+            self.block_offset = _plus(self.block_offset, rule.run.repeats)
+        pairs = Call("", tuple(items), "[]")
+        return Call("nn.Sequential", (Call("OrderedDict", (pairs,)),)), channels
 
     def _flat_features(
         self, plan: BlockPlan, channels: Channels, args: Mapping[str, S.Expr], instance: str
@@ -1382,7 +1440,7 @@ class _ModuleBuilder:
         if a.stages:
             rows = [("stage", "blocks", "output", "params", "MACs")]
             for s in a.stages:
-                blocks = f"{s.repeats} x {s.block}" if s.block else "-"
+                blocks = s.text() if s.block else "-"
                 rows.append(
                     (s.name, blocks, shape_text(s.out_shape), f"{s.params:,}", f"{s.macs:,}")
                 )
@@ -1979,8 +2037,9 @@ def _zero_init_comment(zero_init: list[ZeroInitView], left: list[str]) -> list[s
     return lines
 
 
-def _repeats_text(stage: S.Stage, rule) -> str:
-    return E.source_text(stage.repeats) if E.free_refs(stage.repeats) else str(rule.repeats)
+def _repeats_text(rule) -> str:
+    run = rule.run
+    return E.source_text(run.repeats) if E.free_refs(run.repeats) else str(rule.repeats)
 
 
 # Names callers may want without reaching into the builder.

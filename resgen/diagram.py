@@ -433,7 +433,7 @@ def _node(
         colours = COLOURS["stage"]
         head = f"<b>{_esc(group.id)}</b>"
         if info is not None and info.block:
-            head += f" · {_esc(info.block)} ×{_esc(info.repeats)}"
+            head += f" · {_esc(_runs_label(info))}"
         rows = [
             ("html", head),
             ("text", _stage_line(group, analysis, shape_in, shape_out)),
@@ -602,7 +602,7 @@ def _cluster_style(path: tuple[str, ...], tree, analysis, stage_info) -> dict[st
         head = f"<b>{_esc(key)}</b>"
         if info is not None:
             if info.block:
-                head += f" · {_esc(info.block)} ×{_esc(info.repeats)}"
+                head += f" · {_esc(_runs_label(info))}"
             head += f" · {_esc(_stage_cost(info))}"
         return {
             "label": f"<{head}>",
@@ -773,3 +773,9 @@ def output_path(spec_path: str, detail: str, fmt: str, output: str | None) -> Pa
         return Path(default)
     path = Path(output)
     return path / default if path.is_dir() else path
+
+
+def _runs_label(info) -> str:
+    """`Bottleneck ×3`, or `ByobBottleneck ×1 + SelfAttnBlock ×1` for a stage of several runs."""
+    runs = info.runs or [(info.repeats, info.block)]
+    return " + ".join(f"{block} ×{count}" for count, block in runs)

@@ -36,7 +36,7 @@ from resgen.names import BLOCK_INPUT, IN_CHANNELS, MODULE_ATTRIBUTES, POSITION, 
 from resgen.ops.base import UNKNOWN, Fixed, Items
 from resgen.ops.layers import FLAT
 from resgen.plan import BlockPlan, NetworkPlan, StagePlan, Step, elaborate
-from resgen.stages import apply_stage_rule
+from resgen.stages import stage_runs
 
 if TYPE_CHECKING:
     import networkx as nx
@@ -111,15 +111,27 @@ def module_and_call(node: str) -> tuple[str, int]:
     return (match.group(1), int(match.group(2))) if match else (node, 1)
 
 
+def runs_text(runs, times: str = "x") -> str:
+    """`3 x Bottleneck`, `1 x ByobBottleneck + 1 x SelfAttnBlock`: a stage's runs as text."""
+    return " + ".join(f"{count} {times} {block}" for count, block in runs)
+
+
 @dataclass
 class StageEntry:
-    """One `stage` line as lowered: the block type, how many instances, their paths."""
+    """One `stage` line as lowered: its block types (`block`: the names, joined by " + " for a
+    stage of several types), how many instances, their runs ((count, block type) in order) and
+    their paths."""
 
     name: str
     block: str | None
     repeats: int
     span: Span
     blocks: list[str] = field(default_factory=list)
+    runs: list[tuple[int, str]] = field(default_factory=list)
+
+    def text(self, times: str = "x") -> str:
+        """`3 x Bottleneck`, or `1 x ByobBottleneck + 1 x SelfAttnBlock` for several runs."""
+        return runs_text(self.runs, times) if self.runs else f"{self.repeats} {times} {self.block}"
 
 
 @dataclass
@@ -325,67 +337,76 @@ class _Lowerer:
 
     def stage(self, plan: StagePlan, env: _Env, cur: str, channels: int | None, dilation: int):
         stage = plan.stage
-        block = self.plan.blocks.get(stage.block)
-        entry = StageEntry(stage.name, stage.block, 0, stage.span)
+        entry = StageEntry(stage.name, " + ".join(stage.blocks), 0, stage.span)
         self.stages.append(entry)
-        if block is None:
-            raise SpecError(
-                [
-                    Diagnostic(
-                        stage.block_span, codes.UNKNOWN_BLOCK, f"unknown block `{stage.block}`"
-                    )
-                ]
-            )
+        for run in stage.runs:
+            if run.block not in self.plan.blocks:
+                raise SpecError(
+                    [
+                        Diagnostic(
+                            run.block_span, codes.UNKNOWN_BLOCK, f"unknown block `{run.block}`"
+                        )
+                    ]
+                )
+        blocks = {name: self.plan.blocks[name].block for name in stage.blocks}
         try:
-            rule = apply_stage_rule(stage, block.block, env.values, dilation)
+            rules = stage_runs(stage, blocks, env.values, dilation)
         except EvalError as err:
-            refs = (r.name for a in stage.args for r in E.free_refs(a.value))
+            refs = (r.name for run in stage.runs for a in run.args for r in E.free_refs(a.value))
             if not (env.failed and any(name in env.failed for name in refs)):
                 self.report(err.span, err.code, err.message, stage.name, err.hint)
             return cur, None, dilation
-        if rule.repeats > LIMITS.max_repeats:
+        repeats = sum(rule.repeats for rule in rules)
+        if repeats > LIMITS.max_repeats:
             self.report(
-                stage.repeats.span,
+                stage.runs[0].repeats.span if len(rules) == 1 else stage.span,
                 codes.LIMIT,
-                f"{rule.repeats} blocks in one stage is over the limit of {LIMITS.max_repeats}",
+                f"{repeats} blocks in one stage is over the limit of {LIMITS.max_repeats}",
                 stage.name,
                 "set RESGEN_MAX_REPEATS to raise it",
             )
-            return cur, None, rule.dilation_after
-        entry.repeats = rule.repeats
+            return cur, None, rules[-1].dilation_after
+        entry.repeats = repeats
+        entry.runs = [(rule.repeats, rule.run.block) for rule in rules]
         own = _Where(stage.name, None, None)
         cur, channels = self.sequence(plan.layers, env, stage.name + ".", cur, channels, own, MAIN)
-        first = {k: self.evaluate(v, env, stage.name) for k, v in rule.first.items()}
-        rest = (
-            first
-            if rule.rest == rule.first
-            else {k: self.evaluate(v, env, stage.name) for k, v in rule.rest.items()}
-        )
-        names = self.block_names(stage, env, rule.repeats)
-        for index in range(rule.repeats):
-            path = plan.prefix + names[index]
-            entry.blocks.append(path)
-            self.count_block(stage.span)
-            args = first if index == 0 else rest
-            position = (self.block_index, self.num_blocks)
-            self.block_index += 1
-            value = self.block(
-                block, args, path, _Value(cur, channels=channels), stage.name, position=position
-            )
-            cur, channels = _first_node(value), value.channels
-        return cur, channels, rule.dilation_after
+        names = self.block_names(stage, env, repeats)
+        for rule in rules:
+            block = self.plan.blocks[rule.run.block]
+            first, rest = self.run_args(rule, env, stage.name)
+            for index in range(rule.repeats):
+                path = plan.prefix + names[rule.start + index]
+                entry.blocks.append(path)
+                self.count_block(stage.span)
+                args = first if index == 0 else rest
+                position = (self.block_index, self.num_blocks)
+                self.block_index += 1
+                value = self.block(
+                    block, args, path, _Value(cur, channels=channels), stage.name, position=position
+                )
+                cur, channels = _first_node(value), value.channels
+        return cur, channels, rules[-1].dilation_after
+
+    def run_args(self, rule, env: _Env, path: str) -> tuple[dict, dict]:
+        """The evaluated arguments of a run's first block and of its later blocks (one dict
+        when they are alike)."""
+        first = {k: self.evaluate(v, env, path) for k, v in rule.first.items()}
+        if rule.rest == rule.first:
+            return first, first
+        return first, {k: self.evaluate(v, env, path) for k, v in rule.rest.items()}
 
     def count_stage_blocks(self, env: _Env) -> int:
         """How many blocks the stages hold (`num_blocks`); a count that does not evaluate is
         left out here and reported where the stage is lowered."""
         total = 0
         for plan in self.plan.stages:
-            try:
-                repeats = E.evaluate(plan.stage.repeats, env.values)
-            except EvalError:
-                continue
-            if isinstance(repeats, int) and not isinstance(repeats, bool) and repeats > 0:
-                total += repeats
+            for run in plan.stage.runs:
+                try:
+                    repeats = E.evaluate(run.repeats, env.values)
+                except EvalError:
+                    continue
+                if isinstance(repeats, int) and not isinstance(repeats, bool) and repeats > 0:
+                    total += repeats
         return total
 
     def block_names(self, stage: S.Stage, env: _Env, repeats: int) -> list[str]:

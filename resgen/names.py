@@ -125,7 +125,7 @@ def shadowing(network, blocks, op_names) -> list[tuple[object, str]]:
 
     stage_layers = [layer for stage in network.stages for layer in stage.layers]
     net_uses = uses((*network.stem, *stage_layers, *network.head))
-    net_uses |= {stage.block for stage in network.stages}
+    net_uses |= {block for stage in network.stages for block in stage.blocks}
     outer = {name: f"block `{name}`" if name in blocks else f"class `{name}`" for name in net_uses}
     outer[network.python_class] = f"the network class `{network.python_class}`"
     outer.update({name: f"the local `{name}`" for name in NETWORK_LOCALS})

@@ -656,15 +656,25 @@ class _Builder(Transformer):
     def stage_body(self, meta, c):
         return tuple(c)
 
-    def stage(self, meta, c):
-        (name, path_span), repeats, block, args, container, pattern, layers = c
-        node = S.Stage(
+    def stage_run(self, meta, c):
+        repeats, block, args = c
+        return S.Run(
             span=self._sp(meta),
-            name=name,
             repeats=repeats,
             block=str(block),
             block_span=self._tsp(block),
             args=tuple(args or ()),
+        )
+
+    def stage_runs(self, meta, c):
+        return tuple(c)
+
+    def stage(self, meta, c):
+        (name, path_span), runs, container, pattern, layers = c
+        node = S.Stage(
+            span=self._sp(meta),
+            name=name,
+            runs=runs,
             path_span=path_span,
             container=container[0] if container else None,
             container_span=container[1] if container else None,

@@ -169,8 +169,9 @@ class StagePlan:
         return self.stage.name
 
     @property
-    def block(self) -> str:
-        return self.stage.block
+    def blocks(self) -> tuple[str, ...]:
+        """The block types of its runs, in order, each once."""
+        return self.stage.blocks
 
     @property
     def prefix(self) -> str:
@@ -208,7 +209,7 @@ def elaborate(spec: S.Spec) -> NetworkPlan:
     stem = _steps(net.stem, "")
     head = _steps(net.head, "", declared=_declared(stem))
     stages = tuple(StagePlan(stage, _steps(stage.layers, "")) for stage in net.stages)
-    in_stages = [name for stage in stages for name in (*_uses(stage.layers), stage.block)]
+    in_stages = [name for stage in stages for name in (*_uses(stage.layers), *stage.blocks)]
     for name in (*_uses(stem), *in_stages, *_uses(head)):  # the order classes are written in
         use(name)
     scope = Scope(

@@ -106,7 +106,7 @@ def _group_op(key: str, level: int, stages: dict, analysis: Analysis) -> str:
     if level == 1:
         info = stages.get(key)
         if info is not None and info.block:
-            return f"{info.repeats} x {info.block}"
+            return info.text()
         count = sum(1 for layer in analysis.layers if layer.stage == key)
         return f"{count} layer{'s' * (count != 1)}"
     return analysis.block_types.get(key, "")
@@ -343,6 +343,8 @@ def to_json(analysis: Analysis, memory=None, budget: int | None = None) -> dict:
                 "name": s.name,
                 "block": s.block,
                 "repeats": s.repeats,
+                # (count, block type) per run: `1 x A + 1 x B` is [[1, "A"], [1, "B"]]
+                "runs": [list(run) for run in s.runs],
                 "in": _listed(s.in_shape),
                 "out": _listed(s.out_shape),
                 "params": s.params,

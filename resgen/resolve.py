@@ -1064,7 +1064,6 @@ class _FileResolver:
                 last_use[container] = index
 
     def _stage(self, stage: S.Stage, scope: set[str], owner: str) -> S.Stage:
-        repeats = self._expr(stage.repeats, scope)
         layers = stage.layers
         if layers or stage.container:
             declared: dict[str, S.Layer] = {}
@@ -1097,18 +1096,33 @@ class _FileResolver:
                 part if isinstance(part, str) else self._expr(part, scope | {STAGE_INDEX})
                 for part in pattern
             )
-        stage = stage.model_copy(update={"layers": layers, "pattern": pattern})
-        block = self.blocks.get(stage.block)
-        block = self.blocks.get(stage.block)
+        runs = tuple(self._run(run, index, scope) for index, run in enumerate(stage.runs))
+        return stage.model_copy(update={"layers": layers, "pattern": pattern, "runs": runs})
+
+    def _run(self, run: S.Run, index: int, scope: set[str]) -> S.Run:
+        """One run of a stage: its repeat count, block and arguments bound; `stride` and
+        `dilate` belong to the stage's first block, so only the first run may write them."""
+        repeats = self._expr(run.repeats, scope)
+        if index > 0:
+            for arg in run.args:
+                if arg.name in ("stride", "dilate"):
+                    self.diags.error(
+                        arg.span,
+                        codes.STAGE_SETS_ARGUMENT,
+                        f"`{arg.name}` goes to a stage's first block, so only the stage's "
+                        "first run can set it; the blocks of later runs get stride 1",
+                        hint="write it in the first run",
+                    )
+        block = self.blocks.get(run.block)
         if block is None:
             self.diags.error(
-                stage.block_span,
+                run.block_span,
                 codes.UNKNOWN_BLOCK,
-                f"unknown block `{stage.block}`" + did_you_mean(stage.block, self.blocks),
-                hint=_std_import_hint(stage.block),
+                f"unknown block `{run.block}`" + did_you_mean(run.block, self.blocks),
+                hint=_std_import_hint(run.block),
             )
-            return stage.model_copy(update={"repeats": repeats})
-        for arg in stage.args:
+            return run.model_copy(update={"repeats": repeats})
+        for arg in run.args:
             if arg.name in STAGE_SET:
                 self.diags.error(
                     arg.span,
@@ -1122,14 +1136,14 @@ class _FileResolver:
                 )
         settable = [(p.name, p.default is None) for p in block.params if p.name not in STAGE_SET]
         args = self._bind(
-            [a for a in stage.args if a.name not in STAGE_SET],
+            [a for a in run.args if a.name not in STAGE_SET],
             settable,
             f"block `{block.name}`",
-            stage.block_span,
+            run.block_span,
             scope,
             STAGE_KEYWORDS,
         )
-        return stage.model_copy(update={"repeats": repeats, "args": args})
+        return run.model_copy(update={"repeats": repeats, "args": args})
 
     def _derived(self, net: S.Network) -> S.Network | None:
         """`network resnext50_32x4d = resnet50(groups=32)`: the base with new parameter defaults."""

@@ -21,7 +21,7 @@ from resgen import spec as S
 from resgen.codes import Code
 from resgen.diagnostics import Diagnostic, Span
 from resgen.features import FeatureTap, feature_taps
-from resgen.graph import INPUT, OUTPUT, SKIP, Lowering, Node, Source, lower, no_gc
+from resgen.graph import INPUT, OUTPUT, SKIP, Lowering, Node, Source, lower, no_gc, runs_text
 from resgen.ops.base import SIZE_HINT, Bundle, Fixed, Shape
 from resgen.plan import NetworkPlan, elaborate
 from resgen.sizes import (
@@ -33,7 +33,7 @@ from resgen.sizes import (
     skipping_readers,
     skips,
 )
-from resgen.stages import apply_stage_rule, repeats_alike
+from resgen.stages import repeats_alike, stage_runs
 from resgen.storage import overwritten_saves
 from resgen.text import shape_text
 
@@ -86,6 +86,11 @@ class StageInfo:
     output_stride: tuple[int, int] | None = None  # (h, w); None after a global pool
     receptive_field: tuple[int, int] | None = None  # (h, w); None when it is the whole input
     blocks: list[str] = field(default_factory=list)
+    runs: list[tuple[int, str]] = field(default_factory=list)  # (count, block type) in order
+
+    def text(self, times: str = "x") -> str:
+        """`3 x Bottleneck`, or `1 x ByobBottleneck + 1 x SelfAttnBlock` for several runs."""
+        return runs_text(self.runs, times) if self.runs else f"{self.repeats} {times} {self.block}"
 
 
 @dataclass
@@ -220,22 +225,37 @@ def _code_limits(spec: S.Spec, plan: NetworkPlan, analysis: Analysis) -> list[Di
         dilation = 1
         for stage_plan in plan.stages:
             stage = stage_plan.stage
-            block = plan.blocks[stage.block]
-            rule = apply_stage_rule(stage, block.block, env, dilation)
-            dilation = rule.dilation_after
-            entering = S.Ref(span=stage.span, name="channels")
-            if E.free_refs(stage.repeats) and not repeats_alike(block, entering, rule):
-                found.append(
-                    Diagnostic(
-                        stage.span,
-                        codes.CODEGEN,
-                        f"stage `{stage.name}` changes the channel count from block to block, "
-                        f"so its repeat count `{E.source_text(stage.repeats)}` must be a constant "
-                        "for code (each block's constructor call is written out)",
-                        hint="give the repeat count as a number",
-                        layer=stage.name,
+            blocks = {name: plan.blocks[name].block for name in stage.blocks}
+            rules = stage_runs(stage, blocks, env, dilation)
+            dilation = rules[-1].dilation_after
+            for rule in rules:
+                run, block = rule.run, plan.blocks[rule.run.block]
+                if stage.pattern is not None and len(rules) > 1 and E.free_refs(run.repeats):
+                    found.append(
+                        Diagnostic(
+                            run.repeats.span,
+                            codes.CODEGEN,
+                            f"stage `{stage.name}` names its blocks and has several runs, so "
+                            "code writes each block out with its name: its repeat counts must "
+                            "be constants",
+                            hint="give the repeat count as a number",
+                            layer=stage.name,
+                        )
                     )
-                )
+                    continue
+                entering = S.Ref(span=run.span, name="channels")
+                if E.free_refs(run.repeats) and not repeats_alike(block, entering, rule):
+                    found.append(
+                        Diagnostic(
+                            stage.span if len(rules) == 1 else run.span,
+                            codes.CODEGEN,
+                            f"stage `{stage.name}` changes the channel count from block to "
+                            f"block, so its repeat count `{E.source_text(run.repeats)}` must be "
+                            "a constant for code (each block's constructor call is written out)",
+                            hint="give the repeat count as a number",
+                            layer=stage.name,
+                        )
+                    )
     except E.EvalError:  # reported by the analysis already
         pass
     return found
@@ -247,7 +267,7 @@ def _with_instantiation_notes(
     """An error inside a block points at the block's definition, perhaps in a library; a note
     adds the line of the user's spec that put the block there (its stage, or its layer)."""
     sites = {
-        stage.name: (stage.span, f"stage `{stage.name}` of {stage.block} blocks")
+        stage.name: (stage.span, f"stage `{stage.name}` of {' and '.join(stage.blocks)} blocks")
         for stage in network.stages
     }
     sites.update(
@@ -854,6 +874,7 @@ class _Inference:
                 None,
                 None,
                 blocks=list(entries[name].blocks) if name in entries else [],
+                runs=list(entries[name].runs) if name in entries else [],
             )
             for name in order
         }

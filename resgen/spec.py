@@ -243,11 +243,30 @@ class Block(Node):
         return next((p for p in self.params if p.name == name), None)
 
 
-class Stage(Node):
-    """`stage layer2 = 4 x Bottleneck(planes=128, stride=2)`: `repeats` blocks of one type.
+class Run(Node):
+    """One run of a stage's blocks: `2 x Bottleneck(256, stride=2)`, `repeats` blocks of one type
+    with the same arguments. `span` covers the run's text."""
 
-    `stride` goes to the first block only and `dilate=true` swaps it for dilation, following
-    torchvision's `_make_layer` (resgen.stages holds that rule).
+    repeats: Expr
+    block: str
+    block_span: Span
+    args: tuple[Arg, ...] = ()
+
+    def arg(self, name: str) -> Expr | None:
+        return next((a.value for a in self.args if a.name == name), None)
+
+
+class Stage(Node):
+    """`stage layer2 = 4 x Bottleneck(planes=128, stride=2)`: one `nn.Sequential` of blocks, made
+    of one or more runs (`runs`), each `repeats` blocks of one type:
+    `stage stages.2 = 1 x ByobBottleneck(1024, stride=2) + 1 x SelfAttnBlock(1024)` (timm's
+    byobnet stages of several block types, `interleave_blocks`).
+
+    The stage rule (resgen.stages) treats the runs as one sequence of blocks, numbered from 0
+    across the runs: `stride` goes to the stage's first block only (the first block of the first
+    run, which is the only run that may write `stride` or `dilate`) and `dilate=true` swaps it
+    for dilation, following torchvision's `_make_layer`; every later block, of any run, gets
+    stride 1 and the stage's new dilation.
 
     `name` is the stage's module path, dotted when it sits in containers (`stages.0`:
     container `stages`, child `0`). `container` (`in blocks`) is the child of the stage that
@@ -258,10 +277,7 @@ class Stage(Node):
     """
 
     name: str
-    repeats: Expr
-    block: str
-    block_span: Span
-    args: tuple[Arg, ...] = ()
+    runs: tuple[Run, ...]
     path_span: Span | None = None
     container: str | None = None
     container_span: Span | None = None
@@ -273,8 +289,10 @@ class Stage(Node):
     def path(self) -> tuple[str, ...]:
         return tuple(self.name.split("."))
 
-    def arg(self, name: str) -> Expr | None:
-        return next((a.value for a in self.args if a.name == name), None)
+    @property
+    def blocks(self) -> tuple[str, ...]:
+        """The block types of its runs, in order, each once."""
+        return tuple(dict.fromkeys(run.block for run in self.runs))
 
 
 class InputShape(Node):

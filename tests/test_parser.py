@@ -41,7 +41,7 @@ def test_every_spec_loads(path):
     assert spec.network is not None and spec.network.name == path.stem
     assert spec.network.input is not None and spec.network.stages
     for stage in spec.network.stages:
-        assert stage.block in spec.blocks
+        assert all(block in spec.blocks for block in stage.blocks)
 
 
 def test_torchvision_specs():
@@ -49,7 +49,9 @@ def test_torchvision_specs():
         net = load(ROOT / "specs" / f"resnet{depth}.arch").network
         assert _input(net) == (3, 224, 224) and net.python_class == "ResNet"
         assert [s.name for s in net.stages] == ["layer1", "layer2", "layer3", "layer4"]
-        assert {s.block for s in net.stages} == {"BasicBlock" if depth < 50 else "Bottleneck"}
+        assert {b for s in net.stages for b in s.blocks} == {
+            "BasicBlock" if depth < 50 else "Bottleneck"
+        }
 
 
 def test_stdlib_loads_and_parses():
@@ -94,7 +96,7 @@ def test_resolved_arguments_are_named():
         "bias": "false",
     }
     layer2 = spec.network.stages[1]
-    assert [a.name for a in layer2.args] == ["planes", "stride", "groups", "base_width"]
+    assert [a.name for a in layer2.runs[0].args] == ["planes", "stride", "groups", "base_width"]
 
 
 def test_derived_network():
@@ -138,8 +140,8 @@ def test_spans():
     assert _input(network) == (3, 224, 320)  # not square
     stage = network.stages[0]
     assert stage.span == Span("f.arch", 9, 5, 9, 29)
-    assert stage.block_span == Span("f.arch", 9, 24, 9, 25)
-    assert stage.repeats.span == Span("f.arch", 9, 20, 9, 21)
+    assert stage.runs[0].block_span == Span("f.arch", 9, 24, 9, 25)
+    assert stage.runs[0].repeats.span == Span("f.arch", 9, 20, 9, 21)
 
 
 def test_expression_span_covers_brackets():
@@ -424,7 +426,7 @@ def test_imports_are_relative_to_the_importing_file(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path / "elsewhere")
     spec = load(tmp_path / "nets" / "main.arch")
     assert spec.blocks["Deep"].source_file.endswith("b.arch")
-    assert spec.network.stages[0].block == "Deep"
+    assert spec.network.stages[0].blocks == ("Deep",)
 
 
 def test_import_path_with_hash_is_not_a_comment(tmp_path):

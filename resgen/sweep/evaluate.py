@@ -31,7 +31,7 @@ from resgen.names import BLOCK_INPUT
 from resgen.ops.base import Bundle, Fixed, Shape
 from resgen.ops.layers import FLAT
 from resgen.plan import BlockPlan, NetworkPlan, StagePlan, Step
-from resgen.stages import apply_stage_rule
+from resgen.stages import stage_runs
 
 
 class _Invalid(Exception):
@@ -123,27 +123,25 @@ class Evaluator(_Lowerer):
 
     def stage_flow(self, plan: StagePlan, env, flow: _Flow, dilation: int):
         stage = plan.stage
-        block = self.plan.blocks.get(stage.block)
-        if block is None:
+        if any(name not in self.plan.blocks for name in stage.blocks):
             raise _Invalid
-        rule = apply_stage_rule(stage, block.block, env.values, dilation)
-        if rule.repeats > LIMITS.max_repeats:
+        blocks = {name: self.plan.blocks[name].block for name in stage.blocks}
+        rules = stage_runs(stage, blocks, env.values, dilation)
+        repeats = sum(rule.repeats for rule in rules)
+        if repeats > LIMITS.max_repeats:
             raise _Invalid
         flow = self.steps(plan.layers, env, stage.name + ".", flow)
-        first = {k: self.evaluate(v, env, stage.name) for k, v in rule.first.items()}
-        rest = (
-            first
-            if rule.rest == rule.first
-            else {k: self.evaluate(v, env, stage.name) for k, v in rule.rest.items()}
-        )
         if stage.pattern is not None:
-            self.block_names(stage, env, rule.repeats)  # reports bad names
-        for index in range(rule.repeats):
-            self.count_block(stage.span)
-            position = (self.block_index, self.num_blocks)
-            self.block_index += 1
-            flow = self.block_flow(block, first if index == 0 else rest, flow, position)
-        return flow, rule.dilation_after
+            self.block_names(stage, env, repeats)  # reports bad names
+        for rule in rules:
+            block = self.plan.blocks[rule.run.block]
+            first, rest = self.run_args(rule, env, stage.name)
+            for index in range(rule.repeats):
+                self.count_block(stage.span)
+                position = (self.block_index, self.num_blocks)
+                self.block_index += 1
+                flow = self.block_flow(block, first if index == 0 else rest, flow, position)
+        return flow, rules[-1].dilation_after
 
     # -- blocks, memoised
     def block_flow(
