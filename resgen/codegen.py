@@ -23,7 +23,7 @@ from resgen import expr as E
 from resgen import spec as S
 from resgen.algebra import simplify
 from resgen.diagnostics import Diagnostic, Span, SpecError
-from resgen.graph import application_id
+from resgen.graph import application_id, runs_text
 from resgen.guard import UnsafeCode, check_source
 from resgen.names import BLOCK_INDEX, IN_CHANNELS, NUM_BLOCKS, STAGE_INDEX
 from resgen.ops.base import CONV, LINEAR, NORM, Fixed, Items, Operand
@@ -883,7 +883,7 @@ class _ModuleBuilder:
                 self._note_args(rule.run.block, {**rule.first, **rule.rest}, is_pair)
             build, channels = self._stage(stage_plan, rules, channels, scope)
             info = self._stage_info(stage.name)
-            runs = " + ".join(f"{_repeats_text(rule)} x {rule.run.block}" for rule in rules)
+            runs = runs_text([(_repeats_text(rule), rule.run.block) for rule in rules])
             comment = (
                 f"{stage.name}: {runs}, {shape_text(info.in_shape)} -> {shape_text(info.out_shape)}"
             )

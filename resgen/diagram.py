@@ -37,7 +37,7 @@ from pathlib import Path
 
 import graphviz
 
-from resgen.graph import INPUT, MAIN, OUTPUT, SHORTCUT, SKIP, Node
+from resgen.graph import INPUT, MAIN, OUTPUT, SHORTCUT, SKIP, Node, runs_text
 from resgen.ops.base import FAMILIES, MERGE, Bundle, Merge
 from resgen.output import DOT_MARK, KINDS, SVG_MARK
 from resgen.text import axis_text, bytes_text, count_text, pair_text, shape_text, size_text
@@ -776,6 +776,8 @@ def output_path(spec_path: str, detail: str, fmt: str, output: str | None) -> Pa
 
 
 def _runs_label(info) -> str:
-    """`Bottleneck ×3`, or `ByobBottleneck ×1 + SelfAttnBlock ×1` for a stage of several runs."""
-    runs = info.runs or [(info.repeats, info.block)]
-    return " + ".join(f"{block} ×{count}" for count, block in runs)
+    """`Bottleneck ×3`, or `1 × ByobBottleneck + 1 × SelfAttnBlock` for a stage of several runs
+    (a repeated pattern once: `3 × (1 × ByobBottleneck + 1 × SelfAttnBlock)`)."""
+    if len(info.runs) > 1:
+        return runs_text(info.runs, "×")
+    return f"{info.block} ×{info.repeats}"

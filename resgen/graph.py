@@ -112,7 +112,18 @@ def module_and_call(node: str) -> tuple[str, int]:
 
 
 def runs_text(runs, times: str = "x") -> str:
-    """`3 x Bottleneck`, `1 x ByobBottleneck + 1 x SelfAttnBlock`: a stage's runs as text."""
+    """`3 x Bottleneck`, `1 x ByobBottleneck + 1 x SelfAttnBlock`: a stage's runs as text; runs
+    that repeat a pattern, as timm's interleave_blocks lays them out, are written once:
+    `3 x (1 x ByobBottleneck + 1 x SelfAttnBlock)`. `runs`: (count, block type) pairs."""
+    runs = list(runs)
+    for period in range(1, len(runs) // 2 + 1):
+        times_over, rest = divmod(len(runs), period)
+        if rest or runs != runs[:period] * times_over:
+            continue
+        if period > 1:
+            return f"{times_over} {times} ({runs_text(runs[:period], times)})"
+        if all(isinstance(count, int) for count, _ in runs):  # not `n` of generated code
+            return f"{sum(count for count, _ in runs)} {times} {runs[0][1]}"
     return " + ".join(f"{count} {times} {block}" for count, block in runs)
 
 

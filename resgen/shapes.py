@@ -156,7 +156,9 @@ def analyse(
     if found:
         analysis.diagnostics = sorted(analysis.diagnostics + found, key=Diagnostic.sort_key)
         analysis.ok = False
-    analysis.diagnostics = _with_instantiation_notes(analysis.diagnostics, spec.network)
+    analysis.diagnostics = _with_instantiation_notes(
+        analysis.diagnostics, spec.network, analysis.stages
+    )
     return analysis
 
 
@@ -262,14 +264,25 @@ def _code_limits(spec: S.Spec, plan: NetworkPlan, analysis: Analysis) -> list[Di
 
 
 def _with_instantiation_notes(
-    diagnostics: list[Diagnostic], network: S.Network
+    diagnostics: list[Diagnostic], network: S.Network, stages=()
 ) -> list[Diagnostic]:
     """An error inside a block points at the block's definition, perhaps in a library; a note
-    adds the line of the user's spec that put the block there (its stage, or its layer)."""
+    adds the line of the user's spec that put the block there (its stage, the run of a stage of
+    several runs, or its layer). `stages`: the analysis' StageInfo records (block paths)."""
     sites = {
         stage.name: (stage.span, f"stage `{stage.name}` of {' and '.join(stage.blocks)} blocks")
         for stage in network.stages
     }
+    infos = {info.name: info for info in stages}
+    for stage in network.stages:
+        info = infos.get(stage.name)
+        if len(stage.runs) < 2 or info is None or len(info.runs) != len(stage.runs):
+            continue
+        start = 0
+        for run, (count, block) in zip(stage.runs, info.runs, strict=True):
+            what = f"the run `{count} x {block}` of stage `{stage.name}`"
+            sites.update({path: (run.span, what) for path in info.blocks[start : start + count]})
+            start += count
     sites.update(
         {
             layer.name: (layer.span, f"layer `{layer.name}`, a {layer.callee}")

@@ -26,6 +26,7 @@ import timm_coverage as coverage  # noqa: E402
 
 from resgen.api import check_spec  # noqa: E402
 from resgen.build import analyse, build_module, generate, load  # noqa: E402
+from resgen.graph import runs_text  # noqa: E402
 from resgen.plan import elaborate  # noqa: E402
 from resgen.sweep.evaluate import count  # noqa: E402
 
@@ -154,6 +155,10 @@ def test_stage_shapes_counts_and_runs_are_torchs(tiny_bot):
     assert infos["stages.1"].text() == (
         "1 x ByobBottleneckAct + 1 x FixedSizeSelfAttnBlock + 1 x ByobBottleneckAct"
     )
+    # runs that repeat a pattern (timm's interleave_blocks) are written once
+    assert runs_text([(1, "A"), (1, "B")] * 3) == "3 x (1 x A + 1 x B)"
+    assert runs_text([(3, "A"), (1, "B")] * 3, "×") == "3 × (3 × A + 1 × B)"
+    assert runs_text([(1, "A"), (2, "A")]) == "1 x A + 2 x A"
     row = next(s for s in summary(tiny_bot)["stages"] if s["name"] == "stages.2")
     assert row["runs"] == [[1, "FixedSizeSelfAttnBlock"], [1, "ByobBottleneckAct"]]
     assert row["repeats"] == 2
@@ -235,6 +240,11 @@ def test_bad_runs_are_located_errors(case, tmp_path):
         line = source.splitlines()[errors[0]["line"] - 1]
         column = errors[0]["column"] - 1
         assert line[column : column + len(text)] == text
+    else:  # inside the block: the note points at the run that put the block there
+        note = errors[0]["notes"][-1]
+        line = source.splitlines()[note["line"] - 1]
+        assert line[note["column"] - 1 :].startswith("1 x Plain(16)"), note
+        assert "the run `1 x Plain` of stage `layer1`" in note["message"]
 
 
 SINGLE = """import std.resnet
