@@ -884,9 +884,11 @@ class _ModuleBuilder:
             build, channels = self._stage(stage_plan, rules, channels, scope)
             info = self._stage_info(stage.name)
             runs = runs_text([(_repeats_text(rule), rule.run.block) for rule in rules])
-            comment = (
-                f"{stage.name}: {runs}, {shape_text(info.in_shape)} -> {shape_text(info.out_shape)}"
-            )
+            shapes = f"{shape_text(info.in_shape)} -> {shape_text(info.out_shape)}"
+            comment = f"{stage.name}: {runs}, {shapes}"
+            if len(rules) > 1 and len(comment) > COMMENT_WIDTH:  # the block types, each once
+                total = sum(rule.repeats for rule in rules)
+                comment = f"{stage.name}: {total} blocks ({', '.join(stage.blocks)}), {shapes}"
             widths[stage.name] = channels
             out_text = shape_text(info.out_shape)
             if len(stage.path) == 1:  # an attribute of the network, as torchvision's layer1
@@ -1441,6 +1443,10 @@ class _ModuleBuilder:
             rows = [("stage", "blocks", "output", "params", "MACs")]
             for s in a.stages:
                 blocks = s.text() if s.block else "-"
+                if len(s.runs) > 1 and len(blocks) > DOC_BLOCKS_WIDTH:  # the block types, once
+                    blocks = (
+                        f"{s.repeats} blocks ({', '.join(dict.fromkeys(b for _, b in s.runs))})"
+                    )
                 rows.append(
                     (s.name, blocks, shape_text(s.out_shape), f"{s.params:,}", f"{s.macs:,}")
                 )
@@ -2035,6 +2041,12 @@ def _zero_init_comment(zero_init: list[ZeroInitView], left: list[str]) -> list[s
     for note in left:
         lines += textwrap.wrap(note, 88, break_on_hyphens=False)
     return lines
+
+
+# A stage's comment line, indented 8 and after `# `, within the 100 columns of the code.
+COMMENT_WIDTH = 100 - 8 - 2
+# The blocks column of the module docstring's stage table, for its rows to fit 100 columns.
+DOC_BLOCKS_WIDTH = 44
 
 
 def _repeats_text(rule) -> str:
