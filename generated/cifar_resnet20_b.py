@@ -276,6 +276,13 @@ class CifarResNet(nn.Module):
             {"num_chs": 32, "reduction": 2, "module": "layer2"},
             {"num_chs": 64, "reduction": 4, "module": "layer3"},
         ]
+        self.pretrained_cfg = {
+            "input_size": (3, 32, 32),
+            "num_classes": 10,
+            "first_conv": "conv1",
+            "classifier": "linear",
+        }
+        self.default_cfg = self.pretrained_cfg  # timm's older name
         if not -1 <= frozen_stages <= 3:
             raise ValueError(f"frozen_stages={frozen_stages}: -1 (none) to 3 (every stage)")
         self.frozen_stages = frozen_stages

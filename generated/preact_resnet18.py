@@ -278,6 +278,13 @@ class PreActResNet(nn.Module):
             {"num_chs": 256, "reduction": 16, "module": "layer3"},
             {"num_chs": 512, "reduction": 32, "module": "layer4"},
         ]
+        self.pretrained_cfg = {
+            "input_size": (3, 224, 224),
+            "num_classes": 1000,
+            "first_conv": "conv1",
+            "classifier": "fc",
+        }
+        self.default_cfg = self.pretrained_cfg  # timm's older name
         if not -1 <= frozen_stages <= 4:
             raise ValueError(f"frozen_stages={frozen_stages}: -1 (none) to 4 (every stage)")
         self.frozen_stages = frozen_stages

@@ -364,6 +364,22 @@ class ResNet(nn.Module):
             {"num_chs": 1024, "reduction": 16, "module": "layer3"},
             {"num_chs": 2048, "reduction": 32, "module": "layer4"},
         ]
+        self.pretrained_cfg = {
+            "input_size": (3, 224, 224),
+            "test_input_size": (3, 288, 288),
+            "fixed_input_size": False,
+            "interpolation": "bicubic",
+            "crop_pct": 0.95,
+            "test_crop_pct": 1.0,
+            "crop_mode": "center",
+            "mean": (0.485, 0.456, 0.406),
+            "std": (0.229, 0.224, 0.225),
+            "num_classes": 1000,
+            "pool_size": (7, 7),
+            "first_conv": "conv1",
+            "classifier": "fc",
+        }
+        self.default_cfg = self.pretrained_cfg  # timm's older name
         if not -1 <= frozen_stages <= 4:
             raise ValueError(f"frozen_stages={frozen_stages}: -1 (none) to 4 (every stage)")
         self.frozen_stages = frozen_stages

@@ -307,6 +307,18 @@ class ResNet(nn.Module):
             {"num_chs": 1024, "reduction": 16, "module": "layer3"},
             {"num_chs": 2048, "reduction": 32, "module": "layer4"},
         ]
+        self.pretrained_cfg = {
+            "input_size": (3, 224, 224),
+            "interpolation": "bilinear",
+            "crop_pct": 0.9655172413793104,
+            "crop_mode": "center",
+            "mean": (0.485, 0.456, 0.406),
+            "std": (0.229, 0.224, 0.225),
+            "num_classes": 1000,
+            "first_conv": "conv1",
+            "classifier": "fc",
+        }
+        self.default_cfg = self.pretrained_cfg  # timm's older name
         if not -1 <= frozen_stages <= 4:
             raise ValueError(f"frozen_stages={frozen_stages}: -1 (none) to 4 (every stage)")
         self.frozen_stages = frozen_stages

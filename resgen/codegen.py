@@ -18,7 +18,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePath
 
-from resgen import codes, designspace, ops
+from resgen import codes, designspace, metadata, ops
 from resgen import expr as E
 from resgen import spec as S
 from resgen.algebra import simplify
@@ -187,6 +187,7 @@ class InterfaceView:
     tapped: list[StepView]  # the features-only forward: trunk, stages in containers each called
     first_conv: str = ""  # state_dict key of the first convolution's weight (load_pretrained)
     classifier_path: str = ""  # module path of the classifier ("" without one)
+    classifier_module: str | None = None  # the same, as it is (pretrained_cfg's classifier)
     # timm's global_pool argument: the modules of the pool and of the one flattening layer
     pool: str | None = None  # `self.avgpool`; None: the head is not pool, flatten, classifier
     flat: str | None = None
@@ -221,6 +222,7 @@ class NetworkView:
     factory_params: list[ParamView] = field(default_factory=list)  # params, features_only, ...
     out_indices: str = "()"  # every feature: the features-only model's default
     num_stages: int = 0
+    pretrained_cfg: list[tuple[str, str]] = field(default_factory=list)  # Python key, value
 
 
 @dataclass
@@ -966,6 +968,14 @@ class _ModuleBuilder:
                 ParamView("features_only", "bool", "False"),
                 ParamView("out_indices", "Sequence[int] | int", out_indices),
             ]
+        output = self.analysis.output
+        cfg = metadata.pretrained_cfg(
+            net,
+            self.analysis.input,
+            output[0] if interface.classifier is not None and len(output or ()) == 1 else None,
+            self._first_conv().removesuffix(".weight") or None,
+            interface.classifier_module,
+        )
         return NetworkView(
             class_name,
             ident(net.name),
@@ -980,6 +990,7 @@ class _ModuleBuilder:
             factory_params,
             out_indices,
             len(stage_modules),
+            [(metadata.python(key), metadata.python(value)) for key, value in cfg.items()],
         )
 
     def _interface(
@@ -1059,6 +1070,7 @@ class _ModuleBuilder:
             _through_last_tap(tapped + [view for view, _ in items[:pool]]),
             str(_name_literal(self._first_conv())),
             str(_name_literal(classifier[1].id if classifier is not None else "")),
+            classifier[1].id if classifier is not None else None,
             *(selectable or (None, None, None)),
         )
 

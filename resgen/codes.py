@@ -140,6 +140,12 @@ FEATURE_NOT_SPATIAL = _code(
     "feature-not-spatial", "a feature with no C x H x W map (after the global pool)"
 )
 
+# -- a network's `metadata` section (resgen.metadata): timm's pretrained_cfg
+UNKNOWN_METADATA = _code(
+    "unknown-metadata", "a metadata key that is not one of timm's pretrained_cfg", "never"
+)
+BAD_METADATA = _code("bad-metadata", "a metadata value of the wrong type or range", "never")
+
 # -- memory (resgen.memory); `check --batch B --budget SIZE`
 OVER_BUDGET = _code(
     "over-budget", "the training memory estimate at --batch exceeds --budget (a warning)", "never"

@@ -20,6 +20,7 @@ from resgen import codes
 from resgen import spec as S
 from resgen.diagnostics import Diagnostics, Span, SpecError
 from resgen.limits import LIMITS
+from resgen.metadata import check_entries
 
 
 @functools.lru_cache(maxsize=1)
@@ -634,6 +635,43 @@ class _Builder(Transformer):
     def features(self, meta, c):
         return ("features", tuple(c), self._sp(meta))
 
+    def metadata(self, meta, c):
+        entries = tuple(c)
+        check_entries(entries, self.diags)
+        return ("metadata", entries, self._sp(meta))
+
+    def meta_entry(self, meta, c):
+        key, value = c
+        return S.MetaEntry(span=self._sp(meta), key=str(key), key_span=self._tsp(key), value=value)
+
+    def meta_string(self, meta, c):
+        return str(c[0])[1:-1]
+
+    def meta_int(self, meta, c):
+        return self._int(c[0])
+
+    def meta_float(self, meta, c):
+        value = float(c[0])
+        if not math.isfinite(value):
+            self.diags.error(self._sp(meta), codes.LIMIT, f"`{c[0]}` is too large for a number")
+            value = 0.0
+        return value
+
+    def meta_neg(self, meta, c):
+        if isinstance(c[0], bool) or not isinstance(c[0], int | float):
+            self.diags.error(self._sp(meta), codes.BAD_METADATA, "`-` before a value not a number")
+            return c[0]
+        return -c[0]
+
+    def meta_true(self, meta, c):
+        return True
+
+    def meta_false(self, meta, c):
+        return False
+
+    def meta_tuple(self, meta, c):
+        return tuple(item for item in c if item is not None)
+
     def feature(self, meta, c):
         name, (path, path_span) = c
         return S.Feature(
@@ -696,13 +734,19 @@ class _Builder(Transformer):
         for key, value, _ in tagged:
             if key == "class":
                 fields.setdefault("class_name", value)
-            elif key in ("input", "stem", "head", "features"):
+            elif key in ("input", "stem", "head", "features", "metadata"):
                 fields.setdefault(key, value)
         return S.Network(span=self._sp(meta), name=str(name), source_file=self.path, **fields)
 
     def derived_network(self, meta, c):
-        name, base = c
-        return S.Network(span=self._sp(meta), name=str(name), base=base, source_file=self.path)
+        name, base, metadata = c
+        return S.Network(
+            span=self._sp(meta),
+            name=str(name),
+            base=base,
+            source_file=self.path,
+            metadata=metadata[1] if metadata is not None else None,
+        )
 
     # -- file
     def import_file(self, meta, c):

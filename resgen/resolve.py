@@ -1166,10 +1166,13 @@ class _FileResolver:
             p.model_copy(update={"default": given[p.name].value}) if p.name in given else p
             for p in base.params
         )
+        # its own section (an empty one too) replaces the base's
+        metadata = base.metadata if net.metadata is None else net.metadata
         return base.model_copy(
             update={
                 "name": net.name,
                 "params": new_params,
+                "metadata": metadata,
                 "span": net.span,
                 "base": call,
                 "source_file": net.source_file,

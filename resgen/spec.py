@@ -315,6 +315,15 @@ class Feature(Node):
     path_span: Span
 
 
+class MetaEntry(Node):
+    """`crop_pct = 0.875` in a network's `metadata` section (timm's pretrained_cfg): a constant
+    string, number, boolean or tuple of them, checked by resgen.metadata."""
+
+    key: str
+    key_span: Span
+    value: object
+
+
 class Network(Node):
     name: str
     class_name: str | None = None
@@ -326,6 +335,8 @@ class Network(Node):
     head: tuple[Layer, ...] = ()
     # The `features` section; None without one (resgen.features' default rule chooses them).
     features: tuple[Feature, ...] | None = None
+    # The `metadata` section (a derived network's own, else its base's).
+    metadata: tuple[MetaEntry, ...] | None = None
     # `network resnext50_32x4d = resnet50(groups=32)`: set by the parser, expanded by resolve.
     base: Layer | None = None
     source_file: str = ""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import pytest
 
 import resgen
+from resgen.diagnostics import SpecError
 
 torch = pytest.importorskip("torch")
 timm = pytest.importorskip("timm")
@@ -243,3 +244,121 @@ def test_reset_classifier_with_global_pool_equals_timms():
             torch.testing.assert_close(model(x), reference(x))
     with pytest.raises(ValueError, match="global_pool='mean'"):
         model.reset_classifier(10, "mean")
+
+
+# -- metadata: timm's pretrained_cfg ---------------------------------------------------------
+
+spec_metadata = pytest.importorskip("spec_metadata")  # tests/spec_metadata.py (on sys.path)
+
+
+def test_every_metadata_section_is_the_libraries():
+    """Every spec of a timm or torchvision model writes the library's values (timm's
+    get_pretrained_cfg of the default tag; torchvision's DEFAULT weights' transforms) for
+    each key it does not derive, and nothing else; a derived network's are its own."""
+    from resgen.resolve import Loader
+
+    loader = Loader()
+    checked = 0
+    for path in spec_metadata.spec_paths():
+        expected = spec_metadata.library_cfg(path)
+        if expected is None:
+            assert not spec_metadata.written(path, loader), path
+            continue
+        written = spec_metadata.written(path, loader)
+        assert set(written) <= set(expected), path
+        for key, value in expected.items():
+            if key not in spec_metadata.DERIVED:
+                assert written.get(key) == value, (path, key)
+            elif key in written:
+                assert written[key] == value, (path, key)
+        checked += 1
+    assert checked > 250
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "specs/resnet50.arch",  # torchvision's DEFAULT (IMAGENET1K_V2) transforms
+        "specs/resnet50d.arch",
+        "specs/timm/regnetx_002.arch",
+        "specs/timm/convnext_base.arch",  # a derived network: its own section
+        "specs/timm/resnetv2_50.arch",  # a 1x1-conv classifier: written, not derived
+        "specs/timm/resnet50_gn.arch",
+    ],
+)
+def test_generated_pretrained_cfg_is_the_libraries(spec):
+    """The generated pretrained_cfg, derived keys included (input_size from `input`,
+    num_classes from the output, first_conv and classifier from the model interface), is the
+    library's, key for key."""
+    path = spec_metadata.ROOT / spec
+    ours, theirs = spec_metadata.generated(path), spec_metadata.library_cfg(path)
+    assert {key: ours.get(key) for key in theirs} == theirs
+    assert set(ours) - set(theirs) <= {"first_conv", "classifier"}  # torchvision has neither
+
+
+def test_pretrained_cfg_on_the_model_is_timms():
+    """model.pretrained_cfg and its alias default_cfg hold timm's model's values."""
+    reference = timm.create_model("resnet50d", pretrained=False)
+    model = resgen.build_module("specs/resnet50d.arch")
+    assert model.default_cfg is model.pretrained_cfg
+    theirs = {k: reference.pretrained_cfg[k] for k in model.pretrained_cfg}
+    assert model.pretrained_cfg == {
+        k: tuple(v) if isinstance(v, list) else v for k, v in theirs.items()
+    }
+
+
+@pytest.mark.parametrize(
+    "entry, code, column",
+    [
+        ("crop_pc = 0.9", "unknown-metadata", 9),
+        ("crop_pct = 1.5", "bad-metadata", 9),
+        ('mean = "imagenet"', "bad-metadata", 9),
+        ("input_size = (3, 224)", "bad-metadata", 9),
+        ('interpolation = "cubic"', "bad-metadata", 9),
+        ("fixed_input_size = 1", "bad-metadata", 9),
+        ("first_conv = 3", "bad-metadata", 9),
+        ('crop_mode = "center"  crop_mode = "squash"', "duplicate-name", 31),
+    ],
+)
+def test_metadata_errors_are_located(tmp_path, entry, code, column):
+    path = tmp_path / "m.arch"
+    path.write_text(
+        "import std.resnet\nnetwork m {\n    input 3x32x32\n"
+        f"    metadata {{\n        {entry}\n    }}\n"
+        "    stem { conv1 = conv(8, 3) }\n    stage layer1 = 1 x BasicBlock(8)\n}\n",
+        encoding="utf-8",
+    )
+    with pytest.raises(SpecError) as raised:
+        resgen.load(path)
+    [diagnostic] = raised.value.diagnostics
+    assert (diagnostic.code, diagnostic.span.line, diagnostic.span.column) == (code, 5, column)
+
+
+def test_a_derived_network_has_its_own_metadata(tmp_path):
+    """`network b = a(...) { metadata { ... } }`: b's section replaces a's; without one, b has
+    a's."""
+    (tmp_path / "a.arch").write_text(
+        "import std.resnet\nnetwork a {\n    input 3x32x32\n"
+        '    metadata { crop_pct = 0.9  interpolation = "bicubic" }\n'
+        "    param width = 8\n    stem { conv1 = conv(width, 3) }\n"
+        "    stage layer1 = 1 x BasicBlock(width)\n}\n",
+        encoding="utf-8",
+    )
+    (tmp_path / "b.arch").write_text(
+        'import "a.arch"\nnetwork b = a(width=16) {\n    metadata { crop_pct = 1.0 }\n}\n',
+        encoding="utf-8",
+    )
+    (tmp_path / "c.arch").write_text('import "a.arch"\nnetwork c = a(width=16)\n', encoding="utf-8")
+    model = resgen.build_module(tmp_path / "b.arch")
+    assert model.pretrained_cfg == {
+        "input_size": (3, 32, 32),
+        "crop_pct": 1.0,
+        "first_conv": "conv1",
+    }
+    model = resgen.build_module(tmp_path / "c.arch")
+    assert model.pretrained_cfg == {
+        "input_size": (3, 32, 32),
+        "interpolation": "bicubic",
+        "crop_pct": 0.9,
+        "first_conv": "conv1",
+    }
