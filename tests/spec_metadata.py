@@ -8,6 +8,7 @@ CIFAR, dilated and pre-activation ones) have no section.
     python tests/spec_metadata.py            # report specs whose section is not the library's
     python tests/spec_metadata.py --write    # rewrite the sections
     python tests/spec_metadata.py --derived  # also compare what resgen derives (slow: codegen)
+    python tests/spec_metadata.py --write specs/timm/NAME.arch  # one spec's section
 
 The section holds every key of resgen.metadata.KEYS the library gives, except what resgen
 derives (input_size, num_classes, first_conv, classifier) where the derived value is the
@@ -163,11 +164,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--write", action="store_true", help="rewrite the sections")
     parser.add_argument("--derived", action="store_true", help="compare derived keys too")
+    parser.add_argument("paths", nargs="*", type=Path, help="these specs only (default: all)")
     args = parser.parse_args()
     from resgen.resolve import Loader
 
     differ = 0
-    for path in spec_paths():
+    for path in [p.resolve() for p in args.paths] or spec_paths():
         cfg = library_cfg(path)
         if cfg is None:
             continue
