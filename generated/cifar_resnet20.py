@@ -182,15 +182,26 @@ class FeatureInfo:
 def prune_after(model: nn.Module, path: str) -> None:
     """Replace every module registered after `path` (a dotted module path) with nn.Identity, at
     each level of the path: what a features-only model never needs (timm's
-    prune_intermediate_layers). Registration order is the forward order at network level."""
+    prune_intermediate_layers). Registration order is the forward order at network level. A
+    container keeps its children's names, as identities, since forward indexes them."""
     parent = model
     for name in path.split("."):
         after = False
-        for child_name, _ in parent.named_children():
+        for child_name, child in parent.named_children():
             if after:
-                parent.add_module(child_name, nn.Identity())
+                parent.add_module(child_name, hollow(child))
             after = after or child_name == name
         parent = parent.get_submodule(name)
+
+
+def hollow(module: nn.Module) -> nn.Module:
+    """nn.Identity in place of `module`; an nn.Sequential of the same names for one."""
+    if not isinstance(module, nn.Sequential):
+        return nn.Identity()
+    container = nn.Sequential()
+    for name, child in module.named_children():
+        container.add_module(name, hollow(child))
+    return container
 
 
 class PadChannels(nn.Module):

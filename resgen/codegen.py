@@ -867,10 +867,21 @@ class _ModuleBuilder:
         self._note_pairs((*self.plan.stem, *self.plan.head), is_pair)
         widths: dict[str, Channels] = {}  # module path -> channels of its output
         tapped: list[StepView] = []  # the features-only forward's steps
+        tapped_inside = {tap.module for tap in self.analysis.features if "." in tap.module}
         for step in self.plan.stem:
+            before = channels
             channels = self._network_layer(step, channels, scope, layers, steps, applied)
             widths[step.path] = channels
-        tapped += steps
+            if step.kind == "seq" and any(
+                m.startswith(f"{step.path}.") for m in tapped_inside
+            ):  # a feature inside it (timm's `stem.conv2`): the features-only forward
+                # calls its items one by one
+                for view, item in zip(self._seq_items(step), step.items, strict=True):
+                    before = self._after(item, before, f"{step.path}.{item.key}")
+                    widths[view.module] = before
+                    tapped.append(view)
+            else:
+                tapped.append(steps[-1])
         stem = [view.call for view in steps if view.module is not None and "{x}" not in view.call]
         stage_modules: list[str] = []  # each stage's module, as frozen_stages freezes it
         dilation = 1
@@ -1130,14 +1141,24 @@ class _ModuleBuilder:
                 node = self.analysis.nodes.get(step.path) if step.kind == "op" else None
                 items.append((view, node))
                 continue
-            for position, item in enumerate(step.items):
-                ref = f".{ident(item.key)}" if item.attr else f"[{position}]"
-                node = self.analysis.nodes.get(f"{step.path}.{item.key}")
-                shape = self._shape_of(f"{step.path}.{item.key}", "out_shape")
-                op = item.op if item.kind == "op" else None
-                call = _apply(op, f"self.{ident(step.path)}{ref}")
-                items.append((StepView(call, shape_text(shape) if shape else None), node))
+            for item, item_view in zip(step.items, self._seq_items(step), strict=True):
+                item_view.module = None  # a head item is never a step of its own elsewhere
+                items.append((item_view, self.analysis.nodes.get(f"{step.path}.{item.key}")))
         return items
+
+    def _seq_items(self, step: Step) -> list[StepView]:
+        """forward()'s steps for the items of a network-level nn.Sequential called one by one:
+        `self.head.fc(x)`, `self.stem[0](x)`; each view's module is the item's path."""
+        views = []
+        for position, item in enumerate(step.items):
+            ref = f".{ident(item.key)}" if item.attr else f"[{position}]"
+            shape = self._shape_of(f"{step.path}.{item.key}", "out_shape")
+            op = item.op if item.kind == "op" else None
+            call = _apply(op, f"self.{ident(step.path)}{ref}")
+            views.append(
+                StepView(call, shape_text(shape) if shape else None, f"{step.path}.{item.key}")
+            )
+        return views
 
     def _width(self, widths: Mapping[str, Channels], module: str | None, scope: _Scope) -> str:
         """Python for the channel count a network-level module gives (the input's without one)."""

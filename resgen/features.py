@@ -1,12 +1,24 @@
 """Feature taps: which module outputs a network returns as feature maps, and what each one is.
 
-A network's `features` section names them (`c3 = layer2`: a stage, or a layer of the stem or
-head written at network level); without one, the default rule gives timm's choice for its
-ResNet-family models:
-  - every stage's output, in order;
-  - before them, for each output stride the stem reaches that no stage has, the stem's last layer
+A network's `features` section names them (`c3 = layer2`: a stage, a layer of the stem or head
+written at network level, or a first-level item of a network-level `seq`, `stem.conv2`); without
+one, the default rule gives timm's choice for its ResNet-family models. The units of the stem and
+head are their network-level layers, a `seq` counting as its first-level items, as timm's
+features_only models flatten one level of nn.Sequential (timm/models/_features.py, _module_list
+with flatten_sequential):
+  - every stage's output, in order (timm's ResNet, RegNet, ConvNeXt, ResNetV2: one per stage);
+  - before them, for each output stride the stem reaches that no stage has, the stem's last unit
     at that stride (ResNet's `act1` at stride 2, before its max pool takes the stride to 4,
-    where `layer1` is; RegNet's `stem` at 2; none for ConvNeXt, whose stem ends at layer 0's 4).
+    where `layer1` is; RegNet's `stem` at 2; ByobNet's `Stem` (byobnet.py) the conv before its
+    next strided layer, `stem.conv2` of the tiered stem; none for ConvNeXt, whose stem ends at
+    layer 0's stride 4);
+  - after them, the last head unit before the global pool that is not a norm or an activation
+    (ByobNet's and NormFreeNet's `final_conv`, byobnet.py/nfnet.py: `feature_info += [...,
+    module='final_conv']` after `stage_feat[:-1]`) stands for the last stage at its stride; a
+    final norm and activation (ResNetV2's pre-activation `norm`, ConvNeXt's `norm_pre`) are not
+    features (timm lists the stage before them).
+Where timm's choice is per model (NFNet's stem tap before its last activation, BiT's conv before
+its pad), a spec lists timm's taps in `features`.
 Each tap gets its static shape, channels, reduction (output stride, timm's `reduction`) and
 receptive field from the shape analysis; `feature_info` of the generated model lists them in
 this order, and `out_indices` indexes this list, as in timm (resnet50: 0 is act1, 4 is layer4).
@@ -14,12 +26,13 @@ this order, and `out_indices` indexes this list, as in timm (resnet50: 0 is act1
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from resgen import codes
 from resgen import spec as S
 from resgen.diagnostics import Diagnostic, Span, did_you_mean
+from resgen.ops.base import ACT, NORM
 
 
 @dataclass(frozen=True)
@@ -55,21 +68,21 @@ class FeatureTap:
 
 def feature_taps(
     network: S.Network,
-    nodes: Sequence[str],
+    nodes: Mapping[str, object],
     shapes: Mapping[str, tuple | None],
     geometry: Mapping[str, tuple | None],
 ) -> tuple[list[FeatureTap], list[Diagnostic]]:
-    """The network's taps and the errors of its `features` section. `nodes` lists the graph's
-    node ids in forward order, `shapes` their output shapes and `geometry` their (stride h,
-    stride w, receptive field h, receptive field w), None once global."""
-    order = [layer.name for layer in network.stem]
+    """The network's taps and the errors of its `features` section. `nodes` maps the graph's
+    node ids, in forward order, to their nodes (resgen.graph.Node), `shapes` gives their output
+    shapes and `geometry` their (stride h, stride w, receptive field h, receptive field w), None
+    once global."""
+    stem, head = _units(network.stem), _units(network.head)
+    order = [name for name, _ in stem]
     order += [stage.name for stage in network.stages]
-    order += [layer.name for layer in network.head]
-    spans = {layer.name: layer.span for layer in (*network.stem, *network.head)}
-    spans.update({stage.name: stage.span for stage in network.stages})
+    order += [name for name, _ in head]
     outputs = _outputs(order, nodes)
     if network.features is None:
-        return _default(network, outputs, shapes, geometry, spans), []
+        return _default(network, stem, head, outputs, nodes, shapes, geometry), []
     taps: list[FeatureTap] = []
     diagnostics: list[Diagnostic] = []
     seen: dict[str, Span] = {}
@@ -93,7 +106,8 @@ def feature_taps(
                     f"`{feature.path}` is not a stage or a network-level layer of "
                     f"`{network.name}`" + did_you_mean(feature.path, order),
                     hint="a feature is the output of a stem or head layer, or of a stage, "
-                    "by its name at network level",
+                    "by its name at network level, or of an item of a network-level seq "
+                    "(`stem.conv2`)",
                 )
             )
             continue
@@ -124,18 +138,38 @@ def feature_taps(
     return taps, diagnostics
 
 
-def _outputs(order: Sequence[str], nodes: Sequence[str]) -> dict[str, str]:
-    """Each network-level layer's and stage's output node: the last node inside it in forward
-    order (a reused module's later applications, `relu#2`, are not inside it)."""
+def _units(layers: Sequence[S.Layer]) -> list[tuple[str, S.Layer]]:
+    """The module paths a feature can name in the stem or head, in forward order: each
+    network-level layer, after the first-level items of a `seq` (`stem.conv2`, `stem.0`)."""
+    units = []
+    for layer in layers:
+        if layer.kind == "seq":
+            for index, item in enumerate(layer.items):
+                units.append((f"{layer.name}.{index if item.name is None else item.name}", item))
+        units.append((layer.name, layer))
+    return units
+
+
+def _outputs(order: Sequence[str], nodes: Iterable[str]) -> dict[str, str]:
+    """Each unit's and stage's output node: the last node inside it in forward order (a reused
+    module's later applications, `relu#2`, are not inside it)."""
     found: dict[str, str] = {}
     names = set(order)
     for node in nodes:
-        top = node
-        while top not in names and "." in top:
-            top = top.rsplit(".", 1)[0]
-        if top in names:
-            found[top] = node
+        path = node
+        while True:
+            if path in names:
+                found[path] = node
+            if "." not in path:
+                break
+            path = path.rsplit(".", 1)[0]
     return found
+
+
+def _outside(by_reduction, tap: FeatureTap) -> bool:
+    """Whether a network-level layer (not a seq's item) is the stem's tap at `tap`'s reduction."""
+    found = by_reduction.get(tap.reduction)
+    return found is not None and "." not in found[1].module
 
 
 def _tap(name, module, node, shapes, geometry, span) -> FeatureTap | None:
@@ -147,7 +181,8 @@ def _tap(name, module, node, shapes, geometry, span) -> FeatureTap | None:
     return FeatureTap(name, module, node, tuple(shape), stride, (where[2], where[3]), span)
 
 
-def _default(network, outputs, shapes, geometry, spans) -> list[FeatureTap]:
+def _default(network, stem, head, outputs, nodes, shapes, geometry) -> list[FeatureTap]:
+    """The module docstring's rule."""
     stages = [
         _tap(s.name, s.name, outputs[s.name], shapes, geometry, s.span)
         for s in network.stages
@@ -155,10 +190,32 @@ def _default(network, outputs, shapes, geometry, spans) -> list[FeatureTap]:
     ]
     stages = [t for t in stages if t is not None]
     reached = {t.reduction for t in stages}
-    stem: dict[object, FeatureTap] = {}  # the stem's last layer at each reduction
-    for layer in network.stem:
-        if layer.name in outputs:
-            tap = _tap(layer.name, layer.name, outputs[layer.name], shapes, geometry, layer.span)
-            if tap is not None:
-                stem[tap.reduction] = tap
-    return [t for r, t in stem.items() if r not in reached] + stages
+    # the stem's last network-level layer at each reduction; where none is, a seq's last item
+    by_reduction: dict[object, tuple[int, FeatureTap]] = {}
+    for inside in (False, True):
+        for position, (name, layer) in enumerate(stem):
+            if name not in outputs or (layer.kind == "seq" and layer.items):
+                continue
+            if ("." in name) != inside:
+                continue
+            tap = _tap(name, name, outputs[name], shapes, geometry, layer.span)
+            if tap is not None and not (inside and _outside(by_reduction, tap)):
+                by_reduction[tap.reduction] = (position, tap)
+    stem_taps = sorted(v for r, v in by_reduction.items() if r not in reached)
+    taps = [t for _, t in stem_taps] + stages
+    last = None  # the last head unit before the global pool that is no norm or activation
+    for name, layer in head:
+        if name not in outputs or (layer.kind == "seq" and layer.items):
+            continue
+        node = nodes.get(name)
+        family = getattr(getattr(node, "op", None), "family", None)
+        if family in (NORM, ACT):
+            continue
+        tap = _tap(name, name, outputs[name], shapes, geometry, layer.span)
+        if tap is not None:
+            last = tap
+    if last is not None:
+        if taps and taps[-1].reduction == last.reduction and stages and taps[-1] is stages[-1]:
+            taps.pop()
+        taps.append(last)
+    return taps

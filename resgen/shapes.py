@@ -669,7 +669,7 @@ class _Inference:
             ]
         taps, feature_errors = feature_taps(
             lowering.network,
-            list(self.nodes),
+            self.nodes,
             {node_id: result.out_shape for node_id, result in shapes.items()},
             self.geometry,
         )

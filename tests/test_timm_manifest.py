@@ -65,7 +65,8 @@ def test_every_timm_named_spec_is_recorded():
 @pytest.mark.parametrize("name", sorted(ENTRIES))
 def test_still_reproduces(name):
     """The spec defines `name`; its generated model has timm's recorded state_dict keys and
-    shapes (in timm's order when they matched it) and parameter count."""
+    shapes (in timm's order when they matched it) and parameter count, and each feature_info
+    module is one of its modules."""
     entry = ENTRIES[name]
     path = coverage.ROOT / entry["spec"]
     assert path.is_file()
@@ -76,6 +77,8 @@ def test_still_reproduces(name):
     if entry["key_order_matches"]:
         assert [key for key, _ in ours] == [key for key, _ in recorded]
     assert coverage.count_params(model) == entry["params"]
+    for info in model.feature_info:  # every tap names a module of the model (`stem.conv2`)
+        model.get_submodule(info["module"])
 
 
 @pytest.mark.parametrize(

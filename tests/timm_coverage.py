@@ -12,9 +12,13 @@ is `reproduced`, `failed` (a spec exists; the reason says what differs) or `miss
 spec).
 
 --write-manifest records the reproduced models in tests/data/timm_manifest.json, which
-tests/test_timm_manifest.py checks on every test run. It refuses to drop a model the manifest
-already lists; to give one up on purpose, delete its entry and lower `minimum_reproduced` by hand.
-With --only/--kind the other entries are kept as they are.
+tests/test_timm_manifest.py checks on every test run, with timm's `feature_info` of each (num_chs,
+reduction, module, in timm's order), which tests/test_feature_taps.py compares with resgen's static
+feature taps. --feature-info records only that, for the manifest's models (with --only/--kind:
+those matching), from timm's model built on the meta device (no weights: cheap for any size).
+--write-manifest refuses to drop a model the manifest already lists; to give one up on purpose,
+delete its entry and lower `minimum_reproduced` by hand. With --only/--kind the other entries are
+kept as they are.
 
 Exit status: 0 when nothing failed (missing specs are no failure), 1 when a spec failed, a spec
 file does not load, two spec files define one network, or the manifest would lose a model.
@@ -122,6 +126,21 @@ def count_params(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
+def feature_info_of(model: torch.nn.Module) -> list[dict]:
+    """timm's `feature_info` of a full model: num_chs, reduction and module of each feature map
+    features_only returns, in timm's order (the list `out_indices` indexes)."""
+    return [
+        {"num_chs": info["num_chs"], "reduction": info["reduction"], "module": info["module"]}
+        for info in model.feature_info
+    ]
+
+
+def timm_feature_info(name: str) -> list[dict]:
+    """`feature_info_of` timm's model `name`, built on the meta device (no weights allocated)."""
+    with torch.device("meta"):
+        return feature_info_of(timm.create_model(name, pretrained=False))
+
+
 def build_on_meta(path: Path) -> torch.nn.Module:
     """The generated model with meta tensors: its structure without allocating any weights."""
     with torch.device("meta"):
@@ -151,6 +170,7 @@ class Comparison:
     max_abs_diff: float | None = None
     params: int | None = None  # timm's
     layout: list[tuple[str, list[int]]] = field(default_factory=list)  # timm's state_dict
+    feature_info: list[dict] = field(default_factory=list)  # timm's, see `feature_info_of`
     input: tuple[int, int, int] | None = None
 
 
@@ -175,6 +195,7 @@ def compare_with_timm(
         return result
     result.params = count_params(reference)
     result.layout = state_dict_layout(reference)
+    result.feature_info = feature_info_of(reference)
     try:
         model = build_module(path).eval()
     except Exception as err:
@@ -320,6 +341,7 @@ def manifest_entry(model: Model, record: Record, comparison: Comparison) -> dict
         "params": comparison.params,
         "key_order_matches": comparison.key_order_matches,
         "representative": False,
+        "feature_info": comparison.feature_info,
         "state_dict": comparison.layout,
     }
 
@@ -366,6 +388,30 @@ def dump_manifest(manifest: dict) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
+def with_feature_info(entry: dict, info: list[dict]) -> dict:
+    """`entry` with `feature_info` set, placed before its state_dict (the manifest's order)."""
+    fields = {k: v for k, v in entry.items() if k not in ("feature_info", "state_dict")}
+    return {**fields, "feature_info": info, "state_dict": entry["state_dict"]}
+
+
+def record_feature_info(names: set[str]) -> int:
+    """Record timm's feature_info in the manifest's entries named in `names`; the rest stay."""
+    manifest = read_manifest()
+    models = []
+    for entry in manifest["models"]:
+        if entry["name"] in names:
+            entry = with_feature_info(entry, timm_feature_info(entry["name"]))
+            print(f"feature_info {entry['name']}: {len(entry['feature_info'])} features")
+        models.append(entry)
+    MANIFEST.write_text(dump_manifest({**manifest, "models": models}), encoding="utf-8")
+    print(
+        f"wrote {relative(MANIFEST)}: feature_info of {len(names & {e['name'] for e in models})} "
+        "models",
+        file=sys.stderr,
+    )
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--json", action="store_true", help="one JSON record per name")
@@ -373,6 +419,11 @@ def main(argv: list[str] | None = None) -> int:
         "--write-manifest",
         action="store_true",
         help=f"record the reproduced models in {relative(MANIFEST)}",
+    )
+    parser.add_argument(
+        "--feature-info",
+        action="store_true",
+        help=f"only record timm's feature_info of the models {relative(MANIFEST)} lists",
     )
     parser.add_argument("--only", metavar="GLOB", help="only names matching GLOB")
     parser.add_argument("--kind", metavar="TEXT", help="only kinds containing TEXT")
@@ -385,6 +436,8 @@ def main(argv: list[str] | None = None) -> int:
         if (args.only is None or fnmatch.fnmatchcase(m.name, args.only))
         and (args.kind is None or args.kind.lower() in m.kind.lower())
     ]
+    if args.feature_info:
+        return record_feature_info({m.name for m in models})
     specs = find_specs()
     for error in specs.errors():
         print(f"timm_coverage: error: {error}", file=sys.stderr)
