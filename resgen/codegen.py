@@ -1023,7 +1023,7 @@ class _ModuleBuilder:
                 classifier = items.pop()
         pool = next(
             (i for i, (_, node) in enumerate(items) if node is not None and _global(node)),
-            len(items) if classifier is None else 0,
+            len(items) if classifier is None else self._spatial_items(items),
         )
         trunk = steps[:head_start] + [view for view, _ in items[:pool]]
         last = trunk[-1].module if trunk else None
@@ -1110,6 +1110,24 @@ class _ModuleBuilder:
         if len(flat) != 1:
             return None
         return view.call, flat[0], node.op.global_pool
+
+    def _spatial_items(self, items) -> int:
+        """How many head items lead with a feature map (C x H x W) out, where the classifier
+        pools itself (CLIP's attention pool): those belong to the features, as timm's ByobNet
+        runs `final_conv` in forward_features."""
+        count = 0
+        for view, _ in items:
+            last = None
+            if view.module is not None:
+                inside = f"{view.module}."
+                for node_id in self.analysis.nodes:
+                    if node_id == view.module or node_id.startswith(inside):
+                        last = node_id
+            shape = self._shape_of(last, "out_shape") if last is not None else None
+            if shape is None or len(shape) != 3:
+                break
+            count += 1
+        return count
 
     def _params(self, node_id: str) -> int:
         return self.analysis.shapes[node_id].params

@@ -163,6 +163,7 @@ def test_module_form(at_root):
         "adapt_input_conv",
         "checkpoint_seq",
         "prune_after",
+        "hollow",
         "resnet50",
     ]
     assert "def resnet50(\n    num_classes: int = 1000," in source

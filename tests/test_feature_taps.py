@@ -8,6 +8,8 @@ building timm, the spec's analysed taps (resgen.features) must be that list, ent
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -17,7 +19,7 @@ import timm_coverage as coverage  # noqa: E402
 from batchnorms import randomise_batchnorms, randomise_constant_parameters  # noqa: E402
 
 import resgen  # noqa: E402
-from resgen.build import analyse  # noqa: E402
+from resgen.build import analyse, generate, import_source  # noqa: E402
 
 ENTRIES = {entry["name"]: entry for entry in coverage.read_manifest()["models"]}
 
@@ -121,3 +123,28 @@ def test_features_only_equals_timm(kind, which):
         assert a.shape == b.shape
         scale = max(1.0, b.abs().max().item())
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4 * scale)
+
+
+# Every model with RESGEN_ALL_FEATURE_MAPS=1 (about 6 minutes on 2 cores), else the smallest
+# model of each kind.
+EVERY_MODEL = os.environ.get("RESGEN_ALL_FEATURE_MAPS") == "1"
+
+
+@pytest.mark.parametrize(
+    "name",
+    sorted(name for name, entry in ENTRIES.items() if EVERY_MODEL or entry["representative"]),
+)
+def test_features_only_returns_every_tap(name):
+    """The features-only model (built on the meta device: shapes only) returns one map per
+    feature_info entry, with timm's channels, at the input's size over timm's reduction."""
+    spec = resgen.load(coverage.ROOT / ENTRIES[name]["spec"])
+    analysis = analyse(spec)
+    module = import_source(generate(spec, analysis), spec.network.name)
+    channels, height, width = analysis.input
+    with torch.device("meta"):
+        model = getattr(module, spec.network.name)(features_only=True).eval()
+        maps = model(torch.empty(1, channels, height, width))
+    expected = ENTRIES[name]["feature_info"]
+    assert [m.shape[1] for m in maps] == [info["num_chs"] for info in expected]
+    for m, info in zip(maps, expected, strict=True):
+        assert m.shape[2:] == (-(-height // info["reduction"]), -(-width // info["reduction"]))
