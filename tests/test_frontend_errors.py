@@ -255,6 +255,20 @@ CASES = [
         "write `dilate=true`",
     ),
     (
+        # A constructor argument `output_stride` would be silently ignored: the generated
+        # network's dilations are fixed when it is written.
+        "dilate-reads-a-param",
+        net(
+            "    param output_stride = 32\n"
+            "    stage layer1 = 2 x BasicBlock(8, stride=2, dilate=(output_stride < 16))",
+            "import std.resnet\n",
+        ),
+        "bad-dilate",
+        5,
+        56,
+        "`dilate` reads `output_stride`",
+    ),
+    (
         "stage-sets-in-channels",
         net("    stage layer1 = 2 x BasicBlock(8, in_channels=3)", "import std.resnet\n"),
         "stage-sets-argument",
