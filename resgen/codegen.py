@@ -25,7 +25,7 @@ from resgen.algebra import simplify
 from resgen.diagnostics import Diagnostic, Span, SpecError
 from resgen.graph import application_id, runs_text
 from resgen.guard import UnsafeCode, check_source
-from resgen.names import BLOCK_INDEX, IN_CHANNELS, NUM_BLOCKS, STAGE_INDEX
+from resgen.names import BLOCK_INDEX, BLOCK_INPUT, IN_CHANNELS, NUM_BLOCKS, STAGE_INDEX
 from resgen.ops.base import CONV, LINEAR, NORM, Fixed, Items, Operand
 from resgen.ops.layers import FLAT
 from resgen.output import PY_MARK
@@ -1561,7 +1561,8 @@ class _Flow:
             scope.functions,
         )
         self.read = {s.name for step in _all_steps([*plan.main, *plan.post]) for s in step.inputs}
-        self.channels: dict[str, Channels] = {}  # for channels_after's `from`
+        # for channels_after's `from`: what each name holds, the block input `x` included
+        self.channels: dict[str, Channels] = {BLOCK_INPUT: S.Ref(span=plan.span, name=IN_CHANNELS)}
         # Expressions the spec wrote: a channel count built up by splits and concats
         # (`(scale - 1) * width + width * scale // scale`) is written as one of them when equal.
         self.known = [

@@ -67,7 +67,10 @@ MISSING_ARGUMENT = _code("missing-argument", "a required argument left out")
 TOO_MANY_ARGUMENTS = _code("too-many-arguments", "more positional arguments than parameters")
 STAGE_SETS_ARGUMENT = _code("stage-sets-argument", "a stage argument the stage rule sets itself")
 UNNAMED_ITEM = _code("unnamed-item", "a `seq` or shortcut that names some of its layers only")
-REUSE_STATEFUL = _code("reuse-stateful", "a layer with parameters applied again by name")
+REUSE_STATEFUL = _code(
+    "reuse-stateful",
+    "a layer applied again where its weights do not fit the input, or a block applied again",
+)
 RECURSIVE_BLOCK = _code("recursive-block", "a block that contains itself")
 EMPTY_BLOCK = _code("empty-block", "a block without `main` layers")
 SHORTCUT_WITHOUT_MERGE = _code("shortcut-without-merge", "a shortcut with nothing to join it")

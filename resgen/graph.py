@@ -160,6 +160,9 @@ class Lowering:
     block_types: dict[str, str]  # block instance path -> block type name (nested ones too)
     plan: NetworkPlan | None = None  # what was lowered (nodes' `step`s are its steps)
     float_names: dict[str, set[str]] = field(default_factory=dict)  # scope -> fraction names
+    # block instance -> the nodes whose outputs its generated forward() keeps in a named local
+    # (a value a later `from` reads, a repeat's list) until it returns
+    held_locals: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     @cached_property
     def pred(self) -> dict[str, dict[str, dict]]:
@@ -283,6 +286,7 @@ class _Lowerer:
         self.block_count = 0  # instances, nested ones included: nesting multiplies them
         self.block_index = 0  # the next stage block's position among all of them
         self.float_names: dict[str, set[str]] = {}  # block type ("" the network) -> names
+        self.held_locals: dict[str, tuple[str, ...]] = {}
         self.bundle_sizes: dict[str, int] = {}  # nodes that make bundles (split) -> item count
         self.declared_steps: dict[str, Step] = {}  # module path -> its step (to apply again)
         self.num_blocks = 0  # how many blocks the stages hold (set in run)
@@ -344,6 +348,7 @@ class _Lowerer:
             self.block_types,
             self.plan,
             self.float_names,
+            self.held_locals,
         )
 
     def stage(self, plan: StagePlan, env: _Env, cur: str, channels: int | None, dilation: int):
@@ -546,7 +551,20 @@ class _Lowerer:
                 self.edge(x, merged, SKIP)
             out = _Value(merged, channels=out.channels)
         post = _Where(stage, path, "post", instance)
-        return self.path(plan.post, env, prefix, out, post, MAIN, values)
+        out = self.path(plan.post, env, prefix, out, post, MAIN, values)
+        self.hold_locals(plan, path, values)
+        return out
+
+    def hold_locals(self, plan: BlockPlan, path: str, values: dict) -> None:
+        """The values forward() binds to a local of their own name (those a `from` reads: a
+        split's chunks, a repeat's list, CBAM's pooled maps) stay alive until it returns."""
+        held = []
+        for name in plan.read_names:
+            value = values.get(name)
+            if value is not None and name != BLOCK_INPUT:
+                held += [_first_node(p) for p in value.parts] if value.parts else [value.node]
+        if held:
+            self.held_locals[path] = tuple(dict.fromkeys(held))
 
     def condition_holds(self, condition: S.Expr, env: _Env, path: str) -> bool | None:
         """A `when` of a layer, shortcut or merge, for one instance; None when it cannot be

@@ -184,6 +184,7 @@ class Memory:
             training=False,
             device=settings.device,
             kept=self._kept,
+            held=analysis.lowering.held_locals,
         )
         live = _sweep(inference, saved_stay=False)
         self.live = {n: Affine(*amount) for n, amount in zip(inference.order, live, strict=True)}
@@ -208,6 +209,7 @@ class Memory:
             training=True,
             device=settings.device,
             kept=self._kept,
+            held=analysis.lowering.held_locals,
         )
         saved_by_node: dict[str, list[int]] = {}
         saved_fixed = saved_per = 0

@@ -11,7 +11,7 @@ plan with expressions. Neither rebuilds a block's scope or walks its layers on i
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from resgen import expr as E
@@ -34,7 +34,8 @@ class Step:
     kind op     a built-in or plugin op (`op`), arguments bound by parameter name
          block  a block type used as a layer (`block` names it): a submodule
          seq    an nn.Sequential of unnamed `items` (paths conv1.0, conv1.1, ...)
-         reuse  a parameter-free module declared earlier (`target`), applied again
+         reuse  a module declared earlier (`target`, declared by step `applies`) applied
+                again: a parameter-free one, or shared weights (CBAM's MLP)
          dynamic  a layer made by the op that the name `via` holds per instance (norm_layer)
          repeat  `items` run `count` times with `var` bound to the turn (0, 1, ...); their
                 modules are ModuleLists (`convs.0`, `convs.1`), the step's value the bundle
@@ -61,6 +62,7 @@ class Step:
     condition: S.Expr | None = None
     var: str | None = None  # repeat
     count: S.Expr | None = None  # repeat
+    applies: Step | None = None  # reuse: the step that declares the module it applies again
 
     @property
     def key(self) -> str:
@@ -154,6 +156,17 @@ class BlockPlan:
     @property
     def merge_span(self) -> Span:
         return self.block.merge_span or self.block.span
+
+    @property
+    def read_names(self) -> tuple[str, ...]:
+        """The names a `from` of the body reads (generated forward() binds each to a local)."""
+        found: dict[str, None] = {}
+        stack = [*self.main, *self.post]
+        while stack:
+            step = stack.pop()
+            found.update(dict.fromkeys(s.name for s in step.inputs))
+            stack.extend(step.items)
+        return tuple(found)
 
 
 @dataclass(frozen=True)
@@ -286,30 +299,29 @@ def _expressions(block: S.Block, steps, shortcut) -> Iterable[S.Expr]:
         yield shortcut.condition
 
 
-def _declared(steps: Iterable[Step]) -> dict[str, str]:
-    return {
-        s.attr: s.path for s in steps if s.kind not in ("reuse", "repeat") and s.attr is not None
-    }
+def _declared(steps: Iterable[Step]) -> dict[str, Step]:
+    return {s.attr: s for s in steps if s.kind not in ("reuse", "repeat") and s.attr is not None}
 
 
 def _steps(layers: Sequence[S.Layer], prefix: str, declared: dict | None = None) -> tuple:
     """A path's layers as steps; a bare name is a reuse of the module declared under it (in
-    this path or, for `post`, in `main`: they share names)."""
+    this path or, for `post`, in `main`: they share names). `declared`: name -> its step."""
     declared = dict(declared or {})
     steps = []
     for layer in layers:
         step = _step(layer, layer.name, prefix + (layer.name or ""), declared)
         if step.kind not in ("reuse", "repeat"):
-            declared.setdefault(layer.name, step.path)
+            declared.setdefault(layer.name, step)
         steps.append(step)
     return tuple(steps)
 
 
-def _step(layer: S.Layer, attr: str | None, path: str, declared: Mapping[str, str]) -> Step:
+def _step(layer: S.Layer, attr: str | None, path: str, declared: Mapping[str, Step]) -> Step:
     flow = {"inputs": layer.inputs, "condition": layer.condition}
     if layer.kind == "reuse":
-        target = declared.get(layer.callee, path)
-        return Step("reuse", attr, path, layer.span, layer, target=target, **flow)
+        applies = declared.get(layer.callee)
+        target = applies.path if applies is not None else path
+        return Step("reuse", attr, path, layer.span, layer, target=target, applies=applies, **flow)
     args = {a.name: a.value for a in layer.args}
     if layer.kind == "repeat":
         body = _steps(layer.items, "", declared=declared)
@@ -370,8 +382,10 @@ def channels_after(
         return channels_through(step.items, ins[0], blocks)
     if step.kind == "block":
         return block_out(blocks[step.block], ins[0], step.args)
-    return ins[0]  # a reuse of a parameter-free module keeps the count; a shared one with
-    # `from` (CBAM's MLP) gives what it gave the first time, which the shape engine checks
+    if step.kind == "reuse" and step.applies is not None:
+        # the module's own rule on this input (the shape engine checks its weights fit it)
+        return channels_after(replace(step.applies, inputs=()), ins[0], blocks, {})
+    return ins[0]
 
 
 def _source_channels(source: S.Input, values: Mapping[str, Channels]) -> Channels:

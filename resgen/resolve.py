@@ -376,15 +376,23 @@ def _std_import_hint(name: str) -> str | None:
     return f"`{name}` is in the standard library: add `import {module}`" if module else None
 
 
+def _block_inside(layer: S.Layer) -> str | None:
+    """The block type a layer is or holds (in a seq), if any."""
+    if layer.kind == "block":
+        return layer.callee
+    return next((b for item in layer.items if (b := _block_inside(item)) is not None), None)
+
+
 def _duplicate_hint(name: str, first: S.Layer, declared) -> str:
-    """Applying the first layer again works only for a parameter-free one (reuse-stateful)."""
+    """A name declared twice: a parameter-free layer is applied again by its bare name; one with
+    parameters either gets a second name (new weights) or is applied again (the same weights)."""
     op = ops.lookup(first.callee) if first.kind == "op" else None
     if op is not None and op.stateless:
         return f"write just `{name}` to apply it again"
     free = next(f"{name}{n}" for n in range(2, 1000) if f"{name}{n}" not in declared)
     return (
-        f"`{name}` has parameters, so a second one needs its own name (`{free} = ...`); only "
-        "parameter-free layers can be applied again by name"
+        f"`{name}` has parameters: a second one with its own weights needs its own name "
+        f"(`{free} = ...`); to apply the same weights again write `{name}` (with `from`)"
     )
 
 
@@ -615,32 +623,11 @@ class _FileResolver:
             if layer.kind == "repeat":
                 out.append(self._repeat(layer, scope, declared, owner))
                 continue
+            if layer.kind == "call" and not layer.args and self._applies_again(layer, declared):
+                # `avg_out = mlp from avg`: a declared layer applied again, its output named
+                layer = layer.model_copy(update={"kind": "reuse"})
             if layer.kind == "reuse":
-                target = declared.get(layer.name)
-                if target is None:
-                    self.diags.error(
-                        layer.span,
-                        codes.UNKNOWN_NAME,
-                        f"`{layer.name}` is not a layer declared earlier in {owner}"
-                        + did_you_mean(layer.name, declared)
-                        + "; to add a layer write `name = op(...)`",
-                    )
-                elif target.kind == "repeat":
-                    self.diags.error(
-                        layer.span,
-                        codes.BUNDLE,
-                        f"`{layer.name}` is a repeat's outputs, not a layer to apply again",
-                        hint=f"read them with `from {layer.name}`",
-                    )
-                elif target.kind != "op" or not ops.lookup(target.callee).stateless:
-                    self.diags.error(
-                        layer.span,
-                        codes.REUSE_STATEFUL,
-                        f"`{layer.name}` has parameters; only parameter-free layers "
-                        "(relu, pools, ...) can be applied again by name",
-                        hint="declare a new layer with its own name",
-                    )
-                out.append(layer)
+                out.append(self._reuse(layer, declared, owner))
                 continue
             if named and layer.name is not None:
                 if self._name_ok(layer.name, "layer", layer.span) and layer.name in declared:
@@ -684,6 +671,65 @@ class _FileResolver:
         if condition is not None:
             condition = self._expr(condition, scope)
         return layer.model_copy(update={"inputs": tuple(inputs), "condition": condition})
+
+    def _applies_again(self, layer: S.Layer, declared) -> bool:
+        """Whether `name = callee` applies an earlier layer of this body again: `callee` is a
+        layer declared before (and neither an op nor a block type, which win as they always
+        did)."""
+        name = layer.callee
+        return (
+            name in declared
+            and name != layer.name
+            and ops.lookup(name, load_plugins=False) is None
+            and name not in self.blocks
+            and name not in self._own_block_names()
+        )
+
+    def _reuse(self, layer: S.Layer, declared, owner: str) -> S.Layer:
+        """A layer declared earlier applied again: `relu` on the previous value, or `mlp from
+        max` / `max_out = mlp from max` (CBAM's one MLP on two pooled tensors, shared weights).
+        A module with parameters applies the same weights; the shape engine checks the input
+        is the one it was built for. A block is one submodule with its own forward and is not
+        applied again (reuse-stateful); a named application is declared as a value `from` can
+        read, not as a module."""
+        target = declared.get(layer.callee)
+        if target is not None and target.kind == "reuse":  # an application of an application
+            layer = layer.model_copy(update={"callee": target.callee})
+            target = declared.get(target.callee)
+        if target is None:
+            self.diags.error(
+                layer.span,
+                codes.UNKNOWN_NAME,
+                f"`{layer.callee}` is not a layer declared earlier in {owner}"
+                + did_you_mean(layer.callee, declared)
+                + "; to add a layer write `name = op(...)`",
+            )
+        elif target.kind == "repeat":
+            self.diags.error(
+                layer.span,
+                codes.BUNDLE,
+                f"`{layer.callee}` is a repeat's outputs, not a layer to apply again",
+                hint=f"read them with `from {layer.callee}`",
+            )
+        elif (block := _block_inside(target)) is not None:
+            self.diags.error(
+                layer.span,
+                codes.REUSE_STATEFUL,
+                f"`{layer.callee}` is (or holds) block `{block}`, a submodule with a forward of "
+                "its own, which resgen applies once; only ops and seqs of ops can be applied "
+                "again",
+                hint=f"declare a second `{block}` with its own name",
+            )
+        if layer.name != layer.callee:
+            if self._name_ok(layer.name, "layer", layer.span) and layer.name in declared:
+                self.diags.error(
+                    layer.span,
+                    codes.DUPLICATE_NAME,
+                    f"`{layer.name}` is already declared in {owner} "
+                    f"(line {declared[layer.name].span.line})",
+                )
+            declared.setdefault(layer.name, layer)
+        return layer
 
     def _repeat(self, layer: S.Layer, scope: set[str], declared, owner: str) -> S.Layer:
         """`spo = repeat i < n { ... }`: `n` an expression of the scope, `i` a name of the body

@@ -431,6 +431,8 @@ class _Inference:
                 result, channel_error = memo
                 if channel_error:
                     self.channel_errors.add(node_id)
+            if node.module not in (None, node_id) and (result.params or result.buffers):
+                result = replace(result, params=0, buffers=0)  # the first application's
             shapes[node_id] = result
             self._after_error(node_id, result.error)
             spatial = node.op.spatial(node.args)
@@ -441,7 +443,39 @@ class _Inference:
                 jh, jw, rh, rw = geometry
                 geometry = (jh * sh, jw * sw, rh + dh * (kh - 1) * jh, rw + dw * (kw - 1) * jw)
             self.geometry[node_id] = geometry
+        self.check_reuses()
         return self.finish()
+
+    def check_reuses(self) -> None:
+        """A module with parameters applied again (`max_out = mlp from max_pool`) has the
+        weights its first application's input made: each later input must make the same ones
+        (the same channels for a conv or a norm; any H x W, as a head shared across feature
+        levels runs). Checked once every application has a shape: the two may be on parallel
+        branches in either order."""
+        for node_id, node in self.nodes.items():
+            if node.module in (None, node_id) or node.kind in (INPUT, OUTPUT):
+                continue
+            first, again = self.shapes.get(node.module), self.shapes[node_id]
+            if first is None or first.in_shape is None or again.in_shape is None:
+                continue
+            built, given = first.in_shape, again.in_shape
+            if first.params == 0 and first.buffers == 0 or built == given:
+                continue
+            op, args = node.op, node.args
+            weights = [(op.parameters(args, x), op.buffers(args, x)) for x in (built, given)]
+            if weights[0] == weights[1] and weights[0] != ((), ()):
+                continue
+            shapes = " and ".join(shape_text(p) for p in weights[0][0][:1])
+            needed = " and ".join(shape_text(p) for p in weights[1][0][:1])
+            detail = f": its weight is {shapes}, this input needs {needed}" if shapes else ""
+            self.report(
+                _NodeCheck(self, node, again.tainted, None),
+                codes.REUSE_STATEFUL,
+                f"`{node.module}` is applied again to {shape_text(given)}, but its weights were "
+                f"made for its first input, {shape_text(built)}{detail}",
+                hint="apply it to tensors of the same channels, or declare a second layer "
+                "with its own weights",
+            )
 
     def _after_error(self, node_id: str, error: str | None) -> None:
         if error is not None:

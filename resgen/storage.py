@@ -32,8 +32,8 @@ from typing import Literal, NamedTuple
 
 from resgen import codes
 from resgen.diagnostics import Diagnostic
-from resgen.graph import INPUT, OUTPUT, Node, module_and_call
-from resgen.ops.base import Device, Merge, Saved
+from resgen.graph import INPUT, OUTPUT, Node, Source, module_and_call
+from resgen.ops.base import Bundle, Device, Merge, Saved
 from resgen.precision import DTYPE_BYTES, Precision, promote
 
 StoreKind = Literal["input", "activation", "cast", "weight", "extra"]
@@ -100,6 +100,10 @@ class Pass:
 
 
 def numel(shape) -> int:
+    """Elements of a shape; of a bundle (a split's parts, a join's results item by item), of
+    all its items."""
+    if shape and isinstance(shape[0], tuple):
+        return sum(prod(item) for item in shape)
     return prod(shape)
 
 
@@ -124,14 +128,18 @@ def walk(
     training: bool = True,
     device: Device = "cuda",
     kept: Mapping[str, str] | None = None,
+    held: Mapping[str, tuple[str, ...]] | None = None,
 ) -> Pass:
     """The storages of one forward pass over the analysed graph (`inputs`: `inputs_of`;
     `shapes`: resgen.shapes' ShapeResult per node). In a training pass (`training`) batch norm
     uses batch statistics, dropout is active and each op's saved tensors are recorded. `kept`
     maps a block instance to the node whose output its forward keeps as `shortcut_input` (see
-    `kept_outputs`). Nodes whose shapes are unknown (after an error) allocate nothing and save
-    nothing."""
-    return _Walker(nodes, inputs, shapes, precision, training, device, kept or {}).run()
+    `kept_outputs`); `held` maps it to the nodes whose outputs it keeps in named locals
+    (Lowering.held_locals). Nodes whose shapes are unknown (after an error) allocate nothing and
+    save nothing."""
+    walker = _Walker(nodes, inputs, shapes, precision, training, device, kept or {})
+    walker.held = held or {}
+    return walker.run()
 
 
 def kept_outputs(
@@ -184,6 +192,7 @@ class _Walker:
         self.weight_copies: dict[str, list[int]] = {}  # module -> autocast's copies
         self.storage: dict[str, str] = {}
         self.plans: dict[tuple, _OpPlan] = {}
+        self.held: Mapping[str, tuple[str, ...]] = {}
 
     def new(self, kind, node, at, dtype, count, batched=True) -> int:
         stores = self.stores
@@ -202,8 +211,8 @@ class _Walker:
                 op.storage(args, training),
                 tuple(op.saves(args, in_shape, out_shape, device)) if training else (),
                 () if training else tuple(op.temporaries(args, in_shape, out_shape, device)),
-                prod(in_shape),
-                prod(out_shape),
+                numel(in_shape),
+                numel(out_shape),
                 tuple(op.parameters(args, in_shape)) if with_parameters else (),
             )
         return found
@@ -226,6 +235,8 @@ class _Walker:
                 self.stores[value.store].release = last  # returned to the caller
             elif kind == "merge":
                 self.merge(node, at)
+            elif node.inputs is not None:
+                self.join(node, at)
             else:
                 self.layer(node, at)
         if hold:
@@ -248,7 +259,11 @@ class _Walker:
         in_shape, out_shape = result.in_shape, result.out_shape
         op, args = node.op, node.args
         known = node.known and in_shape is not None and out_shape is not None
-        has_params = result.params > 0
+        # a module applied again (`max_out = mlp from max_pool`) counts its parameters once, at
+        # its first application, but every application needs their gradient
+        has_params = result.params > 0 or (
+            node.module not in (None, node_id) and self.shapes[node.module].params > 0
+        )
         incoming = x.dtype
         amp = self.precision.amp
         dtype = self.precision.compute_dtype(op.autocast, incoming) if amp else incoming
@@ -310,6 +325,68 @@ class _Walker:
             self.save(
                 node, at, plan.saved, needs, requires_grad, main.store, other.store, out, dtype, ()
             )
+
+    def join(self, node: Node, at: int) -> None:
+        """A layer that reads several tensors (`concat from a, b`, `mul from x, gate`): a new
+        result (a bundle's, item by item, counted as one store); a product saves each factor
+        for the others' gradients."""
+        sources = [self.values[source] for source, _ in self.inputs[node.id]]
+        result = self.shapes[node.id]
+        in_shape, out_shape = result.in_shape, result.out_shape
+        known = node.known and in_shape is not None and out_shape is not None
+        op, args = node.op, node.args
+        if known:  # the op's facts read its inputs as written: a bundle as one Bundle
+            x = [self._shape_of(record) for record in node.inputs]
+            key = (op, id(args), tuple(x), out_shape, "join")
+            plan = self.plans.get(key)
+            if plan is None:
+                plan = self.plans[key] = _OpPlan(
+                    "new",
+                    tuple(op.saves(args, x, out_shape, self.device)) if self.training else (),
+                    () if self.training else tuple(op.temporaries(args, x, out_shape, self.device)),
+                    numel(in_shape),
+                    numel(out_shape),
+                    (),
+                )
+        else:
+            plan = None
+        self.storage[node.id] = "new"
+        dtype = sources[0].dtype
+        for value in sources[1:]:
+            dtype = promote(dtype, value.dtype)
+        out = self.new("activation", node.id, at, dtype, plan.out_count if plan else 0)
+        requires_grad = any(value.requires_grad for value in sources)
+        self.values[node.id] = Value(out, dtype, requires_grad, out_shape)
+        if plan is None:
+            return
+        if not self.training:
+            for item in plan.temporaries:
+                self.extra(node, at, item, dtype)
+            return
+        stores = self.stores
+        for item in plan.saved:
+            if item.tensor == "new":
+                self.extra(node, at, item, dtype)
+                continue
+            if item.tensor == "output":
+                saved = [out] if requires_grad else []
+            else:  # a factor is saved when another factor needs its gradient
+                saved = [
+                    value.store
+                    for k, value in enumerate(sources)
+                    if any(other.requires_grad for j, other in enumerate(sources) if j != k)
+                ]
+            for store in saved:
+                if at not in stores[store].saved_by:
+                    stores[store].saved_by.append(at)
+
+    def _shape_of(self, record):
+        """The shape a join's input record carries: one tensor (an item of a bundle), or a
+        bundle's items as a Bundle."""
+        if isinstance(record, Source):
+            shape = self.shapes[record.node].out_shape
+            return shape[record.item] if record.item is not None else shape
+        return Bundle(self._shape_of(source) for source in record)
 
     def autocast_copies(self, node: Node, at: int, dtype: str, plan: _OpPlan) -> tuple:
         """autocast's low-precision copies of the parameters of an op it runs in lower
@@ -407,6 +484,10 @@ class _Walker:
         for block, node_id in self.kept.items():  # and `shortcut_input`
             if block in last:
                 keep(node_id, last[block])
+        for block, node_ids in self.held.items():  # and the locals a `from` reads
+            if block in last:
+                for node_id in node_ids:
+                    keep(node_id, last[block])
         stores, values = self.stores, self.values
         for value_node, until in held.items():
             store = stores[values[value_node].store]

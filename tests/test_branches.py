@@ -241,3 +241,224 @@ def test_input_sizes_follow_joins(tmp_path):
         x = torch.randn(1, 8, n, n)
         fits = conv(x).shape == pool(x).shape
         assert sizes.accepts(n, n) == fits, n
+
+
+# ---------------------------------------------------------------------------------------------
+# CBAM (Woo et al. 2018) against a reference written here from the paper, with the layout and
+# the choices of the authors' code (github.com/Jongchan/attention-module, MODELS/cbam.py and
+# MODELS/model_resnet.py): the channel gate's one MLP (Flatten, Linear with bias, ReLU, Linear)
+# on the average- and max-pooled features, summed, sigmoid (paper eq. 2); the spatial gate's
+# 7x7 conv (padding 3, no bias) over [channel max, channel mean] followed by a batch norm
+# (eps 1e-5, momentum 0.01: the authors' BasicConv with relu=False; the paper's eq. 3 shows the
+# conv only), sigmoid; CBAM after bn3, before the residual sum.
+
+
+class _RefChannelGate(torch.nn.Module):
+    def __init__(self, gate_channels, reduction_ratio=16):
+        super().__init__()
+        self.mlp = torch.nn.Sequential(
+            torch.nn.Flatten(),
+            torch.nn.Linear(gate_channels, gate_channels // reduction_ratio),
+            torch.nn.ReLU(),
+            torch.nn.Linear(gate_channels // reduction_ratio, gate_channels),
+        )
+
+    def forward(self, x):
+        size = (x.size(2), x.size(3))
+        avg = self.mlp(torch.nn.functional.avg_pool2d(x, size, stride=size))
+        peak = self.mlp(torch.nn.functional.max_pool2d(x, size, stride=size))
+        return x * torch.sigmoid(avg + peak)[:, :, None, None]
+
+
+class _RefSpatialGate(torch.nn.Module):
+    def __init__(self, kernel_size=7):
+        super().__init__()
+        self.spatial = torch.nn.Sequential()
+        self.spatial.add_module(
+            "conv", torch.nn.Conv2d(2, 1, kernel_size, padding=(kernel_size - 1) // 2, bias=False)
+        )
+        self.spatial.add_module("bn", torch.nn.BatchNorm2d(1, eps=1e-5, momentum=0.01))
+
+    def forward(self, x):
+        pooled = torch.cat([x.amax(1, keepdim=True), x.mean(1, keepdim=True)], 1)
+        return x * torch.sigmoid(self.spatial(pooled))
+
+
+class _RefCBAM(torch.nn.Module):
+    def __init__(self, gate_channels, reduction_ratio=16):
+        super().__init__()
+        self.ChannelGate = _RefChannelGate(gate_channels, reduction_ratio)
+        self.SpatialGate = _RefSpatialGate()
+
+    def forward(self, x):
+        return self.SpatialGate(self.ChannelGate(x))
+
+
+class _RefBottleneck(torch.nn.Module):
+    def __init__(self, inplanes, planes, stride=1):
+        super().__init__()
+        nn = torch.nn
+        self.conv1 = nn.Conv2d(inplanes, planes, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv3 = nn.Conv2d(planes, planes * 4, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(planes * 4)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = None
+        if stride != 1 or inplanes != planes * 4:
+            self.downsample = nn.Sequential(
+                nn.Conv2d(inplanes, planes * 4, 1, stride, bias=False), nn.BatchNorm2d(planes * 4)
+            )
+        self.cbam = _RefCBAM(planes * 4, 16)
+
+    def forward(self, x):
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.cbam(self.bn3(self.conv3(out)))
+        residual = x if self.downsample is None else self.downsample(x)
+        return self.relu(out + residual)
+
+
+class _RefResNet(torch.nn.Module):
+    """The authors' ResidualNet("ImageNet", 50, 1000, "CBAM") (AvgPool2d(7): 224 inputs)."""
+
+    def __init__(self, layers=(3, 4, 6, 3), num_classes=1000):
+        super().__init__()
+        nn = torch.nn
+        self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
+        self.bn1 = nn.BatchNorm2d(64)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(3, 2, 1)
+        inplanes = 64
+        for index, (planes, blocks) in enumerate(zip((64, 128, 256, 512), layers, strict=True)):
+            stride = 1 if index == 0 else 2
+            stage = [_RefBottleneck(inplanes, planes, stride)]
+            inplanes = planes * 4
+            stage += [_RefBottleneck(inplanes, planes) for _ in range(1, blocks)]
+            self.add_module(f"layer{index + 1}", nn.Sequential(*stage))
+        self.avgpool = nn.AvgPool2d(7)
+        self.fc = nn.Linear(512 * 4, num_classes)
+
+    def forward(self, x):
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.fc(torch.flatten(self.avgpool(x), 1))
+
+
+def test_cbam_resnet50_is_the_papers_network():
+    """specs/cbam_resnet50.arch: the authors' keys (strict load), their outputs in eval mode
+    with random batch-norm statistics, the paper's 28.09M parameters (Table 4), and the MACs
+    torch's flop counter counts (both applications of each shared MLP). MACs at 32x32, outputs
+    at 64x64, to keep the test short: the reference's AvgPool2d(7) (224 inputs only) is then its
+    equal there, the adaptive pool (no state, so the keys stay)."""
+    from batchnorms import randomise_batchnorms
+
+    from resgen.shapes import analyse as analyse_at
+
+    torch.manual_seed(0)
+    reference = _RefResNet().eval()
+    randomise_batchnorms(reference, seed=1)
+    spec = Loader().load("specs/cbam_resnet50.arch")
+    model = build_module("specs/cbam_resnet50.arch").eval()
+    assert sorted(model.state_dict()) == sorted(reference.state_dict())
+    model.load_state_dict(reference.state_dict(), strict=True)
+    params = sum(p.numel() for p in model.parameters())
+    assert analyse(spec).params == params == sum(p.numel() for p in reference.parameters())
+    assert round(params / 1e6, 2) == 28.09  # Woo et al. 2018, Table 4 (ResNet50 + CBAM)
+    reference.avgpool = torch.nn.AdaptiveAvgPool2d(1)
+    with torch.no_grad(), FlopCounterMode(display=False) as flops:
+        model(torch.randn(1, 3, 32, 32))
+    assert analyse_at(spec, (None, 32, 32)).macs == flops.get_total_flops() // 2
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        out, expected = model(x), reference(x)
+    assert torch.allclose(out, expected, rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(out[0], out[1])  # the outputs depend on the input
+
+
+def test_a_shared_layer_is_one_module_applied_twice(tmp_path):
+    """`max_out = mlp from max_pool`: one set of weights (one state_dict key set), called twice
+    in forward(); its parameters counted once, its MACs per application."""
+    text = """
+import std.cbam
+network n {
+    input 32x8x8
+    stem { c = conv(32, 3, padding=1) }
+    head { gate = ChannelGate(32, 4) }
+}
+"""
+    path = tmp_path / "spec.arch"
+    path.write_text(text)
+    source = generate(Loader().load(path))
+    assert source.count("self.mlp = nn.Sequential(") == 1
+    assert "mlp = self.mlp(out)" in source and "max_out = self.mlp(max_pool)" in source
+    model = build_module(path).eval()
+    keys = [k for k in model.state_dict() if k.startswith("gate.")]
+    assert keys == ["gate.mlp.1.weight", "gate.mlp.1.bias", "gate.mlp.3.weight", "gate.mlp.3.bias"]
+    analysis = analyse(Loader().load(path))
+    assert analysis.params == sum(p.numel() for p in model.parameters())
+    with FlopCounterMode(display=False) as flops:
+        model(torch.randn(1, 32, 8, 8))
+    assert analysis.macs == flops.get_total_flops() // 2
+    rows = {layer.name: layer for layer in analysis.layers}
+    assert rows["gate.mlp.1#2"].params == 0 and rows["gate.mlp.1#2"].macs == 32 * 8
+
+
+@pytest.mark.parametrize(
+    ("body", "line", "words"),
+    [
+        (  # a conv built for 8 channels applied to 16
+            "        a = conv(8, 1)\n        b = conv(16, 1) from x\n        c = a from b",
+            6,
+            "`s.0.a` is applied again to 16x16x16, but its weights were made for its first "
+            "input, 8x16x16: its weight is 8x8x1x1, this input needs 8x16x1x1",
+        ),
+        (  # a seq of ops: its first item's weights decide
+            "        m = seq { conv(4, 1)  relu }\n        b = conv(4, 1) from x\n"
+            "        c = m from b",
+            6,
+            "`s.0.m.0` is applied again to 4x16x16",
+        ),
+    ],
+)
+def test_a_shared_layer_on_another_input_is_a_located_error(tmp_path, body, line, words):
+    errors = _errors(tmp_path, _block(body))
+    assert [(str(e.code), e.span.line) for e in errors] == [("reuse-stateful", line)]
+    assert words in errors[0].message
+
+
+def test_a_block_applied_again_is_a_located_error(tmp_path):
+    text = """
+block Inner() { main { c = conv(8, 1) } }
+block Outer() {
+    main {
+        inner = Inner()
+        inner
+    }
+}
+network n {
+    input 8x8x8
+    stage s = 1 x Outer()
+}
+"""
+    errors = _errors(tmp_path, text)
+    assert [(str(e.code), e.span.line) for e in errors] == [("reuse-stateful", 6)]
+    assert "block `Inner`" in errors[0].message
+
+
+def test_a_shared_layer_on_another_size_is_fine(tmp_path):
+    """Weights fit any H x W (a detection head shared across feature levels): no error, and
+    torch runs it."""
+    body = (
+        "        a = conv(8, 3, padding=1)\n        p = avgpool(2) from x\n"
+        "        b = a from p\n        u = adaptive_avgpool(1) from a\n"
+        "        v = adaptive_avgpool(1) from b\n        s = add from u, v"
+    )
+    path = tmp_path / "spec.arch"
+    path.write_text(_block(body))
+    analysis = analyse(Loader().load(path))
+    assert analysis.ok, [d.message for d in analysis.errors]
+    model = build_module(path).eval()
+    assert model(torch.randn(1, 8, 16, 16)).shape == (1, 8, 1, 1)
+    assert analysis.params == sum(p.numel() for p in model.parameters())

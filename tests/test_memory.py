@@ -355,6 +355,34 @@ def test_specs_in_float16_and_mixed_precision(name):
         _agrees(spec, analysis, model, 2, dtype, amp=True)
 
 
+# Multi-branch blocks (issue 16): chunk views held in named locals, joins, a shared module applied
+# twice, the radix softmax's copy. One small network per kind of join.
+BRANCHES = {
+    "res2net": "import std.res2net\n{stem}"
+    "\n    stage s1 = 2 x Bottle2neck(8, base_width=26, scale=4)"
+    "\n    stage s2 = 1 x Bottle2neck(16, stride=2, base_width=26, scale=3)",
+    "sknet": "import std.sknet\n{stem}\n    stage s1 = 2 x SKBasicBlock(16)"
+    "\n    stage s2 = 1 x SKBottleneck(8, stride=2, groups=2, parts=1)",
+    "resnest-groups": "import std.resnest\n{stem}"
+    "\n    stage s1 = 2 x ResNestBottleneck(16, groups=2, base_width=32, radix=4)",
+    "cbam": "import std.cbam\n{stem}\n    stage s1 = 2 x CBAMBasicBlock(32)"
+    "\n    stage s2 = 1 x CBAMBottleneck(16, stride=2, reduction_ratio=4)",
+}
+BRANCH_STEM = "network n {\n    input 3x16x16\n    stem { c = conv(32, 3, padding=1) }"
+
+
+@pytest.mark.parametrize("name", list(BRANCHES))
+def test_multi_branch_blocks_match_autograd(tmp_path, name):
+    path = tmp_path / "net.arch"
+    path.write_text(BRANCHES[name].format(stem=BRANCH_STEM) + "\n}\n")
+    spec = Loader().load(path)
+    analysis = analyse(spec)
+    assert analysis.ok, [d.message for d in analysis.errors]
+    model = _model(spec, analysis)
+    for dtype, batch, amp in (("float32", 2, False), ("bfloat16", 3, False), ("float16", 2, True)):
+        _agrees(spec, analysis, model, batch, dtype, amp, peak=not amp)
+
+
 MEMORY_ORACLE = settings(
     max_examples=examples(8),
     derandomize=True,

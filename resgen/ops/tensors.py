@@ -21,6 +21,7 @@ from resgen.ops.base import (
     Op,
     Operand,
     Param,
+    Saved,
     tensors,
 )
 from resgen.text import shape_text
@@ -49,6 +50,12 @@ class Split(Op):
     stateless = True
     functional = True
     emit = Emit("", imports=TORCH, uses=("torch.chunk",))
+
+    def storage(self, args, training):
+        return "input"  # torch.chunk's parts are views of the input
+
+    def saves(self, args, x, y, device):
+        return ()  # split's backward concatenates the gradients: sizes only
 
     def bundle(self, args, sizes):
         return args["chunks"]
@@ -85,6 +92,9 @@ class Concat(Op):
     functional = True
     family = MERGE
     emit = Emit("", imports=TORCH, uses=("torch.cat",))
+
+    def saves(self, args, x, y, device):
+        return ()  # cat's backward slices the gradient: sizes only
 
     def channels(self, args, c):
         total = 0
@@ -187,6 +197,18 @@ class _Elementwise(Op):
             out.append(wide.pop() if wide else 1)
         return tuple(out)
 
+    def saves(self, args, x, y, device):
+        return ()  # a sum's gradient passes to every input unchanged (Mul saves its inputs)
+
+    def temporaries(self, args, x, y, device):
+        """`a + b + c` makes a partial result per `+` but the last; one bundle's sum stacks its
+        items first (torch.stack, then .sum(1))."""
+        if len(x) == 1 and isinstance(x[0], Bundle):
+            return (Saved("new", (len(x[0]), *y), batched=True, name="stack"),)
+        if any(isinstance(one, Bundle) for one in x):
+            return ()  # item by item: one result per item, no partial ones
+        return tuple(Saved("new", y, batched=True, name="partial") for _ in x[2:])
+
     def expression(self, inputs, args):
         joined = f" {self.symbol} "
         if len(inputs) == 1 and inputs[0].bundle:  # the items of one bundle
@@ -212,6 +234,10 @@ class Mul(_Elementwise):
     name = "mul"
     doc = "element-wise product of its inputs, broadcasting a size of 1 (a gate)"
     symbol = "*"
+
+    def saves(self, args, x, y, device):
+        # each factor for the others' gradients (derivatives.yaml: mul saves self and other)
+        return (Saved("input", needed_by="other"), Saved("other", needed_by="input"))
 
     def infer(self, x, args, check):
         bundles = [b for b in x if isinstance(b, Bundle)]
@@ -260,6 +286,21 @@ class RadixSoftmax(Op):
             return None
         return x
 
+    def _copies(self, args) -> bool:
+        """Whether softmax copies its input: with groups > 1 the transpose makes it
+        non-contiguous and softmax works on a contiguous copy (its result, branch-major and
+        contiguous, is then the output: reshape is a view); with one group the transpose swaps
+        a size-1 axis and nothing is copied."""
+        return args["radix"] > 1 and args["groups"] > 1
+
+    def saves(self, args, x, y, device):
+        return (Saved("output"),)  # softmax and sigmoid keep their result for backward
+
+    def temporaries(self, args, x, y, device):
+        if self._copies(args):
+            return (Saved("new", x, batched=True, name="contiguous input"),)
+        return ()
+
     def label(self, args, times="×"):
         radix = args.get("radix", "?")
         return "sigmoid" if radix == 1 else f"softmax over {radix}"
@@ -281,6 +322,9 @@ class _ChannelPool(Op):
     def expression(self, inputs, args):
         return f"{self.function}({inputs[0].code}, 1, keepdim=True)"
 
+    def saves(self, args, x, y, device):
+        return ()  # mean's backward spreads the gradient: sizes only
+
 
 class ChannelMean(_ChannelPool):
     name = "channel_mean"
@@ -294,6 +338,10 @@ class ChannelMax(_ChannelPool):
     doc = "the maximum over the channels: 1 x H x W (CBAM's spatial gate)"
     function = "torch.amax"
     emit = Emit("", imports=TORCH, uses=(function,))
+
+    def saves(self, args, x, y, device):
+        # derivatives.yaml amax: the gradient goes where `result == self`
+        return (Saved("input"), Saved("output"))
 
 
 BUILTIN: tuple[Op, ...] = (
