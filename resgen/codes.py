@@ -117,6 +117,10 @@ NOT_FLAT = _code("not-flat", "a flat op (linear) before `flatten`")
 MERGE_MISMATCH = _code("merge-mismatch", "main path and shortcut give different shapes")
 JOIN_MISMATCH = _code("join-mismatch", "tensors that concat, add or mul cannot join")
 BUNDLE = _code("bundle", "a bundle where one tensor is read, or an item it does not have")
+BODY_ONLY = _code(
+    "body-only",
+    "`from`, a layer's `when`, `repeat` or a tensor function outside a block's main and post",
+)
 DROPPED_ROWS = _code("dropped-rows", "input rows or columns that no window reads (a warning)")
 INPUT_LAYOUT = _code(
     "input-layout", "an input that looks like H x W x C, given where C x H x W goes (a warning)"

@@ -371,7 +371,10 @@ def channels_after(
     values = {} if values is None else values
     ins = [_source_channels(s, values) for s in step.inputs] or [c]
     if step.kind == "op":
-        return step.op.channels(step.args, ins if step.op.arity == "many" else ins[0])
+        after = step.op.channels(step.args, ins if step.op.arity == "many" else ins[0])
+        if isinstance(after, int) and not isinstance(after, bool):  # channel_mean's 1
+            return E.literal(after, step.span)
+        return after
     if step.kind == "repeat":
         inner = {**values, step.attr: Items(step.count, None)}
         turn = channels_through(step.items, ins[0], blocks, inner)

@@ -376,6 +376,14 @@ def _std_import_hint(name: str) -> str | None:
     return f"`{name}` is in the standard library: add `import {module}`" if module else None
 
 
+def _function(op) -> str:
+    """What a functional op becomes in forward(): `torch.amax`, `a + b`."""
+    symbol = getattr(op, "symbol", "")
+    if symbol:
+        return f"`a {symbol} b`"
+    return f"`{op.emit.uses[0]}`" if op.emit.uses else "an expression"
+
+
 def _block_inside(layer: S.Layer) -> str | None:
     """The block type a layer is or holds (in a seq), if any."""
     if layer.kind == "block":
@@ -606,7 +614,9 @@ class _FileResolver:
                 f"the layers of {what} are all named or all unnamed; this one has no name",
                 hint="write `name = op(...)` for every layer, or drop every name",
             )
-        return self._layers(items, scope, {}, owner, named=not unnamed, reusable=False)
+        return self._layers(
+            items, scope, {}, owner, named=not unnamed, reusable=False, modules_of=what
+        )
 
     def _layers(
         self,
@@ -616,9 +626,15 @@ class _FileResolver:
         owner: str,
         named: bool = True,
         reusable: bool = True,
+        modules_of: str | None = None,
     ) -> tuple[S.Layer, ...]:
+        """The layers of a path. `modules_of` names a path that is a sequence of modules called
+        in order (the stem and head, a stage's own layers, a seq, a shortcut), where the
+        constructs of block bodies are errors; None for a block's main and post."""
         out = []
         for layer in layers:
+            if modules_of is not None:
+                self._modules_only(layer, modules_of)
             layer = self._flow(layer, scope, declared, owner)
             if layer.kind == "repeat":
                 out.append(self._repeat(layer, scope, declared, owner))
@@ -644,6 +660,15 @@ class _FileResolver:
                 resolved = layer.model_copy(update={"items": items})
             else:
                 resolved = self._call(layer, scope)
+                op = ops.lookup(resolved.callee) if resolved.kind == "op" else None
+                if modules_of is not None and op is not None and op.functional:
+                    self.diags.error(
+                        layer.callee_span,
+                        codes.BODY_ONLY,
+                        f"`{op.name}` is code in a block's forward() ({_function(op)}), not a "
+                        f"module; the layers of {modules_of} are modules called in order",
+                        hint="write it in a block's `main` and use the block as a layer",
+                    )
             if layer.name is not None:
                 declared.setdefault(layer.name, resolved)
             out.append(resolved)
@@ -671,6 +696,27 @@ class _FileResolver:
         if condition is not None:
             condition = self._expr(condition, scope)
         return layer.model_copy(update={"inputs": tuple(inputs), "condition": condition})
+
+    def _modules_only(self, layer: S.Layer, where: str) -> None:
+        """`from`, a layer's `when` and `repeat` shape a block body's forward(); a path of
+        modules called in order has no place for them (they would be dropped silently)."""
+        found = (
+            ("`repeat`", layer.span)
+            if layer.kind == "repeat"
+            else ("`from`", layer.inputs[0].span)
+            if layer.inputs
+            else ("a layer's `when`", layer.condition.span)
+            if layer.condition is not None
+            else None
+        )
+        if found is not None:
+            self.diags.error(
+                found[1],
+                codes.BODY_ONLY,
+                f"{found[0]} works in a block's `main` and `post`; the layers of {where} are "
+                "modules called in order",
+                hint="write these layers in a block and use the block as a layer",
+            )
 
     def _applies_again(self, layer: S.Layer, declared) -> bool:
         """Whether `name = callee` applies an earlier layer of this body again: `callee` is a
@@ -1020,7 +1066,8 @@ class _FileResolver:
             self._check_input(shape)
         owner = f"network `{net.name}`"
         declared: dict[str, S.Layer] = {}
-        stem = self._layers(net.stem, scope, declared, owner)
+        paths = f"{owner}'s stem and head"
+        stem = self._layers(net.stem, scope, declared, owner, modules_of=paths)
         stages = []
         stem_names = set(declared)
         for stage in net.stages:
@@ -1034,7 +1081,7 @@ class _FileResolver:
             declared.setdefault(top, S.Layer(span=stage.span, kind="seq", name=top))
             stages.append(self._stage(stage, scope, owner))
         self._check_containers(stages)
-        head = self._layers(net.head, scope, declared, owner)
+        head = self._layers(net.head, scope, declared, owner, modules_of=paths)
         return net.model_copy(
             update={
                 "input": shape,
@@ -1113,7 +1160,14 @@ class _FileResolver:
         layers = stage.layers
         if layers or stage.container:
             declared: dict[str, S.Layer] = {}
-            layers = self._layers(layers, scope, declared, f"stage `{stage.name}`", reusable=False)
+            layers = self._layers(
+                layers,
+                scope,
+                declared,
+                f"stage `{stage.name}`",
+                reusable=False,
+                modules_of=f"stage `{stage.name}`",
+            )
             for layer in layers:
                 if layer.kind == "reuse":
                     self.diags.error(

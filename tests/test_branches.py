@@ -462,3 +462,93 @@ def test_a_shared_layer_on_another_size_is_fine(tmp_path):
     model = build_module(path).eval()
     assert model(torch.randn(1, 8, 16, 16)).shape == (1, 8, 1, 1)
     assert analysis.params == sum(p.numel() for p in model.parameters())
+
+
+# ---------------------------------------------------------------------------------------------
+# The tensor ops outside a block body: the stem, head, a stage's own layers, a seq and a
+# shortcut are modules called in order, so a function of forward() (and `from`, `when`,
+# `repeat`) is a located body-only error there; in a block's main or post each one runs as
+# torch runs it.
+
+FUNCTIONS = ["split(2)", "concat", "add", "mul", "channel_mean", "channel_max"]
+PLACES = {
+    "stem": ("network n {{\n    input 8x8x8\n    stem {{ t = {op} }}\n}}\n", 3),
+    "head": (
+        "block B() {{ main {{ c = conv(8, 1) }} }}\nnetwork n {{\n    input 8x8x8\n"
+        "    stage s = 1 x B()\n    head {{ t = {op} }}\n}}\n",
+        5,
+    ),
+    "stage": (
+        "block B() {{ main {{ c = conv(8, 1) }} }}\nnetwork n {{\n    input 8x8x8\n"
+        "    stage s = 1 x B() in blocks {{ t = {op} }}\n}}\n",
+        4,
+    ),
+    "seq": (
+        "block B() {{ main {{ m = seq {{ conv(8, 1)  {op} }} }} }}\nnetwork n {{\n"
+        "    input 8x8x8\n    stage s = 1 x B()\n}}\n",
+        1,
+    ),
+    "shortcut": (
+        "block B() {{\n    main {{ c = conv(8, 1) }}\n    shortcut d {{ {op} }}\n"
+        "    merge add\n}}\nnetwork n {{\n    input 8x8x8\n    stage s = 1 x B()\n}}\n",
+        3,
+    ),
+}
+
+
+@pytest.mark.parametrize("place", list(PLACES))
+@pytest.mark.parametrize("op", FUNCTIONS)
+def test_a_tensor_function_outside_a_block_body_is_a_located_error(tmp_path, op, place):
+    text, line = PLACES[place]
+    errors = _errors(tmp_path, text.format(op=op))
+    assert [(str(e.code), e.span.line) for e in errors][:1] == [("body-only", line)]
+    assert f"`{op.split('(')[0]}` is code in a block's forward()" in errors[0].message
+
+
+@pytest.mark.parametrize(
+    ("layer", "words"),
+    [
+        ("d = conv(8, 1) from c", "`from` works in a block's `main` and `post`"),
+        ("d = conv(8, 1) when (n > 1)", "a layer's `when` works"),
+        ("d = repeat i < 2 { e = conv(8, 1) }", "`repeat` works"),
+    ],
+)
+def test_body_constructs_in_the_stem_are_located_errors(tmp_path, layer, words):
+    """The stem's forward() calls its modules in order: a `from` or `when` there would be
+    dropped from the generated code, so each is refused where it is written."""
+    text = (
+        f"network m {{\n    input 8x8x8\n    param n = 1\n    stem {{\n        c = conv(8, 1)\n"
+        f"        {layer}\n    }}\n}}\n"
+    )
+    errors = _errors(tmp_path, text)
+    assert [(str(e.code), e.span.line) for e in errors][:1] == [("body-only", 6)]
+    assert words in errors[0].message
+
+
+@pytest.mark.parametrize(
+    ("body", "reference"),
+    [
+        ("t = channel_max", lambda x: x.amax(1, keepdim=True)),
+        ("t = channel_mean", lambda x: x.mean(1, keepdim=True)),
+        (
+            "s = split(2)\n        t = concat from s[1], s[0]",
+            lambda x: torch.cat(x.chunk(2, 1)[::-1], 1),
+        ),
+        ("s = split(2)\n        t = add from s", lambda x: sum(x.chunk(2, 1))),
+        ("s = split(2)\n        t = mul from s[0], s[1]", lambda x: x[:, :4] * x[:, 4:]),
+        ("t = radix_softmax(2)", lambda x: x.view(1, 1, 2, -1).softmax(2).reshape(x.shape)),
+    ],
+)
+def test_each_tensor_op_alone_in_a_block_runs_as_torch(tmp_path, body, reference):
+    """One op as a whole block body (a block whose output is channel_mean's one channel
+    included): the generated block is torch's expression."""
+    path = tmp_path / "spec.arch"
+    path.write_text(_block(f"        {body}"))
+    analysis = analyse(Loader().load(path))
+    assert analysis.ok, [d.message for d in analysis.errors]
+    model = build_module(path).eval()
+    x = torch.randn(1, 8, 16, 16)
+    expected = reference(x)
+    assert analysis.output == tuple(expected.shape[1:])
+    with torch.no_grad():
+        assert torch.allclose(model(x), expected, atol=1e-6)
