@@ -280,6 +280,7 @@ class ResNet(nn.Module):
         self,
         num_classes: int = 1000,
         drop_rate: float = 0.0,
+        zero_init_residual: bool = False,
     ) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(3, 64, kernel_size=7, stride=2, padding=3, bias=False)
@@ -321,6 +322,12 @@ class ResNet(nn.Module):
             elif isinstance(module, nn.BatchNorm2d):
                 nn.init.constant_(module.weight, 1)
                 nn.init.constant_(module.bias, 0)
+        # Zero-initialise the last BN of each residual branch, so that every residual block
+        # starts as an identity (https://arxiv.org/abs/1706.02677).
+        if zero_init_residual:
+            for module in self.modules():
+                if isinstance(module, CBAMBottleneck):
+                    nn.init.constant_(module.bn3.weight, 0)
 
     def forward_features(self, x: Tensor) -> Tensor:
         x = self.conv1(x)  # 64x112x112
@@ -394,6 +401,7 @@ class ResNetFeatures(ResNet):
 def cbam_resnet50(
     num_classes: int = 1000,
     drop_rate: float = 0.0,
+    zero_init_residual: bool = False,
     features_only: bool = False,
     out_indices: Sequence[int] | int = (0, 1, 2, 3, 4),
 ) -> ResNet:
@@ -404,8 +412,10 @@ def cbam_resnet50(
             out_indices,
             num_classes=num_classes,
             drop_rate=drop_rate,
+            zero_init_residual=zero_init_residual,
         )
     return ResNet(
         num_classes=num_classes,
         drop_rate=drop_rate,
+        zero_init_residual=zero_init_residual,
     )

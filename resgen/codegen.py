@@ -1988,7 +1988,10 @@ def _zero_init(plan: BlockPlan, plans: Mapping[str, BlockPlan]) -> ZeroInitView 
     no layer can do it, None for a block that is not residual."""
     if plan.merge is None or not plan.merge.residual:
         return None
-    found = _zero_target(plan.main, plan, plans, "module")
+    if _is_dataflow(plan):
+        found = _zero_target_flow(plan.main, plan, plans, "module")
+    else:
+        found = _zero_target(plan.main, plan, plans, "module")
     if isinstance(found, ZeroInitView):
         found.block = ident(plan.name)
         found.conditional = plan.block.merge_condition is not None  # instances with a residual
@@ -2007,15 +2010,17 @@ def _zero_target(steps: Sequence[Step], owner: BlockPlan, plans, prefix: str):
         path = f"{prefix}.{ident(step.attr)}" if step.attr is not None else f"{prefix}[{index}]"
         if step.kind in ("seq", "block"):
             inner = plans[step.block] if step.kind == "block" else None
-            if inner is not None and inner.merge is not None:
+            if inner is not None and (inner.merge is not None or _is_dataflow(inner)):
                 if _block_keeps_zero(inner, plans):
                     continue  # a squeeze-excite gate: x * gate(x) is zero for a zero x
-                return f"`{step.attr}` ({inner.name}) does not give zeros for zeros"
-            found = (
-                _zero_target(step.items, owner, plans, path)
-                if inner is None
-                else _zero_target(inner.main + inner.post, inner, plans, path)
-            )
+                if inner.merge is not None:
+                    return f"`{step.attr}` ({inner.name}) does not give zeros for zeros"
+            if inner is None:
+                found = _zero_target(step.items, owner, plans, path)
+            elif _is_dataflow(inner):
+                found = _zero_target_flow(inner.main + inner.post, inner, plans, path)
+            else:
+                found = _zero_target(inner.main + inner.post, inner, plans, path)
             if found is _KEEPS:
                 continue
             return found
@@ -2031,6 +2036,74 @@ def _zero_target(steps: Sequence[Step], owner: BlockPlan, plans, prefix: str):
                 "layer that can be zeroed, and that does not map zeros to zeros"
             )
     return _KEEPS
+
+
+def _zero_target_flow(steps: Sequence[Step], owner: BlockPlan, plans, prefix: str):
+    """_zero_target for a body that forks and joins: the last layer (of the body or of one of
+    its seqs) whose zeros reach the body's output through every path that leads there, by
+    _zero_flow; a reason when no single layer does (paths that join by a sum or a concat all
+    need zeros: Res2Net's zeroed bn3 sits after its concat)."""
+    candidates = []
+    for step in steps:
+        path = f"{prefix}.{ident(step.attr)}"
+        items = step.items if step.kind == "seq" else (step,) if step.kind == "op" else ()
+        for index, item in enumerate(items):
+            if item is not step:
+                key = f"{path}.{ident(item.attr)}" if item.attr is not None else f"{path}[{index}]"
+            else:
+                key = path
+            op, values, _ = _op_values(item, owner)
+            zeroed = op.zeroed(values)
+            if zeroed and item.condition is None:
+                candidates.append((item, ZeroInitView("", tuple(f"{key}.{p}" for p in zeroed))))
+    for item, view in reversed(candidates):
+        if _zero_flow(steps, owner, plans, {BLOCK_INPUT: False}, False, item):
+            view.norm = item.op.family is NORM
+            return view
+    if _zero_flow(steps, owner, plans, {BLOCK_INPUT: True}, True, None):
+        return _KEEPS
+    return "no single layer's zeros reach the end of its residual branch on every path"
+
+
+def _zero_flow(steps, owner: BlockPlan, plans, values: dict, cur: bool, forced) -> bool:
+    """Whether a body's output is zero at initialisation: `values` flags the names `from`
+    reads (the block input `x`), `cur` the incoming value, `forced` a layer whose parameters
+    are zeroed (its output zero). Each op says how zeros pass (Op.maps_zero, and for a join
+    Op.maps_zeros: a product needs one zero factor, a sum or a concat all inputs zero); a layer
+    that exists `when` a condition holds must keep zero both ways (absent, its input passes)."""
+    for step in steps:
+        flags = [values.get(source.name, False) for source in step.inputs] or [cur]
+        if step is forced:
+            out = True
+        elif step.kind == "repeat":
+            inner = {**values, step.attr: True}  # earlier turns: as this one
+            out = _zero_flow(step.items, owner, plans, inner, flags[0], forced)
+        elif step.kind == "seq":
+            if forced is not None and forced in step.items:
+                after = step.items[step.items.index(forced) + 1 :]
+                out = _keeps_zero(after, owner, plans)
+            else:
+                out = flags[0] and _keeps_zero(step.items, owner, plans)
+        elif step.kind == "block":
+            out = flags[0] and _block_keeps_zero(plans[step.block], plans)
+        elif step.kind == "dynamic":
+            out = False  # its op is a parameter's value, per instance
+        elif step.kind == "reuse":
+            applied = step.applies if step.applies is not None else step
+            out = flags[0] and _keeps_zero([applied], owner, plans)
+        else:
+            op, args, _ = _op_values(step, owner)
+            out = (
+                op.maps_zeros(args, flags)
+                if op.arity == "many"
+                else flags[0] and op.maps_zero(args)
+            )
+        if step.condition is not None:
+            out = out and flags[0]
+        cur = out
+        if step.attr is not None:
+            values[step.attr] = out
+    return cur
 
 
 def _op_values(step: Step, owner: BlockPlan) -> tuple[ops.Op, dict, str]:
@@ -2065,8 +2138,13 @@ def _block_keeps_zero(plan: BlockPlan, plans) -> bool:
     """Whether a block gives zeros for zeros: its paths, joined as its merge joins them (a sum
     needs both zero, a product either), then `post`. A shortcut that is absent for some instance
     is the identity there, which keeps zero."""
-    main = _keeps_zero(plan.main, plan, plans)
-    post = _keeps_zero(plan.post, plan, plans)
+    if _is_dataflow(plan):
+        values = {BLOCK_INPUT: True}
+        main = _zero_flow(plan.main, plan, plans, values, True, None)
+        post = _zero_flow(plan.post, plan, plans, values, True, None)
+    else:
+        main = _keeps_zero(plan.main, plan, plans)
+        post = _keeps_zero(plan.post, plan, plans)
     if plan.merge is None:
         return main and post
     shortcut = plan.shortcut is None or _keeps_zero(plan.shortcut.steps, plan, plans)

@@ -173,12 +173,13 @@ CASES = [
         "did you mean `Bottleneck`",
     ),
     (
-        "reuse-stateful",
-        block("    main {\n        bn = batchnorm\n        bn\n    }"),
+        "reuse-stateful",  # a block is one submodule with its own forward: applied once
+        block("    main {\n        inner = C()\n        inner\n    }")
+        + "block C() { main { c = conv(8, 1) } }\n",
         "reuse-stateful",
         4,
         9,
-        "`bn` has parameters",
+        "`inner` is (or holds) block `C`",
     ),
     (
         "reuse-undeclared",
@@ -623,15 +624,16 @@ def test_printed_format(tmp_path, capsys):
 
 
 def test_printed_format_with_hint(tmp_path, capsys):
-    path = _write(tmp_path, block("    main {\n        bn = batchnorm\n        bn\n    }"))
+    text = block("    main {\n        inner = C()\n        inner\n    }")
+    path = _write(tmp_path, text + "block C() { main { c = conv(8, 1) } }\n")
     assert main(["check", str(path)]) == 1
     err = capsys.readouterr().err.splitlines()
-    assert err[0].startswith(f"{path}:4:9: error: `bn` has parameters")
+    assert err[0].startswith(f"{path}:4:9: error: `inner` is (or holds) block `C`")
     assert err[0].endswith("[reuse-stateful]")
     assert err[1:] == [
-        "    4 |         bn",
-        "      |         ^~",
-        "      = hint: declare a new layer with its own name",
+        "    4 |         inner",
+        "      |         ^~~~~",
+        "      = hint: declare a second `C` with its own name",
     ]
 
 

@@ -14,7 +14,6 @@ import pytest
 from resgen import ops
 from resgen.build import analyse, import_source, load
 from resgen.codegen import generate
-from resgen.ops import tensors
 
 torch = pytest.importorskip("torch")
 
@@ -105,16 +104,46 @@ def _network(tmp_path, body: str, name="n"):
 
 
 def test_every_builtin_op_is_covered():
-    used = {re.match(r"\w+", use).group() for use in OP_USES}
-    # The multi-branch tensor ops (resgen.ops.tensors: split, concat, add, mul, radix_softmax,
-    # channel_mean, channel_max) hold no state and read bundles or block-body inputs a stem
-    # layer cannot give; their zero mapping is not declared-and-checked here yet (issue 16).
-    tensor_ops = {op.name for op in tensors.BUILTIN}
-    assert used == {
-        op.name
-        for op in ops.registered()
-        if not isinstance(op, ops.Merge) and op.name not in tensor_ops
-    }
+    used = {re.match(r"\w+", use).group() for use in OP_USES + [b for b, _ in TENSOR_USES]}
+    assert used == {op.name for op in ops.registered() if not isinstance(op, ops.Merge)}
+
+
+# The tensor ops are code in a block's forward(), so each is checked inside a block body on a
+# zero input `x`: `b = sigmoid from x` is a value that is not zero (0.5), `x` one that is.
+# Each use names the inputs it reads; the op's declaration (Op.maps_zero, for a join
+# Op.maps_zeros with the inputs' flags) must say what torch gives.
+TENSOR_USES = [
+    ("split(2) from x", ["x"]),
+    ("split(2) from b", ["b"]),
+    ("concat from x, x", ["x", "x"]),
+    ("concat from x, b", ["x", "b"]),
+    ("add from x, x", ["x", "x"]),
+    ("add from x, b", ["x", "b"]),
+    ("mul from x, b", ["x", "b"]),
+    ("mul from b, x", ["b", "x"]),
+    ("mul from b, b", ["b", "b"]),
+    ("radix_softmax(2) from x", ["x"]),
+    ("radix_softmax(1) from x", ["x"]),
+    ("channel_mean from x", ["x"]),
+    ("channel_max from x", ["x"]),
+]
+
+
+@pytest.mark.parametrize(("use", "names"), TENSOR_USES)
+@torch.no_grad()
+def test_tensor_op_declarations_match_torch(tmp_path, use, names):
+    join = "        j = concat from t\n" if use.startswith("split") else ""
+    text = (
+        f"block B() {{\n    main {{\n        b = sigmoid from x\n        t = {use}\n{join}"
+        "    }\n}\nnetwork n { input 4x6x6 stage s = 1 x B() }\n"
+    )
+    _, analysis, _, module = _network(tmp_path, text)
+    node = analysis.nodes["s.0.t"]
+    out = module.n().eval()(torch.zeros(2, 4, 6, 6))
+    zeros = [name == "x" for name in names]
+    op = node.op
+    declared = op.maps_zeros(node.args, zeros) if op.arity == "many" else op.maps_zero(node.args)
+    assert bool((out == 0).all()) is (declared and zeros[0] if op.arity != "many" else declared)
 
 
 @pytest.mark.parametrize("use", OP_USES)
@@ -277,3 +306,42 @@ def test_torchvision_blocks_keep_their_rule_and_comment():
     assert "nn.init.constant_(module.bn3.weight, 0)" in source
     assert "# Zero-initialise the last BN of each residual branch" in source
     assert "left as it is" not in source
+
+
+BRANCHY_RESIDUAL = """
+import std.cbam
+import std.res2net
+import std.sknet
+block Cat() {
+    main {
+        a = conv(in_channels // 2, 1) from x
+        bn_a = batchnorm
+        c = conv(in_channels // 2, 1) from x
+        bn_c = batchnorm
+        cat = concat from bn_a, bn_c
+    }
+    merge add
+}
+network n {
+    input 32x8x8
+    stage s1 = 2 x CBAMBottleneck(8, reduction_ratio=4)
+    stage s2 = 2 x Bottle2neck(8, base_width=32, scale=2)
+    stage s3 = 2 x SKBasicBlock(32)
+    stage s4 = 1 x Cat()
+}
+"""
+
+
+@torch.no_grad()
+def test_blocks_that_fork_and_join_start_as_their_shortcut(tmp_path):
+    """zero_init_residual through a body's paths: CBAM's gates (x * gate) keep the zeros of
+    bn3, Res2Net's and SKNet's last norm comes after their joins; a block whose branch ends in
+    a concat of two normed paths has no single layer to zero, and torch agrees."""
+    _, _, source, module = _network(tmp_path, BRANCHY_RESIDUAL)
+    model = module.n(zero_init_residual=True).eval()
+    x = torch.randn(2, 32, 8, 8, generator=torch.Generator().manual_seed(0))
+    for stage in ("s1", "s2", "s3"):
+        block = getattr(model, stage)[1]  # an identity shortcut, a ReLU after the sum
+        assert torch.equal(block(x), torch.relu(x)), stage
+    assert "`Cat` is left as it is: no single layer's zeros reach" in source
+    assert not _some_layer_zeroes(module.n().eval(), "s4", x, projection=False)

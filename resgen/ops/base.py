@@ -18,6 +18,7 @@ attributes and methods answer every question a later stage asks, so no stage com
     stateless               no parameters or buffers: one module may be applied again by name
     zero_init, zeroed(args) the parameters whose zeros make the output zero (zero_init_residual)
     keeps_zero, maps_zero   whether a zero input gives a zero output at initialisation
+    maps_zeros(args, zeros) the same for a join, given which of its inputs are zero
     parameters(args, x)     the shapes of its parameter tensors; buffers(args, x) its buffers'
     storage(args, training) where its output lives: a new tensor, the input's storage (a view, or
                             the input itself), or the input overwritten in place
@@ -508,6 +509,12 @@ class Op:
         """Whether a zero input gives a zero output at the op's initial parameters (ReLU and
         pools do; a sigmoid gives 0.5, a convolution its bias). Default: `keeps_zero`."""
         return self.keeps_zero
+
+    def maps_zeros(self, args: Args, zeros: list[bool]) -> bool:
+        """For an op of several inputs (arity "many": a join), whether its output is zero when
+        the inputs flagged in `zeros` are (a bundle: one flag for all its items). Default: all
+        of them, and `maps_zero` (a sum, a concatenation); a product needs one."""
+        return all(zeros) and self.maps_zero(args)
 
     def label(self, args: Args, times: str = "×") -> str:
         """A short description, e.g. `conv 3×3 s2 p1`; `times` joins the two axes of a size."""

@@ -51,6 +51,8 @@ class Split(Op):
     functional = True
     emit = Emit("", imports=TORCH, uses=("torch.chunk",))
 
+    keeps_zero = True  # the parts of zeros are zeros
+
     def storage(self, args, training):
         return "input"  # torch.chunk's parts are views of the input
 
@@ -92,6 +94,7 @@ class Concat(Op):
     functional = True
     family = MERGE
     emit = Emit("", imports=TORCH, uses=("torch.cat",))
+    keeps_zero = True  # zeros where every input is zero (maps_zeros: all of them)
 
     def saves(self, args, x, y, device):
         return ()  # cat's backward slices the gradient: sizes only
@@ -133,6 +136,7 @@ class _Elementwise(Op):
     family = MERGE
     symbol = ""
     emit = Emit("", imports=TORCH, uses=("torch.stack",))
+    keeps_zero = True  # a sum of zeros; a product of zeros (Mul needs only one, maps_zeros)
 
     def channels(self, args, c):
         items = [one for one in c if isinstance(one, Items)]
@@ -235,6 +239,9 @@ class Mul(_Elementwise):
     doc = "element-wise product of its inputs, broadcasting a size of 1 (a gate)"
     symbol = "*"
 
+    def maps_zeros(self, args, zeros):
+        return any(zeros)  # x * gate is zero for a zero x whatever the gate (CBAM, SK)
+
     def saves(self, args, x, y, device):
         # each factor for the others' gradients (derivatives.yaml: mul saves self and other)
         return (Saved("input", needed_by="other"), Saved("other", needed_by="input"))
@@ -257,6 +264,7 @@ class RadixSoftmax(Op):
     each branch's weights). With one branch, a sigmoid."""
 
     name = "radix_softmax"
+    keeps_zero = False  # a softmax of zeros is 1 / radix, a sigmoid 0.5
     doc = "softmax across `radix` branches of the channels (ResNeSt, SKNet); sigmoid for 1"
     params = (
         Param("radix", "int", torch="radix", doc="branches", limit="max_channels"),
@@ -308,6 +316,7 @@ class RadixSoftmax(Op):
 
 class _ChannelPool(Op):
     accepts = "spatial"
+    keeps_zero = True  # the mean and the maximum of zeros
     stateless = True
     functional = True
     family = OTHER
