@@ -236,6 +236,9 @@ def digraph(
 
     # Collapse graph edges onto groups; the first pair wins its place, the main role its style.
     edges: dict[tuple[str, str], tuple[str, str, int | None]] = {}
+    failing = {
+        (group_of[u], group_of[v]) for u, v in _failing_branches(analysis, graph, node_errors)
+    }
     for u, v, d in graph.edges(data=True):
         key = (group_of[u], group_of[v])
         if key[0] == key[1]:
@@ -309,7 +312,17 @@ def digraph(
 
     emit(dot, ())
     for (gu, gv), (role, u, item) in edges.items():
-        _edge(dot, groups[gu], groups[gv], role, u, analysis, item, tap_rows.get(u, ()))
+        _edge(
+            dot,
+            groups[gu],
+            groups[gv],
+            role,
+            u,
+            analysis,
+            item,
+            tap_rows.get(u, ()),
+            failing=(gu, gv) in failing,
+        )
     if loose_errors:
         fill, line = COLOURS["error"]
         dot.node(
@@ -556,9 +569,11 @@ def _edge(
     analysis,
     item=None,
     taps=(),
+    failing: bool = False,
 ) -> None:
     """An edge labelled with the tensor it carries: one item of a bundle when `item` says
-    which (a split's chunk), the whole output otherwise; feature `taps` read there are marked."""
+    which (a split's chunk), the whole output otherwise; feature `taps` read there are marked.
+    `failing`: on a branch into a join that fails (drawn red)."""
     result, node = analysis.shapes[u], analysis.nodes[u]
     tensor = result.out_shape
     if item is not None and isinstance(tensor, Bundle):
@@ -582,7 +597,30 @@ def _edge(
         label += f'<br/>&#160;<font color="{FEATURE_ORANGE}">{_esc(text)}</font>'
     if dst.errors:
         attrs.update(color=RED, fontcolor=RED)
+    elif failing:
+        attrs.update(color=RED)
     g.edge(src.id, dst.id, label=f"<{label}>", **attrs)
+
+
+def _failing_branches(analysis, graph, node_errors) -> set[tuple[str, str]]:
+    """The edges of every branch into a join or merge that fails (a concat of different H x W,
+    a merge of different shapes): from the fork where the branches part (what every input
+    descends from) to the join, so the paths that disagree are red, not only the join."""
+    import networkx as nx
+
+    found: set[tuple[str, str]] = set()
+    for node_id in node_errors:
+        node = analysis.nodes.get(node_id)
+        inputs = list(graph.predecessors(node_id)) if node_id in graph else []
+        if node is None or len(inputs) < 2:
+            continue
+        lineage = [nx.ancestors(graph, p) | {p} for p in inputs]
+        shared = set.intersection(*lineage)
+        branch = set().union(*lineage) - shared
+        for u, v in graph.in_edges([*branch, node_id]):
+            if u in branch or u in shared:
+                found.add((u, v))
+    return found
 
 
 def _feature_text(index: int, tap) -> str:

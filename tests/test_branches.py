@@ -7,6 +7,7 @@ principles (the arithmetic in each error).
 
 from __future__ import annotations
 
+import re
 import warnings
 
 import pytest
@@ -552,3 +553,27 @@ def test_each_tensor_op_alone_in_a_block_runs_as_torch(tmp_path, body, reference
     assert analysis.output == tuple(expected.shape[1:])
     with torch.no_grad():
         assert torch.allclose(model(x), expected, atol=1e-6)
+
+
+def test_a_failing_branch_is_drawn_red(tmp_path):
+    """A concat of 8x8x8 and 8x16x16: the join carries the message, and both branches, from
+    the fork to the join, are red; the layer before the fork is not."""
+    from resgen import diagram
+
+    text = _block(
+        "        pre = conv(8, 1)\n"
+        "        a = conv(8, 3, stride=2, padding=1) from pre\n"
+        "        a2 = relu\n"
+        "        b = conv(8, 1) from pre\n"
+        "        c = concat from a2, b"
+    )
+    spec = _load(tmp_path, text)
+    source = diagram.to_dot(spec, analyse(spec), "layers")
+    red = {
+        (m.group(1), m.group(2))
+        for m in re.finditer(r'"?([\w.]+)"? -> "?([\w.]+)"? \[[^\]]*color="#cc1f1a"', source)
+    }
+    assert {("s.0.pre", "s.0.a"), ("s.0.a", "s.0.a2"), ("s.0.a2", "s.0.c")} <= red
+    assert {("s.0.pre", "s.0.b"), ("s.0.b", "s.0.c")} <= red
+    assert not any(v == "s.0.pre" for _, v in red)
+    assert "concat of 8x8x8 and 8x16x16: the inputs&#x27; H x W" in source
