@@ -20,6 +20,57 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+
+def global_pool_layer(pool_type: str) -> nn.Module:
+    """The global pool of timm's SelectAdaptivePool2d for `pool_type`: "avg", "max", "avgmax"
+    (their mean), "catavgmax" (both, concatenated: twice the channels), "" (no pooling)."""
+    if pool_type == "avg":
+        return nn.AdaptiveAvgPool2d(1)
+    if pool_type == "max":
+        return nn.AdaptiveMaxPool2d(1)
+    if pool_type == "avgmax":
+        return AdaptiveAvgMaxPool2d(1)
+    if pool_type == "catavgmax":
+        return AdaptiveCatAvgMaxPool2d(1)
+    if pool_type == "":
+        return nn.Identity()
+    raise ValueError(f"global_pool={pool_type!r}: not avg, max, avgmax, catavgmax or ''")
+
+
+class AdaptiveAvgMaxPool2d(nn.Module):
+    """The mean of adaptive average and adaptive max pooling to `output_size` (timm's
+    AdaptiveAvgMaxPool2d, the "avgmax" global pool)."""
+
+    def __init__(self, output_size: int | tuple[int, int] = 1) -> None:
+        super().__init__()
+        self.output_size = output_size
+
+    def forward(self, x: Tensor) -> Tensor:
+        average = nn.functional.adaptive_avg_pool2d(x, self.output_size)
+        maximum = nn.functional.adaptive_max_pool2d(x, self.output_size)
+        return 0.5 * (average + maximum)
+
+    def extra_repr(self) -> str:
+        return f"output_size={self.output_size}"
+
+
+class AdaptiveCatAvgMaxPool2d(nn.Module):
+    """Adaptive average and adaptive max pooling to `output_size`, concatenated along the
+    channels: 2 C channels out (timm's AdaptiveCatAvgMaxPool2d, the "catavgmax" global pool)."""
+
+    def __init__(self, output_size: int | tuple[int, int] = 1) -> None:
+        super().__init__()
+        self.output_size = output_size
+
+    def forward(self, x: Tensor) -> Tensor:
+        average = nn.functional.adaptive_avg_pool2d(x, self.output_size)
+        maximum = nn.functional.adaptive_max_pool2d(x, self.output_size)
+        return torch.cat((average, maximum), 1)
+
+    def extra_repr(self) -> str:
+        return f"output_size={self.output_size}"
 
 
 def load_fitting(
@@ -71,6 +122,15 @@ def adapt_input_conv(in_chans: int, weight: Tensor, base_chans: int = 3) -> Tens
         repeat = (in_chans + base_chans - 1) // base_chans
         weight = weight.repeat(1, repeat, 1, 1)[:, :in_chans] * (base_chans / in_chans)
     return weight.to(dtype)
+
+
+def checkpoint_seq(blocks: nn.Sequential, x: Tensor) -> Tensor:
+    """timm's checkpoint_seq for set_grad_checkpointing: each of `blocks` in turn under
+    torch.utils.checkpoint, non-reentrant (timm's default), so its activations are recomputed
+    in backward instead of stored."""
+    for block in blocks:
+        x = checkpoint(block, x, use_reentrant=False)
+    return x
 
 
 class FeatureInfo:
@@ -280,6 +340,9 @@ class ResNet(nn.Module):
         self,
         num_classes: int = 1000,
         drop_rate: float = 0.0,
+        global_pool: str = "avg",
+        frozen_stages: int = -1,
+        norm_eval: bool = False,
         zero_init_residual: bool = False,
     ) -> None:
         super().__init__()
@@ -307,7 +370,11 @@ class ResNet(nn.Module):
         self.flatten = nn.Flatten()
         self.fc = nn.Linear(2048, num_classes)
         self.num_features = 2048
+        self.grad_checkpointing = False
+        self.head_hidden_size = self.num_features
         self.drop_rate = drop_rate
+        if global_pool != "avg":  # timm's other global pools
+            self.reset_classifier(self.fc.out_features, global_pool)
         self.feature_info = [
             {"num_chs": 64, "reduction": 2, "module": "relu"},
             {"num_chs": 256, "reduction": 4, "module": "layer1"},
@@ -315,6 +382,10 @@ class ResNet(nn.Module):
             {"num_chs": 1024, "reduction": 16, "module": "layer3"},
             {"num_chs": 2048, "reduction": 32, "module": "layer4"},
         ]
+        if not -1 <= frozen_stages <= 4:
+            raise ValueError(f"frozen_stages={frozen_stages}: -1 (none) to 4 (every stage)")
+        self.frozen_stages = frozen_stages
+        self.norm_eval = norm_eval
 
         for module in self.modules():
             if isinstance(module, nn.Conv2d):
@@ -328,16 +399,23 @@ class ResNet(nn.Module):
             for module in self.modules():
                 if isinstance(module, CBAMBottleneck):
                     nn.init.constant_(module.bn3.weight, 0)
+        self.freeze_stages()
 
     def forward_features(self, x: Tensor) -> Tensor:
         x = self.conv1(x)  # 64x112x112
         x = self.bn1(x)  # 64x112x112
         x = self.relu(x)  # 64x112x112
         x = self.maxpool(x)  # 64x56x56
-        x = self.layer1(x)  # 256x56x56
-        x = self.layer2(x)  # 512x28x28
-        x = self.layer3(x)  # 1024x14x14
-        x = self.layer4(x)  # 2048x7x7
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            x = checkpoint_seq(self.layer1, x)
+            x = checkpoint_seq(self.layer2, x)
+            x = checkpoint_seq(self.layer3, x)
+            x = checkpoint_seq(self.layer4, x)
+        else:
+            x = self.layer1(x)  # 256x56x56
+            x = self.layer2(x)  # 512x28x28
+            x = self.layer3(x)  # 1024x14x14
+            x = self.layer4(x)  # 2048x7x7
         return x
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
@@ -350,6 +428,33 @@ class ResNet(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.forward_head(self.forward_features(x))
 
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each block's activations in backward instead of storing them (timm's)."""
+        self.grad_checkpointing = enable
+
+    def freeze_stages(self) -> None:
+        """mmdetection's frozen_stages: from 0, the stem and the first `frozen_stages` stages in
+        eval mode, their parameters with requires_grad False; -1 freezes nothing."""
+        if self.frozen_stages < 0:
+            return
+        stem = [self.conv1, self.bn1, self.relu, self.maxpool]
+        stages = [self.layer1, self.layer2, self.layer3, self.layer4]
+        for module in stem + stages[: self.frozen_stages]:
+            module.eval()
+            for param in module.parameters():
+                param.requires_grad = False
+
+    def train(self, mode: bool = True) -> "ResNet":
+        """nn.Module.train, then mmdetection's rules: frozen stages stay in eval mode, and with
+        norm_eval every batch norm does too (its running statistics stay as loaded)."""
+        super().train(mode)
+        self.freeze_stages()
+        if mode and self.norm_eval:
+            for module in self.modules():
+                if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d, nn.SyncBatchNorm)):
+                    module.eval()
+        return self
+
     def load_pretrained(self, state_dict: dict[str, Tensor]) -> dict[str, str]:
         """Load what fits of weights trained with other arguments (in_chans, num_classes), as
         timm does (load_fitting); returns every key not loaded, with the reason."""
@@ -358,10 +463,16 @@ class ResNet(nn.Module):
     def get_classifier(self) -> nn.Module:
         return self.fc
 
-    def reset_classifier(self, num_classes: int) -> None:
-        """A new classifier for `num_classes` classes (none for 0), as timm's."""
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """A new classifier for `num_classes` classes (none for 0), as timm's; with
+        `global_pool`, after a new global pool of timm's choices (global_pool_layer; "" for
+        none, then no flatten either, as timm's SelectAdaptivePool2d)."""
+        if global_pool is not None:
+            self.avgpool = global_pool_layer(global_pool)
+            self.flatten = nn.Flatten() if global_pool else nn.Identity()
+            self.head_hidden_size = self.num_features * (2 if global_pool == "catavgmax" else 1)
         if num_classes > 0:
-            self.fc = nn.Linear(self.num_features, num_classes)
+            self.fc = nn.Linear(self.head_hidden_size, num_classes)
         else:
             self.fc = nn.Identity()
 
@@ -387,13 +498,25 @@ class ResNetFeatures(ResNet):
         x = self.relu(x)
         features.append(x)
         x = self.maxpool(x)
-        x = self.layer1(x)
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            x = checkpoint_seq(self.layer1, x)
+        else:
+            x = self.layer1(x)
         features.append(x)
-        x = self.layer2(x)
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            x = checkpoint_seq(self.layer2, x)
+        else:
+            x = self.layer2(x)
         features.append(x)
-        x = self.layer3(x)
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            x = checkpoint_seq(self.layer3, x)
+        else:
+            x = self.layer3(x)
         features.append(x)
-        x = self.layer4(x)
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            x = checkpoint_seq(self.layer4, x)
+        else:
+            x = self.layer4(x)
         features.append(x)
         return [features[i] for i in self.out_indices]
 
@@ -401,6 +524,9 @@ class ResNetFeatures(ResNet):
 def cbam_resnet50(
     num_classes: int = 1000,
     drop_rate: float = 0.0,
+    global_pool: str = "avg",
+    frozen_stages: int = -1,
+    norm_eval: bool = False,
     zero_init_residual: bool = False,
     features_only: bool = False,
     out_indices: Sequence[int] | int = (0, 1, 2, 3, 4),
@@ -412,10 +538,16 @@ def cbam_resnet50(
             out_indices,
             num_classes=num_classes,
             drop_rate=drop_rate,
+            global_pool=global_pool,
+            frozen_stages=frozen_stages,
+            norm_eval=norm_eval,
             zero_init_residual=zero_init_residual,
         )
     return ResNet(
         num_classes=num_classes,
         drop_rate=drop_rate,
+        global_pool=global_pool,
+        frozen_stages=frozen_stages,
+        norm_eval=norm_eval,
         zero_init_residual=zero_init_residual,
     )
