@@ -2,9 +2,11 @@
 
 `valid_specs()` draws networks that are right by construction (every conv is "same"-padded, so
 any input size works): stdlib BasicBlock / Bottleneck and blocks written here with random
-kernels (square or not), dilations, groups, strides, merges, shortcuts, `seq`, reuse and a
-squeeze-excite block used as a layer. `invalid_specs()` puts one shape-level mistake into such a
-network. Sizes stay small (channels <= 32, inputs <= 64x64) so a torch forward pass is cheap.
+kernels (square or not), dilations, groups, strides, merges, shortcuts, `seq`, reuse, a
+squeeze-excite block used as a layer, and bodies that fork and join (`fork_lines`: splits,
+repeats, concats, sums, gates, a shared MLP applied twice). `invalid_specs()` puts one
+shape-level mistake into such a network. Sizes stay small (channels <= 32, inputs <= 64x64)
+so a torch forward pass is cheap.
 
 The budget of every test that uses them comes from RESGEN_FUZZ_EXAMPLES (see `examples`).
 """
@@ -187,6 +189,10 @@ def custom_block(draw, name: str, mistake: str | None = None) -> str:
             lines.append(f"        extra{i} = {draw(st.sampled_from(EXTRAS))}")
     if draw(st.integers(0, 3)) == 0:
         lines.append("        mix = channel_linear(width)")
+    # A body that forks and joins (issue 16); not with a projection `from pre_act`, which
+    # resgen writes only for a body without `from`.
+    if not preact and draw(st.integers(0, 2)) == 0:
+        lines += draw(fork_lines())
     out = "planes * expansion" + (" + 1" if mistake == "channels" else "")
     lines.append(f"        expand = conv({out}, 1, bias=false)")
     # The last norm sees `out`, odd when the mistake is a channel off: group norms would add an
@@ -210,6 +216,62 @@ def custom_block(draw, name: str, mistake: str | None = None) -> str:
             lines.append("    post { act }")
     lines.append("}")
     return "\n".join(lines)
+
+
+@st.composite
+def fork_lines(draw) -> list[str]:
+    """Layers of a block body that fork and join, from `trunk` (the value before them) back to
+    `width` channels at its size: parallel "same" convs on channel chunks (a split, a repeat as
+    ModuleLists, a concat or a sum), a fork of two kernels summed, CBAM's spatial gate (channel
+    mean and max, a 7x7 conv, a product) and its channel gate (one MLP applied to the average
+    and the max pool: shared weights), in a random order."""
+    lines = ["        trunk = identity"]
+    last = "trunk"
+    kinds = st.sampled_from(["split", "fork", "spatial", "channel"])
+    parts = draw(st.lists(kinds, min_size=1, max_size=3))
+    for n, part in enumerate(parts):
+        if part == "split":
+            chunks = draw(st.sampled_from([1, 2]))
+            kernel = draw(st.sampled_from(KERNELS))
+            join = draw(st.sampled_from(["concat", "add"]))
+            width = "width // 2" if chunks == 2 and join == "concat" else "width"
+            if chunks == 2 and join == "add":  # each path back to the full width
+                width = "width"
+            lines += [
+                f"        xs{n} = split({chunks}) from {last}",
+                f"        ys{n} = repeat i < {chunks} {{",
+                f"            paths{n} = conv({width}, {kernel}, "
+                f"padding={_same_padding(kernel, False)}) from xs{n}[i]",
+                "        }",
+                f"        j{n} = {join} from ys{n}",
+            ]
+        elif part == "fork":
+            lines += [
+                f"        fa{n} = conv(width, 3, padding=1) from {last}",
+                f"        fb{n} = conv(width, 1, bias=false) from {last}",
+                f"        j{n} = add from fa{n}, fb{n}",
+            ]
+        elif part == "spatial":
+            lines += [
+                f"        mean{n} = channel_mean from {last}",
+                f"        peak{n} = channel_max from {last}",
+                f"        both{n} = concat from peak{n}, mean{n}",
+                f"        sconv{n} = conv(1, 7, padding=3)",
+                f"        sgate{n} = sigmoid",
+                f"        j{n} = mul from {last}, sgate{n}",
+            ]
+        else:
+            lines += [
+                f"        avg{n} = adaptive_avgpool(1) from {last}",
+                f"        mlp{n} = seq {{ conv(width, 1) relu conv(width, 1) }}",
+                f"        max{n} = adaptive_maxpool(1) from {last}",
+                f"        max_out{n} = mlp{n} from max{n}",
+                f"        logits{n} = add from mlp{n}, max_out{n}",
+                f"        cgate{n} = sigmoid",
+                f"        j{n} = mul from {last}, cgate{n}",
+            ]
+        last = f"j{n}"
+    return lines
 
 
 def _divisors(n: int) -> list[int]:

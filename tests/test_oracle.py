@@ -134,6 +134,24 @@ def _merge_observed(analysis, node: str, trace: _Trace, output: tuple) -> tuple 
     return _nth(trace.outputs, block) if block else None
 
 
+def _function_observed(analysis, node: str, trace: _Trace, output: tuple):
+    """A tensor function (split, concat, add, mul, channel_mean/max) is no module: what torch
+    gave it is the input of a module that reads it (an item of a split's bundle, by the edge),
+    or the network's output. (torch's shape, the predicted one); None when only other
+    functions read it (their own readers check the shapes that follow)."""
+    out = analysis.shapes[node].out_shape
+    for successor in analysis.graph.successors(node):
+        record = analysis.nodes[successor]
+        item = analysis.graph.edges[node, successor].get("item")
+        predicted = tuple(out[item]) if item is not None else tuple(out)
+        if record.kind == "output":
+            return output, predicted
+        if record.kind == "merge" or record.inputs is not None or record.op.functional:
+            continue
+        return _nth(trace.inputs, successor), predicted
+    return None
+
+
 def _module_of(analysis, node: str) -> str:
     record = analysis.nodes[node]
     if record.kind == "merge":
@@ -172,6 +190,12 @@ def _agrees_when_accepted(spec, analysis, text: str) -> None:
     # MACs: the multiply-accumulates of every convolution and matrix product torch runs.
     assert 2 * analysis.macs == flops.get_total_flops(), where
     for layer in analysis.layers:
+        node = analysis.nodes[layer.name]
+        if node.op is not None and node.op.functional:  # torch.cat, a + b: no module to hook
+            observed = _function_observed(analysis, layer.name, trace, output)
+            if observed is not None:
+                assert observed[0] == observed[1], f"{layer.name}: {observed}{where}"
+            continue
         if layer.op in MERGES:
             seen = _merge_observed(analysis, layer.name, trace, output)
         else:
@@ -179,7 +203,9 @@ def _agrees_when_accepted(spec, analysis, text: str) -> None:
             assert _nth(trace.inputs, layer.name) == tuple(layer.in_shape), layer.name + where
         assert seen == tuple(layer.out), f"{layer.name}: predicted {layer.out}, torch {seen}{where}"
     predicted_modules = {
-        _module_of(analysis, layer.name) for layer in analysis.layers if layer.op not in MERGES
+        _module_of(analysis, layer.name)
+        for layer in analysis.layers
+        if layer.op not in MERGES and not analysis.nodes[layer.name].op.functional
     }
     leaves = {
         _owner(name, predicted_modules)
