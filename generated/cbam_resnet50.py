@@ -184,15 +184,26 @@ class FeatureInfo:
 def prune_after(model: nn.Module, path: str) -> None:
     """Replace every module registered after `path` (a dotted module path) with nn.Identity, at
     each level of the path: what a features-only model never needs (timm's
-    prune_intermediate_layers). Registration order is the forward order at network level."""
+    prune_intermediate_layers). Registration order is the forward order at network level. A
+    container keeps its children's names, as identities, since forward indexes them."""
     parent = model
     for name in path.split("."):
         after = False
-        for child_name, _ in parent.named_children():
+        for child_name, child in parent.named_children():
             if after:
-                parent.add_module(child_name, nn.Identity())
+                parent.add_module(child_name, hollow(child))
             after = after or child_name == name
         parent = parent.get_submodule(name)
+
+
+def hollow(module: nn.Module) -> nn.Module:
+    """nn.Identity in place of `module`; an nn.Sequential of the same names for one."""
+    if not isinstance(module, nn.Sequential):
+        return nn.Identity()
+    container = nn.Sequential()
+    for name, child in module.named_children():
+        container.add_module(name, hollow(child))
+    return container
 
 
 class ChannelLinear(nn.Linear):
@@ -382,6 +393,13 @@ class ResNet(nn.Module):
             {"num_chs": 1024, "reduction": 16, "module": "layer3"},
             {"num_chs": 2048, "reduction": 32, "module": "layer4"},
         ]
+        self.pretrained_cfg = {
+            "input_size": (3, 224, 224),
+            "num_classes": 1000,
+            "first_conv": "conv1",
+            "classifier": "fc",
+        }
+        self.default_cfg = self.pretrained_cfg  # timm's older name
         if not -1 <= frozen_stages <= 4:
             raise ValueError(f"frozen_stages={frozen_stages}: -1 (none) to 4 (every stage)")
         self.frozen_stages = frozen_stages
