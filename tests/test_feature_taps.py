@@ -30,27 +30,6 @@ ENTRIES = {entry["name"]: entry for entry in coverage.read_manifest()["models"]}
 TORCHVISION_NAMES = {"relu": "act1"}
 
 
-# Landed (issue 16's self-attention ResNets) while the taps work was being landed: their stems
-# are std.byob's stem blocks (TieredStem, ...), inside which a feature cannot tap, and they need
-# the rewrite resnet33ts got (the block written out as a `seq`, timm's nn.Sequential Stem) and
-# an identity `final_conv` where timm keeps one. Listed so that the test fails once they match.
-NOT_YET = {
-    "botnet26t_256",
-    "botnet50ts_256",
-    "eca_botnext26ts_256",
-    "eca_halonext26ts",
-    "halo2botnet50ts_256",
-    "halonet26t",
-    "halonet50ts",
-    "lambda_resnet26rpt_256",
-    "lambda_resnet26t",
-    "lambda_resnet50ts",
-    "lamhalobotnet50ts_256",
-    "sebotnet33ts_256",
-    "sehalonet33ts",
-}
-
-
 def static_feature_info(path) -> list[dict]:
     """num_chs, reduction and module of each tap, from the shape analysis only."""
     analysis = analyse(resgen.load(path))
@@ -71,9 +50,6 @@ def test_feature_info_is_timms(name):
     ours = static_feature_info(coverage.ROOT / entry["spec"])
     for info in ours:
         info["module"] = TORCHVISION_NAMES.get(info["module"], info["module"])
-    if name in NOT_YET:
-        assert ours != entry["feature_info"], f"{name} matches timm now: remove it from NOT_YET"
-        return
     assert ours == entry["feature_info"]
 
 
