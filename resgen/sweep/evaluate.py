@@ -86,6 +86,8 @@ class Evaluator(_Lowerer):
         self.params = 0
         self.macs = 0
         self.modules: dict[str, tuple] = {}  # module path -> (op, args), for reuses
+        self.seqs: dict[str, Step] = {}  # module path -> its seq step, for reuses of a seq
+        self._sharing = 0  # > 0 while a reuse runs: its weights were counted when declared
         self.instances = 0  # block bodies walked: each gets its own module prefix
 
     def counted(self) -> Counted | None:
@@ -239,10 +241,23 @@ class Evaluator(_Lowerer):
             if step.kind == "repeat":
                 flow = self._repeat(step, env, prefix, ins[0], values)
             elif step.kind == "reuse":
+                # The module runs again on new input: its MACs count again, its weights do
+                # not (the analysis counts a shared layer's parameters once).
                 target = prefix + step.target + suffix
-                op, args = self.modules.get(target) or self.modules[prefix + step.target]
-                flow = self.apply(op, args, _single(ins))
+                seq = self.seqs.get(target) or self.seqs.get(prefix + step.target)
+                entry = self.modules.get(target) or self.modules.get(prefix + step.target)
+                if seq is None and entry is None:
+                    raise _Invalid
+                self._sharing += 1
+                try:
+                    if seq is not None:
+                        flow = self.steps(seq.items, env, prefix, _single(ins), {}, suffix)
+                    else:
+                        flow = self.apply(*entry, _single(ins))
+                finally:
+                    self._sharing -= 1
             elif step.kind == "seq":
+                self.seqs[prefix + step.path + suffix] = step
                 flow = self.steps(step.items, env, prefix, _single(ins), {}, suffix)
             elif step.kind == "block":
                 plan = self.plan.blocks[step.block]
@@ -326,7 +341,8 @@ class Evaluator(_Lowerer):
         if out is None:
             raise _Invalid
         counts = op.counts(args, shape, out)
-        self.params += counts.params
+        if not self._sharing:
+            self.params += counts.params
         self.macs += counts.macs
         if isinstance(out, Bundle):  # a split: its chunks
             return _flows(out, flow.jump)
