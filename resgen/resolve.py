@@ -1244,13 +1244,14 @@ class _FileResolver:
             STAGE_KEYWORDS,
         )
         dilate = next((a for a in args if a.name == "dilate"), None)
-        if dilate is not None and E.free_refs(dilate.value):
+        reads = E.free_refs(dilate.value) if dilate is not None else []
+        if reads:
             # The generated network fixes each block's stride and dilation when it is written,
             # so a constructor argument `dilate` read would be silently ignored.
             self.diags.error(
                 dilate.value.span,
                 codes.BAD_DILATE,
-                f"`dilate` reads `{E.free_refs(dilate.value)[0].name}`, but the generated "
+                f"`dilate` reads `{reads[0].name}`, but the generated "
                 "network fixes its strides and dilations when it is written, so that argument "
                 "could not change them",
                 hint="write `dilate=true` or `dilate=false` on each stage, as "
